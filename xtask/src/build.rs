@@ -1,0 +1,657 @@
+//! `cargo xtask build`: image definitions in, OCI image layouts out.
+//!
+//! Plan, then execute: [`plan`] resolves every image into a [`BuildPlan`]
+//! (images in build order, their layers and every entry of every layer, the
+//! binaries cargo must build); `--dry-run` prints it. [`execute`] runs cargo,
+//! encodes layers through the action cache and writes each layout atomically
+//! (a temporary folder renamed into place).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cache::Cache;
+use crate::layer::{self, Contents, Entry, EntryKind, LayerDigests};
+use crate::oci::{self, BaseImage, ImageInputs, LayerRecord, SourceFacts};
+use crate::spec::{BaseRef, ImagePath, ImageSpec, LayerSpec};
+use crate::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
+
+/// Where a build reads and writes.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Folder that receives one OCI layout per image (`target/images`).
+    pub images_dir: PathBuf,
+    /// The action cache (`target/lane-cache`).
+    pub cache_dir: PathBuf,
+    /// Cargo's target dir for the payload binaries (`target/lane-cargo`).
+    pub cargo_target_dir: PathBuf,
+    /// Source facts to use instead of asking git (the repro check's copy).
+    pub source: Option<SourceFacts>,
+    /// No progress output (`--json`, tests).
+    pub quiet: bool,
+}
+
+impl BuildOptions {
+    pub fn for_workspace(ws: &Workspace) -> BuildOptions {
+        let target = ws.root.join("target");
+        BuildOptions {
+            images_dir: target.join("images"),
+            cache_dir: target.join("lane-cache"),
+            cargo_target_dir: target.join("lane-cargo"),
+            source: None,
+            quiet: false,
+        }
+    }
+}
+
+/// Everything a build will do, computed before doing it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildPlan {
+    pub source: SourceFacts,
+    pub toolchain: Toolchain,
+    pub encoder: String,
+    pub binaries: Vec<PlannedBinary>,
+    pub images: Vec<PlannedImage>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedBinary {
+    #[serde(flatten)]
+    pub request: BinaryRequest,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedImage {
+    pub spec: ImageSpec,
+    pub layers: Vec<PlannedLayer>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedLayer {
+    pub name: String,
+    pub entries: Vec<PlannedEntry>,
+}
+
+/// An entry as the plan shows it. Binaries are sized after cargo ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedEntry {
+    pub path: String,
+    pub kind: &'static str,
+    pub mode: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// One built image, as `build --json` prints it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuiltImage {
+    pub name: String,
+    pub repository: String,
+    pub tags: Vec<String>,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layout: PathBuf,
+    pub layers: Vec<BuiltLayer>,
+    pub cache: CacheStats,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuiltLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+}
+
+/// What the action cache did for one image.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Bytes of packaged file content read from disk.
+    pub bytes_read: u64,
+    /// Bytes of tar stream compressed.
+    pub bytes_compressed: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    pub images: Vec<BuiltImage>,
+    #[serde(skip)]
+    pub source: Option<SourceFacts>,
+    #[serde(skip)]
+    pub git: Option<GitFacts>,
+}
+
+/// Prints progress lines on stderr unless quiet.
+pub struct Progress {
+    pub quiet: bool,
+}
+
+impl Progress {
+    pub fn say(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+/// Loads the workspace's images, selects `names` (and their bases), checks
+/// every source and binary, and returns what a build would do.
+pub fn plan(
+    ws: &Workspace,
+    names: &[String],
+    opts: &BuildOptions,
+) -> Result<(BuildPlan, Option<GitFacts>)> {
+    let all = ws.load_images()?;
+    let images = workspace::select(&all, names)?;
+    for img in &images {
+        if let BaseRef::Pinned { repository, digest } = &img.base {
+            bail!(
+                "{}/image.toml: base {repository}@{digest} is pinned by digest, but this lane cannot fetch registry bases yet; use base = \"scratch\" or \"workspace://NAME\"",
+                img.dir
+            );
+        }
+    }
+    let (source, git) = match &opts.source {
+        Some(s) => (s.clone(), None),
+        None => {
+            let (s, g) = workspace::source_facts(ws)?;
+            (s, Some(g))
+        }
+    };
+    let toolchain = workspace::toolchain()?;
+    let requests = workspace::check_binaries(ws, &images)?;
+    let binaries = requests
+        .iter()
+        .map(|r| PlannedBinary {
+            request: r.clone(),
+            path: workspace::binary_path(&opts.cargo_target_dir, &toolchain.triple, r.link, &r.bin),
+        })
+        .collect::<Vec<_>>();
+    let bin_path = |package: &str, bin: &str| -> PathBuf {
+        binaries
+            .iter()
+            .find(|b| b.request.package == package && b.request.bin == bin)
+            .map(|b| b.path.clone())
+            .unwrap_or_default()
+    };
+    let mut planned = Vec::new();
+    for spec in images {
+        let mut layers = Vec::new();
+        for l in &spec.layers {
+            let entries = resolve_layer(&ws.root, &spec, l, &bin_path, false)?;
+            layers.push(PlannedLayer {
+                name: l.name.clone(),
+                entries: entries.iter().map(show_entry).collect(),
+            });
+        }
+        planned.push(PlannedImage { spec, layers });
+    }
+    Ok((
+        BuildPlan {
+            source,
+            toolchain,
+            encoder: layer::encoder_id(),
+            binaries,
+            images: planned,
+        },
+        git,
+    ))
+}
+
+fn show_entry(e: &Entry) -> PlannedEntry {
+    let (kind, source, target) = match &e.kind {
+        EntryKind::Dir => ("dir", None, None),
+        EntryKind::File { source, .. } => ("file", Some(source.clone()), None),
+        EntryKind::Symlink { target } => ("symlink", None, Some(target.clone())),
+    };
+    PlannedEntry {
+        path: e.path.to_string(),
+        kind,
+        mode: format!("{:04o}", e.mode),
+        owner: format!("{}:{}", e.owner.uid, e.owner.gid),
+        source,
+        target,
+    }
+}
+
+/// Resolves one layer into normalised entries. Sources are checked: they must
+/// exist and stay inside the workspace (a symlink that leads out is refused).
+/// With `stat_binaries`, built binaries are sized; otherwise they get size 0
+/// (planning happens before cargo runs).
+fn resolve_layer(
+    root: &Path,
+    spec: &ImageSpec,
+    l: &LayerSpec,
+    bin_path: &dyn Fn(&str, &str) -> PathBuf,
+    stat_binaries: bool,
+) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for b in &l.binaries {
+        let path = bin_path(&b.package, &b.bin);
+        let size = if stat_binaries {
+            fs::metadata(&path)
+                .with_context(|| format!("cargo produced no binary at {}", path.display()))?
+                .len()
+        } else {
+            0
+        };
+        entries.push(Entry {
+            path: b.dest.clone(),
+            kind: EntryKind::File {
+                source: path.to_string_lossy().into_owned(),
+                size,
+            },
+            mode: b.mode,
+            owner: b.owner,
+        });
+    }
+    for f in &l.files {
+        let src = root.join(&spec.dir).join(&f.src);
+        let meta = fs::symlink_metadata(&src).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: source {} of layer {:?} cannot be read ({e}); create it or fix src (paths are relative to {}/)",
+                f.at,
+                f.src,
+                l.name,
+                spec.dir
+            )
+        })?;
+        let real = inside_workspace(root, &src, &f.at)?;
+        let meta = if meta.file_type().is_symlink() {
+            fs::metadata(&real)?
+        } else {
+            meta
+        };
+        if meta.is_dir() {
+            entries.push(Entry {
+                path: f.dest.clone(),
+                kind: EntryKind::Dir,
+                mode: f.dir_mode,
+                owner: f.owner,
+            });
+            for item in walkdir::WalkDir::new(&src).follow_links(true).min_depth(1) {
+                let item = item.with_context(|| format!("{}: walking {}", f.at, f.src))?;
+                let rel = item
+                    .path()
+                    .strip_prefix(&src)
+                    .expect("walkdir yields paths below its root");
+                let rel = rel.to_str().with_context(|| {
+                    format!(
+                        "{}: {} is not valid UTF-8; rename it",
+                        f.at,
+                        item.path().display()
+                    )
+                })?;
+                let real = inside_workspace(root, item.path(), &f.at)?;
+                let dest = f.dest.join(rel);
+                let m = fs::metadata(&real)?;
+                if m.is_dir() {
+                    entries.push(Entry {
+                        path: dest,
+                        kind: EntryKind::Dir,
+                        mode: f.dir_mode,
+                        owner: f.owner,
+                    });
+                } else if m.is_file() {
+                    entries.push(file_entry(dest, &real, &m, f.mode, f.owner));
+                } else {
+                    bail!(
+                        "{}: {} is neither a file nor a directory; only those can be packaged",
+                        f.at,
+                        item.path().display()
+                    );
+                }
+            }
+        } else if meta.is_file() {
+            entries.push(file_entry(f.dest.clone(), &real, &meta, f.mode, f.owner));
+        } else {
+            bail!(
+                "{}: source {} is neither a file nor a directory; only those can be packaged",
+                f.at,
+                f.src
+            );
+        }
+    }
+    for d in &l.dirs {
+        entries.push(Entry {
+            path: d.dest.clone(),
+            kind: EntryKind::Dir,
+            mode: d.mode,
+            owner: d.owner,
+        });
+    }
+    for s in &l.symlinks {
+        entries.push(Entry {
+            path: s.dest.clone(),
+            kind: EntryKind::Symlink {
+                target: s.target.clone(),
+            },
+            mode: 0o777,
+            owner: crate::spec::Owner::ROOT,
+        });
+    }
+    layer::normalise(entries)
+        .with_context(|| format!("{}/image.toml: layer {:?}", spec.dir, l.name))
+}
+
+fn file_entry(
+    dest: ImagePath,
+    real: &Path,
+    meta: &fs::Metadata,
+    mode: Option<u32>,
+    owner: crate::spec::Owner,
+) -> Entry {
+    use std::os::unix::fs::PermissionsExt;
+    // Only the owner's execute bit decides the default, so the umask of the
+    // checkout does not change the image.
+    let mode = mode.unwrap_or(if meta.permissions().mode() & 0o100 != 0 {
+        0o755
+    } else {
+        0o644
+    });
+    Entry {
+        path: dest,
+        kind: EntryKind::File {
+            source: real.to_string_lossy().into_owned(),
+            size: meta.len(),
+        },
+        mode,
+        owner,
+    }
+}
+
+/// The real path of `path`, refused when it lies outside the workspace.
+fn inside_workspace(root: &Path, path: &Path, at: &str) -> Result<PathBuf> {
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{at}: resolving {}", path.display()))?;
+    if !real.starts_with(root) {
+        bail!(
+            "{at}: {} is a symlink that leads outside the workspace (to {}); copy the file into the workspace instead",
+            path.display(),
+            real.display()
+        );
+    }
+    Ok(real)
+}
+
+/// Reads packaged files from disk, counting the bytes.
+struct FsContents {
+    bytes_read: u64,
+}
+
+impl Contents for FsContents {
+    fn open(&mut self, source: &str) -> io::Result<Box<dyn Read + '_>> {
+        let f = fs::File::open(source)?;
+        Ok(Box::new(Counting {
+            inner: f,
+            count: &mut self.bytes_read,
+        }))
+    }
+}
+
+struct Counting<'a, R> {
+    inner: R,
+    count: &'a mut u64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Runs the plan: cargo, layers (through the cache), layouts.
+pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
+    let progress = Progress { quiet: opts.quiet };
+    if !plan.binaries.is_empty() {
+        progress.say(format_args!(
+            "cargo build --locked --release ({})",
+            plan.binaries
+                .iter()
+                .map(|b| b.request.bin.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let requests: BTreeSet<BinaryRequest> =
+            plan.binaries.iter().map(|b| b.request.clone()).collect();
+        workspace::cargo_build(
+            ws,
+            &opts.cargo_target_dir,
+            &plan.toolchain,
+            plan.source.source_date_epoch,
+            &requests,
+            opts.quiet,
+        )?;
+    }
+    let bin_path = |package: &str, bin: &str| -> PathBuf {
+        plan.binaries
+            .iter()
+            .find(|b| b.request.package == package && b.request.bin == bin)
+            .map(|b| b.path.clone())
+            .unwrap_or_default()
+    };
+    let mut cache = Cache::open(&opts.cache_dir)?;
+    fs::create_dir_all(&opts.images_dir)
+        .with_context(|| format!("creating {}", opts.images_dir.display()))?;
+    let arch = oci::arch_of_triple(&plan.toolchain.triple);
+    let mut built: BTreeMap<String, (BuiltImage, BaseImage)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for planned in &plan.images {
+        let spec = &planned.spec;
+        let mut stats = CacheStats::default();
+        let mut records = Vec::new();
+        for l in &spec.layers {
+            let entries = resolve_layer(&ws.root, spec, l, &bin_path, true)?;
+            let d = build_layer(
+                &mut cache,
+                &entries,
+                plan.source.source_date_epoch,
+                &mut stats,
+                &progress,
+                &spec.name,
+                &l.name,
+            )?;
+            records.push(LayerRecord::new(
+                &d,
+                format!("cargo xtask build: layer {}", l.name),
+            ));
+        }
+        let base = match &spec.base {
+            BaseRef::Workspace { image } => Some(&built[image].1),
+            _ => None,
+        };
+        let docs = oci::image_docs(&ImageInputs {
+            arch,
+            runtime: &spec.config,
+            base,
+            layers: &records,
+            source: &plan.source,
+            ref_name: &spec.tags[0],
+        })?;
+        let layout = opts.images_dir.join(&spec.name);
+        write_layout(&cache, &layout, &docs)?;
+        let image = BuiltImage {
+            name: spec.name.clone(),
+            repository: spec.repository.clone(),
+            tags: spec.tags.clone(),
+            manifest_digest: docs.manifest.digest.clone(),
+            config_digest: docs.config.digest.clone(),
+            layout: layout.clone(),
+            layers: docs
+                .layers
+                .iter()
+                .map(|l| BuiltLayer {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                })
+                .collect(),
+            cache: stats,
+        };
+        progress.say(format_args!(
+            "built {} {} ({} layers, cache {} hit / {} miss)",
+            spec.name,
+            image.manifest_digest,
+            image.layers.len(),
+            image.cache.hits,
+            image.cache.misses
+        ));
+        let as_base = BaseImage {
+            name: format!("workspace://{}", spec.name),
+            manifest_digest: docs.manifest.digest.clone(),
+            layers: docs.layers.clone(),
+            config: docs.runtime.clone(),
+        };
+        built.insert(spec.name.clone(), (image.clone(), as_base));
+        out.push(image);
+    }
+    cache.save()?;
+    Ok(out)
+}
+
+/// One layer through the action cache: a hit reuses the blob without reading
+/// any packaged file; a miss encodes it once, reading each file once.
+fn build_layer(
+    cache: &mut Cache,
+    entries: &[Entry],
+    mtime: u64,
+    stats: &mut CacheStats,
+    progress: &Progress,
+    image: &str,
+    layer_name: &str,
+) -> Result<LayerDigests> {
+    let mut metas = BTreeMap::new();
+    for e in entries {
+        if let EntryKind::File { source, .. } = &e.kind {
+            metas.insert(
+                source.clone(),
+                fs::metadata(source).with_context(|| format!("reading {source}"))?,
+            );
+        }
+    }
+    let key = layer::cache_key(entries, mtime, &|src| cache.known_digest(src, &metas[src]));
+    if let Some(key) = &key {
+        if let Some(d) = cache.lookup(key) {
+            stats.hits += 1;
+            return Ok(d);
+        }
+    }
+    stats.misses += 1;
+    let total: u64 = entries
+        .iter()
+        .map(|e| {
+            if let EntryKind::File { size, .. } = e.kind {
+                size
+            } else {
+                0
+            }
+        })
+        .sum();
+    let bar = (!progress.quiet && total > 32 << 20 && io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{image}: layer {layer_name}"));
+        bar
+    });
+    let mut contents = FsContents { bytes_read: 0 };
+    let (digest, (d, file_digests)) = cache.put_blob(|file| {
+        let w = io::BufWriter::with_capacity(1 << 20, file);
+        let (d, file_digests) = match &bar {
+            Some(bar) => layer::encode(entries, mtime, &mut contents, bar.wrap_write(w))?,
+            None => layer::encode(entries, mtime, &mut contents, w)?,
+        };
+        Ok((d.digest.clone(), (d, file_digests)))
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    debug_assert_eq!(digest, d.digest);
+    stats.bytes_read += contents.bytes_read;
+    stats.bytes_compressed += d.tar_size;
+    for (src, digest) in file_digests {
+        cache.remember_digest(&src, &metas[&src], digest);
+    }
+    // The key can now be computed from the digests just read.
+    if let Some(key) = layer::cache_key(entries, mtime, &|src| cache.known_digest(src, &metas[src]))
+    {
+        cache.record(&key, &d)?;
+    }
+    Ok(d)
+}
+
+/// Writes an OCI image layout into a temporary folder next to `layout` and
+/// renames it into place, so a failed build never leaves half a layout.
+fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<()> {
+    let tmp = crate::cache::temp_path(layout);
+    let result = (|| -> Result<()> {
+        let blobs = tmp.join("blobs/sha256");
+        fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        for l in &docs.layers {
+            let from = cache.blob_path(&l.digest);
+            let to = blobs.join(l.digest.trim_start_matches("sha256:"));
+            if to.exists() {
+                continue;
+            }
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} into the layout", from.display()))?;
+            }
+        }
+        for blob in [&docs.config, &docs.manifest] {
+            fs::write(
+                blobs.join(blob.digest.trim_start_matches("sha256:")),
+                &blob.bytes,
+            )?;
+        }
+        fs::write(tmp.join("oci-layout"), oci::OCI_LAYOUT)?;
+        fs::write(tmp.join("index.json"), &docs.index.bytes)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("writing the layout {}", layout.display())));
+    }
+    let old = crate::cache::temp_path(&layout.with_file_name(format!(
+        "{}.old",
+        layout.file_name().unwrap_or_default().to_string_lossy()
+    )));
+    let had_old = fs::rename(layout, &old).is_ok();
+    if let Err(e) = fs::rename(&tmp, layout) {
+        if had_old {
+            let _ = fs::rename(&old, layout);
+        }
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e).with_context(|| format!("moving the new layout into {}", layout.display()));
+    }
+    if had_old {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Plans and executes in one go.
+pub fn build(ws: &Workspace, names: &[String], opts: &BuildOptions) -> Result<BuildReport> {
+    let (plan, git) = plan(ws, names, opts)?;
+    let images = execute(ws, &plan, opts)?;
+    Ok(BuildReport {
+        images,
+        source: Some(plan.source),
+        git,
+    })
+}

@@ -1,0 +1,184 @@
+//! The content-addressed action cache under `target/lane-cache/`.
+//!
+//! - `blobs/sha256/<hex>`: layer blobs, named by their digest;
+//! - `actions/<hex>.json`: layer cache key -> [`LayerDigests`];
+//! - `stat.json`: file fingerprint (device, inode, size, mtime, ctime, mode)
+//!   -> content digest, so an unchanged file is never read again.
+//!
+//! Every write goes to a temporary file in the same folder and is renamed into
+//! place: an interrupted build leaves at worst a stray temporary file, never a
+//! truncated entry under a final name.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::layer::LayerDigests;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+    mode: u32,
+}
+
+impl Fingerprint {
+    fn of(meta: &fs::Metadata) -> Fingerprint {
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+            mode: meta.mode(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StatEntry {
+    fingerprint: Fingerprint,
+    digest: String,
+}
+
+pub struct Cache {
+    dir: PathBuf,
+    stat: BTreeMap<String, StatEntry>,
+    stat_changed: bool,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary path next to `path`, unique within this machine's processes.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = temp_path(path);
+    let result = (|| -> Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.flush()?;
+        fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+impl Cache {
+    pub fn open(dir: &Path) -> Result<Cache> {
+        fs::create_dir_all(dir.join("blobs/sha256"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir.join("actions"))?;
+        let stat = match fs::read(dir.join("stat.json")) {
+            // A damaged stat file only costs re-reading files: start empty.
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            stat,
+            stat_changed: false,
+        })
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// The content digest of `path` if its fingerprint is unchanged since it
+    /// was last read.
+    pub fn known_digest(&self, path: &str, meta: &fs::Metadata) -> Option<String> {
+        let e = self.stat.get(path)?;
+        (e.fingerprint == Fingerprint::of(meta)).then(|| e.digest.clone())
+    }
+
+    pub fn remember_digest(&mut self, path: &str, meta: &fs::Metadata, digest: String) {
+        self.stat.insert(
+            path.to_string(),
+            StatEntry {
+                fingerprint: Fingerprint::of(meta),
+                digest,
+            },
+        );
+        self.stat_changed = true;
+    }
+
+    /// A cached layer for `key`, if its blob is still there with its size.
+    pub fn lookup(&self, key: &str) -> Option<LayerDigests> {
+        let bytes = fs::read(self.action_path(key)).ok()?;
+        let d: LayerDigests = serde_json::from_slice(&bytes).ok()?;
+        let meta = fs::metadata(self.blob_path(&d.digest)).ok()?;
+        (meta.len() == d.size).then_some(d)
+    }
+
+    pub fn record(&self, key: &str, d: &LayerDigests) -> Result<()> {
+        write_atomic(&self.action_path(key), &serde_json::to_vec(d)?)
+    }
+
+    fn action_path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join("actions")
+            .join(format!("{}.json", key.trim_start_matches("sha256:")))
+    }
+
+    /// Streams a new blob into the cache: `write` gets a temporary file and
+    /// returns the blob's digest; the file is then renamed to its digest.
+    pub fn put_blob<T>(
+        &self,
+        write: impl FnOnce(&mut fs::File) -> Result<(String, T)>,
+    ) -> Result<(String, T)> {
+        let tmp = temp_path(&self.dir.join("blobs/sha256/new"));
+        let result = (|| {
+            let mut f =
+                fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let (digest, extra) = write(&mut f)?;
+            drop(f);
+            fs::rename(&tmp, self.blob_path(&digest))?;
+            Ok((digest, extra))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn save(&mut self) -> Result<()> {
+        if self.stat_changed {
+            write_atomic(
+                &self.dir.join("stat.json"),
+                &serde_json::to_vec(&self.stat)?,
+            )?;
+            self.stat_changed = false;
+        }
+        Ok(())
+    }
+}

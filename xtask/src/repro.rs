@@ -1,0 +1,315 @@
+//! `cargo xtask repro`: build twice under varied conditions, compare digests.
+//!
+//! The first build runs from the checkout into `target/repro/first/`. The
+//! second runs from a copy of the source tree at another path
+//! (`target/repro/copy/`), copied and built under umask 077 with shuffled file
+//! mtimes, into `target/repro/second/`. Both start with an empty cache and an
+//! empty cargo target dir. On a mismatch the report names the image, the
+//! layer and the first differing file.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
+
+use crate::build::{self, BuildOptions, BuiltImage};
+use crate::layer::{HashReader, sha256};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReproReport {
+    pub reproducible: bool,
+    pub images: Vec<ReproImage>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReproImage {
+    pub name: String,
+    pub first: String,
+    pub second: String,
+    pub equal: bool,
+    /// What differs, when the digests differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference: Option<String>,
+}
+
+fn options(dir: &Path, quiet: bool) -> BuildOptions {
+    BuildOptions {
+        images_dir: dir.join("images"),
+        cache_dir: dir.join("cache"),
+        cargo_target_dir: dir.join("cargo"),
+        source: None,
+        quiet,
+    }
+}
+
+pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproReport> {
+    let work = ws.root.join("target/repro");
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let progress = build::Progress { quiet };
+    progress.say("repro: first build, from the checkout");
+    let first_opts = options(&work.join("first"), quiet);
+    let (plan, _) = build::plan(ws, names, &first_opts)?;
+    let first = build::execute(ws, &plan, &first_opts)?;
+
+    let copy = work.join("copy");
+    progress.say(format_args!(
+        "repro: copying the source tree to {} (umask 077, shuffled mtimes)",
+        copy.display()
+    ));
+    let old_umask = unsafe { libc::umask(0o077) };
+    let result = (|| -> Result<Vec<BuiltImage>> {
+        copy_tree(&ws.root, &copy)?;
+        let copy_ws = Workspace {
+            root: copy.canonicalize()?,
+        };
+        let mut second_opts = options(&work.join("second"), quiet);
+        // The copy is not a git checkout: it gets the same source facts.
+        second_opts.source = Some(plan.source.clone());
+        progress.say("repro: second build, from the copy");
+        build::build(&copy_ws, names, &second_opts).map(|r| r.images)
+    })();
+    unsafe { libc::umask(old_umask) };
+    let second = result?;
+
+    let mut images = Vec::new();
+    for a in &first {
+        let b = second
+            .iter()
+            .find(|b| b.name == a.name)
+            .with_context(|| format!("the second build produced no image {}", a.name))?;
+        let equal = a.manifest_digest == b.manifest_digest;
+        let difference = if equal { None } else { Some(explain(a, b)?) };
+        images.push(ReproImage {
+            name: a.name.clone(),
+            first: a.manifest_digest.clone(),
+            second: b.manifest_digest.clone(),
+            equal,
+            difference,
+        });
+    }
+    Ok(ReproReport {
+        reproducible: images.iter().all(|i| i.equal),
+        images,
+    })
+}
+
+/// Copies the files git knows of (tracked and untracked-but-not-ignored),
+/// creating them fresh under the current umask and giving each a different
+/// mtime.
+fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    let list = cmd!(sh, "git ls-files -z --cached --others --exclude-standard")
+        .quiet()
+        .read()
+        .context("listing the source tree with git ls-files")?;
+    for (i, rel) in list.split('\0').filter(|s| !s.is_empty()).enumerate() {
+        let from = root.join(rel);
+        let Ok(meta) = fs::symlink_metadata(&from) else {
+            continue;
+        }; // deleted in the work tree
+        let to = dest.join(rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        let exec = meta.permissions().mode() & 0o100 != 0;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if exec { 0o777 } else { 0o666 })
+            .open(&to)
+            .with_context(|| format!("creating {}", to.display()))?;
+        std::io::copy(&mut fs::File::open(&from)?, &mut out)?;
+        // A spread of mtimes unrelated to the originals (and to each other).
+        let shuffled = 1_000_000_000 + (i as u64).wrapping_mul(2_654_435_761) % 700_000_000;
+        out.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(shuffled))?;
+    }
+    Ok(())
+}
+
+/// Names the first difference between two builds of one image.
+fn explain(a: &BuiltImage, b: &BuiltImage) -> Result<String> {
+    let name = &a.name;
+    if a.layers.len() != b.layers.len() {
+        return Ok(format!(
+            "image {name}: {} layers in the first build, {} in the second",
+            a.layers.len(),
+            b.layers.len()
+        ));
+    }
+    for (i, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
+        if la.digest == lb.digest {
+            continue;
+        }
+        let ea = layer_files(&a.layout, &la.digest)?;
+        let eb = layer_files(&b.layout, &lb.digest)?;
+        let what = first_difference(&ea, &eb).unwrap_or_else(|| {
+            "same files and metadata; the archive bytes differ (encoder)".into()
+        });
+        return Ok(format!(
+            "image {name}: layer {} of {} differs ({} vs {}): {what}",
+            i + 1,
+            a.layers.len(),
+            la.digest,
+            lb.digest
+        ));
+    }
+    if a.config_digest != b.config_digest {
+        let ca: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob(&a.layout, &a.config_digest))?)?;
+        let cb: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob(&b.layout, &b.config_digest))?)?;
+        let key = json_difference("", &ca, &cb).unwrap_or_default();
+        return Ok(format!(
+            "image {name}: the layers are equal but the config differs at {key}"
+        ));
+    }
+    Ok(format!(
+        "image {name}: layers and config are equal but the manifests differ (annotations)"
+    ))
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Path -> "type mode uid:gid mtime size content" for each entry of a layer.
+fn layer_files(layout: &Path, digest: &str) -> Result<Vec<(String, String)>> {
+    let f =
+        fs::File::open(blob(layout, digest)).with_context(|| format!("opening layer {digest}"))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let h = entry.header().clone();
+        let link = entry
+            .link_name()?
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut hashed = HashReader::new(&mut entry);
+        std::io::copy(&mut hashed, &mut std::io::sink())?;
+        let (content, _) = hashed.finish();
+        out.push((
+            path,
+            format!(
+                "type={:?} mode={:o} owner={}:{} mtime={} size={} link={link:?} content={content}",
+                h.entry_type(),
+                h.mode()?,
+                h.uid()?,
+                h.gid()?,
+                h.mtime()?,
+                h.size()?
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn first_difference(a: &[(String, String)], b: &[(String, String)]) -> Option<String> {
+    let mb: BTreeMap<&str, &str> = b.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+    let ma: BTreeMap<&str, &str> = a.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+    for (path, sa) in a {
+        match mb.get(path.as_str()) {
+            None => {
+                return Some(format!(
+                    "first differing file /{path}: only in the first build"
+                ));
+            }
+            Some(sb) if sb != sa => {
+                let fields: Vec<String> = sa
+                    .split(' ')
+                    .zip(sb.split(' '))
+                    .filter(|(x, y)| x != y)
+                    .map(|(x, y)| format!("{x} vs {}", y.split_once('=').map_or(y, |(_, v)| v)))
+                    .collect();
+                return Some(format!(
+                    "first differing file /{path}: {}",
+                    fields.join(", ")
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    b.iter()
+        .find(|(p, _)| !ma.contains_key(p.as_str()))
+        .map(|(p, _)| format!("first differing file /{p}: only in the second build"))
+        .or_else(|| {
+            let order_a: Vec<&str> = a.iter().map(|(p, _)| p.as_str()).collect();
+            let order_b: Vec<&str> = b.iter().map(|(p, _)| p.as_str()).collect();
+            (order_a != order_b).then(|| "the same files in another order".to_string())
+        })
+}
+
+fn json_difference(at: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                match y.get(k) {
+                    Some(vb) => {
+                        if let Some(d) = json_difference(&format!("{at}.{k}"), va, vb) {
+                            return Some(d);
+                        }
+                    }
+                    None => return Some(format!("{at}.{k}")),
+                }
+            }
+            y.keys()
+                .find(|k| !x.contains_key(*k))
+                .map(|k| format!("{at}.{k}"))
+        }
+        _ if a == b => None,
+        _ => Some(format!("{at} ({a} vs {b})")),
+    }
+}
+
+/// Fails with the report's differences when the builds differ.
+pub fn check(report: &ReproReport) -> Result<()> {
+    if report.reproducible {
+        return Ok(());
+    }
+    let lines: Vec<String> = report
+        .images
+        .iter()
+        .filter_map(|i| i.difference.clone())
+        .collect();
+    bail!("the build is not reproducible:\n  {}", lines.join("\n  "))
+}
+
+/// Digest of a whole layout's files, for tests comparing two layouts.
+pub fn layout_fingerprint(layout: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(layout).sort_by_file_name() {
+        let e = e?;
+        if e.file_type().is_file() {
+            let mut bytes = Vec::new();
+            fs::File::open(e.path())?.read_to_end(&mut bytes)?;
+            out.insert(
+                e.path()
+                    .strip_prefix(layout)?
+                    .to_string_lossy()
+                    .into_owned(),
+                sha256(&bytes),
+            );
+        }
+    }
+    Ok(out)
+}
