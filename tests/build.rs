@@ -240,3 +240,261 @@ fn skopeo_and_umoci_accept_the_layout() {
         "b\n"
     );
 }
+
+/// Sets every file's mtime under `dir` to a different value.
+fn touch_all(dir: &std::path::Path) {
+    for (i, e) in walkdir::WalkDir::new(dir).into_iter().enumerate() {
+        let e = e.unwrap();
+        if e.file_type().is_file() && !e.path().components().any(|c| c.as_os_str() == ".git") {
+            let t = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(1_500_000_000 + i as u64 * 7919);
+            fs::File::options()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn another_path_umask_and_mtimes_give_the_same_digest() {
+    let a = Fixture::copy_of_repo("path-a");
+    let first = a.build_json(&["hello"]);
+    // A second checkout at another path, created under another umask, with
+    // every mtime changed.
+    let old = unsafe { libc::umask(0o077) };
+    let b = Fixture::copy_of_repo("path-b-other-place");
+    unsafe { libc::umask(old) };
+    touch_all(&b.root);
+    assert_ne!(a.root, b.root);
+    let second = b.build_json(&["hello"]);
+    assert_eq!(
+        image(&first, "hello")["manifest_digest"],
+        image(&second, "hello")["manifest_digest"]
+    );
+    assert_eq!(
+        image(&first, "hello")["layers"],
+        image(&second, "hello")["layers"]
+    );
+}
+
+#[test]
+fn repro_passes_on_the_workspace() {
+    let f = Fixture::copy_of_repo("repro-ok");
+    let out = f.ok(&["repro", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["reproducible"], true, "{report}");
+    let hello = report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "hello")
+        .unwrap();
+    assert_eq!(hello["first"], hello["second"]);
+}
+
+#[test]
+fn repro_names_the_file_when_a_build_embeds_its_path() {
+    let f = Fixture::copy_of_repo("repro-leak");
+    // The service now embeds the directory it was built in: not reproducible.
+    let main = f.path("images/hello/src/main.rs");
+    let mut text = fs::read_to_string(&main).unwrap();
+    text = text.replace(
+        "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
+        "println!(\"hello {} built in {}\", env!(\"CARGO_PKG_VERSION\"), env!(\"CARGO_MANIFEST_DIR\"));",
+    );
+    assert!(
+        text.contains("CARGO_MANIFEST_DIR\")"),
+        "the fixture edit must apply"
+    );
+    fs::write(&main, text).unwrap();
+    f.commit("leak the build path");
+    let out = f.xtask(&["repro", "hello"]);
+    assert!(!out.status.success(), "repro must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not reproducible"), "{stderr}");
+    assert!(
+        stderr.contains("image hello: layer 1 of 2 differs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("first differing file /usr/local/bin/hello: content=sha256:"),
+        "{stderr}"
+    );
+}
+
+/// Runs a build expected to fail and checks the error and that no layout,
+/// complete or partial, was written.
+fn bad_input(f: &Fixture, expect: &[&str]) {
+    let stderr = f.fails(&["build"]);
+    for e in expect {
+        assert!(stderr.contains(e), "expected {e:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.matches("error:").count(), 1, "one error:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let images = f.path("target/images");
+    let left: Vec<_> = fs::read_dir(&images)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing may be left in target/images: {left:?}"
+    );
+}
+
+#[test]
+fn malformed_image_toml_is_refused_with_its_line() {
+    let f = three_layers();
+    f.write(
+        "images/files/image.toml",
+        &THREE_LAYERS.replace("tags = [\"v1\"]", "tags = [\"v1\""),
+    );
+    bad_input(
+        &f,
+        &[
+            "images/files/image.toml:6:1: invalid array",
+            "see images/hello/image.toml",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_line() {
+    let f = three_layers();
+    f.write(
+        "images/files/image.toml",
+        &THREE_LAYERS.replace("[config]\n", "[config]\nentry_point = []\n"),
+    );
+    bad_input(
+        &f,
+        &[
+            "images/files/image.toml:21:1: unknown field `entry_point`",
+            "expected one of",
+        ],
+    );
+}
+
+#[test]
+fn missing_source_file_is_refused() {
+    let f = three_layers();
+    fs::remove_file(f.path("images/files/data/one.txt")).unwrap();
+    bad_input(
+        &f,
+        &[
+            "images/files/image.toml:8:10: source data/one.txt of layer \"one\" cannot be read",
+            "create it or fix src",
+        ],
+    );
+}
+
+#[test]
+fn unknown_cargo_package_or_binary_is_refused() {
+    let f = Fixture::copy_of_repo("unknown-bin");
+    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    f.write(
+        "images/hello/image.toml",
+        &toml.replace(
+            "package = \"hello\", bin = \"hello\"",
+            "package = \"nosuch\", bin = \"hello\"",
+        ),
+    );
+    bad_input(
+        &f,
+        &[
+            "images/hello/image.toml: package \"nosuch\" is not a member of the cargo workspace",
+            "members: hello, xtask",
+        ],
+    );
+    f.write(
+        "images/hello/image.toml",
+        &toml.replace("bin = \"hello\"", "bin = \"helo\""),
+    );
+    bad_input(
+        &f,
+        &["package \"hello\" has no binary \"helo\" (it has: hello)"],
+    );
+}
+
+#[test]
+fn destination_outside_the_image_root_is_refused() {
+    let f = three_layers();
+    f.write(
+        "images/files/image.toml",
+        &THREE_LAYERS.replace("dest = \"/srv/one.txt\"", "dest = \"../etc/one.txt\""),
+    );
+    bad_input(
+        &f,
+        &["images/files/image.toml:8:41: destination \"../etc/one.txt\" leaves the image root"],
+    );
+    f.write(
+        "images/files/image.toml",
+        &THREE_LAYERS.replace("dest = \"/srv/one.txt\"", "dest = \"/srv/../../one.txt\""),
+    );
+    bad_input(&f, &["leaves the image root through \"..\""]);
+}
+
+#[test]
+fn symlink_escaping_the_workspace_is_refused() {
+    let f = three_layers();
+    let outside = support::TempDir::new("outside");
+    fs::write(outside.path().join("secret"), "x").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        f.path("images/files/data/tree/escape"),
+    )
+    .unwrap();
+    bad_input(
+        &f,
+        &[
+            "images/files/image.toml:12:10:",
+            "is a symlink that leads outside the workspace",
+        ],
+    );
+}
+
+#[test]
+fn tag_only_base_is_refused() {
+    let f = three_layers();
+    f.write(
+        "images/files/image.toml",
+        &THREE_LAYERS.replace(
+            "tags = [\"v1\"]",
+            "tags = [\"v1\"]\nbase = \"debian:bookworm\"",
+        ),
+    );
+    bad_input(
+        &f,
+        &[
+            "images/files/image.toml:5:8: base image \"debian:bookworm\" is pinned by tag only",
+            "pin it by digest",
+        ],
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_builds_nothing() {
+    let f = three_layers();
+    let plan: serde_json::Value = serde_json::from_str(&f.ok(&["build", "--dry-run"])).unwrap();
+    let layers = plan["images"][0]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    let paths: Vec<&str> = layers[1]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/srv",
+            "/srv/link",
+            "/srv/tree",
+            "/srv/tree/a.txt",
+            "/srv/tree/sub",
+            "/srv/tree/sub/b.txt"
+        ]
+    );
+    assert!(!f.path("target/images").exists());
+}

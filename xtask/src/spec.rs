@@ -147,6 +147,11 @@ impl ImagePath {
     /// Parses `/a/b/c`. Refuses relative paths, `..`, `.`, empty components
     /// and the root itself, so a value of this type can never leave the image.
     pub fn parse(s: &str) -> std::result::Result<ImagePath, String> {
+        if s.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "destination {s:?} leaves the image root through \"..\"; use an absolute path inside the image"
+            ));
+        }
         let Some(rest) = s.strip_prefix('/') else {
             return Err(format!(
                 "destination {s:?} is not absolute; write it as \"/{s}\""
@@ -686,7 +691,7 @@ mod tests {
             "{e}"
         );
         let e = err(&format!(
-            "{MINIMAL}[[layer]]\nname = \"l\"\ndirs = [{{ dest = \"../x\" }}]\n"
+            "{MINIMAL}[[layer]]\nname = \"l\"\ndirs = [{{ dest = \"etc/x\" }}]\n"
         ));
         assert!(e.contains("is not absolute"), "{e}");
     }
