@@ -6,8 +6,10 @@
 
 pub mod build;
 pub mod cache;
+pub mod gates;
 pub mod layer;
 pub mod oci;
+pub mod provenance;
 pub mod repro;
 pub mod spec;
 pub mod workspace;

@@ -1,0 +1,418 @@
+//! Release gates and the release policy. Pure: evidence in, decision out.
+//!
+//! The lane has a built-in set of required gates ([`BUILT_IN`]). The policy
+//! file (`ci/release-policy.toml`) can add gates; it cannot remove or
+//! downgrade a built-in one, and there is no warn-only state for a required
+//! gate. A required gate with no result is `missing`, and missing counts as
+//! failed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Gates every release must pass, whatever the policy says.
+pub const BUILT_IN: &[&str] = &[
+    "source-state",
+    "pinned-inputs",
+    "reproducible",
+    "no-drift",
+    "smoke",
+    "publish-cross-check",
+    "provenance-complete",
+];
+
+/// Gates the lane knows that a policy may add.
+pub const OPTIONAL: &[(&str, &str)] = &[
+    (
+        "authoritative-builder",
+        "the builder is a CI workflow, not a local run",
+    ),
+    (
+        "no-unused-packages",
+        "no curated package is unused (drift report)",
+    ),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateState {
+    Passed,
+    Failed,
+    Missing,
+}
+
+impl fmt::Display for GateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GateState::Passed => "passed",
+            GateState::Failed => "failed",
+            GateState::Missing => "missing",
+        })
+    }
+}
+
+/// The outcome of one gate with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub gate: String,
+    pub state: GateState,
+    /// One line for humans.
+    pub summary: String,
+    /// Machine-readable evidence (digests compared, logs, reports).
+    pub evidence: serde_json::Value,
+}
+
+impl GateResult {
+    pub fn passed(
+        gate: &str,
+        summary: impl Into<String>,
+        evidence: serde_json::Value,
+    ) -> GateResult {
+        GateResult {
+            gate: gate.into(),
+            state: GateState::Passed,
+            summary: summary.into(),
+            evidence,
+        }
+    }
+
+    pub fn failed(
+        gate: &str,
+        summary: impl Into<String>,
+        evidence: serde_json::Value,
+    ) -> GateResult {
+        GateResult {
+            gate: gate.into(),
+            state: GateState::Failed,
+            summary: summary.into(),
+            evidence,
+        }
+    }
+
+    pub fn check(
+        gate: &str,
+        ok: bool,
+        summary: impl Into<String>,
+        evidence: serde_json::Value,
+    ) -> GateResult {
+        if ok {
+            Self::passed(gate, summary, evidence)
+        } else {
+            Self::failed(gate, summary, evidence)
+        }
+    }
+}
+
+/// The decision over all gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub accepted: bool,
+    /// Every required gate with its final state (missing filled in).
+    pub gates: Vec<GateResult>,
+    /// Every reason for rejection, not only the first.
+    pub failures: Vec<String>,
+}
+
+/// Decides over `results` for the `required` gates. Results for gates that
+/// are not required are kept as information and never reject.
+pub fn decide(required: &[String], results: &[GateResult]) -> Decision {
+    let by_gate: BTreeMap<&str, &GateResult> =
+        results.iter().map(|r| (r.gate.as_str(), r)).collect();
+    let mut gates = Vec::new();
+    let mut failures = Vec::new();
+    for g in required {
+        let r = match by_gate.get(g.as_str()) {
+            Some(r) => (*r).clone(),
+            None => GateResult {
+                gate: g.clone(),
+                state: GateState::Missing,
+                summary: "the gate did not run".into(),
+                evidence: serde_json::Value::Null,
+            },
+        };
+        if r.state != GateState::Passed {
+            failures.push(format!("{}: {} ({})", r.gate, r.state, r.summary));
+        }
+        gates.push(r);
+    }
+    for r in results {
+        if !required.contains(&r.gate) {
+            gates.push(r.clone());
+        }
+    }
+    Decision {
+        accepted: failures.is_empty(),
+        gates,
+        failures,
+    }
+}
+
+/// The release policy, from `ci/release-policy.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Gates required in addition to the built-in ones.
+    pub extra_required: Vec<String>,
+    /// Builder ids whose releases are authoritative (CI workflows).
+    pub trusted_builders: Vec<String>,
+    /// Whether a local (non-CI) run may be accepted into a registry.
+    pub require_authoritative_for_registry: bool,
+    /// PEM public keys trusted to sign evidence.
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            extra_required: Vec::new(),
+            trusted_builders: Vec::new(),
+            require_authoritative_for_registry: true,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: u32,
+    #[serde(default)]
+    gates: RawGates,
+    #[serde(default)]
+    builder: RawBuilder,
+    #[serde(default)]
+    signing: RawSigning,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGates {
+    #[serde(default)]
+    require: Vec<String>,
+    // The following keys exist only to be refused with a clear message.
+    #[serde(default)]
+    optional: Vec<String>,
+    #[serde(default)]
+    warn: Vec<String>,
+    #[serde(default)]
+    skip: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuilder {
+    #[serde(default)]
+    trusted: Vec<String>,
+    require_authoritative_for_registry: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+}
+
+/// Parses the policy file. `path` is for messages.
+pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
+    let raw: RawPolicy = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map_or(path.to_string(), |l| format!("{path}:{l}"));
+            bail!("{at}: {}", e.message().trim_end_matches('.'));
+        }
+    };
+    if raw.version != 1 {
+        bail!(
+            "{path}: policy version {} is not supported; write version = 1",
+            raw.version
+        );
+    }
+    for (key, names) in [
+        ("optional", &raw.gates.optional),
+        ("warn", &raw.gates.warn),
+        ("skip", &raw.gates.skip),
+    ] {
+        for name in names {
+            if BUILT_IN.contains(&name.as_str()) {
+                bail!(
+                    "{path}: gates.{key} lists {name:?}, a built-in required gate; the policy can add gates but cannot make a built-in gate optional, warn-only or skipped"
+                );
+            }
+            bail!(
+                "{path}: gates.{key} is not supported: a gate is either required (gates.require) or not listed; there is no warn-only mode"
+            );
+        }
+    }
+    let mut extra_required = Vec::new();
+    for name in raw.gates.require {
+        if BUILT_IN.contains(&name.as_str()) {
+            continue; // already required
+        }
+        if !OPTIONAL.iter().any(|(n, _)| *n == name) {
+            bail!(
+                "{path}: gates.require lists unknown gate {name:?}; known gates: {}",
+                BUILT_IN
+                    .iter()
+                    .copied()
+                    .chain(OPTIONAL.iter().map(|(n, _)| *n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !extra_required.contains(&name) {
+            extra_required.push(name);
+        }
+    }
+    if raw.builder.require_authoritative_for_registry == Some(false) {
+        bail!(
+            "{path}: builder.require_authoritative_for_registry = false would let a local run release to a registry; remove it (use the local store for development)"
+        );
+    }
+    Ok(Policy {
+        extra_required,
+        trusted_builders: raw.builder.trusted,
+        require_authoritative_for_registry: true,
+        trusted_keys: raw.signing.trusted_keys,
+    })
+}
+
+impl Policy {
+    /// The gates required for one release: the built-in ones, the policy's
+    /// additions, and `authoritative-builder` when releasing to a registry.
+    pub fn required(&self, to_registry: bool) -> Vec<String> {
+        let mut r: Vec<String> = BUILT_IN.iter().map(|s| s.to_string()).collect();
+        r.extend(self.extra_required.iter().cloned());
+        if to_registry
+            && self.require_authoritative_for_registry
+            && !r.iter().any(|g| g == "authoritative-builder")
+        {
+            r.push("authoritative-builder".into());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all_passed() -> Vec<GateResult> {
+        BUILT_IN
+            .iter()
+            .map(|g| GateResult::passed(g, "ok", json!({})))
+            .collect()
+    }
+
+    #[test]
+    fn all_required_passed_is_accepted() {
+        let d = decide(&Policy::default().required(false), &all_passed());
+        assert!(d.accepted, "{d:?}");
+        assert!(d.failures.is_empty());
+    }
+
+    #[test]
+    fn missing_counts_as_failed_and_every_failure_is_listed() {
+        let mut results = all_passed();
+        results.retain(|r| r.gate != "smoke");
+        results
+            .iter_mut()
+            .find(|r| r.gate == "no-drift")
+            .unwrap()
+            .state = GateState::Failed;
+        results
+            .iter_mut()
+            .find(|r| r.gate == "reproducible")
+            .unwrap()
+            .state = GateState::Failed;
+        let d = decide(&Policy::default().required(false), &results);
+        assert!(!d.accepted);
+        assert_eq!(
+            d.failures,
+            [
+                "reproducible: failed (ok)",
+                "no-drift: failed (ok)",
+                "smoke: missing (the gate did not run)"
+            ]
+        );
+        assert_eq!(
+            d.gates.iter().find(|g| g.gate == "smoke").unwrap().state,
+            GateState::Missing
+        );
+    }
+
+    #[test]
+    fn registry_releases_need_an_authoritative_builder() {
+        let d = decide(&Policy::default().required(true), &all_passed());
+        assert!(!d.accepted);
+        assert_eq!(
+            d.failures,
+            ["authoritative-builder: missing (the gate did not run)"]
+        );
+    }
+
+    #[test]
+    fn policy_cannot_downgrade_built_in_gates() {
+        for text in [
+            "version = 1\n[gates]\noptional = [\"smoke\"]\n",
+            "version = 1\n[gates]\nwarn = [\"no-drift\"]\n",
+            "version = 1\n[gates]\nskip = [\"reproducible\"]\n",
+        ] {
+            let e = parse_policy("ci/release-policy.toml", text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a built-in required gate"), "{e}");
+            assert!(
+                e.contains("cannot make a built-in gate optional, warn-only or skipped"),
+                "{e}"
+            );
+        }
+        let e = parse_policy(
+            "p.toml",
+            "version = 1\n[builder]\nrequire_authoritative_for_registry = false\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("would let a local run release"), "{e}");
+        let e = parse_policy("p.toml", "version = 1\n[gates]\nsmoke = \"warn\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:3: unknown field `smoke`"), "{e}");
+    }
+
+    #[test]
+    fn policy_adds_gates() {
+        let p = parse_policy(
+            "p.toml",
+            "version = 1\n[gates]\nrequire = [\"no-unused-packages\", \"smoke\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.extra_required, ["no-unused-packages"]);
+        assert!(
+            p.required(false)
+                .contains(&"no-unused-packages".to_string())
+        );
+        let e = parse_policy("p.toml", "version = 1\n[gates]\nrequire = [\"vibes\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown gate \"vibes\""), "{e}");
+    }
+
+    #[test]
+    fn the_repository_policy_parses() {
+        let p = parse_policy(
+            "ci/release-policy.toml",
+            include_str!("../../ci/release-policy.toml"),
+        )
+        .unwrap();
+        assert!(
+            p.required(true)
+                .contains(&"authoritative-builder".to_string())
+        );
+    }
+}
