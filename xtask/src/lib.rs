@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod evidence;
 pub mod gates;
 pub mod layer;
 pub mod oci;
