@@ -8,6 +8,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use xtask::build::{self, BuildOptions};
+use xtask::local_store::LocalStore;
+use xtask::release::{self, ReleaseOptions};
 use xtask::repro;
 use xtask::workspace::Workspace;
 
@@ -49,6 +51,22 @@ enum Command {
     /// The second build runs from a copy of the source tree at another path,
     /// under umask 077, with shuffled mtimes, with empty caches. Exits non-zero
     /// and names the image, layer and first differing file on a mismatch.
+    /// The release lane: preflight, build, gates, publish by digest, provenance,
+    /// then accept (move the tags) or reject (move nothing).
+    ///
+    /// Every gate is required: source-state, pinned-inputs, reproducible,
+    /// no-drift, smoke, publish-cross-check, provenance-complete, plus what
+    /// ci/release-policy.toml adds. A gate that fails or does not run rejects
+    /// the release. Without --registry the release goes to the embedded local
+    /// store under target/local-registry/. Exits 0 only when every image is
+    /// accepted. The release record is written to target/releases/.
+    Release {
+        /// Images to release (default: all).
+        images: Vec<String>,
+        /// Print the release report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     Repro {
         /// Images to check (default: all).
         images: Vec<String>,
@@ -98,6 +116,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Release { images, json } => {
+            let mut store = LocalStore::new(ws.root.join("target/local-registry"));
+            let opts = ReleaseOptions {
+                images,
+                quiet: json,
+            };
+            let report = release::release(&ws, &opts, &mut store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", release::summary(&report));
+            }
+            Ok(if report.accepted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Repro { images, json } => {
             let report = repro::repro(&ws, &images, json)?;

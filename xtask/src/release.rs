@@ -1,0 +1,524 @@
+//! `cargo xtask release`: the lane. Preflight, build, gates, publish the
+//! candidate by digest, cross-check, provenance, then accept (move the tags)
+//! or reject (move nothing). Evidence is attached to the candidate digest in
+//! both cases, so a rejection is auditable too.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::build::{self, BuildOptions, BuiltImage, Progress};
+use crate::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
+use crate::gates::{self, Decision, GateResult, Policy};
+use crate::layer::sha256;
+use crate::oci::{Blob, canonical_json};
+use crate::provenance::{self, Builder, Dependency, ProvenanceInputs};
+use crate::spec::BaseRef;
+use crate::workspace::{GitFacts, Workspace};
+
+pub const POLICY_PATH: &str = "ci/release-policy.toml";
+
+/// Where releases go: a registry, or the embedded local store.
+pub trait Store {
+    /// Names the store in messages (`registry 127.0.0.1:5000`, `local store target/local-registry`).
+    fn describe(&self) -> String;
+    /// True for a real registry (the release tag then needs an authoritative builder).
+    fn is_registry(&self) -> bool;
+    /// `HOST[:PORT]/[PREFIX/]REPOSITORY`: the subject name in statements.
+    fn subject_name(&self, repository: &str) -> String;
+    /// Checks, before any build work, that pushing to these repositories will work.
+    fn preflight(&mut self, repositories: &[String]) -> Result<()>;
+    /// Pushes an image by digest, without a tag, and cross-checks what the
+    /// store holds against the local digests. Returns the cross-check evidence
+    /// (never an error for a mismatch: that is a failed gate).
+    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<CrossCheck>;
+    /// Pushes an artifact (blobs, then manifest by digest) and records it as a
+    /// referrer of its subject. Returns the artifact manifest digest.
+    fn attach(
+        &mut self,
+        repository: &str,
+        subject_digest: &str,
+        artifact: &Artifact,
+    ) -> Result<String>;
+    /// Points `tag` at `digest` and reads it back.
+    fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()>;
+    /// What `tag` points at now.
+    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>>;
+}
+
+/// The publish cross-check of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrossCheck {
+    pub ok: bool,
+    pub digest: String,
+    pub manifest_size: u64,
+    /// Each check with its outcome.
+    pub checks: Vec<(String, bool, String)>,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    pub images: Vec<String>,
+    pub quiet: bool,
+}
+
+/// The outcome for one image, as `release --json` prints it and as the
+/// release record stores it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRelease {
+    pub image: String,
+    pub repository: String,
+    pub subject: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub accepted: bool,
+    pub decision: Decision,
+    /// Tags moved (empty on rejection).
+    pub tagged: Vec<String>,
+    /// Digests of the attached evidence artifacts.
+    pub evidence: Vec<String>,
+    pub record: PathBuf,
+    pub provenance: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReport {
+    pub store: String,
+    pub builder: Builder,
+    pub accepted: bool,
+    pub images: Vec<ImageRelease>,
+}
+
+/// The facts every gate and the provenance share.
+struct Context_ {
+    git: GitFacts,
+    policy: Policy,
+    policy_digest: String,
+    builder: Builder,
+    started_on: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn load_policy(ws: &Workspace) -> Result<(Policy, String)> {
+    let path = ws.root.join(POLICY_PATH);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("reading {POLICY_PATH}; every release needs a policy file (see README.md)")
+    })?;
+    let text =
+        String::from_utf8(bytes.clone()).with_context(|| format!("{POLICY_PATH} is not UTF-8"))?;
+    Ok((gates::parse_policy(POLICY_PATH, &text)?, sha256(&bytes)))
+}
+
+/// Runs the lane. Returns the report; the caller exits 0 only when every
+/// image was accepted.
+pub fn release(
+    ws: &Workspace,
+    opts: &ReleaseOptions,
+    store: &mut dyn Store,
+) -> Result<ReleaseReport> {
+    let progress = Progress { quiet: opts.quiet };
+    let started_on = now();
+    let (policy, policy_digest) = load_policy(ws)?;
+    let builder = Builder::from_env(&|k| std::env::var(k).ok());
+
+    // Preflight: before any build work.
+    let all = ws.load_images()?;
+    let selected = crate::workspace::select(&all, &opts.images)?;
+    let repositories: Vec<String> = selected.iter().map(|i| i.repository.clone()).collect();
+    progress.say(format_args!("preflight: {}", store.describe()));
+    store.preflight(&repositories)?;
+    for check in preflight_checks() {
+        check()?;
+    }
+
+    let git = crate::workspace::git_facts(&ws.root)?;
+    let ctx = Context_ {
+        git,
+        policy,
+        policy_digest,
+        builder,
+        started_on,
+    };
+
+    progress.say("build");
+    let mut build_opts = BuildOptions::for_workspace(ws);
+    build_opts.quiet = opts.quiet;
+    let report = build::build(ws, &opts.images, &build_opts)?;
+
+    progress.say("gates: reproducible (second build from a copy)");
+    let repro = crate::repro::repro(ws, &opts.images, true);
+
+    let mut images = Vec::new();
+    for image in &report.images {
+        let spec = selected
+            .iter()
+            .find(|s| s.name == image.name)
+            .context("built image not selected")?;
+        let mut results = Vec::new();
+        results.push(source_state(&ctx.git));
+        results.push(pinned_inputs(ws, spec)?);
+        results.push(reproducible(&repro, &image.name));
+        results.extend(image_gates(ws, image));
+
+        progress.say(format_args!(
+            "publish {} by digest to {}",
+            image.name,
+            store.describe()
+        ));
+        let cross = store.publish_candidate(image);
+        let published = matches!(&cross, Ok(c) if c.digest == image.manifest_digest);
+        results.push(match &cross {
+            Ok(c) => GateResult::check(
+                "publish-cross-check",
+                c.ok,
+                if c.ok {
+                    "registry holds exactly the built digest".to_string()
+                } else {
+                    failed_checks(c)
+                },
+                serde_json::to_value(c)?,
+            ),
+            Err(e) => GateResult::failed("publish-cross-check", format!("{e:#}"), Value::Null),
+        });
+
+        let subject = store.subject_name(&spec.repository);
+        let statement =
+            provenance::provenance_statement(&provenance_inputs(ws, &ctx, image, &subject)?);
+        let missing = provenance::missing_fields(&statement);
+        results.push(GateResult::check(
+            "provenance-complete",
+            missing.is_empty(),
+            if missing.is_empty() {
+                "every field present".to_string()
+            } else {
+                format!("missing: {}", missing.join(", "))
+            },
+            json!({ "missing": missing }),
+        ));
+        let trusted = ctx.policy.trusted_builders.is_empty()
+            || ctx.policy.trusted_builders.contains(&ctx.builder.id);
+        results.push(GateResult::check(
+            "authoritative-builder",
+            ctx.builder.authoritative && trusted,
+            format!(
+                "builder {} ({})",
+                ctx.builder.id,
+                if !ctx.builder.authoritative {
+                    "a local run, not a CI workflow"
+                } else if trusted {
+                    "a trusted CI workflow"
+                } else {
+                    "a CI workflow the policy does not trust"
+                }
+            ),
+            serde_json::to_value(&ctx.builder)?,
+        ));
+
+        let required = ctx.policy.required(store.is_registry());
+        let decision = gates::decide(&required, &results);
+        let policy_dep = Dependency::named(POLICY_PATH, "sha256", &ctx.policy_digest);
+        let gate_statement =
+            provenance::gate_statement(&subject, &image.manifest_digest, &decision, &policy_dep);
+
+        let record_path = ws.root.join("target/releases").join(format!(
+            "{}-{}.json",
+            image.name,
+            image.manifest_digest.trim_start_matches("sha256:")
+        ));
+        let mut release = ImageRelease {
+            image: image.name.clone(),
+            repository: spec.repository.clone(),
+            subject: subject.clone(),
+            digest: image.manifest_digest.clone(),
+            tags: spec.tags.clone(),
+            accepted: decision.accepted,
+            decision,
+            tagged: Vec::new(),
+            evidence: Vec::new(),
+            record: record_path.clone(),
+            provenance: statement.clone(),
+        };
+
+        // Evidence goes to the candidate digest, accepted or not, when the
+        // candidate is in the store.
+        if published {
+            let manifest_size = cross.as_ref().map(|c| c.manifest_size).unwrap_or_default();
+            for (predicate, st) in [
+                (provenance::SLSA_PROVENANCE_V1, &statement),
+                (provenance::TEST_RESULT_V01, &gate_statement),
+            ] {
+                let env = canonical_json(&evidence::envelope(&canonical_json(st)?.bytes, &[]))?;
+                let a = evidence::artifact(
+                    MEDIA_DSSE,
+                    MEDIA_DSSE,
+                    env,
+                    &image.manifest_digest,
+                    manifest_size,
+                    &[(ANNOTATION_PREDICATE, predicate)],
+                )?;
+                match store.attach(&spec.repository, &image.manifest_digest, &a) {
+                    Ok(d) => release.evidence.push(d),
+                    Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
+                }
+            }
+        }
+        if release.accepted {
+            for tag in &spec.tags {
+                progress.say(format_args!(
+                    "accept: tag {}:{tag} -> {}",
+                    spec.repository, image.manifest_digest
+                ));
+                match store.tag(&spec.repository, &image.manifest_digest, tag) {
+                    Ok(()) => release.tagged.push(tag.clone()),
+                    Err(e) => {
+                        reject(&mut release, format!("tagging {tag} failed: {e:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+        let record = record_json(&release, &gate_statement, &ctx)?;
+        if published {
+            let a = evidence::artifact(
+                MEDIA_RELEASE_RECORD,
+                MEDIA_RELEASE_RECORD,
+                record.clone(),
+                &image.manifest_digest,
+                cross.as_ref().map(|c| c.manifest_size).unwrap_or_default(),
+                &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
+            )?;
+            if let Ok(d) = store.attach(&spec.repository, &image.manifest_digest, &a) {
+                release.evidence.push(d);
+            }
+        }
+        crate::cache::write_atomic(&record_path, &record.bytes)?;
+        images.push(release);
+    }
+    let accepted = images.iter().all(|i| i.accepted);
+    Ok(ReleaseReport {
+        store: store.describe(),
+        builder: ctx.builder,
+        accepted,
+        images,
+    })
+}
+
+fn reject(release: &mut ImageRelease, why: String) {
+    release.accepted = false;
+    release.decision.accepted = false;
+    release.decision.failures.push(why);
+}
+
+fn failed_checks(c: &CrossCheck) -> String {
+    c.checks
+        .iter()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(n, _, d)| format!("{n}: {d}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn record_json(release: &ImageRelease, gate_statement: &Value, ctx: &Context_) -> Result<Blob> {
+    canonical_json(&json!({
+        "release": release,
+        "gateStatement": gate_statement,
+        "startedOn": ctx.started_on,
+        "finishedOn": now(),
+    }))
+}
+
+/// Extra preflight checks (the Docker Engine for the smoke gate).
+fn preflight_checks() -> Vec<fn() -> Result<()>> {
+    Vec::new()
+}
+
+fn source_state(git: &GitFacts) -> GateResult {
+    GateResult::check(
+        "source-state",
+        !git.dirty && !git.revision.is_empty(),
+        if git.dirty {
+            format!(
+                "the work tree has uncommitted changes on {}; commit or stash them",
+                git.revision
+            )
+        } else {
+            format!("clean checkout of {}", git.revision)
+        },
+        serde_json::to_value(git).unwrap_or_default(),
+    )
+}
+
+fn pinned_inputs(ws: &Workspace, spec: &crate::spec::ImageSpec) -> Result<GateResult> {
+    // Tag-only bases cannot be parsed (spec::parse_base), so every base here
+    // is scratch, a workspace image or pinned by digest.
+    let base = spec.base.to_string();
+    let pinned =
+        !matches!(&spec.base, BaseRef::Pinned { digest, .. } if !digest.starts_with("sha256:"));
+    let lockfiles = lockfile_digests(ws)?;
+    Ok(GateResult::check(
+        "pinned-inputs",
+        pinned,
+        format!("base {base}; {} lockfile(s) fresh", lockfiles.len()),
+        json!({ "base": base, "lockfiles": lockfiles }),
+    ))
+}
+
+/// `lockfiles/*` with their sha256, sorted by path.
+pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let dir = ws.root.join("lockfiles");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                let bytes = std::fs::read(e.path())?;
+                out.insert(
+                    format!("lockfiles/{}", e.file_name().to_string_lossy()),
+                    sha256(&bytes),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn reproducible(repro: &Result<crate::repro::ReproReport>, name: &str) -> GateResult {
+    match repro {
+        Err(e) => GateResult::failed(
+            "reproducible",
+            format!("the second build failed: {e:#}"),
+            Value::Null,
+        ),
+        Ok(r) => match r.images.iter().find(|i| i.name == name) {
+            None => GateResult::failed(
+                "reproducible",
+                "the second build did not produce this image",
+                Value::Null,
+            ),
+            Some(i) => GateResult::check(
+                "reproducible",
+                i.equal,
+                i.difference
+                    .clone()
+                    .unwrap_or_else(|| format!("both builds gave {}", i.first)),
+                serde_json::to_value(i).unwrap_or_default(),
+            ),
+        },
+    }
+}
+
+/// Gates that look at the built image itself (drift, smoke).
+fn image_gates(_ws: &Workspace, _image: &BuiltImage) -> Vec<GateResult> {
+    Vec::new()
+}
+
+fn provenance_inputs(
+    ws: &Workspace,
+    ctx: &Context_,
+    image: &BuiltImage,
+    subject: &str,
+) -> Result<ProvenanceInputs> {
+    let source = ws.source_url()?;
+    let mut deps = vec![Dependency::uri(
+        &format!("git+{source}@{}", ctx.git.revision),
+        "gitCommit",
+        &ctx.git.revision,
+    )];
+    if let Ok(lock) = std::fs::read(ws.root.join("Cargo.lock")) {
+        deps.push(Dependency::named("Cargo.lock", "sha256", &sha256(&lock)));
+    }
+    for (path, digest) in lockfile_digests(ws)? {
+        deps.push(Dependency::named(&path, "sha256", &digest));
+    }
+    if let Some(base) = base_of(image) {
+        deps.push(Dependency::uri(&base.0, "sha256", &base.1));
+    }
+    let tc = crate::workspace::toolchain()?;
+    Ok(ProvenanceInputs {
+        subject_name: subject.to_string(),
+        manifest_digest: image.manifest_digest.clone(),
+        image: image.name.clone(),
+        tags: image.tags.clone(),
+        source_repository: source,
+        revision: ctx.git.revision.clone(),
+        tree_clean: !ctx.git.dirty,
+        policy_path: POLICY_PATH.into(),
+        policy_digest: ctx.policy_digest.clone(),
+        rustc: tc.rustc,
+        lane_version: env!("CARGO_PKG_VERSION").into(),
+        encoder: crate::layer::encoder_id(),
+        dependencies: deps,
+        builder: ctx.builder.clone(),
+        started_on: ctx.started_on.clone(),
+        finished_on: now(),
+    })
+}
+
+/// The base name and digest recorded in the image's manifest annotations.
+fn base_of(image: &BuiltImage) -> Option<(String, String)> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(image.layout.join("index.json")).ok()?).ok()?;
+    let digest = index["manifests"][0]["digest"]
+        .as_str()?
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(image.layout.join("blobs/sha256").join(digest)).ok()?,
+    )
+    .ok()?;
+    let ann = &manifest["annotations"];
+    Some((
+        ann[crate::oci::ANNOTATION_BASE_NAME].as_str()?.to_string(),
+        ann[crate::oci::ANNOTATION_BASE_DIGEST]
+            .as_str()?
+            .to_string(),
+    ))
+}
+
+/// The one-screen summary.
+pub fn summary(report: &ReleaseReport) -> String {
+    let mut out = String::new();
+    for i in &report.images {
+        out.push_str(&format!(
+            "{} {}@{}: {}\n",
+            i.image,
+            i.subject,
+            i.digest,
+            if i.accepted {
+                format!("ACCEPTED, tagged {}", i.tagged.join(", "))
+            } else {
+                "REJECTED, no tag moved".into()
+            }
+        ));
+        for g in &i.decision.gates {
+            out.push_str(&format!(
+                "  {:<22} {:<8} {}\n",
+                g.gate,
+                g.state.to_string(),
+                g.summary
+            ));
+        }
+        for f in i
+            .decision
+            .failures
+            .iter()
+            .filter(|f| !i.decision.gates.iter().any(|g| f.starts_with(&g.gate)))
+        {
+            out.push_str(&format!("  {f}\n"));
+        }
+        out.push_str(&format!("  record: {}\n", i.record.display()));
+    }
+    out.push_str(&format!(
+        "builder: {}\nstore: {}\n",
+        report.builder.id, report.store
+    ));
+    out
+}
