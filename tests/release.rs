@@ -1,0 +1,181 @@
+//! `cargo xtask release` end to end (issue 6): gates, decisions, records,
+//! provenance, against the embedded local store.
+
+mod support;
+
+use std::fs;
+
+use support::Fixture;
+
+fn release_json(f: &Fixture, args: &[&str]) -> (bool, serde_json::Value) {
+    let mut all = vec!["release", "--json"];
+    all.extend_from_slice(args);
+    let out = f.xtask(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "release --json printed no report ({e}):\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+fn hello(report: &serde_json::Value) -> &serde_json::Value {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == "hello")
+        .expect("hello released")
+}
+
+fn gate<'a>(image: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    image["decision"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == name)
+        .unwrap_or_else(|| panic!("no gate {name}"))
+}
+
+/// The tag `hello` would get in the local store, if any.
+fn local_tag(f: &Fixture, tag: &str) -> Option<String> {
+    let index = fs::read(f.path("target/local-registry/platform/hello/index.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    v["manifests"]
+        .as_array()?
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_dirty_tree_is_rejected_and_the_rejection_is_recorded() {
+    let f = Fixture::copy_of_repo("rel-dirty");
+    f.write(
+        "images/hello/rootfs/etc/hello/hello.conf",
+        "greeting=uncommitted\n",
+    );
+    let (ok, report) = release_json(&f, &["hello"]);
+    assert!(!ok, "a dirty tree must not release");
+    let h = hello(&report);
+    assert_eq!(h["accepted"], false);
+    assert_eq!(gate(h, "source-state")["state"], "failed");
+    assert!(
+        gate(h, "source-state")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("uncommitted changes")
+    );
+    assert!(
+        h["decision"]["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("source-state: failed"))
+    );
+    assert_eq!(h["tagged"], serde_json::json!([]));
+    assert_eq!(local_tag(&f, "latest"), None, "no tag moves on rejection");
+    // The record names the failed gate, on disk and attached to the candidate.
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(h["record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(record["release"]["accepted"], false);
+    assert!(
+        record["gateStatement"]["predicate"]["failedTests"]
+            .as_array()
+            .unwrap()
+            .contains(&"source-state".into())
+    );
+    let digest = h["digest"].as_str().unwrap();
+    let fallback = digest.replace("sha256:", "sha256-");
+    assert!(
+        local_tag(&f, &fallback).is_some(),
+        "evidence is attached to the rejected candidate"
+    );
+    assert_eq!(
+        h["evidence"].as_array().unwrap().len(),
+        3,
+        "provenance, gate statement, record"
+    );
+}
+
+#[test]
+fn a_policy_that_downgrades_a_built_in_gate_is_refused_before_building() {
+    let f = Fixture::copy_of_repo("rel-policy");
+    f.write(
+        "ci/release-policy.toml",
+        "version = 1\n[gates]\nwarn = [\"smoke\"]\n",
+    );
+    f.commit("downgrade smoke");
+    let out = f.xtask(&["release"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "ci/release-policy.toml: gates.warn lists \"smoke\", a built-in required gate"
+        ),
+        "{stderr}"
+    );
+    assert!(!f.path("target/images").exists(), "nothing is built");
+}
+
+#[test]
+fn same_inputs_same_digest_and_decision_and_changed_inputs_show_in_provenance() {
+    let f = Fixture::copy_of_repo("rel-twice");
+    let (ok1, r1) = release_json(&f, &["hello"]);
+    let (ok2, r2) = release_json(&f, &["hello"]);
+    assert_eq!(ok1, ok2);
+    assert_eq!(hello(&r1)["digest"], hello(&r2)["digest"]);
+    assert_eq!(hello(&r1)["accepted"], hello(&r2)["accepted"]);
+    let gates = |r: &serde_json::Value| -> Vec<(String, String)> {
+        hello(r)["decision"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["gate"].as_str().unwrap().to_string(),
+                    g["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(gates(&r1), gates(&r2));
+
+    // One source byte changes the digest, and the provenance names the new revision.
+    let rev1 = hello(&r1)["provenance"]["predicate"]["buildDefinition"]["externalParameters"]["source"]["revision"].clone();
+    f.write(
+        "images/hello/rootfs/etc/hello/hello.conf",
+        "greeting=hello from the release lanf\n",
+    );
+    f.commit("one byte");
+    let (_, r3) = release_json(&f, &["hello"]);
+    assert_ne!(hello(&r3)["digest"], hello(&r1)["digest"]);
+    let prov = &hello(&r3)["provenance"];
+    assert_ne!(
+        prov["predicate"]["buildDefinition"]["externalParameters"]["source"]["revision"],
+        rev1
+    );
+    assert_eq!(
+        prov["subject"][0]["digest"]["sha256"],
+        hello(&r3)["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+    );
+
+    // A lockfile entry shows up among the resolved dependencies.
+    f.write("lockfiles/extra.lock", "pinned = 1\n");
+    f.commit("lockfile");
+    let (_, r4) = release_json(&f, &["hello"]);
+    let deps = hello(&r4)["provenance"]["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        deps.iter().any(|d| d["name"] == "lockfiles/extra.lock"),
+        "{deps:?}"
+    );
+    assert!(deps.iter().any(|d| d["name"] == "Cargo.lock"), "{deps:?}");
+}
