@@ -10,7 +10,7 @@
 //! - mtime = SOURCE_DATE_EPOCH, uid/gid as declared, uname/gname empty,
 //!   modes as declared (masked to 0o7777), no atime/ctime/xattrs;
 //! - one header format (GNU, with GNU long names), one writer (the `tar` crate);
-//! - gzip from `flate2` (miniz_oxide backend) at [`GZIP_LEVEL`], mtime 0,
+//! - gzip from `flate2` with its zlib-rs backend (pure Rust) at [`GZIP_LEVEL`], mtime 0,
 //!   no file name, OS byte "unknown".
 
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ pub const GZIP_LEVEL: u32 = 6;
 /// Names the encoder in cache keys and provenance; bump `format` when the
 /// byte layout of a layer changes for the same entries.
 pub fn encoder_id() -> String {
-    format!("lane-layer/format=1 tar=0.4 flate2=1/miniz_oxide gzip-level={GZIP_LEVEL} header=gnu")
+    format!("lane-layer/format=1 tar=0.4 flate2=1/zlib-rs gzip-level={GZIP_LEVEL} header=gnu")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,6 +402,28 @@ mod tests {
             .unwrap();
         assert_eq!(d1.diff_id, sha256(&tar));
         assert_eq!(d1.tar_size, tar.len() as u64);
+    }
+
+    /// A golden digest: if the tar writer, the gzip backend or its level
+    /// change, every layer digest changes, and this test says so first.
+    #[test]
+    fn encoder_output_is_pinned() {
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("line {i} of the golden layer\n").into_bytes())
+            .collect();
+        let n = text.len() as u64;
+        let (d, _) = encode_mem(
+            vec![file("/golden.txt", "g", n)],
+            BTreeMap::from([("g".into(), text)]),
+        );
+        assert_eq!(
+            (d.digest.as_str(), d.diff_id.as_str()),
+            (
+                "sha256:737249fb57ee6a05f9cf80efdc9af54bc0d29f3aeb9b93a3ec490791784f061e",
+                "sha256:ae73c205dc854fa524d206c76e4a5d18b5ca96eee791a63db4660628d60430ec"
+            ),
+            "the layer encoder changed; bump encoder_id's format and update this digest on purpose"
+        );
     }
 
     #[test]
