@@ -4,6 +4,7 @@
 //! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`])
 //! touch the file system, git and cargo. See ARCHITECTURE.md.
 
+pub mod bench;
 pub mod build;
 pub mod cache;
 pub mod evidence;

@@ -67,6 +67,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the lane side by side with reference tools (see BENCHMARKS.md).
+    ///
+    /// Generates its own inputs under target/bench/ (about 200 MB; 20 MB with
+    /// --quick) and reports, per case, the lane's figure, the reference's and
+    /// their ratio (min/median/max over 3 runs; 1 with --quick).
+    Bench {
+        /// Small inputs and one run: a smoke check of the harness.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encode one layer from a directory or file (used by `bench` in a child process).
+    #[command(hide = true)]
+    BenchLayer { input: PathBuf, out: PathBuf },
     Repro {
         /// Images to check (default: all).
         images: Vec<String>,
@@ -134,6 +149,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Bench { quick, json } => {
+            let report = xtask::bench::bench(&ws, quick)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", xtask::bench::table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchLayer { input, out } => {
+            let d = xtask::bench::encode_tree(&input, &out)?;
+            println!("{}", serde_json::to_string(&d)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Repro { images, json } => {
             let report = repro::repro(&ws, &images, json)?;

@@ -1,0 +1,49 @@
+//! `cargo xtask bench --quick` as a smoke check of the benchmark harness
+//! (issue 8). No figure is asserted: benchmarks are measured, not timed tests.
+
+mod support;
+
+use support::Fixture;
+
+#[test]
+fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
+    let f = Fixture::copy_of_repo("bench");
+    let out = f.ok(&["bench", "--quick", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in [
+        "layer assembly",
+        "warm rebuild",
+        "rebuild after one changed file",
+        "peak memory",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "no case {want:?} in {names:?}"
+        );
+    }
+    for c in cases {
+        for side in ["lane", "reference"] {
+            for k in ["min", "median", "max"] {
+                assert!(
+                    c[side][k].as_f64().is_some_and(|v| v > 0.0),
+                    "{side}.{k} of {c}"
+                );
+            }
+        }
+        assert!(c["ratio"].as_f64().is_some_and(|v| v > 0.0), "{c}");
+    }
+    // The warm rebuild read and compressed nothing.
+    let warm = cases
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("warm rebuild"))
+        .unwrap();
+    assert!(
+        warm["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("0 misses, 0 bytes read, 0 bytes compressed"),
+        "{warm}"
+    );
+}

@@ -1,0 +1,532 @@
+//! `cargo xtask bench`: the lane's speed and memory, side by side with the
+//! reference tools, in the same run on the same machine.
+//!
+//! Inputs are generated here (a deterministic tree of mixed file sizes), so
+//! every run measures the same bytes. Each figure is min/median/max over
+//! several runs. Timings are wall-clock; peak memory is the child's
+//! `ru_maxrss` from `wait4`, which covers the whole process tree it waited for.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::build::{self, BuildOptions};
+use crate::layer::{self, Contents, Entry, EntryKind};
+use crate::spec::{ImagePath, Owner};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Stat {
+            min: v[0],
+            median: v[v.len() / 2],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One benchmark case: the lane's figure, the reference's, and their ratio
+/// (lane / reference; for time and memory, lower is better).
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub name: String,
+    pub unit: String,
+    pub lane: Stat,
+    pub reference_tool: String,
+    pub reference: Option<Stat>,
+    pub ratio: Option<f64>,
+    /// Other measured facts (sizes, bytes read, cache hits).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub quick: bool,
+    pub machine: String,
+    pub cases: Vec<Case>,
+}
+
+/// xorshift64*: a small deterministic generator for the input tree.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+const WORDS: &[&str] = &[
+    "layer",
+    "digest",
+    "manifest",
+    "release",
+    "image",
+    "config",
+    "registry",
+    "build",
+    "service",
+    "lock",
+    "package",
+    "binary",
+    "library",
+    "provenance",
+    "gate",
+    "smoke",
+    "policy",
+    "source",
+    "commit",
+    "tag",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "with",
+    "fn",
+    "let",
+    "mut",
+    "impl",
+    "struct",
+    "pub",
+];
+
+/// Writes `size` bytes of text-like data (words, numbers), with
+/// `random_percent` of incompressible bytes mixed in.
+fn write_content(
+    w: &mut impl Write,
+    rng: &mut Rng,
+    size: u64,
+    random_percent: u64,
+) -> io::Result<()> {
+    let mut written = 0u64;
+    let mut line = Vec::with_capacity(256);
+    while written < size {
+        line.clear();
+        if rng.next() % 100 < random_percent {
+            for _ in 0..16 {
+                line.extend_from_slice(&rng.next().to_le_bytes());
+            }
+        } else {
+            for _ in 0..(4 + rng.next() % 12) {
+                line.extend_from_slice(
+                    WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes(),
+                );
+                line.push(b' ');
+            }
+            line.extend_from_slice(format!("{}\n", rng.next() % 100_000).as_bytes());
+        }
+        let n = line.len().min((size - written) as usize);
+        w.write_all(&line[..n])?;
+        written += n as u64;
+    }
+    Ok(())
+}
+
+/// Generates the mixed tree: many small files, some medium, a few large.
+/// `scale` 10 gives about 200 MB; 1 gives about 20 MB.
+pub fn generate_tree(dir: &Path, scale: u64) -> Result<u64> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    let mut rng = Rng(0x5eed_1a4e_0000_0001);
+    let mut total = 0u64;
+    let plan: [(u64, u64, u64, u64); 3] = [
+        // (count per scale unit, min size, max size, percent random)
+        (200, 512, 16 << 10, 5),
+        (20, 64 << 10, 1 << 20, 10),
+        (1, 6 << 20, 8 << 20, 30),
+    ];
+    let mut i = 0u64;
+    for (count, min, max, random) in plan {
+        for _ in 0..count * scale {
+            let size = min + rng.next() % (max - min);
+            let path = dir.join(format!("d{:02}/s{}/f{i:05}.dat", i % 23, i % 7));
+            fs::create_dir_all(path.parent().unwrap_or(dir))?;
+            let mut f = BufWriter::new(fs::File::create(&path)?);
+            write_content(&mut f, &mut rng, size, random)?;
+            f.flush()?;
+            total += size;
+            i += 1;
+        }
+    }
+    Ok(total)
+}
+
+/// The entries of a layer holding `dir` under `/data`, as the lane would
+/// package a `files` source directory.
+pub fn tree_entries(dir: &Path) -> Result<Vec<Entry>> {
+    let root = ImagePath::parse("/data").map_err(anyhow::Error::msg)?;
+    let mut entries = vec![Entry {
+        path: root.clone(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        owner: Owner::ROOT,
+    }];
+    for e in walkdir::WalkDir::new(dir).min_depth(1) {
+        let e = e?;
+        let rel = e.path().strip_prefix(dir)?.to_string_lossy().into_owned();
+        let kind = if e.file_type().is_dir() {
+            EntryKind::Dir
+        } else {
+            EntryKind::File {
+                source: e.path().to_string_lossy().into_owned(),
+                size: e.metadata()?.len(),
+            }
+        };
+        let mode = if kind == EntryKind::Dir { 0o755 } else { 0o644 };
+        entries.push(Entry {
+            path: root.join(&rel),
+            kind,
+            mode,
+            owner: Owner::ROOT,
+        });
+    }
+    layer::normalise(entries)
+}
+
+struct Files;
+
+impl Contents for Files {
+    fn open(&mut self, source: &str) -> io::Result<Box<dyn io::Read + '_>> {
+        Ok(Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            fs::File::open(source)?,
+        )))
+    }
+}
+
+/// Encodes `dir` (a tree, or a single file) as one layer into `out`. This is
+/// what the hidden `bench-layer` command runs in a child process.
+pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
+    let entries = if input.is_dir() {
+        tree_entries(input)?
+    } else {
+        let size = fs::metadata(input)?.len();
+        layer::normalise(vec![Entry {
+            path: ImagePath::parse("/data/big.bin").map_err(anyhow::Error::msg)?,
+            kind: EntryKind::File {
+                source: input.to_string_lossy().into_owned(),
+                size,
+            },
+            mode: 0o644,
+            owner: Owner::ROOT,
+        }])?
+    };
+    let w = BufWriter::with_capacity(1 << 20, fs::File::create(out)?);
+    let (d, _) = layer::encode(&entries, 1_700_000_000, &mut Files, w)?;
+    Ok(d)
+}
+
+/// Runs a command under GNU time, returning (seconds, peak RSS in KiB of
+/// its largest process). GNU time waits for the command with wait4, whose
+/// `ru_maxrss` covers the process and every child it waited for; running it
+/// from a small process (time itself) keeps our own size out of the figure.
+fn measure(program: &Path, args: &[&std::ffi::OsStr], scratch: &Path) -> Result<(f64, u64)> {
+    let rss_file = scratch.join("maxrss.txt");
+    let start = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .context("running /usr/bin/time (Debian package `time`)")?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = fs::read_to_string(&rss_file)?;
+    let kb = text
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .with_context(|| format!("unexpected GNU time output {text:?}"))?;
+    Ok((secs, kb))
+}
+
+const GNU_PIPELINE: &str = r#"set -o pipefail
+tar --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner -cf - -C "$1" . \
+  | tee >(sha256sum > "$2.tar.sha256") | gzip -n -6 | tee "$2" | sha256sum > "$2.sha256"
+wait"#;
+
+fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("finding the xtask executable")
+}
+
+fn ratio(lane: &Stat, reference: &Stat) -> f64 {
+    lane.median / reference.median
+}
+
+pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
+    let work = ws.root.join("target/bench");
+    fs::create_dir_all(&work)?;
+    let runs = if quick { 1 } else { 3 };
+    let mut cases = Vec::new();
+
+    // 1. Layer assembly of the generated tree vs the GNU pipeline.
+    let tree = work.join("tree");
+    let total = generate_tree(&tree, if quick { 1 } else { 10 })?;
+    let mb = total as f64 / 1e6;
+    let (mut lane_t, mut gnu_t) = (Vec::new(), Vec::new());
+    let (mut lane_size, mut gnu_size) = (0, 0);
+    for _ in 0..runs {
+        let out = work.join("lane.tar.gz");
+        let (s, _) = measure(
+            &self_exe()?,
+            &["bench-layer".as_ref(), tree.as_ref(), out.as_ref()],
+            &work,
+        )?;
+        lane_t.push(mb / s);
+        lane_size = fs::metadata(&out)?.len();
+        let out = work.join("gnu.tar.gz");
+        let (s, _) = measure(
+            Path::new("bash"),
+            &[
+                "-c".as_ref(),
+                GNU_PIPELINE.as_ref(),
+                "gnu".as_ref(),
+                tree.as_ref(),
+                out.as_ref(),
+            ],
+            &work,
+        )?;
+        gnu_t.push(mb / s);
+        gnu_size = fs::metadata(&out)?.len();
+    }
+    let (lane, reference) = (Stat::of(lane_t), Stat::of(gnu_t));
+    cases.push(Case {
+        name: format!("layer assembly, {mb:.0} MB tree (tar+gzip+both digests)"),
+        unit: "MB/s (higher is better)".into(),
+        ratio: Some(ratio(&lane, &reference)),
+        lane,
+        reference_tool: "tar --sort=name | gzip -n -6 | sha256sum (+ tar sha256)".into(),
+        reference: Some(reference),
+        notes: vec![format!(
+            "compressed size: lane {lane_size} B, gzip {gnu_size} B ({:+.2}%)",
+            (lane_size as f64 / gnu_size as f64 - 1.0) * 100.0
+        )],
+    });
+
+    // 2. Cold build, warm rebuild, rebuild after one changed file.
+    let copy = work.join("ws");
+    copy_workspace(&ws.root, &copy)?;
+    let cws = Workspace {
+        root: copy.canonicalize()?,
+    };
+    let mut opts = BuildOptions::for_workspace(&cws);
+    opts.quiet = true;
+    let (mut cold, mut warm, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut notes = Vec::new();
+    for run in 0..runs {
+        let _ = fs::remove_dir_all(copy.join("target"));
+        let t = Instant::now();
+        build::build(&cws, &[], &opts)?;
+        cold.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let w = build::build(&cws, &[], &opts)?.images;
+        warm.push(t.elapsed().as_secs_f64());
+        let conf = copy.join("images/hello/rootfs/etc/hello/hello.conf");
+        fs::write(&conf, format!("greeting=bench run {run}\n"))?;
+        let t = Instant::now();
+        let c = build::build(&cws, &[], &opts)?.images;
+        changed.push(t.elapsed().as_secs_f64());
+        if run == 0 {
+            let sum = |r: &[build::BuiltImage], f: fn(&build::CacheStats) -> u64| {
+                r.iter().map(|i| f(&i.cache)).sum::<u64>()
+            };
+            notes.push(format!(
+                "warm rebuild: {} layer hits, {} misses, {} bytes read, {} bytes compressed",
+                sum(&w, |c| c.hits),
+                sum(&w, |c| c.misses),
+                sum(&w, |c| c.bytes_read),
+                sum(&w, |c| c.bytes_compressed)
+            ));
+            notes.push(format!(
+                "one file changed: {} layer hits, {} misses, {} bytes read, {} bytes compressed",
+                sum(&c, |c| c.hits),
+                sum(&c, |c| c.misses),
+                sum(&c, |c| c.bytes_read),
+                sum(&c, |c| c.bytes_compressed)
+            ));
+        }
+    }
+    let cold = Stat::of(cold);
+    for (name, v, n) in [
+        ("warm rebuild, no change", warm, notes[0].clone()),
+        ("rebuild after one changed file", changed, notes[1].clone()),
+    ] {
+        let s = Stat::of(v);
+        cases.push(Case {
+            name: format!("{name} (all workspace images)"),
+            unit: "seconds".into(),
+            ratio: Some(ratio(&s, &cold)),
+            lane: s,
+            reference_tool: "the lane's own cold build (fresh cache and cargo target dir)".into(),
+            reference: Some(cold.clone()),
+            notes: vec![n],
+        });
+    }
+
+    // 5. Peak memory while encoding one large layer.
+    let big = work.join("big.bin");
+    let big_size: u64 = if quick { 64 << 20 } else { 1 << 30 };
+    {
+        let mut f = BufWriter::with_capacity(1 << 20, fs::File::create(&big)?);
+        write_content(&mut f, &mut Rng(7), big_size, 20)?;
+        f.flush()?;
+    }
+    let (mut lane_m, mut gnu_m) = (Vec::new(), Vec::new());
+    let single = work.join("single");
+    fs::create_dir_all(&single)?;
+    let linked = single.join("big.bin");
+    let _ = fs::remove_file(&linked);
+    fs::hard_link(&big, &linked).or_else(|_| fs::copy(&big, &linked).map(|_| ()))?;
+    for _ in 0..runs {
+        let out = work.join("big.tar.gz");
+        let (_, kb) = measure(
+            &self_exe()?,
+            &["bench-layer".as_ref(), big.as_ref(), out.as_ref()],
+            &work,
+        )?;
+        lane_m.push(kb as f64 / 1024.0);
+        let out = work.join("big-gnu.tar.gz");
+        let (_, kb) = measure(
+            Path::new("bash"),
+            &[
+                "-c".as_ref(),
+                GNU_PIPELINE.as_ref(),
+                "gnu".as_ref(),
+                single.as_ref(),
+                out.as_ref(),
+            ],
+            &work,
+        )?;
+        gnu_m.push(kb as f64 / 1024.0);
+    }
+    let (lane, reference) = (Stat::of(lane_m), Stat::of(gnu_m));
+    cases.push(Case {
+        name: format!("peak memory, one {} MiB layer", big_size >> 20),
+        unit: "MiB RSS (lower is better)".into(),
+        ratio: Some(ratio(&lane, &reference)),
+        lane,
+        reference_tool: "the GNU pipeline's largest process".into(),
+        reference: Some(reference),
+        notes: vec!["the lane streams: memory must not grow with the layer size".into()],
+    });
+    let _ = fs::remove_file(&big);
+    let _ = fs::remove_dir_all(&single);
+
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_default()
+    );
+    Ok(BenchReport {
+        quick,
+        machine,
+        cases,
+    })
+}
+
+fn copy_workspace(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        fs::remove_dir_all(to)?;
+    }
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(from);
+    let list = xshell::cmd!(sh, "git ls-files -z --cached --others --exclude-standard")
+        .quiet()
+        .read()?;
+    for rel in list.split('\0').filter(|s| !s.is_empty()) {
+        let src = from.join(rel);
+        if src.is_file() {
+            let dst = to.join(rel);
+            fs::create_dir_all(dst.parent().unwrap_or(to))?;
+            fs::copy(&src, &dst)?;
+        }
+    }
+    // The copy needs git facts: give it its own commit.
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(to);
+    xshell::cmd!(sh, "git init -q").quiet().run()?;
+    xshell::cmd!(sh, "git add -A").quiet().run()?;
+    xshell::cmd!(
+        sh,
+        "git -c user.name=bench -c user.email=bench@example.com commit -q -m bench"
+    )
+    .quiet()
+    .run()?;
+    Ok(())
+}
+
+/// The results as a table.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = format!(
+        "machine: {}{}\n\n",
+        r.machine,
+        if r.quick { " (--quick)" } else { "" }
+    );
+    out.push_str("| case | unit | lane (min/median/max) | reference (min/median/max) | ratio |\n|---|---|---|---|---|\n");
+    let s = |s: &Stat| format!("{:.2} / {:.2} / {:.2}", s.min, s.median, s.max);
+    for c in &r.cases {
+        out.push_str(&format!(
+            "| {} | {} | {} | {}: {} | {} |\n",
+            c.name,
+            c.unit,
+            s(&c.lane),
+            c.reference_tool,
+            c.reference.as_ref().map(s).unwrap_or_else(|| "-".into()),
+            c.ratio
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    for c in &r.cases {
+        for n in &c.notes {
+            out.push_str(&format!("- {}: {n}\n", c.name));
+        }
+    }
+    out
+}
