@@ -474,15 +474,10 @@ fn copy_workspace(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
         fs::remove_dir_all(to)?;
     }
-    let sh = xshell::Shell::new()?;
-    sh.change_dir(from);
-    let list = xshell::cmd!(sh, "git ls-files -z --cached --others --exclude-standard")
-        .quiet()
-        .read()?;
-    for rel in list.split('\0').filter(|s| !s.is_empty()) {
-        let src = from.join(rel);
+    for rel in crate::workspace::source_files(from)? {
+        let src = from.join(&rel);
         if src.is_file() {
-            let dst = to.join(rel);
+            let dst = to.join(&rel);
             fs::create_dir_all(dst.parent().unwrap_or(to))?;
             fs::copy(&src, &dst)?;
         }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use xshell::{Shell, cmd};
 
 use crate::build::{self, BuildOptions, BuiltImage};
 use crate::layer::{HashReader, sha256};
@@ -105,13 +104,7 @@ pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproRepor
 /// creating them fresh under the current umask and giving each a different
 /// mtime.
 fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
-    let sh = Shell::new()?;
-    sh.change_dir(root);
-    let list = cmd!(sh, "git ls-files -z --cached --others --exclude-standard")
-        .quiet()
-        .read()
-        .context("listing the source tree with git ls-files")?;
-    for (i, rel) in list.split('\0').filter(|s| !s.is_empty()).enumerate() {
+    for (i, rel) in crate::workspace::source_files(root)?.iter().enumerate() {
         let from = root.join(rel);
         let Ok(meta) = fs::symlink_metadata(&from) else {
             continue;

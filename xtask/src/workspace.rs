@@ -192,6 +192,22 @@ pub fn git_facts(root: &Path) -> Result<GitFacts> {
     })
 }
 
+/// The source tree's files as git sees them: tracked, plus untracked files
+/// that are not ignored (so `target/` never counts). Workspace-relative.
+pub fn source_files(root: &Path) -> Result<Vec<String>> {
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    let list = cmd!(sh, "git ls-files -z --cached --others --exclude-standard")
+        .quiet()
+        .read()
+        .context("listing the source tree with git ls-files")?;
+    Ok(list
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Source facts for the images: from git, with `SOURCE_DATE_EPOCH` from the
 /// environment taking precedence over the commit time when it is set.
 pub fn source_facts(ws: &Workspace) -> Result<(SourceFacts, GitFacts)> {
