@@ -397,6 +397,45 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
         });
     }
 
+    // 4. The whole release lane on the sample service, by stage.
+    {
+        let sh = xshell::Shell::new()?;
+        sh.change_dir(&copy);
+        xshell::cmd!(sh, "git checkout -q -- .").quiet().run()?;
+        let (mut total, mut bare) = (Vec::new(), Vec::new());
+        let mut stage_notes = Vec::new();
+        for _ in 0..runs {
+            let _ = fs::remove_dir_all(copy.join("target"));
+            let t = Instant::now();
+            build::build(&cws, &["hello".to_string()], &opts)?;
+            bare.push(t.elapsed().as_secs_f64());
+            let _ = fs::remove_dir_all(copy.join("target"));
+            let mut store = crate::local_store::LocalStore::new(copy.join("target/local-registry"));
+            let ropts = crate::release::ReleaseOptions {
+                images: vec!["hello".into()],
+                quiet: true,
+            };
+            let t = Instant::now();
+            let r = crate::release::release(&cws, &ropts, &mut store)?;
+            total.push(t.elapsed().as_secs_f64());
+            stage_notes = r
+                .stages
+                .iter()
+                .map(|(n, s)| format!("{n} {s:.2} s"))
+                .collect();
+        }
+        let (lane, reference) = (Stat::of(total), Stat::of(bare));
+        cases.push(Case {
+            name: "whole release lane, sample service (local store)".into(),
+            unit: "seconds".into(),
+            ratio: Some(ratio(&lane, &reference)),
+            lane,
+            reference_tool: "a bare cold build of the same image".into(),
+            reference: Some(reference),
+            notes: vec![format!("stages: {}", stage_notes.join(", "))],
+        });
+    }
+
     // 5. Peak memory while encoding one large layer.
     let big = work.join("big.bin");
     let big_size: u64 = if quick { 64 << 20 } else { 1 << 30 };

@@ -92,6 +92,33 @@ pub struct ReleaseReport {
     pub builder: Builder,
     pub accepted: bool,
     pub images: Vec<ImageRelease>,
+    /// Wall-clock seconds of each stage, in order.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Accumulates the time spent in each stage.
+struct Stages {
+    mark: std::time::Instant,
+    spent: Vec<(String, f64)>,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        Stages {
+            mark: std::time::Instant::now(),
+            spent: Vec::new(),
+        }
+    }
+
+    /// Charges the time since the last mark to `name`.
+    fn end(&mut self, name: &str) {
+        let secs = self.mark.elapsed().as_secs_f64();
+        self.mark = std::time::Instant::now();
+        match self.spent.iter_mut().find(|(n, _)| n == name) {
+            Some((_, s)) => *s += secs,
+            None => self.spent.push((name.to_string(), secs)),
+        }
+    }
 }
 
 /// The facts every gate and the provenance share.
@@ -126,6 +153,7 @@ pub fn release(
 ) -> Result<ReleaseReport> {
     let progress = Progress { quiet: opts.quiet };
     let started_on = now();
+    let mut stages = Stages::new();
     let (policy, policy_digest) = load_policy(ws)?;
     let builder = Builder::from_env(&|k| std::env::var(k).ok());
 
@@ -139,6 +167,7 @@ pub fn release(
         check()?;
     }
 
+    stages.end("preflight");
     let git = crate::workspace::git_facts(&ws.root)?;
     let ctx = Context_ {
         git,
@@ -152,9 +181,11 @@ pub fn release(
     let mut build_opts = BuildOptions::for_workspace(ws);
     build_opts.quiet = opts.quiet;
     let report = build::build(ws, &opts.images, &build_opts)?;
+    stages.end("build");
 
     progress.say("gates: reproducible (second build from a copy)");
     let repro = crate::repro::repro(ws, &opts.images, true);
+    stages.end("gate: reproducible");
 
     let mut images = Vec::new();
     for image in &report.images {
@@ -167,6 +198,7 @@ pub fn release(
         results.push(pinned_inputs(ws, spec)?);
         results.push(reproducible(&repro, &image.name));
         results.extend(image_gates(ws, image));
+        stages.end("gates: image checks");
 
         progress.say(format_args!(
             "publish {} by digest to {}",
@@ -189,6 +221,7 @@ pub fn release(
             Err(e) => GateResult::failed("publish-cross-check", format!("{e:#}"), Value::Null),
         });
 
+        stages.end("publish and cross-check");
         let subject = store.subject_name(&spec.repository);
         let statement =
             provenance::provenance_statement(&provenance_inputs(ws, &ctx, image, &subject)?);
@@ -300,6 +333,7 @@ pub fn release(
             }
         }
         crate::cache::write_atomic(&record_path, &record.bytes)?;
+        stages.end("provenance, evidence, accept/reject");
         images.push(release);
     }
     let accepted = images.iter().all(|i| i.accepted);
@@ -308,6 +342,7 @@ pub fn release(
         builder: ctx.builder,
         accepted,
         images,
+        stages: stages.spent,
     })
 }
 
