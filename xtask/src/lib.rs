@@ -8,6 +8,8 @@ pub mod build;
 pub mod cache;
 pub mod layer;
 pub mod oci;
+pub mod publish;
+pub mod registry;
 pub mod repro;
 pub mod spec;
 pub mod workspace;
