@@ -195,6 +195,61 @@ fn preflight_failures_stop_before_the_build_and_push_nothing() {
     assert_eq!(reg.blob_count(), 4);
 }
 
+/// The fourth boundary of the preflight: authenticated, but the registry
+/// refuses to start an upload in the repository.
+#[test]
+fn preflight_names_a_missing_push_permission() {
+    let reg = Registry::start_with_auth("ci", "right-password");
+    let proxy = FaultProxy::start(reg.port, Fault::DenyPush);
+    let f = files_image("pub-deny");
+    let out =
+        Creds::env("ci", "right-password").xtask(&f, &["publish", "--registry", &proxy.host()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("authenticated as ci but not allowed to push to test/files"),
+        "{}",
+        show(&out)
+    );
+    assert!(!f.path("target/images").exists(), "nothing may be built");
+    assert_eq!(reg.blob_count(), 0);
+}
+
+/// Two images with an identical layer in two repositories: the second
+/// gets it by a cross-repository mount, not an upload.
+#[test]
+fn shared_layer_is_mounted_across_repositories() {
+    let reg = Registry::start();
+    let other = IMAGE
+        .replace("name = \"files\"", "name = \"other\"")
+        .replace("test/files", "test/other")
+        .replace("[[layer]]\nname = \"more\"\nfiles = [{ src = \"data/two.txt\", dest = \"/srv/two.txt\" }]\n", "");
+    let f = Fixture::with_files(
+        "pub-mount",
+        &[
+            ("images/files/image.toml", IMAGE),
+            ("images/files/data/one.txt", "one\n"),
+            ("images/files/data/two.txt", "two\n"),
+            ("images/other/image.toml", &other),
+            ("images/other/data/one.txt", "one\n"),
+        ],
+    );
+    let report = json(&publish(&Creds::none(), &f, &reg.host()));
+    let images = report["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{report}");
+    assert_eq!(images[0]["blobs"]["uploaded"], 3, "{report}");
+    assert_eq!(
+        images[1]["blobs"]["mounted"], 1,
+        "the shared layer: {report}"
+    );
+    assert_eq!(
+        images[1]["blobs"]["uploaded"], 1,
+        "only the config: {report}"
+    );
+    let d = images[1]["digest"].as_str().unwrap();
+    assert_eq!(reg.tag_digest("test/other", "v1").as_deref(), Some(d));
+}
+
 /// Publishes a first good version straight to the registry; returns its digest.
 fn good_first_version(reg: &Registry, f: &Fixture) -> String {
     let report = json(&publish(&Creds::none(), f, &reg.host()));
@@ -221,6 +276,7 @@ fn lying_digest_header_fails_and_applies_no_tag() {
     let out = publish(&Creds::none(), &f, &proxy.host());
     assert!(!out.status.success(), "{}", show(&out));
     let err = stderr(&out);
+    eprintln!("publish failed as expected:\n{err}");
     assert!(err.contains("identity cross-check failed"), "{err}");
     assert!(
         err.contains("reported Docker-Content-Digest sha256:0000"),
@@ -258,6 +314,7 @@ fn altered_manifest_bytes_fail_and_keep_the_previous_tag() {
     let out = publish(&Creds::none(), &f, &proxy.host());
     assert!(!out.status.success(), "{}", show(&out));
     let err = stderr(&out);
+    eprintln!("publish failed as expected:\n{err}");
     assert!(err.contains("identity cross-check failed"), "{err}");
     assert!(
         err.contains("the manifest fetched by digest hashes to"),
@@ -285,6 +342,7 @@ fn dropped_blob_upload_fails_and_keeps_the_previous_tag() {
     let out = publish(&Creds::none(), &f, &proxy.host());
     assert!(!out.status.success(), "{}", show(&out));
     let err = stderr(&out);
+    eprintln!("publish failed as expected:\n{err}");
     assert!(err.contains("uploading blob sha256:"), "{err}");
     assert!(err.contains("failed"), "{err}");
     assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);

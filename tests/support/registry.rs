@@ -274,6 +274,9 @@ pub enum Fault {
     AlterManifestBytes,
     /// Read part of a blob upload's body, then drop the connection.
     DropBlobUpload,
+    /// Answer 403 to every request that starts a blob upload (a user with
+    /// pull but no push permission).
+    DenyPush,
 }
 
 /// A fault-injecting HTTP proxy on 127.0.0.1 in front of `upstream`.
@@ -359,6 +362,20 @@ fn handle(
         let _ = reader.read(&mut buf);
         hits.fetch_add(1, Ordering::SeqCst);
         let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        let mut c = client;
+        c.write_all(
+            format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        let _ = c.shutdown(Shutdown::Both);
         return Ok(());
     }
     // Forward the head with Connection: close, then the rest of the body.

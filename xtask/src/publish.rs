@@ -303,6 +303,83 @@ pub fn local_store(ws: &Workspace) -> PathBuf {
     ws.root.join("target/local-registry")
 }
 
+/// Where images go: a registry that passed the preflight, or the local store.
+/// `cargo xtask release` uses it the same way: [`Destination::prepare`]
+/// before the build, [`Destination::publish`] per built image.
+#[derive(Debug)]
+pub enum Destination {
+    Registry(registry::Remote),
+    Local(PathBuf),
+}
+
+impl Destination {
+    /// Runs the preflight for `specs` (their repositories on the registry);
+    /// with no registry, the local store under `target/`.
+    pub fn prepare(
+        ws: &Workspace,
+        registry: Option<&RegistryTarget>,
+        specs: &[crate::spec::ImageSpec],
+        progress: &Progress,
+    ) -> Result<Destination> {
+        match registry {
+            Some(target) => {
+                let repos: Vec<String> = specs
+                    .iter()
+                    .map(|s| target.repository(&s.repository))
+                    .collect();
+                let remote = registry::preflight(target, &repos)?;
+                progress.say(format!(
+                    "preflight ok: {} reachable, push to {} allowed ({})",
+                    target.host(),
+                    repos.join(", "),
+                    remote.who()
+                ));
+                Ok(Destination::Registry(remote))
+            }
+            None => Ok(Destination::Local(local_store(ws))),
+        }
+    }
+
+    /// `HOST[:PORT][/PREFIX]` or the local store's folder.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Registry(r) => r.target().to_string(),
+            Destination::Local(p) => p.display().to_string(),
+        }
+    }
+
+    /// Publishes one built image under `tags`, cross-checked.
+    pub fn publish(
+        &self,
+        built: &build::BuiltImage,
+        tags: &[String],
+        progress: &Progress,
+    ) -> Result<PublishReport> {
+        let image = LocalImage::read(&built.name, &built.layout)?;
+        match self {
+            Destination::Registry(remote) => {
+                let repo = remote.target().repository(&built.repository);
+                progress.say(format!(
+                    "publish {}: {}/{repo}@{}",
+                    built.name,
+                    remote.target().host(),
+                    image.manifest_digest
+                ));
+                remote.publish(&image, &repo, tags, progress.quiet)
+            }
+            Destination::Local(store) => {
+                progress.say(format!(
+                    "publish {}: local store {}@{}",
+                    built.name,
+                    store.join(&built.repository).display(),
+                    image.manifest_digest
+                ));
+                publish_local(store, &image, &built.repository, tags)
+            }
+        }
+    }
+}
+
 /// Preflight, build, publish.
 pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Result<PublishRun> {
     let progress = Progress { quiet: opts.quiet };
@@ -315,61 +392,20 @@ pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Resul
     }
     // Preflight: before anything is built.
     let specs = workspace::select(&ws.load_images()?, names)?;
-    let remote = match &opts.registry {
-        Some(target) => {
-            let repos: Vec<String> = specs
-                .iter()
-                .map(|s| target.repository(&s.repository))
-                .collect();
-            let remote = registry::preflight(target, &repos)?;
-            progress.say(format!(
-                "preflight ok: {} reachable, push to {} allowed ({})",
-                target.host(),
-                repos.join(", "),
-                remote.who()
-            ));
-            Some(remote)
-        }
-        None => None,
-    };
+    let destination = Destination::prepare(ws, opts.registry.as_ref(), &specs, &progress)?;
     let mut build_opts = BuildOptions::for_workspace(ws);
     build_opts.quiet = opts.quiet;
     let built = build::build(ws, names, &build_opts)?;
     let mut images = Vec::new();
     for b in &built.images {
-        let image = LocalImage::read(&b.name, &b.layout)?;
         let tags = match &opts.tag {
             Some(t) => vec![t.clone()],
             None => b.tags.clone(),
         };
-        let report = match (&remote, &opts.registry) {
-            (Some(remote), Some(target)) => {
-                let repo = target.repository(&b.repository);
-                progress.say(format!(
-                    "publish {}: {}/{repo}@{}",
-                    b.name,
-                    target.host(),
-                    image.manifest_digest
-                ));
-                remote.publish(&image, &repo, &tags, opts.quiet)?
-            }
-            _ => {
-                progress.say(format!(
-                    "publish {}: local store {}@{}",
-                    b.name,
-                    local_store(ws).join(&b.repository).display(),
-                    image.manifest_digest
-                ));
-                publish_local(&local_store(ws), &image, &b.repository, &tags)?
-            }
-        };
-        images.push(report);
+        images.push(destination.publish(b, &tags, &progress)?);
     }
     Ok(PublishRun {
-        destination: match &opts.registry {
-            Some(t) => t.to_string(),
-            None => local_store(ws).display().to_string(),
-        },
+        destination: destination.describe(),
         images,
     })
 }

@@ -1112,6 +1112,8 @@ pub fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
+/// The error and its sources, one line, without URL query strings (upload
+/// session state is long and says nothing to a person).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -1123,7 +1125,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = c.source();
     }
-    s
+    let query = regex::Regex::new(r"\?[^\s)]*").expect("static regex");
+    query.replace_all(&s, "").into_owned()
 }
 
 fn oci_error_chain(e: &oci_client::errors::OciDistributionError) -> String {
