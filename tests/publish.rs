@@ -250,6 +250,28 @@ fn shared_layer_is_mounted_across_repositories() {
     assert_eq!(reg.tag_digest("test/other", "v1").as_deref(), Some(d));
 }
 
+/// A registry that omits Docker-Content-Digest is not trusted on its word:
+/// the digest is computed from the fetched bytes, which must match.
+#[test]
+fn missing_digest_header_is_replaced_by_hashing_the_fetched_bytes() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.port, Fault::StripDigestHeader);
+    let f = files_image("pub-noheader");
+    let report = json(&publish(&Creds::none(), &f, &proxy.host()));
+    assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let image = &report["images"][0];
+    let digest = image["digest"].as_str().unwrap();
+    let check = &image["cross_check"];
+    assert_eq!(
+        check["pushed_digest_header"],
+        serde_json::Value::Null,
+        "{report}"
+    );
+    assert_eq!(check["fetched_digest_header"], serde_json::Value::Null);
+    assert_eq!(check["fetched_sha256"], digest);
+    assert_eq!(reg.tag_digest("test/files", "v1").as_deref(), Some(digest));
+}
+
 /// Publishes a first good version straight to the registry; returns its digest.
 fn good_first_version(reg: &Registry, f: &Fixture) -> String {
     let report = json(&publish(&Creds::none(), f, &reg.host()));

@@ -270,6 +270,9 @@ pub enum Fault {
     None,
     /// Replace `Docker-Content-Digest` on manifest responses with another digest.
     LieDigestHeader,
+    /// Remove `Docker-Content-Digest` from manifest responses (allowed, but
+    /// then the client must hash the bytes itself).
+    StripDigestHeader,
     /// Serve manifest GET bodies with one byte appended (headers unchanged).
     AlterManifestBytes,
     /// Read part of a blob upload's body, then drop the connection.
@@ -435,6 +438,11 @@ fn handle(
                     hits.fetch_add(1, Ordering::SeqCst);
                 }
             }
+        }
+        Fault::StripDigestHeader if is_manifest => {
+            let before = rheaders.len();
+            rheaders.retain(|(k, _)| !k.eq_ignore_ascii_case("docker-content-digest"));
+            hits.fetch_add(before - rheaders.len(), Ordering::SeqCst);
         }
         Fault::AlterManifestBytes
             if is_manifest && method == "GET" && status_line.contains(" 200") =>
