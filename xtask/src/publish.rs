@@ -308,7 +308,7 @@ pub fn local_store(ws: &Workspace) -> PathBuf {
 /// before the build, [`Destination::publish`] per built image.
 #[derive(Debug)]
 pub enum Destination {
-    Registry(registry::Remote),
+    Registry(Box<registry::Remote>),
     Local(PathBuf),
 }
 
@@ -334,7 +334,7 @@ impl Destination {
                     repos.join(", "),
                     remote.who()
                 ));
-                Ok(Destination::Registry(remote))
+                Ok(Destination::Registry(Box::new(remote)))
             }
             None => Ok(Destination::Local(local_store(ws))),
         }

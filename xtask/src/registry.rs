@@ -752,7 +752,9 @@ impl Session {
                 anyhow!("registry {host} started an upload to {repo} without a Location header")
             })?;
         let location = self.absolute(location);
-        // Cancel the session so the probe leaves nothing behind.
+        // Cancel the session so the probe leaves nothing behind. A registry
+        // that cannot cancel only keeps an empty session until it purges
+        // stale uploads, so a failed DELETE is not a preflight failure.
         let req = self.authorise(self.http.delete(&location), repo).await?;
         let _ = req.send().await;
         Ok(())
@@ -1241,6 +1243,17 @@ mod tests {
             "{shown}"
         );
         assert!(parse_helper_output("not json").is_err());
+    }
+
+    #[test]
+    fn error_lines_drop_url_queries() {
+        let e = std::io::Error::other(
+            "error sending request for url (http://h/v2/r/blobs/uploads/u?_state=abc&digest=sha256%3A1)",
+        );
+        assert_eq!(
+            error_chain(&e),
+            "error sending request for url (http://h/v2/r/blobs/uploads/u)"
+        );
     }
 
     #[test]
