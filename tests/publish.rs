@@ -351,6 +351,27 @@ fn altered_manifest_bytes_fail_and_keep_the_previous_tag() {
     );
 }
 
+/// The tag is read back after it is written: a registry whose tag resolves
+/// to other bytes fails the publish; the tag names only the digest that
+/// passed the check by digest, never the altered bytes.
+#[test]
+fn tag_that_reads_back_differently_fails_the_publish() {
+    let reg = Registry::start();
+    let f = files_image("pub-tagread");
+    let proxy = FaultProxy::start(reg.port, Fault::AlterTagBytes);
+    let out = publish(&Creds::none(), &f, &proxy.host());
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    eprintln!("publish failed as expected:\n{err}");
+    assert!(err.contains("identity cross-check failed for tag"), "{err}");
+    assert!(err.contains("tag v1 resolves to"), "{err}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.path("target/images/files/index.json")).unwrap())
+            .unwrap();
+    let built = index["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(reg.tag_digest("test/files", "v1").as_deref(), Some(built));
+}
+
 /// Acceptance 4c and 5: a connection dropped during a blob upload fails
 /// the publish; the tag still points at the previous good digest.
 #[test]

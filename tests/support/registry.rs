@@ -275,6 +275,8 @@ pub enum Fault {
     StripDigestHeader,
     /// Serve manifest GET bodies with one byte appended (headers unchanged).
     AlterManifestBytes,
+    /// Like AlterManifestBytes, but only for reads by tag (not by digest).
+    AlterTagBytes,
     /// Read part of a blob upload's body, then drop the connection.
     DropBlobUpload,
     /// Answer 403 to every request that starts a blob upload (a user with
@@ -443,6 +445,20 @@ fn handle(
             let before = rheaders.len();
             rheaders.retain(|(k, _)| !k.eq_ignore_ascii_case("docker-content-digest"));
             hits.fetch_add(before - rheaders.len(), Ordering::SeqCst);
+        }
+        Fault::AlterTagBytes
+            if is_manifest
+                && !path.contains("/manifests/sha256:")
+                && method == "GET"
+                && status_line.contains(" 200") =>
+        {
+            body.push(b' ');
+            hits.fetch_add(1, Ordering::SeqCst);
+            for (k, v) in rheaders.iter_mut() {
+                if k.eq_ignore_ascii_case("content-length") {
+                    *v = body.len().to_string();
+                }
+            }
         }
         Fault::AlterManifestBytes
             if is_manifest && method == "GET" && status_line.contains(" 200") =>

@@ -1076,7 +1076,7 @@ impl Session {
             let failures = check_tag(digest, &check);
             if !failures.is_empty() {
                 bail!(
-                    "identity cross-check failed for tag {host}/{repo}:{tag} after tagging {digest}:\n  - {}\n(the tag may now point at something unverified; publish again or move it back)",
+                    "identity cross-check failed for tag {host}/{repo}:{tag}:\n  - {}\n(the tag was written with the bytes of {digest}, which passed the check by digest, but reads back differently; another writer may have moved it: check the registry and publish again)",
                     failures.join("\n  - ")
                 );
             }
