@@ -215,6 +215,36 @@ fn preflight_names_a_missing_push_permission() {
     assert_eq!(reg.blob_count(), 0);
 }
 
+/// Token auth (a Bearer challenge, a token from the realm for the
+/// credential) is followed in the preflight and in the push.
+#[test]
+fn bearer_token_auth_is_followed() {
+    use support::registry::{BEARER_PASSWORD, BEARER_USER};
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(reg.port, Fault::BearerAuth);
+    let f = files_image("pub-bearer");
+    let out = Creds::env(BEARER_USER, "not-the-password")
+        .xtask(&f, &["publish", "--registry", &proxy.host()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "authentication failed for user ci at {}",
+            proxy.host()
+        )),
+        "{}",
+        show(&out)
+    );
+    assert!(!f.path("target/images").exists());
+    let report = json(&publish(
+        &Creds::env(BEARER_USER, BEARER_PASSWORD),
+        &f,
+        &proxy.host(),
+    ));
+    let digest = report["images"][0]["digest"].as_str().unwrap();
+    assert_eq!(report["images"][0]["blobs"]["uploaded"], 3);
+    assert_eq!(reg.tag_digest("test/files", "v1").as_deref(), Some(digest));
+}
+
 /// Two images with an identical layer in two repositories: the second
 /// gets it by a cross-repository mount, not an upload.
 #[test]

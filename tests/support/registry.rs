@@ -279,6 +279,10 @@ pub enum Fault {
     AlterTagBytes,
     /// Read part of a blob upload's body, then drop the connection.
     DropBlobUpload,
+    /// Act as a registry with token auth (as Docker Hub, GHCR, Harbor do):
+    /// 401 with a Bearer challenge unless the request carries the token
+    /// that `/token` hands out for Basic `BEARER_USER:BEARER_PASSWORD`.
+    BearerAuth,
     /// Answer 403 to every request that starts a blob upload (a user with
     /// pull but no push permission).
     DenyPush,
@@ -308,7 +312,7 @@ impl FaultProxy {
                 let Ok(conn) = conn else { continue };
                 let hits = hits2.clone();
                 std::thread::spawn(move || {
-                    let _ = handle(conn, upstream, fault, &hits);
+                    let _ = handle(conn, upstream, port, fault, &hits);
                 });
             }
         });
@@ -327,9 +331,35 @@ impl Drop for FaultProxy {
     }
 }
 
+pub const BEARER_USER: &str = "ci";
+pub const BEARER_PASSWORD: &str = "bearer-pass";
+const BEARER_TOKEN: &str = "tok-lane-test";
+
+fn respond(
+    client: TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<()> {
+    let mut c = client;
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    c.write_all(out.as_bytes())?;
+    let _ = c.shutdown(Shutdown::Both);
+    Ok(())
+}
+
 fn handle(
     client: TcpStream,
     upstream: u16,
+    own_port: u16,
     fault: Fault,
     hits: &AtomicUsize,
 ) -> std::io::Result<()> {
@@ -368,6 +398,52 @@ fn handle(
         hits.fetch_add(1, Ordering::SeqCst);
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
+    }
+    let mut headers = headers;
+    if fault == Fault::BearerAuth {
+        use base64::Engine as _;
+        let authorization = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if path.starts_with("/token") {
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{BEARER_USER}:{BEARER_PASSWORD}"))
+            );
+            hits.fetch_add(1, Ordering::SeqCst);
+            return if authorization == basic && path.contains("scope=repository") {
+                respond(
+                    client,
+                    "200 OK",
+                    &[("Content-Type", "application/json".into())],
+                    &format!(r#"{{"token":"{BEARER_TOKEN}"}}"#),
+                )
+            } else {
+                respond(
+                    client,
+                    "401 Unauthorized",
+                    &[],
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                )
+            };
+        }
+        if authorization != format!("Bearer {BEARER_TOKEN}") {
+            let challenge =
+                format!(r#"Bearer realm="http://127.0.0.1:{own_port}/token",service="lane-test""#);
+            return respond(
+                client,
+                "401 Unauthorized",
+                &[
+                    ("WWW-Authenticate", challenge),
+                    ("Content-Type", "application/json".into()),
+                ],
+                r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+            );
+        }
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
     }
     if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
         hits.fetch_add(1, Ordering::SeqCst);
