@@ -1,8 +1,9 @@
 //! The release lane: library behind `cargo xtask`.
 //!
 //! The pure core ([`spec`], [`layer`], [`oci`]) takes values and returns
-//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`])
-//! touch the file system, git and cargo. See ARCHITECTURE.md.
+//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`],
+//! [`publish`], [`registry`]) touch the file system, git, cargo and the
+//! registry; [`registry`] is the only async code. See ARCHITECTURE.md.
 
 pub mod build;
 pub mod cache;
