@@ -225,3 +225,4 @@ pub fn image<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .find(|i| i["name"] == name)
         .unwrap_or_else(|| panic!("no image {name} in {report}"))
 }
+pub mod registry;

@@ -1,8 +1,9 @@
 //! The release lane: library behind `cargo xtask`.
 //!
 //! The pure core ([`spec`], [`layer`], [`oci`]) takes values and returns
-//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`])
-//! touch the file system, git and cargo. See ARCHITECTURE.md.
+//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`],
+//! [`publish`], [`registry`]) touch the file system, git, cargo and the
+//! registry; [`registry`] is the only async code. See ARCHITECTURE.md.
 
 pub mod bench;
 pub mod build;
@@ -13,6 +14,8 @@ pub mod layer;
 pub mod local_store;
 pub mod oci;
 pub mod provenance;
+pub mod publish;
+pub mod registry;
 pub mod release;
 pub mod repro;
 pub mod spec;

@@ -1,0 +1,634 @@
+//! The real Distribution registry (`docker-registry serve CONFIG`) on
+//! 127.0.0.1 with a free port and temporary storage, with or without
+//! htpasswd auth; a fault-injecting HTTP proxy to put in front of it; and
+//! helpers to run the lane against them with an isolated credential setup.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{Fixture, TempDir, run};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running Distribution registry, killed on drop.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    dir: TempDir,
+    /// `(user, password)` when started with htpasswd auth.
+    pub auth: Option<(String, String)>,
+}
+
+impl Registry {
+    /// A registry without auth.
+    pub fn start() -> Registry {
+        Registry::spawn(None)
+    }
+
+    /// A registry with htpasswd auth for one user.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::spawn(Some((user.to_string(), password.to_string())))
+    }
+
+    fn spawn(auth: Option<(String, String)>) -> Registry {
+        // The free port can be taken between the check and the bind: retry.
+        let mut logs = String::new();
+        for _ in 0..3 {
+            match Registry::try_spawn(auth.clone()) {
+                Ok(r) => return r,
+                Err(log) => logs.push_str(&log),
+            }
+        }
+        panic!("docker-registry did not start; its logs:\n{logs}");
+    }
+
+    fn try_spawn(auth: Option<(String, String)>) -> Result<Registry, String> {
+        let dir = TempDir::new("registry");
+        let storage = dir.path().join("storage");
+        fs::create_dir_all(&storage).unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((user, password)) = &auth {
+            let out = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+            assert!(
+                out.status.success(),
+                "htpasswd (apache2-utils) failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: lane-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("registry.log");
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start docker-registry (apt-get install docker-registry): {e}")
+            });
+        let mut reg = Registry {
+            child,
+            port,
+            dir,
+            auth,
+        };
+        if reg.wait_ready() {
+            Ok(reg)
+        } else {
+            Err(fs::read_to_string(&log_path).unwrap_or_default())
+        }
+    }
+
+    /// Waits until GET /v2/ answers (200 or 401), up to 15 s.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Some((200 | 401, _, _)) = http(self.port, "GET", "/v2/", &[]) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Every blob the registry stores (files named `data` under blobs/).
+    pub fn blob_count(&self) -> usize {
+        let blobs = self.storage().join("docker/registry/v2/blobs");
+        if !blobs.exists() {
+            return 0;
+        }
+        walk(&blobs)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+            .count()
+    }
+
+    fn creds_args(&self) -> Vec<String> {
+        match &self.auth {
+            Some((u, p)) => vec!["--creds".into(), format!("{u}:{p}")],
+            None => vec![],
+        }
+    }
+
+    /// `skopeo inspect --raw` of `repo:tag` or `repo@digest`, read straight
+    /// from this registry: the manifest bytes, or None if it has none.
+    pub fn skopeo_raw(&self, reference: &str) -> Option<Vec<u8>> {
+        let out = run(Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .args(self.creds_args())
+            .arg(format!("docker://{}/{reference}", self.host())));
+        if out.status.success() {
+            Some(out.stdout)
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("manifest unknown") || err.contains("not found"),
+                "skopeo inspect --raw {reference} failed unexpectedly: {err}"
+            );
+            None
+        }
+    }
+
+    /// `skopeo inspect` (config too) of a reference; its stdout.
+    pub fn skopeo_inspect(&self, reference: &str) -> Output {
+        run(Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .args(self.creds_args())
+            .arg(format!("docker://{}/{reference}", self.host())))
+    }
+
+    /// The digest `repo:tag` resolves to now (sha256 of the bytes skopeo reads).
+    pub fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
+        self.skopeo_raw(&format!("{repo}:{tag}"))
+            .map(|b| sha256_of(&b))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+}
+
+/// sha256 of bytes through sha256sum, independent of the lane's code.
+pub fn sha256_of(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    )
+}
+
+/// Status, headers and body of an HTTP response.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 request; None when the connection fails.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let (head, body) = split_head(&raw)?;
+    let (status_line, hdrs) = parse_head(head);
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, hdrs, body.to_vec()))
+}
+
+fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&raw[..i], &raw[i + 4..]))
+}
+
+fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (first, headers)
+}
+
+/// What the proxy does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward faithfully.
+    None,
+    /// Replace `Docker-Content-Digest` on manifest responses with another digest.
+    LieDigestHeader,
+    /// Remove `Docker-Content-Digest` from manifest responses (allowed, but
+    /// then the client must hash the bytes itself).
+    StripDigestHeader,
+    /// Serve manifest GET bodies with one byte appended (headers unchanged).
+    AlterManifestBytes,
+    /// Like AlterManifestBytes, but only for reads by tag (not by digest).
+    AlterTagBytes,
+    /// Read part of a blob upload's body, then drop the connection.
+    DropBlobUpload,
+    /// Act as a registry with token auth (as Docker Hub, GHCR, Harbor do):
+    /// 401 with a Bearer challenge unless the request carries the token
+    /// that `/token` hands out for Basic `BEARER_USER:BEARER_PASSWORD`.
+    BearerAuth,
+    /// Answer 403 to every request that starts a blob upload (a user with
+    /// pull but no push permission).
+    DenyPush,
+}
+
+/// A fault-injecting HTTP proxy on 127.0.0.1 in front of `upstream`.
+/// One request per connection (`Connection: close` both ways).
+pub struct FaultProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    /// How many times the fault was applied.
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, fault: Fault) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop2, hits2) = (stop.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let hits = hits2.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(conn, upstream, port, fault, &hits);
+                });
+            }
+        });
+        FaultProxy { port, stop, hits }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+pub const BEARER_USER: &str = "ci";
+pub const BEARER_PASSWORD: &str = "bearer-pass";
+const BEARER_TOKEN: &str = "tok-lane-test";
+
+fn respond(
+    client: TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<()> {
+    let mut c = client;
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    c.write_all(out.as_bytes())?;
+    let _ = c.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+fn handle(
+    client: TcpStream,
+    upstream: u16,
+    own_port: u16,
+    fault: Fault,
+    hits: &AtomicUsize,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    // Request head.
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let end = line == b"\r\n";
+        head.extend_from_slice(&line);
+        if end {
+            break;
+        }
+    }
+    let (request_line, headers) = parse_head(&head[..head.len() - 4]);
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let content_length: u64 = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    let is_upload = (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/");
+    if fault == Fault::DropBlobUpload && is_upload && (content_length > 0 || chunked) {
+        // Take a few bytes of the body, then vanish mid-upload.
+        let mut buf = [0u8; 16];
+        let _ = reader.read(&mut buf);
+        hits.fetch_add(1, Ordering::SeqCst);
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let mut headers = headers;
+    if fault == Fault::BearerAuth {
+        use base64::Engine as _;
+        let authorization = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if path.starts_with("/token") {
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{BEARER_USER}:{BEARER_PASSWORD}"))
+            );
+            hits.fetch_add(1, Ordering::SeqCst);
+            return if authorization == basic && path.contains("scope=repository") {
+                respond(
+                    client,
+                    "200 OK",
+                    &[("Content-Type", "application/json".into())],
+                    &format!(r#"{{"token":"{BEARER_TOKEN}"}}"#),
+                )
+            } else {
+                respond(
+                    client,
+                    "401 Unauthorized",
+                    &[],
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                )
+            };
+        }
+        if authorization != format!("Bearer {BEARER_TOKEN}") {
+            let challenge =
+                format!(r#"Bearer realm="http://127.0.0.1:{own_port}/token",service="lane-test""#);
+            return respond(
+                client,
+                "401 Unauthorized",
+                &[
+                    ("WWW-Authenticate", challenge),
+                    ("Content-Type", "application/json".into()),
+                ],
+                r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+            );
+        }
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+    }
+    if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        let mut c = client;
+        c.write_all(
+            format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        let _ = c.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    // Forward the head with Connection: close, then the rest of the body.
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut out = format!("{request_line}\r\n");
+    for (k, v) in &headers {
+        if k.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    if chunked {
+        // Relay the chunked body verbatim until its last chunk.
+        loop {
+            let mut size_line = Vec::new();
+            reader.read_until(b'\n', &mut size_line)?;
+            up.write_all(&size_line)?;
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&size_line)
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap_or("0"),
+                16,
+            )
+            .unwrap_or(0);
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk)?;
+            up.write_all(&chunk)?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if content_length > 0 {
+        let mut body = (&mut reader).take(content_length);
+        std::io::copy(&mut body, &mut up)?;
+    }
+    // Whole response (upstream closes after it).
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw)?;
+    let Some((rhead, rbody)) = split_head(&raw) else {
+        let mut c = client;
+        c.write_all(&raw)?;
+        return Ok(());
+    };
+    let (status_line, mut rheaders) = parse_head(rhead);
+    let mut body = rbody.to_vec();
+    let is_manifest = path.contains("/manifests/");
+    match fault {
+        Fault::LieDigestHeader if is_manifest => {
+            for (k, v) in rheaders.iter_mut() {
+                if k.eq_ignore_ascii_case("docker-content-digest") {
+                    *v = "sha256:0000000000000000000000000000000000000000000000000000000000000bad"
+                        .into();
+                    hits.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        Fault::StripDigestHeader if is_manifest => {
+            let before = rheaders.len();
+            rheaders.retain(|(k, _)| !k.eq_ignore_ascii_case("docker-content-digest"));
+            hits.fetch_add(before - rheaders.len(), Ordering::SeqCst);
+        }
+        Fault::AlterTagBytes
+            if is_manifest
+                && !path.contains("/manifests/sha256:")
+                && method == "GET"
+                && status_line.contains(" 200") =>
+        {
+            body.push(b' ');
+            hits.fetch_add(1, Ordering::SeqCst);
+            for (k, v) in rheaders.iter_mut() {
+                if k.eq_ignore_ascii_case("content-length") {
+                    *v = body.len().to_string();
+                }
+            }
+        }
+        Fault::AlterManifestBytes
+            if is_manifest && method == "GET" && status_line.contains(" 200") =>
+        {
+            body.push(b' ');
+            hits.fetch_add(1, Ordering::SeqCst);
+            for (k, v) in rheaders.iter_mut() {
+                if k.eq_ignore_ascii_case("content-length") {
+                    *v = body.len().to_string();
+                }
+            }
+        }
+        _ => {}
+    }
+    let mut resp = format!("{status_line}\r\n");
+    for (k, v) in &rheaders {
+        if k.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        resp.push_str(&format!("{k}: {v}\r\n"));
+    }
+    resp.push_str("Connection: close\r\n\r\n");
+    let mut c = client;
+    c.write_all(resp.as_bytes())?;
+    c.write_all(&body)?;
+    c.flush()?;
+    let _ = c.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// A credential setup for the lane process: an empty or given Docker
+/// config in a temp dir (the real ~/.docker is never read), and env vars.
+pub struct Creds {
+    pub docker_config: TempDir,
+    pub env: Vec<(String, String)>,
+    /// Extra PATH entries (credential helpers).
+    pub path_prepend: Option<PathBuf>,
+}
+
+impl Creds {
+    /// No credentials anywhere.
+    pub fn none() -> Creds {
+        Creds {
+            docker_config: TempDir::new("docker-config"),
+            env: Vec::new(),
+            path_prepend: None,
+        }
+    }
+
+    /// LANE_REGISTRY_USER and LANE_REGISTRY_PASSWORD.
+    pub fn env(user: &str, password: &str) -> Creds {
+        let mut c = Creds::none();
+        c.env = vec![
+            ("LANE_REGISTRY_USER".into(), user.into()),
+            ("LANE_REGISTRY_PASSWORD".into(), password.into()),
+        ];
+        c
+    }
+
+    /// A Docker config.json with this text.
+    pub fn docker_config(json: &str) -> Creds {
+        let c = Creds::none();
+        fs::write(c.docker_config.path().join("config.json"), json).unwrap();
+        c
+    }
+
+    /// Runs `xtask --workspace ROOT ARGS` with these credentials only.
+    pub fn xtask(&self, f: &Fixture, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.arg("--workspace")
+            .arg(&f.root)
+            .args(args)
+            .current_dir(&f.root)
+            .env_remove("LANE_REGISTRY_USER")
+            .env_remove("LANE_REGISTRY_PASSWORD")
+            .env_remove("LANE_REGISTRY")
+            .env("DOCKER_CONFIG", self.docker_config.path());
+        if let Some(dir) = &self.path_prepend {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", dir.display()));
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    }
+}
+
+/// stdout and stderr of a run, for messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

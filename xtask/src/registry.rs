@@ -1,0 +1,1272 @@
+//! Adapter to an OCI registry (Distribution API v2): the registry target,
+//! credentials, the fail-fast preflight and publishing by digest.
+//!
+//! Async inside, sync outside: [`preflight`] creates a tokio current-thread
+//! runtime and keeps it in the [`Remote`] it returns, so every later call on
+//! that `Remote` runs on the runtime that owns its connections.
+//!
+//! Blob uploads and cross-repository mounts go through oci-client. A few
+//! calls go straight through reqwest because oci-client does not expose what
+//! the lane must see: the `Docker-Content-Digest` response header of a
+//! manifest PUT or GET (oci-client returns only the Location or a digest it
+//! already validated), the size a blob HEAD reports (`blob_exists` returns a
+//! bool), and cancelling an upload session (no DELETE in its API).
+//!
+//! No secret is ever printed: [`Secret`] and [`Credential`] redact themselves
+//! in `Debug`, and error messages name the user and the credential source,
+//! never the password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+
+use crate::layer::sha256;
+use crate::publish::{BlobRef, LocalImage};
+
+/// Environment variable naming the registry user (CI).
+pub const ENV_USER: &str = "LANE_REGISTRY_USER";
+/// Environment variable holding the registry password or token (CI).
+pub const ENV_PASSWORD: &str = "LANE_REGISTRY_PASSWORD";
+const DIGEST_HEADER: &str = "docker-content-digest";
+
+/// `HOST[:PORT][/PREFIX]`: where images are published. Parsed once; every
+/// value of this type is a valid target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryTarget {
+    host: String,
+    prefix: Option<String>,
+}
+
+impl FromStr for RegistryTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage =
+            "use HOST[:PORT][/PREFIX], e.g. 127.0.0.1:5000 or registry.example.com/platform";
+        if s.contains("://") {
+            return Err(format!(
+                "registry {s:?} has a scheme; {usage} (plain HTTP is used for loopback hosts only)"
+            ));
+        }
+        let (host, prefix) = match s.split_once('/') {
+            Some((h, p)) => (h, Some(p.trim_end_matches('/'))),
+            None => (s, None),
+        };
+        if host.is_empty() {
+            return Err(format!("registry {s:?} has no host; {usage}"));
+        }
+        let (name, port) =
+            split_port(host).ok_or_else(|| format!("registry {s:?}: bad port; {usage}"))?;
+        let name_ok = if let Some(v6) = name.strip_prefix('[') {
+            v6.strip_suffix(']')
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        } else {
+            !name.is_empty()
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if !name_ok || port == Some(0) {
+            return Err(format!("registry host {host:?} is invalid; {usage}"));
+        }
+        let prefix = match prefix {
+            Some("") => None,
+            Some(p) => {
+                if !p.split('/').all(valid_path_component) {
+                    return Err(format!(
+                        "registry prefix {p:?} is invalid; use lowercase components such as platform/team"
+                    ));
+                }
+                Some(p.to_string())
+            }
+            None => None,
+        };
+        Ok(RegistryTarget {
+            host: host.to_ascii_lowercase(),
+            prefix,
+        })
+    }
+}
+
+fn split_port(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if host.starts_with('[') {
+        match host.rsplit_once("]:") {
+            Some((n, p)) => (&host[..n.len() + 1], Some(p)),
+            None => (host, None),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    match port {
+        Some(p) => Some((name, Some(p.parse().ok()?))),
+        None => Some((name, None)),
+    }
+}
+
+fn valid_path_component(c: &str) -> bool {
+    !c.is_empty()
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+impl fmt::Display for RegistryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.prefix {
+            Some(p) => write!(f, "{}/{p}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+impl RegistryTarget {
+    /// `host[:port]`, as credentials and URLs use it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The repository an image's `repository` maps to on this registry.
+    pub fn repository(&self, image_repository: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p}/{image_repository}"),
+            None => image_repository.to_string(),
+        }
+    }
+
+    /// Loopback hosts (127.0.0.0/8, localhost, [::1]) are spoken to over
+    /// plain HTTP, as Docker does; every other host over TLS.
+    pub fn is_loopback(&self) -> bool {
+        let (name, _) = split_port(&self.host).unwrap_or((&self.host, None));
+        if name == "localhost" {
+            return true;
+        }
+        if let Ok(v4) = name.parse::<std::net::Ipv4Addr>() {
+            return v4.is_loopback();
+        }
+        name.strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .and_then(|n| n.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|a| a.is_loopback())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.is_loopback() { "http" } else { "https" }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Credentials
+
+/// A password or token. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a credential came from; named in error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    Env,
+    DockerConfig(PathBuf),
+    Helper(String),
+}
+
+impl CredentialSource {
+    /// What to check when authentication fails.
+    fn hint(&self, host: &str) -> String {
+        match self {
+            CredentialSource::Env => format!("check {ENV_PASSWORD} or ~/.docker/config.json"),
+            CredentialSource::DockerConfig(p) => format!(
+                "check the auths entry for {host} in {} or run docker login {host}",
+                p.display()
+            ),
+            CredentialSource::Helper(h) => {
+                format!(
+                    "check what docker-credential-{h} stores for {host}, or run docker login {host}"
+                )
+            }
+        }
+    }
+}
+
+/// A user name and secret for one registry host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub user: String,
+    pub secret: Secret,
+    pub source: CredentialSource,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("user", &self.user)
+            .field("secret", &self.secret)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// The parts of Docker's `config.json` the lane reads.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+    #[serde(rename = "credsStore", default)]
+    creds_store: Option<String>,
+    #[serde(rename = "credHelpers", default)]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl fmt::Debug for DockerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DockerAuth(<redacted>)")
+    }
+}
+
+/// What `config.json` says about one host.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigEntry {
+    Inline { user: String, secret: Secret },
+    Helper(String),
+}
+
+/// `https://host:5000/v1/` and `host:5000` name the same server.
+fn normalise_server(s: &str) -> String {
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    s.split('/').next().unwrap_or(s).to_ascii_lowercase()
+}
+
+/// Pure lookup in a parsed `config.json`, in Docker's order: a per-host
+/// `credHelpers` entry, then an `auths` entry carrying a credential, then
+/// the default `credsStore`.
+pub fn config_entry(config: &DockerConfig, host: &str) -> Result<Option<ConfigEntry>> {
+    let host = host.to_ascii_lowercase();
+    if let Some((_, h)) = config
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| normalise_server(k) == host)
+    {
+        return Ok(Some(ConfigEntry::Helper(h.clone())));
+    }
+    if let Some((_, a)) = config
+        .auths
+        .iter()
+        .find(|(k, a)| normalise_server(k) == host && (a.auth.is_some() || a.username.is_some()))
+    {
+        if let Some(auth) = a.auth.as_deref().filter(|s| !s.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    anyhow!("the auths entry for {host} is not base64 of user:password")
+                })?;
+            let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+                anyhow!("the auths entry for {host} is not base64 of user:password")
+            })?;
+            return Ok(Some(ConfigEntry::Inline {
+                user: user.to_string(),
+                secret: Secret(pass.to_string()),
+            }));
+        }
+        if let (Some(u), Some(p)) = (&a.username, &a.password) {
+            return Ok(Some(ConfigEntry::Inline {
+                user: u.clone(),
+                secret: Secret(p.clone()),
+            }));
+        }
+    }
+    Ok(config
+        .creds_store
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|s| ConfigEntry::Helper(s.clone())))
+}
+
+/// Parses what `docker-credential-NAME get` prints: `{"Username", "Secret"}`.
+pub fn parse_helper_output(text: &str) -> Result<(String, Secret)> {
+    #[derive(serde::Deserialize)]
+    struct Out {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let out: Out = serde_json::from_str(text)
+        .map_err(|_| anyhow!("the helper did not print {{\"Username\", \"Secret\"}} JSON"))?;
+    Ok((out.username, Secret(out.secret)))
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(Path::new(&d).join("config.json"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(&h).join(".docker/config.json"))
+}
+
+/// Finds the credential for `host`: the environment ([`ENV_USER`] and
+/// [`ENV_PASSWORD`]) first, then Docker's `config.json`. `None` when no
+/// source has one.
+pub fn resolve_credential(host: &str) -> Result<Option<Credential>> {
+    let user = std::env::var(ENV_USER).ok().filter(|s| !s.is_empty());
+    let pass = std::env::var(ENV_PASSWORD).ok().filter(|s| !s.is_empty());
+    match (user, pass) {
+        (Some(user), Some(pass)) => {
+            return Ok(Some(Credential {
+                user,
+                secret: Secret(pass),
+                source: CredentialSource::Env,
+            }));
+        }
+        (Some(_), None) => bail!(
+            "{ENV_USER} is set but {ENV_PASSWORD} is not; set both, or neither to use ~/.docker/config.json"
+        ),
+        (None, Some(_)) => bail!(
+            "{ENV_PASSWORD} is set but {ENV_USER} is not; set both, or neither to use ~/.docker/config.json"
+        ),
+        (None, None) => {}
+    }
+    let Some(path) = docker_config_path() else {
+        return Ok(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{} is not valid JSON: line {}, column {}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    match config_entry(&config, host).with_context(|| format!("reading {}", path.display()))? {
+        None => Ok(None),
+        Some(ConfigEntry::Inline { user, secret }) => Ok(Some(Credential {
+            user,
+            secret,
+            source: CredentialSource::DockerConfig(path),
+        })),
+        Some(ConfigEntry::Helper(name)) => run_helper(&name, host),
+    }
+}
+
+/// The docker-credential-helpers protocol: `docker-credential-NAME get`,
+/// the server on stdin, JSON on stdout.
+fn run_helper(name: &str, host: &str) -> Result<Option<Credential>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{name}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("running the credential helper {program} named in the Docker config (is it installed and on PATH?)")
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(host.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("running {program} get"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // The protocol's "not found" answer means: no credential for this host.
+        if stdout.contains("credentials not found") {
+            return Ok(None);
+        }
+        bail!(
+            "credential helper {program} failed for {host} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let (user, secret) = parse_helper_output(&stdout)
+        .with_context(|| format!("reading what {program} get printed for {host}"))?;
+    Ok(Some(Credential {
+        user,
+        secret,
+        source: CredentialSource::Helper(name.to_string()),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Talking to the registry
+
+/// How the registry wants requests authorised (from `WWW-Authenticate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    None,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Parses a `WWW-Authenticate` value.
+pub fn parse_challenge(value: &str) -> Challenge {
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Challenge::Basic;
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Challenge::Basic;
+    }
+    let mut params = BTreeMap::new();
+    let re = regex::Regex::new(r#"([A-Za-z]+)="([^"]*)""#).expect("static regex");
+    for c in re.captures_iter(rest) {
+        params.insert(c[1].to_ascii_lowercase(), c[2].to_string());
+    }
+    match params.remove("realm") {
+        Some(realm) => Challenge::Bearer {
+            realm,
+            service: params.remove("service"),
+        },
+        None => Challenge::Basic,
+    }
+}
+
+/// A registry that passed the preflight: reachable, credentials accepted,
+/// push permission granted on every repository the run will publish to.
+pub struct Remote {
+    rt: tokio::runtime::Runtime,
+    s: Session,
+}
+
+/// The connection state of a [`Remote`]; its async methods run on the
+/// remote's runtime.
+struct Session {
+    target: RegistryTarget,
+    base: String,
+    http: reqwest::Client,
+    oci: Client,
+    credential: Option<Credential>,
+    challenge: Challenge,
+    /// Bearer tokens by repository (pull,push scope).
+    tokens: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Blobs known to be in some repository of this registry (for mounts).
+    known: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("target", &self.s.target)
+            .field("credential", &self.s.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs every preflight check for publishing `repositories` (already mapped
+/// through the target's prefix) before anything is built or pushed.
+pub fn preflight(target: &RegistryTarget, repositories: &[String]) -> Result<Remote> {
+    let credential = resolve_credential(target.host())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime for the registry client")?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .user_agent(concat!("release-lane-xtask/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("creating the HTTP client")?;
+    let protocol = if target.is_loopback() {
+        ClientProtocol::HttpsExcept(vec![target.host().to_string()])
+    } else {
+        ClientProtocol::Https
+    };
+    let oci = Client::try_from(ClientConfig {
+        protocol,
+        use_monolithic_push: true,
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(120)),
+        ..ClientConfig::default()
+    })
+    .map_err(|e| anyhow!("creating the registry client: {e}"))?;
+    let mut s = Session {
+        base: format!("{}://{}", target.scheme(), target.host()),
+        target: target.clone(),
+        http,
+        oci,
+        credential,
+        challenge: Challenge::None,
+        tokens: Default::default(),
+        known: Default::default(),
+    };
+    rt.block_on(s.preflight_async(repositories))?;
+    Ok(Remote { rt, s })
+}
+
+impl Remote {
+    pub fn target(&self) -> &RegistryTarget {
+        &self.s.target
+    }
+
+    /// Who the registry will see: `authenticated as USER` or `anonymous access`.
+    pub fn who(&self) -> String {
+        self.s.who()
+    }
+
+    /// Publishes one image layout to `repo`: blobs, manifest by digest,
+    /// cross-check, then each tag, each cross-checked.
+    pub fn publish(
+        &self,
+        image: &LocalImage,
+        repo: &str,
+        tags: &[String],
+        quiet: bool,
+    ) -> Result<crate::publish::PublishReport> {
+        self.rt
+            .block_on(self.s.publish_async(image, repo, tags, quiet))
+    }
+}
+
+impl Session {
+    fn host(&self) -> &str {
+        self.target.host()
+    }
+
+    async fn preflight_async(&mut self, repositories: &[String]) -> Result<()> {
+        let host = self.host().to_string();
+        // 1. Reachable.
+        let url = format!("{}/v2/", self.base);
+        let res = self.http.get(&url).send().await.map_err(|e| {
+            anyhow!(
+                "registry {host} unreachable: {} (check that it runs and that --registry {} is right)",
+                error_chain(&e),
+                self.target
+            )
+        })?;
+        match res.status() {
+            StatusCode::OK => {
+                self.challenge = Challenge::None;
+            }
+            StatusCode::UNAUTHORIZED => {
+                let value = res
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("Basic");
+                self.challenge = parse_challenge(value);
+            }
+            s => bail!(
+                "registry {host} answered GET /v2/ with {s}, expected 200 or 401; is {} an OCI registry?",
+                self.target
+            ),
+        }
+        // 2. Credentials present when the registry asks for them.
+        if self.challenge != Challenge::None && self.credential.is_none() {
+            let config = docker_config_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "~/.docker/config.json".into());
+            bail!(
+                "registry {host} requires authentication but no credentials were found: set {ENV_USER} and {ENV_PASSWORD}, or run docker login {host} (looked in {config})"
+            );
+        }
+        // 3. Authentication succeeds.
+        if let Some(cred) = &self.credential {
+            let hint = cred.source.hint(&host);
+            let user = cred.user.clone();
+            match &self.challenge {
+                Challenge::None => {}
+                Challenge::Basic => {
+                    let res = self
+                        .http
+                        .get(&url)
+                        .basic_auth(&cred.user, Some(cred.secret.expose()))
+                        .send()
+                        .await
+                        .map_err(|e| anyhow!("registry {host} unreachable: {}", error_chain(&e)))?;
+                    match res.status() {
+                        StatusCode::OK => {}
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                            bail!("authentication failed for user {user} at {host} ({hint})")
+                        }
+                        s => bail!("registry {host} answered an authenticated GET /v2/ with {s}"),
+                    }
+                }
+                Challenge::Bearer { .. } => {
+                    if let Some(repo) = repositories.first() {
+                        self.token(repo).await.map_err(|e| {
+                            anyhow!(
+                                "authentication failed for user {user} at {host} ({hint}): {e:#}"
+                            )
+                        })?;
+                    }
+                }
+            }
+        }
+        // 4. Push permission: open an upload session and cancel it.
+        for repo in repositories {
+            self.check_push(repo).await?;
+        }
+        Ok(())
+    }
+
+    /// A bearer token with pull,push scope on `repo`, fetched once.
+    async fn token(&self, repo: &str) -> Result<String> {
+        if let Some(t) = self.tokens.lock().unwrap().get(repo) {
+            return Ok(t.clone());
+        }
+        let Challenge::Bearer { realm, service } = &self.challenge else {
+            bail!("the registry did not ask for a bearer token");
+        };
+        let scope = format!("repository:{repo}:pull,push");
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(s) = service {
+            query.push(("service", s.as_str()));
+        }
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|e| anyhow!("bad token realm {realm:?}: {e}"))?;
+        url.query_pairs_mut().extend_pairs(query);
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.credential {
+            req = req.basic_auth(&c.user, Some(c.secret.expose()));
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("token service {realm} unreachable: {}", error_chain(&e)))?;
+        if !res.status().is_success() {
+            bail!("the token service {realm} answered {}", res.status());
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Token = res
+            .json()
+            .await
+            .map_err(|e| anyhow!("the token service {realm} sent no token: {e}"))?;
+        let t = t
+            .token
+            .or(t.access_token)
+            .ok_or_else(|| anyhow!("the token service {realm} sent no token"))?;
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(repo.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Adds the registry's authorisation for `repo` to a request.
+    async fn authorise(
+        &self,
+        req: reqwest::RequestBuilder,
+        repo: &str,
+    ) -> Result<reqwest::RequestBuilder> {
+        Ok(match (&self.challenge, &self.credential) {
+            (Challenge::None, _) => req,
+            (Challenge::Basic, Some(c)) => req.basic_auth(&c.user, Some(c.secret.expose())),
+            (Challenge::Basic, None) => req,
+            (Challenge::Bearer { .. }, _) => {
+                let t = self.token(repo).await?;
+                req.header(AUTHORIZATION, format!("Bearer {t}"))
+            }
+        })
+    }
+
+    fn who(&self) -> String {
+        match &self.credential {
+            Some(c) if self.challenge != Challenge::None => format!("authenticated as {}", c.user),
+            _ => "anonymous access".to_string(),
+        }
+    }
+
+    async fn check_push(&self, repo: &str) -> Result<()> {
+        let host = self.host();
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let req = self
+            .authorise(self.http.post(&url).header(CONTENT_LENGTH, "0"), repo)
+            .await?;
+        let res = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("registry {host} unreachable: {}", error_chain(&e)))?;
+        match res.status() {
+            StatusCode::ACCEPTED => {}
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => bail!(
+                "{} but not allowed to push to {repo} at {host} (registry answered {s} to starting an upload); ask for push access or choose another --registry prefix",
+                self.who()
+            ),
+            s => bail!("registry {host} refused to start an upload to {repo} ({s})"),
+        }
+        let location = res
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                anyhow!("registry {host} started an upload to {repo} without a Location header")
+            })?;
+        let location = self.absolute(location);
+        // Cancel the session so the probe leaves nothing behind. A registry
+        // that cannot cancel only keeps an empty session until it purges
+        // stale uploads, so a failed DELETE is not a preflight failure.
+        let req = self.authorise(self.http.delete(&location), repo).await?;
+        let _ = req.send().await;
+        Ok(())
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        }
+    }
+
+    fn reference(&self, repo: &str, digest: &str) -> Reference {
+        Reference::with_digest(
+            self.host().to_string(),
+            repo.to_string(),
+            digest.to_string(),
+        )
+    }
+
+    fn oci_auth(&self) -> RegistryAuth {
+        match &self.credential {
+            Some(c) if self.challenge != Challenge::None => {
+                RegistryAuth::Basic(c.user.clone(), c.secret.expose().to_string())
+            }
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// HEAD of a blob: its size if present.
+    async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let res = self
+            .authorise(self.http.head(&url), repo)
+            .await?
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "checking blob {digest} in {}/{repo}: {}",
+                    self.host(),
+                    error_chain(&e)
+                )
+            })?;
+        match res.status() {
+            StatusCode::OK => Ok(Some(
+                res.headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "registry {} sent no Content-Length for blob {digest}",
+                            self.host()
+                        )
+                    })?,
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => bail!(
+                "checking blob {digest} in {}/{repo}: registry answered {s}",
+                self.host()
+            ),
+        }
+    }
+
+    /// PUT of a manifest's exact bytes; returns the reported digest header.
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Option<String>> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let res = self
+            .authorise(
+                self.http
+                    .put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.to_vec()),
+                repo,
+            )
+            .await?
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "pushing the manifest to {}/{repo}:{reference}: {}",
+                    self.host(),
+                    error_chain(&e)
+                )
+            })?;
+        let status = res.status();
+        let header = digest_header(res.headers());
+        if status != StatusCode::CREATED {
+            let body = res.text().await.unwrap_or_default();
+            bail!(
+                "pushing the manifest to {}/{repo}:{reference}: registry answered {status}: {}",
+                self.host(),
+                body.trim()
+            );
+        }
+        Ok(header)
+    }
+
+    /// GET of a manifest: the exact bytes and the reported digest header.
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let res = self
+            .authorise(self.http.get(&url).header(ACCEPT, media_type), repo)
+            .await?
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "reading back {}/{repo}:{reference}: {}",
+                    self.host(),
+                    error_chain(&e)
+                )
+            })?;
+        let status = res.status();
+        let header = digest_header(res.headers());
+        if status != StatusCode::OK {
+            bail!(
+                "reading back {}/{repo}:{reference}: registry answered {status}",
+                self.host()
+            );
+        }
+        let bytes = res.bytes().await.map_err(|e| {
+            anyhow!(
+                "reading back {}/{repo}:{reference}: {}",
+                self.host(),
+                error_chain(&e)
+            )
+        })?;
+        Ok((bytes.to_vec(), header))
+    }
+
+    /// Uploads one blob from the layout with oci-client, streaming the file.
+    async fn upload_blob(
+        &self,
+        repo: &str,
+        blob: &BlobRef,
+        path: &Path,
+        quiet: bool,
+    ) -> Result<u64> {
+        let reference = self.reference(repo, &blob.digest);
+        self.oci
+            .store_auth_if_needed(reference.resolve_registry(), &self.oci_auth())
+            .await;
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(blob.size),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("uploading {}", short(&blob.digest)));
+            bar
+        };
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stream = {
+            let bar = bar.clone();
+            let counted = counted.clone();
+            futures_util::stream::unfold(Some(file), move |file| {
+                let bar = bar.clone();
+                let counted = counted.clone();
+                async move {
+                    let mut file = file?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    match file.read(&mut buf) {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            bar.inc(n as u64);
+                            counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                        }
+                        Err(e) => Some((
+                            Err(oci_client::errors::OciDistributionError::IoError(e)),
+                            None,
+                        )),
+                    }
+                }
+            })
+        };
+        let result = self
+            .oci
+            .push_blob_stream(&reference, stream, &blob.digest, Some(blob.size))
+            .await;
+        bar.finish_and_clear();
+        result.map_err(|e| {
+            anyhow!(
+                "uploading blob {} ({} bytes) to {}/{repo} failed: {} (nothing was tagged; run the publish again)",
+                blob.digest,
+                blob.size,
+                self.host(),
+                oci_error_chain(&e)
+            )
+        })?;
+        Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn publish_async(
+        &self,
+        image: &LocalImage,
+        repo: &str,
+        tags: &[String],
+        quiet: bool,
+    ) -> Result<crate::publish::PublishReport> {
+        use crate::publish::{BlobStats, CrossCheck, Observed, TagCheck, check_digest, check_tag};
+        let host = self.host().to_string();
+        let say = |m: String| {
+            if !quiet {
+                eprintln!("{m}");
+            }
+        };
+        let mut stats = BlobStats::default();
+        for blob in &image.blobs {
+            match self.blob_size(repo, &blob.digest).await? {
+                Some(size) if size == blob.size => {
+                    stats.skipped += 1;
+                    continue;
+                }
+                Some(size) => bail!(
+                    "registry {host} holds blob {} in {repo} with {size} bytes, but the layout's blob has {}; the registry's storage is inconsistent",
+                    blob.digest,
+                    blob.size
+                ),
+                None => {}
+            }
+            // Cross-repository mount when this run already has the blob elsewhere.
+            let source = self.known.lock().unwrap().get(&blob.digest).cloned();
+            if let Some(from) = source.filter(|f| f != repo) {
+                let src = Reference::with_digest(host.clone(), from.clone(), blob.digest.clone());
+                self.oci.store_auth_if_needed(&host, &self.oci_auth()).await;
+                if self
+                    .oci
+                    .mount_blob(&self.reference(repo, &blob.digest), &src, &blob.digest)
+                    .await
+                    .is_ok()
+                {
+                    say(format!("  mounted {} from {from}", short(&blob.digest)));
+                    stats.mounted += 1;
+                    continue;
+                }
+            }
+            let path = image.blob_path(&blob.digest);
+            say(format!(
+                "  uploading {} ({} bytes)",
+                short(&blob.digest),
+                blob.size
+            ));
+            let n = self.upload_blob(repo, blob, &path, quiet).await?;
+            stats.uploaded += 1;
+            stats.bytes_uploaded += n;
+        }
+        for blob in &image.blobs {
+            self.known
+                .lock()
+                .unwrap()
+                .insert(blob.digest.clone(), repo.to_string());
+        }
+        // The manifest, by digest, exactly as built.
+        let digest = &image.manifest_digest;
+        let put_header = self
+            .put_manifest(repo, digest, &image.manifest_media_type, &image.manifest)
+            .await?;
+        let (fetched, get_header) = self
+            .get_manifest(repo, digest, &image.manifest_media_type)
+            .await?;
+        let mut blob_sizes = Vec::new();
+        for blob in &image.blobs {
+            blob_sizes.push((blob.clone(), self.blob_size(repo, &blob.digest).await?));
+        }
+        let observed = Observed {
+            pushed_digest_header: put_header,
+            fetched_digest_header: get_header,
+            fetched_sha256: sha256(&fetched),
+            blobs: blob_sizes,
+        };
+        let failures = check_digest(digest, &observed);
+        let location = format!("{host}/{repo}@{digest}");
+        if !failures.is_empty() {
+            bail!(
+                "identity cross-check failed for {location}; no tag was applied:\n  - {}",
+                failures.join("\n  - ")
+            );
+        }
+        // Only now: the tags, each read back and checked.
+        let mut tag_checks = Vec::new();
+        for tag in tags {
+            let put = self
+                .put_manifest(repo, tag, &image.manifest_media_type, &image.manifest)
+                .await?;
+            let (bytes, header) = self
+                .get_manifest(repo, tag, &image.manifest_media_type)
+                .await?;
+            let check = TagCheck {
+                tag: tag.clone(),
+                pushed_digest_header: put,
+                fetched_digest_header: header,
+                resolved_sha256: sha256(&bytes),
+            };
+            let failures = check_tag(digest, &check);
+            if !failures.is_empty() {
+                bail!(
+                    "identity cross-check failed for tag {host}/{repo}:{tag}:\n  - {}\n(the tag was written with the bytes of {digest}, which passed the check by digest, but reads back differently; another writer may have moved it: check the registry and publish again)",
+                    failures.join("\n  - ")
+                );
+            }
+            tag_checks.push(check);
+        }
+        Ok(crate::publish::PublishReport {
+            image: image.name.clone(),
+            registry: Some(host.clone()),
+            repository: repo.to_string(),
+            reference: location,
+            digest: digest.clone(),
+            tags: tags.to_vec(),
+            blobs: stats,
+            cross_check: CrossCheck {
+                ok: true,
+                pushed_digest_header: observed.pushed_digest_header,
+                fetched_digest_header: observed.fetched_digest_header,
+                fetched_sha256: observed.fetched_sha256,
+                blobs_verified: image.blobs.len() as u64,
+                tags: tag_checks,
+            },
+        })
+    }
+}
+
+fn digest_header(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get(DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+}
+
+/// `sha256:0123456789ab`, for progress lines.
+pub fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+/// The error and its sources, one line, without URL query strings (upload
+/// session state is long and says nothing to a person).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    let query = regex::Regex::new(r"\?[^\s)]*").expect("static regex");
+    query.replace_all(&s, "").into_owned()
+}
+
+fn oci_error_chain(e: &oci_client::errors::OciDistributionError) -> String {
+    error_chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_choose_the_scheme() {
+        let t: RegistryTarget = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            (t.host(), t.is_loopback(), t.scheme()),
+            ("127.0.0.1:5000", true, "http")
+        );
+        assert_eq!(t.repository("platform/hello"), "platform/hello");
+        let t: RegistryTarget = "registry.example.com/team/x".parse().unwrap();
+        assert_eq!((t.host(), t.is_loopback()), ("registry.example.com", false));
+        assert_eq!(t.repository("hello"), "team/x/hello");
+        assert_eq!(t.to_string(), "registry.example.com/team/x");
+        assert!(
+            "localhost:5000"
+                .parse::<RegistryTarget>()
+                .unwrap()
+                .is_loopback()
+        );
+        assert!(
+            "[::1]:5000"
+                .parse::<RegistryTarget>()
+                .unwrap()
+                .is_loopback()
+        );
+        assert!("127.3.4.5".parse::<RegistryTarget>().unwrap().is_loopback());
+        assert!(
+            !"10.0.0.1:5000"
+                .parse::<RegistryTarget>()
+                .unwrap()
+                .is_loopback()
+        );
+        assert!(
+            !"localhost.example.com"
+                .parse::<RegistryTarget>()
+                .unwrap()
+                .is_loopback()
+        );
+        for bad in [
+            "",
+            "http://127.0.0.1:5000",
+            "host:port",
+            "host:0",
+            "/x",
+            "host/Upper",
+            "a..b",
+            "host:5000/",
+        ] {
+            if bad == "host:5000/" {
+                assert!(bad.parse::<RegistryTarget>().is_ok());
+                continue;
+            }
+            assert!(
+                bad.parse::<RegistryTarget>().is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn docker_config_lookup_follows_dockers_order() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("ci:pw:with:colons");
+        let config: DockerConfig = serde_json::from_str(&format!(
+            r#"{{"auths":{{"http://127.0.0.1:5000/v2/":{{"auth":"{b64}"}},"other:1":{{}}}},
+                "credHelpers":{{"helped.example.com":"pass"}},"credsStore":"desktop"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            config_entry(&config, "127.0.0.1:5000").unwrap(),
+            Some(ConfigEntry::Inline {
+                user: "ci".into(),
+                secret: Secret("pw:with:colons".into())
+            })
+        );
+        assert_eq!(
+            config_entry(&config, "helped.example.com").unwrap(),
+            Some(ConfigEntry::Helper("pass".into()))
+        );
+        // An empty auths entry (as Docker writes with a store) falls to the store.
+        assert_eq!(
+            config_entry(&config, "other:1").unwrap(),
+            Some(ConfigEntry::Helper("desktop".into()))
+        );
+        let empty = DockerConfig::default();
+        assert_eq!(config_entry(&empty, "x").unwrap(), None);
+        let bad: DockerConfig = serde_json::from_str(r#"{"auths":{"x":{"auth":"%%%"}}}"#).unwrap();
+        assert!(config_entry(&bad, "x").is_err());
+    }
+
+    #[test]
+    fn helper_output_and_secrets_are_redacted() {
+        let (u, s) =
+            parse_helper_output(r#"{"ServerURL":"x","Username":"ci","Secret":"hunter2"}"#).unwrap();
+        assert_eq!(u, "ci");
+        let c = Credential {
+            user: u,
+            secret: s,
+            source: CredentialSource::Helper("pass".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(parse_helper_output("not json").is_err());
+    }
+
+    #[test]
+    fn error_lines_drop_url_queries() {
+        let e = std::io::Error::other(
+            "error sending request for url (http://h/v2/r/blobs/uploads/u?_state=abc&digest=sha256%3A1)",
+        );
+        assert_eq!(
+            error_chain(&e),
+            "error sending request for url (http://h/v2/r/blobs/uploads/u)"
+        );
+    }
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(parse_challenge(r#"Basic realm="r""#), Challenge::Basic);
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.example.com/token",service="reg",scope="x""#
+            ),
+            Challenge::Bearer {
+                realm: "https://auth.example.com/token".into(),
+                service: Some("reg".into())
+            }
+        );
+    }
+}
