@@ -19,4 +19,5 @@ pub mod registry;
 pub mod release;
 pub mod repro;
 pub mod spec;
+pub mod store;
 pub mod workspace;

@@ -17,7 +17,8 @@ use crate::cache::write_atomic;
 use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::layer::{HashReader, sha256};
 use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
-use crate::release::{CrossCheck, Store};
+use crate::publish::BlobStats;
+use crate::store::{Published, Store};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -32,7 +33,7 @@ impl LocalStore {
         self.root.join(repository)
     }
 
-    fn blob(&self, repository: &str, digest: &str) -> PathBuf {
+    fn blob_path(&self, repository: &str, digest: &str) -> PathBuf {
         self.repo(repository)
             .join("blobs/sha256")
             .join(digest.trim_start_matches("sha256:"))
@@ -62,7 +63,7 @@ impl LocalStore {
 
     /// Stores bytes under their digest; returns whether they were new.
     fn put(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<bool> {
-        let path = self.blob(repository, digest);
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(false);
         }
@@ -71,7 +72,7 @@ impl LocalStore {
     }
 
     fn put_file(&self, repository: &str, digest: &str, from: &Path) -> Result<Option<u64>> {
-        let path = self.blob(repository, digest);
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(None);
         }
@@ -110,7 +111,7 @@ impl LocalStore {
 
     /// Reads a stored blob and checks it hashes to its name.
     pub fn read_verified(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
-        let bytes = fs::read(self.blob(repository, digest))
+        let bytes = fs::read(self.blob_path(repository, digest))
             .with_context(|| format!("{repository}@{digest} is not in the local store"))?;
         let actual = sha256(&bytes);
         if actual != digest {
@@ -150,7 +151,7 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<CrossCheck> {
+    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
         let repo = &image.repository;
         let src = |d: &str| {
             image
@@ -186,10 +187,8 @@ impl Store for LocalStore {
                 uploaded.1 += n;
             }
         }
-        if self.put(repo, &image.manifest_digest, &manifest)? {
-            uploaded.0 += 1;
-            uploaded.1 += manifest.len() as u64;
-        }
+        // Counted like a registry's blob uploads: the manifest is not a blob.
+        self.put(repo, &image.manifest_digest, &manifest)?;
         self.add_entry(
             repo,
             &image.manifest_digest,
@@ -200,7 +199,7 @@ impl Store for LocalStore {
 
         // Cross-check: re-read and re-hash everything that was stored.
         let mut checks = Vec::new();
-        let stored = fs::read(self.blob(repo, &image.manifest_digest)).unwrap_or_default();
+        let stored = fs::read(self.blob_path(repo, &image.manifest_digest)).unwrap_or_default();
         let stored_digest = sha256(&stored);
         checks.push((
             "manifest re-hashed".to_string(),
@@ -208,19 +207,29 @@ impl Store for LocalStore {
             format!("stored manifest hashes to {stored_digest}"),
         ));
         for (d, size) in &blobs {
-            let (ok, what) = match hash_file(&self.blob(repo, d)) {
+            let (ok, what) = match hash_file(&self.blob_path(repo, d)) {
                 Ok((actual, n)) => (actual == *d && n == *size, format!("{actual}, {n} bytes")),
                 Err(e) => (false, format!("unreadable: {e}")),
             };
             checks.push((format!("blob {d}"), ok, what));
         }
-        Ok(CrossCheck {
-            ok: checks.iter().all(|c| c.1),
+        let failures: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.1)
+            .map(|(what, _, got)| format!("{what}: {got}"))
+            .collect();
+        Ok(Published {
+            ok: failures.is_empty(),
             digest: stored_digest,
             manifest_size: stored.len() as u64,
-            checks,
-            blobs_uploaded: uploaded.0,
-            bytes_uploaded: uploaded.1,
+            failures,
+            blobs: BlobStats {
+                uploaded: uploaded.0,
+                skipped: blobs.len() as u64 - uploaded.0,
+                mounted: 0,
+                bytes_uploaded: uploaded.1,
+            },
+            detail: serde_json::to_value(&checks)?,
         })
     }
 
@@ -268,6 +277,24 @@ impl Store for LocalStore {
             Some(d) if d == digest => Ok(()),
             other => bail!("tag {repository}:{tag} reads back as {other:?}, not {digest}"),
         }
+    }
+
+    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {
+        let digest = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            self.resolve_tag(repository, reference)?
+        };
+        match digest {
+            Some(d) if self.blob_path(repository, &d).exists() => {
+                Ok(Some(self.read_verified(repository, &d)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+        self.read_verified(repository, digest)
     }
 
     fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
