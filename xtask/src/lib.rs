@@ -2,12 +2,15 @@
 //!
 //! The pure core ([`spec`], [`layer`], [`oci`]) takes values and returns
 //! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`])
-//! touch the file system, git and cargo. See ARCHITECTURE.md.
+//! touch the file system, git and cargo; [`engine`] is the Docker Engine
+//! adapter behind [`smoke`]. See ARCHITECTURE.md.
 
 pub mod build;
 pub mod cache;
+pub mod engine;
 pub mod layer;
 pub mod oci;
 pub mod repro;
+pub mod smoke;
 pub mod spec;
 pub mod workspace;
