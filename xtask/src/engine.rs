@@ -122,7 +122,7 @@ async fn cleanup(docker: &Docker, tracked: &Tracked, keep_image: bool) -> Vec<St
         let mut t = tracked.lock().unwrap_or_else(|p| p.into_inner());
         (
             std::mem::take(&mut t.containers),
-            if keep_image { None } else { t.tag.take() },
+            t.tag.take().filter(|_| !keep_image),
         )
     };
     let mut errors = Vec::new();
@@ -163,23 +163,21 @@ async fn cleanup(docker: &Docker, tracked: &Tracked, keep_image: bool) -> Vec<St
 /// the runtime); a normal run has already cleaned up and this does nothing.
 struct Guard {
     tracked: Tracked,
-    keep_image: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let empty = {
             let t = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-            t.containers.is_empty() && (self.keep_image || t.tag.is_none())
+            t.containers.is_empty() && t.tag.is_none()
         };
         if empty {
             return;
         }
         let tracked = self.tracked.clone();
-        let keep = self.keep_image;
         let _ = block_on(async move {
             if let Ok(c) = connect().await {
-                for e in cleanup(&c.docker, &tracked, keep).await {
+                for e in cleanup(&c.docker, &tracked, false).await {
                     eprintln!("warning: {e}");
                 }
             }
@@ -240,7 +238,6 @@ pub fn smoke(
     let tracked: Tracked = Arc::default();
     let _guard = Guard {
         tracked: tracked.clone(),
-        keep_image: opts.keep_image,
     };
     let _signals = SignalHandlers::install();
     block_on(async {
@@ -251,7 +248,9 @@ pub fn smoke(
             r = work => r,
             () = interrupted() => Err(anyhow!("interrupted; the smoke containers and the loaded image tag were removed")),
         };
-        let errors = cleanup(&c.docker, &tracked, opts.keep_image).await;
+        // The tag is kept on request only when there is a report naming it.
+        let keep_image = opts.keep_image && result.is_ok();
+        let errors = cleanup(&c.docker, &tracked, keep_image).await;
         let report = result?;
         if !errors.is_empty() {
             bail!(
