@@ -364,6 +364,9 @@ async fn load(docker: &Docker, image: &LayoutImage, tag: &str) -> Result<()> {
             }
         }
     }
+    // The request body (the channel's receiver) goes with the stream, so a
+    // writer blocked on an engine that stopped reading is released.
+    drop(stream);
     let produced = producer
         .join()
         .map_err(|_| anyhow!("the archive writer thread panicked"))?;
@@ -461,10 +464,16 @@ async fn run_container(
         ("lane.smoke.image".to_string(), image.name.clone()),
         ("lane.smoke.check".to_string(), spec.name.clone()),
     ]);
+    let Some((program, args)) = spec.command.split_first() else {
+        bail!(
+            "smoke command {:?} is empty; give the program and its arguments",
+            spec.name
+        );
+    };
     let body = ContainerCreateBody {
         image: Some(image_id.to_string()),
-        entrypoint: Some(spec.command[..1].to_vec()),
-        cmd: Some(spec.command[1..].to_vec()),
+        entrypoint: Some(vec![program.clone()]),
+        cmd: Some(args.to_vec()),
         user: Some(image.user.clone()),
         labels: Some(labels),
         tty: Some(false),

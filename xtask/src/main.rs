@@ -77,6 +77,7 @@ enum Command {
     ///   expect_exit = 0
     ///   expect_output = "^hello 0\\.1"
     ///   timeout_secs = 30
+    #[command(verbatim_doc_comment)]
     Smoke {
         /// The image to check (a folder under images/).
         image: String,
