@@ -220,6 +220,7 @@ expect_exit = 0
 
 #[test]
 fn missing_or_non_executable_entrypoint_fails_with_the_engine_error() {
+    // The image's own entrypoint names a binary that is not in the image.
     let f = hello_variant(
         "smoke-exec",
         r#"
@@ -232,6 +233,14 @@ name = "not-executable"
 command = ["/etc/hello/hello.conf"]
 "#,
     );
+    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    let toml = toml.replace(
+        "entrypoint = [\"/usr/local/bin/hello\"]",
+        "entrypoint = [\"/usr/local/bin/missing\"]",
+    );
+    assert!(toml.contains("/usr/local/bin/missing\"]\ncmd"), "{toml}");
+    f.write("images/hello/image.toml", &toml);
+    f.commit("missing entrypoint");
     let out = f.xtask(&["smoke", "hello", "--json"]);
     assert!(!out.status.success(), "unstartable commands must fail");
     let report = stdout_json(&out);
@@ -482,4 +491,77 @@ timeout_secs = 120
         "",
         "the loaded image must be removed"
     );
+}
+
+#[test]
+fn load_error_in_the_engine_stream_is_a_failure() {
+    let case = "smoke-badlayer";
+    let f = hello_variant(
+        case,
+        "\n[[smoke]]\nname = \"version\"\ncommand = [\"/usr/local/bin/hello\", \"--version\"]\n",
+    );
+    // The engine skips reading a layer whose diff_id chain it already has
+    // (parallel tests load the same hello layers), so give this variant a
+    // config layer of its own and corrupt that one.
+    let conf = "images/hello/rootfs/etc/hello/hello.conf";
+    let text = fs::read_to_string(f.path(conf)).unwrap();
+    f.write(conf, &format!("{text}# {case} {}\n", std::process::id()));
+    f.commit("own config layer");
+    let report = f.build_json(&["hello"]);
+    let built = support::image(&report, "hello");
+    // A copy of the layout whose config layer blob is another (valid) gzip
+    // tar: manifest and config are intact, so only the engine can notice
+    // that the layer's diff_id is not the one the config names.
+    let copy = support::TempDir::new(case);
+    let layout = copy.path().join("hello");
+    let status = run(Command::new("cp")
+        .arg("-r")
+        .arg(built["layout"].as_str().unwrap())
+        .arg(&layout));
+    assert!(status.status.success());
+    let layer = built["layers"][1]["digest"].as_str().unwrap();
+    let blob = layout.join("blobs/sha256").join(&layer[7..]);
+    fs::remove_file(&blob).unwrap();
+    fs::write(copy.path().join("other.txt"), "not the layer\n").unwrap();
+    let out = run(Command::new("tar")
+        .arg("czf")
+        .arg(&blob)
+        .arg("-C")
+        .arg(copy.path())
+        .arg("other.txt"));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let image =
+        smoke::read_layout("hello", &layout, built["manifest_digest"].as_str().unwrap()).unwrap();
+    let spec = xtask::spec::SmokeSpec {
+        name: "version".into(),
+        command: vec!["/usr/local/bin/hello".into(), "--version".into()],
+        expect_exit: 0,
+        expect_output: None,
+        timeout_secs: 10,
+    };
+    let opts = SmokeOptions {
+        quiet: true,
+        ..SmokeOptions::default()
+    };
+    let err = xtask::engine::smoke(&image, &[spec], &opts).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("the Docker Engine failed to load hello"),
+        "{err}"
+    );
+    // The engine's own words, from the middle of the load stream.
+    let diff_id = built["layers"][1]["diff_id"].as_str().unwrap();
+    assert!(
+        err.contains("invalid diffID for layer 1") && err.contains(diff_id),
+        "{err}"
+    );
+    let images = docker(&[
+        "image",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=lane.test.case={case}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "");
 }
