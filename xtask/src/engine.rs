@@ -246,20 +246,23 @@ pub fn smoke(
         let work = run(&c, image, checks, opts, &run_id, &tracked);
         let result = tokio::select! {
             r = work => r,
-            () = interrupted() => Err(anyhow!("interrupted; the smoke containers and the loaded image tag were removed")),
+            () = interrupted() => Err(anyhow!("smoke check interrupted (SIGINT/SIGTERM)")),
         };
         // The tag is kept on request only when there is a report naming it.
         let keep_image = opts.keep_image && result.is_ok();
         let errors = cleanup(&c.docker, &tracked, keep_image).await;
-        let report = result?;
-        if !errors.is_empty() {
-            bail!(
-                "cleaning up after the smoke check at {}: {}",
-                c.facts.address,
-                errors.join("; ")
-            );
+        if errors.is_empty() {
+            return result;
         }
-        Ok(report)
+        let cleanup_failed = format!(
+            "cleaning up after the smoke check at {} failed ({}); remove them with `docker rm -f` / `docker rmi`",
+            c.facts.address,
+            errors.join("; ")
+        );
+        match result {
+            Ok(_) => Err(anyhow!(cleanup_failed)),
+            Err(e) => Err(e.context(cleanup_failed)),
+        }
     })?
 }
 
