@@ -1,11 +1,12 @@
 //! The release lane: library behind `cargo xtask`.
 //!
 //! The pure core ([`spec`], [`layer`], [`oci`]) takes values and returns
-//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`])
+//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`], [`drift`])
 //! touch the file system, git and cargo. See ARCHITECTURE.md.
 
 pub mod build;
 pub mod cache;
+pub mod drift;
 pub mod layer;
 pub mod oci;
 pub mod repro;
