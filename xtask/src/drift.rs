@@ -339,6 +339,8 @@ pub struct ElfInfo {
     pub soname: Option<String>,
     pub rpath: Vec<String>,
     pub runpath: Option<Vec<String>>,
+    /// DT_FLAGS_1 has DF_1_PIE: a position-independent executable.
+    pub pie: bool,
 }
 
 impl ElfInfo {
@@ -359,6 +361,10 @@ impl ElfInfo {
             }
             t if t == elf::ET_DYN.0 => {
                 if self.interpreter.is_some() {
+                    "executable"
+                } else if self.pie && self.needed.is_empty() {
+                    "static_executable"
+                } else if self.pie {
                     "executable"
                 } else {
                     "shared_library"
@@ -482,6 +488,7 @@ fn parse_elf_as<H: FileHeader<Endian = Endianness>>(
         soname: None,
         rpath: Vec::new(),
         runpath: None,
+        pie: false,
     };
     let Some(dynamic) = dynamic else {
         return Ok(info);
@@ -548,6 +555,8 @@ fn parse_elf_as<H: FileHeader<Endian = Endianness>>(
             info.soname = Some(string(val)?);
         } else if tag == elf::DT_RPATH {
             info.rpath.extend(split(string(val)?));
+        } else if tag == elf::DT_FLAGS_1 {
+            info.pie = val & u64::from(elf::DF_1_PIE.0) != 0;
         } else if tag == elf::DT_RUNPATH {
             info.runpath
                 .get_or_insert_with(Vec::new)
@@ -618,6 +627,20 @@ fn file_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Suffixes of files next to the stanzas in status.d that are not stanzas.
+const COMPANIONS: &[&str] = &[
+    ".list",
+    ".md5sums",
+    ".conffiles",
+    ".triggers",
+    ".shlibs",
+    ".symbols",
+    ".preinst",
+    ".postinst",
+    ".prerm",
+    ".postrm",
+];
+
 impl CuratedManifest {
     /// Reads the dpkg database of the image: one stanza file per package in
     /// `/var/lib/dpkg/status.d/` with its file list in `status.d/PKG.list`
@@ -650,8 +673,10 @@ impl CuratedManifest {
         };
         let dir = "/var/lib/dpkg/status.d";
         for entry in fs.list(dir) {
-            if entry.contains('.') {
-                continue; // companion files: PKG.list, PKG.md5sums
+            // Companion files (PKG.list, PKG.md5sums, ...); package names
+            // may contain dots themselves (libbz2-1.0).
+            if COMPANIONS.iter().any(|c| entry.ends_with(c)) || entry.starts_with('.') {
+                continue;
             }
             let Some(text) = fs.read_text(&join(dir, &entry)) else {
                 continue;
