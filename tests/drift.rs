@@ -328,6 +328,8 @@ fn a_curated_package_nothing_needs_is_unused() {
         &format!("{MULTIARCH}/libbz2.so.1.0"),
     );
     img.curate(&bz2);
+    // A static-pie binary of libc-bin needs nothing, not even libc6.
+    img.copy("/sbin/ldconfig", "/usr/sbin/ldconfig");
     img.finish();
     f.commit("gzip with an extra package");
 
@@ -345,6 +347,10 @@ fn a_curated_package_nothing_needs_is_unused() {
     assert!(used("libc6").contains(&Value::from(binary)));
     assert_eq!(used("gzip"), [Value::from("<entrypoint>")]);
     assert!(used(&bz2).is_empty());
+    let ldconfig = object(gz, "/usr/sbin/ldconfig");
+    assert_eq!(ldconfig["kind"], "static_executable");
+    assert_eq!(ldconfig["depends_on"], serde_json::json!([]));
+    assert!(!used("libc6").contains(&Value::from("/usr/sbin/ldconfig")));
 
     let (ok, _, stderr) = drift_json(&f, &["--fail-on-unused", "gz"]);
     assert!(!ok);

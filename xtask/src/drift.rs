@@ -970,10 +970,11 @@ impl<'a> Analysis<'a> {
         }];
         // The interpreter is in every process; a library alone is checked
         // as if the standard interpreter of its machine loaded it.
-        let interp = info
-            .interpreter
-            .clone()
-            .or_else(|| info.standard_interpreter().map(str::to_string));
+        let interp = info.interpreter.clone().or_else(|| {
+            (info.kind() == "shared_library")
+                .then(|| info.standard_interpreter().map(str::to_string))
+                .flatten()
+        });
         if let Some(interp) = interp {
             let real = self.fs.resolve(&interp).filter(|r| self.fs.is_file(r));
             if let Some(real) = &real {
