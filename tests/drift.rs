@@ -336,7 +336,7 @@ fn a_curated_package_nothing_needs_is_unused() {
     let (ok, report, stderr) = drift_json(&f, &["gz"]);
     assert!(ok, "unused packages do not fail by default:\n{stderr}");
     let gz = image_report(&report, "gz");
-    assert_eq!(strings(&gz["unused_packages"]), [bz2.clone()]);
+    assert_eq!(strings(&gz["unused_packages"]), vec![bz2.clone()]);
     let pkgs = gz["packages"].as_array().unwrap();
     let used = |name: &str| {
         pkgs.iter().find(|p| p["name"] == name).unwrap()["used_by"]

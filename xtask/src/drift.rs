@@ -556,7 +556,7 @@ fn parse_elf_as<H: FileHeader<Endian = Endianness>>(
         } else if tag == elf::DT_RPATH {
             info.rpath.extend(split(string(val)?));
         } else if tag == elf::DT_FLAGS_1 {
-            info.pie = val & u64::from(elf::DF_1_PIE.0) != 0;
+            info.pie = val & elf::DF_1_PIE.0 != 0;
         } else if tag == elf::DT_RUNPATH {
             info.runpath
                 .get_or_insert_with(Vec::new)
@@ -900,7 +900,7 @@ struct Analysis<'a> {
 enum Found {
     Ok { path: String, real: String },
     Unloadable { path: String, reason: String },
-    NotFound,
+    Absent,
 }
 
 impl<'a> Analysis<'a> {
@@ -1041,7 +1041,7 @@ impl<'a> Analysis<'a> {
                         record(&mut p, Some(path), None);
                         p.missing.push((needed_by, name.clone(), reason, searched));
                     }
-                    Found::NotFound => {
+                    Found::Absent => {
                         record(&mut p, None, None);
                         p.missing
                             .push((needed_by, name.clone(), "not found".into(), searched));
@@ -1063,7 +1063,7 @@ impl<'a> Analysis<'a> {
     ) -> (Found, &'static str, Vec<String>) {
         if name.contains('/') {
             let path = normalise(name);
-            let found = self.try_open(&path, info).unwrap_or(Found::NotFound);
+            let found = self.try_open(&path, info).unwrap_or(Found::Absent);
             if let Found::Ok { real, .. } = &found
                 && let Some(o) = objects.iter().find(|o| &o.real == real)
             {
@@ -1137,7 +1137,7 @@ impl<'a> Analysis<'a> {
                 return (found, via, searched);
             }
         }
-        (Found::NotFound, "", searched)
+        (Found::Absent, "", searched)
     }
 }
 
