@@ -207,6 +207,54 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// An OCI layout loaded into the real Docker Engine (with skopeo), removed
+/// on drop.
+struct EngineImage(String);
+
+impl EngineImage {
+    fn load(layout: &Path, tag: &str) -> EngineImage {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("lane-drift-test:{}-{nanos}", std::process::id());
+        let out = run(Command::new("skopeo").args([
+            "copy",
+            "-q",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker-daemon:{name}"),
+        ]));
+        assert!(
+            out.status.success(),
+            "skopeo could not load {} into the engine: {}",
+            layout.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        EngineImage(name)
+    }
+
+    /// `docker run --rm --entrypoint PROGRAM IMAGE ARGS...`
+    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        run(Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                program,
+                &self.0,
+            ])
+            .args(args))
+    }
+}
+
+impl Drop for EngineImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
 /// Acceptance 1: the sample service image has no drift.
 #[test]
 fn sample_service_has_no_drift() {
@@ -225,9 +273,9 @@ fn sample_service_has_no_drift() {
     assert_eq!(bin["needed"], serde_json::json!([]));
 }
 
-/// Acceptance 2 (the drift half): a binary needs libz.so.1 and zlib1g is not
-/// curated: drift fails naming the binary, the library and the package;
-/// curating zlib1g fixes it.
+/// Acceptance 2: a binary needs libz.so.1 and zlib1g is not curated: drift
+/// fails naming the binary, the library and the package, and the binary
+/// indeed does not start in the real engine; curating zlib1g fixes both.
 #[test]
 fn leaving_out_a_needed_package_fails_and_names_it() {
     let binary = "/usr/bin/git";
@@ -289,6 +337,18 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
         "{stdout}"
     );
 
+    // The real engine agrees: the binary does not start (drift said so
+    // before anything was published).
+    let engine = EngineImage::load(&f.path("target/images/tool"), "v1");
+    let started = engine.run(binary, &["--version"]);
+    let err = String::from_utf8_lossy(&started.stderr);
+    assert!(!started.status.success(), "{binary} started without libz");
+    assert!(
+        err.contains("error while loading shared libraries: libz.so.1"),
+        "{err}"
+    );
+    drop(engine);
+
     // Curating zlib1g (its file and its stanza) removes the drift.
     img.copy(
         &format!("{MULTIARCH}/libz.so.1"),
@@ -308,6 +368,15 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
     want.sort();
     assert_eq!(strings(&git["depends_on"]), want);
     assert_eq!(tool["unused_packages"], serde_json::json!([]));
+    // ... and the engine starts the binary.
+    let engine = EngineImage::load(&f.path("target/images/tool"), "v1");
+    let started = engine.run(binary, &["--version"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(String::from_utf8_lossy(&started.stdout).starts_with("git version"));
 }
 
 /// Acceptance 4: a curated package nothing needs is reported as unused; the
