@@ -552,6 +552,23 @@ fn runpath_resolves_inside_the_image_and_host_paths_do_not_count() {
         stderr.contains("/opt/app/bin/hostonly needs libhostonly.so"),
         "{stderr}"
     );
+    // The engine's loader agrees with each verdict.
+    let engine = EngineImage::load(&f.path("target/images/app"), "v1");
+    for ok in ["/opt/app/bin/greet", "/opt/app/bin/greet-origin"] {
+        let out = engine.run(ok, &[]);
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = engine.run("/opt/app/bin/hostonly", &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("libhostonly.so"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Acceptance 5: malformed and truncated ELF files are reported by path,
