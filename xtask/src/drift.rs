@@ -1617,6 +1617,22 @@ mod tests {
     }
 
     #[test]
+    fn hard_links_share_the_content_of_their_target() {
+        let mut fs = ImageFs::new();
+        let layer = tar(&[
+            ("usr/bin/a", F, b"\x7fELF-ish", ""),
+            ("usr/bin/b", tar::EntryType::Link, b"", "usr/bin/a"),
+            ("usr/bin/text", F, b"not kept", ""),
+        ]);
+        fs.apply_layer(layer.as_slice()).unwrap();
+        assert_eq!(fs.read("/usr/bin/b"), Some(&b"\x7fELF-ish"[..]));
+        assert!(fs.is_file("/usr/bin/text"));
+        assert_eq!(fs.read("/usr/bin/text"), None);
+        let elves: Vec<&str> = fs.elf_files().map(|(p, _)| p).collect();
+        assert_eq!(elves, ["/usr/bin/a", "/usr/bin/b"]);
+    }
+
+    #[test]
     fn symlinks_resolve_inside_the_image_only() {
         let mut fs = ImageFs::new();
         let layer = tar(&[
