@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use xtask::build::{self, BuildOptions};
+use xtask::drift::{self, DriftPolicy};
 use xtask::local_store::LocalStore;
 use xtask::publish::{self, PublishOptions};
 use xtask::registry::RegistryTarget;
@@ -156,6 +157,39 @@ enum Command {
         /// inspect it (`docker image inspect`); remove it with `docker rmi`.
         #[arg(long)]
         keep_image: bool,
+    },
+    /// Check each image's curated packages against what its binaries load.
+    ///
+    /// Builds the images, merges their layers (whiteouts applied) and, for
+    /// every ELF executable and shared library, checks that the program
+    /// interpreter exists and that each DT_NEEDED library resolves inside the
+    /// image, transitively, as glibc's loader would: DT_RPATH (without
+    /// DT_RUNPATH), LD_LIBRARY_PATH of the image config, DT_RUNPATH,
+    /// /etc/ld.so.conf(.d), then /lib/<multiarch>, /usr/lib/<multiarch>,
+    /// /lib, /usr/lib. The host is never consulted.
+    ///
+    /// The curated packages come from the image's /var/lib/dpkg/status.d/
+    /// (PKG stanza + PKG.list file list); lockfiles/library-index.toml names
+    /// the package that would provide a missing library. Exits non-zero when
+    /// a library or interpreter is missing, and with --fail-on-unused when a
+    /// curated package is needed by nothing. See docs/drift.md.
+    Drift {
+        /// Images to check (default: all).
+        images: Vec<String>,
+        /// Print the report as JSON: {"images":[{image, ok, objects,
+        /// missing_libraries, missing_interpreters, malformed, packages,
+        /// unused_packages}]}.
+        #[arg(long)]
+        json: bool,
+        /// Fail when a curated package is needed by no binary.
+        #[arg(long)]
+        fail_on_unused: bool,
+        /// A package that may be unused under --fail-on-unused (repeatable).
+        #[arg(long, value_name = "PACKAGE")]
+        allow_unused: Vec<String>,
+        /// Provider index (default: lockfiles/library-index.toml, if present).
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
     },
 }
 
@@ -316,6 +350,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             smoke::check(&report)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drift {
+            images,
+            json,
+            fail_on_unused,
+            allow_unused,
+            index,
+        } => {
+            let report = drift::drift(&ws, &images, index.as_deref(), json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", drift::render(&report));
+            }
+            let policy = DriftPolicy {
+                fail_on_unused,
+                allow_unused: allow_unused.into_iter().collect(),
+            };
+            let failures = drift::failures(&report, &policy);
+            for f in &failures {
+                eprintln!("error: {f}");
+            }
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
