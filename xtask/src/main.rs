@@ -15,6 +15,7 @@ use xtask::registry::RegistryTarget;
 use xtask::release::{self, ReleaseOptions};
 use xtask::repro;
 use xtask::smoke::{self, SmokeOptions};
+use xtask::store::{RegistryStore, Store};
 use xtask::workspace::Workspace;
 
 /// The auditable container release lane.
@@ -67,6 +68,11 @@ enum Command {
     Release {
         /// Images to release (default: all).
         images: Vec<String>,
+        /// HOST[:PORT][/PREFIX] of the registry to release to (default:
+        /// $LANE_REGISTRY, else the local store under target/). A registry
+        /// release needs an authoritative (CI) builder.
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
         /// Print the release report as JSON.
         #[arg(long)]
         json: bool,
@@ -235,13 +241,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Release { images, json } => {
-            let mut store = LocalStore::new(ws.root.join("target/local-registry"));
+        Command::Release {
+            images,
+            registry,
+            json,
+        } => {
+            let registry = match registry {
+                Some(r) => Some(r),
+                None => publish::registry_from_env()?,
+            };
+            let mut store: Box<dyn Store> = match registry {
+                Some(target) => Box::new(RegistryStore::new(target, json)),
+                None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
+            };
             let opts = ReleaseOptions {
                 images,
                 quiet: json,
             };
-            let report = release::release(&ws, &opts, &mut store)?;
+            let report = release::release(&ws, &opts, store.as_mut())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

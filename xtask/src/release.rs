@@ -124,8 +124,18 @@ pub fn release(
     let repositories: Vec<String> = selected.iter().map(|i| i.repository.clone()).collect();
     progress.say(format_args!("preflight: {}", store.describe()));
     store.preflight(&repositories)?;
-    for check in preflight_checks() {
-        check()?;
+    // The engine is checked now too. Without it the smoke gate fails, but the
+    // lane goes on to build and publish the candidate, so that the rejection
+    // is recorded and attached to the candidate digest.
+    let engine = crate::engine::probe();
+    match &engine {
+        Ok(facts) => progress.say(format_args!(
+            "preflight: Docker Engine {} at {}",
+            facts.version, facts.address
+        )),
+        Err(e) => eprintln!(
+            "error: preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
+        ),
     }
 
     stages.end("preflight");
@@ -158,7 +168,13 @@ pub fn release(
         results.push(source_state(&ctx.git));
         results.push(pinned_inputs(ws, spec)?);
         results.push(reproducible(&repro, &image.name));
-        results.extend(image_gates(ws, image));
+        results.extend(image_gates(
+            ws,
+            spec,
+            image,
+            engine.as_ref().err(),
+            &progress,
+        ));
         stages.end("gates: image checks");
 
         progress.say(format_args!(
@@ -322,11 +338,6 @@ fn record_json(release: &ImageRelease, gate_statement: &Value, ctx: &Context_) -
     }))
 }
 
-/// Extra preflight checks (the Docker Engine for the smoke gate).
-fn preflight_checks() -> Vec<fn() -> Result<()>> {
-    Vec::new()
-}
-
 fn source_state(git: &GitFacts) -> GateResult {
     GateResult::check(
         "source-state",
@@ -402,9 +413,121 @@ fn reproducible(repro: &Result<crate::repro::ReproReport>, name: &str) -> GateRe
     }
 }
 
-/// Gates that look at the built image itself (drift, smoke).
-fn image_gates(_ws: &Workspace, _image: &BuiltImage) -> Vec<GateResult> {
-    Vec::new()
+/// Gates that look at the built image itself: drift (and unused packages)
+/// over the merged file system, and the smoke commands in the engine.
+fn image_gates(
+    ws: &Workspace,
+    spec: &crate::spec::ImageSpec,
+    image: &BuiltImage,
+    engine_error: Option<&anyhow::Error>,
+    progress: &Progress,
+) -> Vec<GateResult> {
+    let mut out = Vec::new();
+    progress.say(format_args!("gates: drift of {}", image.name));
+    let drift = (|| -> Result<crate::drift::ImageDrift> {
+        let index = crate::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
+        let (fs, runtime) = crate::drift::read_layout(&image.layout)?;
+        let manifest = crate::drift::CuratedManifest::from_image(&fs);
+        Ok(crate::drift::analyse(
+            &image.name,
+            &fs,
+            &manifest,
+            &index,
+            &runtime,
+        ))
+    })();
+    match drift {
+        Ok(d) => {
+            let report = crate::drift::DriftReport {
+                images: vec![d.clone()],
+            };
+            let failures = crate::drift::failures(&report, &crate::drift::DriftPolicy::default());
+            let evidence = serde_json::to_value(&d).unwrap_or_default();
+            out.push(GateResult::check(
+                "no-drift",
+                failures.is_empty(),
+                if failures.is_empty() {
+                    format!(
+                        "{} ELF objects, every library and interpreter resolves",
+                        d.objects.len()
+                    )
+                } else {
+                    failures.join("; ")
+                },
+                evidence.clone(),
+            ));
+            out.push(GateResult::check(
+                "no-unused-packages",
+                d.unused_packages.is_empty(),
+                if d.unused_packages.is_empty() {
+                    "every curated package is needed".to_string()
+                } else {
+                    format!("unused: {}", d.unused_packages.join(", "))
+                },
+                json!({ "unused_packages": d.unused_packages }),
+            ));
+        }
+        Err(e) => out.push(GateResult::failed(
+            "no-drift",
+            format!("the drift analysis failed: {e:#}"),
+            Value::Null,
+        )),
+    }
+
+    progress.say(format_args!(
+        "gates: smoke of {} in the Docker Engine",
+        image.name
+    ));
+    let smoke = (|| -> Result<crate::smoke::SmokeReport> {
+        if let Some(e) = engine_error {
+            anyhow::bail!("{e:#}");
+        }
+        if spec.smoke.is_empty() {
+            anyhow::bail!(
+                "image {} declares no smoke command; add a [[smoke]] entry to {}/image.toml",
+                spec.name,
+                spec.dir
+            );
+        }
+        let loaded = crate::smoke::read_layout(&image.name, &image.layout, &image.manifest_digest)?;
+        let opts = crate::smoke::SmokeOptions {
+            quiet: true,
+            ..crate::smoke::SmokeOptions::default()
+        };
+        crate::engine::smoke(&loaded, &spec.smoke, &opts)
+    })();
+    out.push(match smoke {
+        Ok(r) => {
+            let failed: Vec<String> = r
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name.clone())
+                .collect();
+            GateResult::check(
+                "smoke",
+                failed.is_empty(),
+                if failed.is_empty() {
+                    format!(
+                        "{} command(s) passed in image {}",
+                        r.checks.len(),
+                        r.image_id
+                    )
+                } else {
+                    format!(
+                        "failed: {}",
+                        crate::smoke::check(&r)
+                            .err()
+                            .map(|e| format!("{e:#}"))
+                            .unwrap_or_default()
+                    )
+                },
+                serde_json::to_value(&r).unwrap_or_default(),
+            )
+        }
+        Err(e) => GateResult::failed("smoke", format!("{e:#}"), Value::Null),
+    });
+    out
 }
 
 fn provenance_inputs(
