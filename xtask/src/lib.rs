@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod debian;
 pub mod layer;
 pub mod oci;
 pub mod repro;

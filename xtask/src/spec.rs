@@ -24,6 +24,18 @@ pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
     pub config: RuntimeConfig,
     pub smoke: Vec<SmokeSpec>,
+    /// Debian packages installed as the image's first layer (`[debian]`),
+    /// pinned in `lockfiles/debian.lock`. See `crate::debian`.
+    pub debian: Option<DebianSpec>,
+}
+
+/// `[debian] packages = [...]`: the requested packages; their dependency
+/// closure, versions and hashes come from `lockfiles/debian.lock`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DebianSpec {
+    pub packages: Vec<String>,
+    /// `file:line:column` of the table, for errors found later.
+    pub at: String,
 }
 
 /// Where an image's root file system starts.
@@ -218,6 +230,14 @@ struct RawImage {
     config: RawConfig,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
+    #[serde(default)]
+    debian: Option<Spanned<RawDebian>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebian {
+    packages: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -527,6 +547,33 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         });
     }
 
+    let debian = match raw.debian {
+        None => None,
+        Some(d) => {
+            let at = src.at(d.span().start);
+            let mut packages = Vec::new();
+            for p in &d.get_ref().packages {
+                let name = p.get_ref();
+                if !valid_debian_package(name) || packages.contains(name) {
+                    src.err(
+                        p.span(),
+                        format_args!(
+                            "Debian package name {name:?} is invalid or listed twice; use lowercase letters, digits, '+', '-' and '.', starting with a letter or digit"
+                        ),
+                    )?;
+                }
+                packages.push(name.clone());
+            }
+            if packages.is_empty() {
+                src.err(
+                    d.span(),
+                    "[debian] packages is empty; list at least one package or remove the table",
+                )?;
+            }
+            Some(DebianSpec { packages, at })
+        }
+    };
+
     Ok(ImageSpec {
         name,
         dir,
@@ -536,6 +583,7 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         layers,
         config,
         smoke,
+        debian,
     })
 }
 
@@ -621,6 +669,17 @@ pub fn parse_base(s: &str) -> std::result::Result<BaseRef, String> {
         repository: repository.to_string(),
         digest: digest.to_string(),
     })
+}
+
+/// Debian policy 5.6.1: at least two characters of `[a-z0-9+.-]`, starting
+/// with a letter or digit.
+pub fn valid_debian_package(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
 }
 
 fn valid_component(s: &str) -> bool {
