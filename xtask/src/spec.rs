@@ -554,12 +554,18 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
             let mut packages = Vec::new();
             for p in &d.get_ref().packages {
                 let name = p.get_ref();
-                if !valid_debian_package(name) || packages.contains(name) {
+                if !valid_debian_package(name) {
                     src.err(
                         p.span(),
                         format_args!(
-                            "Debian package name {name:?} is invalid or listed twice; use lowercase letters, digits, '+', '-' and '.', starting with a letter or digit"
+                            "Debian package name {name:?} is invalid; use lowercase letters, digits, '+', '-' and '.', starting with a letter or digit"
                         ),
+                    )?;
+                }
+                if packages.contains(name) {
+                    src.err(
+                        p.span(),
+                        format_args!("Debian package {name:?} is listed twice; list it once"),
                     )?;
                 }
                 packages.push(name.clone());
@@ -800,6 +806,32 @@ mod tests {
         let p = ImagePath::parse("/usr/local/bin/hello").unwrap();
         let a: Vec<_> = p.ancestors().map(|p| p.as_str().to_string()).collect();
         assert_eq!(a, ["usr", "usr/local", "usr/local/bin"]);
+    }
+
+    #[test]
+    fn debian_table_parses_and_is_checked() {
+        let text = include_str!("../../images/base-cc/image.toml");
+        let spec = parse("images/base-cc/image.toml", text).unwrap();
+        let deb = spec.debian.unwrap();
+        assert!(deb.packages.contains(&"libc6".to_string()));
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\"]\nsuite = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with("images/a/image.toml:5:1: unknown field `suite`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\", \"Bad_Name\"]\n"
+        ));
+        assert!(
+            e.starts_with("images/a/image.toml:4:22: Debian package name \"Bad_Name\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\", \"libc6\"]\n"
+        ));
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]
