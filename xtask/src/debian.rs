@@ -1048,10 +1048,40 @@ pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackag
         .collect())
 }
 
-/// The .deb of `pkg`, from `cache_dir/debs/<hex>.deb` or downloaded through
-/// the machine's apt. Its size and sha256 are checked against the lock before
-/// anything reads it as an archive.
-pub fn fetch_verified(cache_dir: &Path, pkg: &LockedPackage) -> Result<Vec<u8>> {
+/// The .debs of `pkgs`, from `cache_dir/debs/<hex>.deb` or downloaded
+/// through the machine's apt (one `apt-get download` for all missing ones).
+/// Each one's size and sha256 are checked against the lock before anything
+/// reads it as an archive; the first mismatch is an error.
+pub fn fetch_verified(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<Vec<u8>>> {
+    let debs = cache_dir.join("debs");
+    let mut found: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut missing = Vec::new();
+    for (i, pkg) in pkgs.iter().enumerate() {
+        let cached = cached_path(&debs, pkg)?;
+        match fs::read(&cached) {
+            Ok(bytes) => {
+                verify(pkg, &bytes, &format!("cached copy {}", cached.display()))?;
+                found.push(Some(bytes));
+            }
+            Err(_) => {
+                found.push(None);
+                missing.push(i);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let wanted: Vec<&LockedPackage> = missing.iter().map(|&i| &pkgs[i]).collect();
+        let downloaded = download(&debs, &wanted)?;
+        for (&i, bytes) in missing.iter().zip(downloaded) {
+            verify(&pkgs[i], &bytes, "download through apt")?;
+            crate::cache::write_atomic(&cached_path(&debs, &pkgs[i])?, &bytes)?;
+            found[i] = Some(bytes);
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
     let hex = pkg
         .sha256
         .strip_prefix("sha256:")
@@ -1062,13 +1092,11 @@ pub fn fetch_verified(cache_dir: &Path, pkg: &LockedPackage) -> Result<Vec<u8>> 
                 pkg.name, pkg.sha256
             )
         })?;
-    let debs = cache_dir.join("debs");
-    let cached = debs.join(format!("{hex}.deb"));
-    let (bytes, origin) = match fs::read(&cached) {
-        Ok(b) => (b, format!("cached copy {}", cached.display())),
-        Err(_) => (download(&debs, pkg)?, "download through apt".to_string()),
-    };
-    let actual = layer::sha256(&bytes);
+    Ok(debs.join(format!("{hex}.deb")))
+}
+
+fn verify(pkg: &LockedPackage, bytes: &[u8], origin: &str) -> Result<()> {
+    let actual = layer::sha256(bytes);
     if actual != pkg.sha256 || bytes.len() as u64 != pkg.size {
         bail!(
             "package {} {}: the {origin} does not match {LOCK_PATH}: expected {} ({} bytes), actual {actual} ({} bytes); nothing was built. Delete the file to fetch it again, or run cargo xtask lock if the lock is stale",
@@ -1079,53 +1107,60 @@ pub fn fetch_verified(cache_dir: &Path, pkg: &LockedPackage) -> Result<Vec<u8>> 
             bytes.len()
         );
     }
-    if !cached.exists() {
-        crate::cache::write_atomic(&cached, &bytes)?;
-    }
-    Ok(bytes)
+    Ok(())
 }
 
-fn download(debs: &Path, pkg: &LockedPackage) -> Result<Vec<u8>> {
+/// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
+/// a temporary folder; returns their bytes in order (unverified).
+fn download(debs: &Path, pkgs: &[&LockedPackage]) -> Result<Vec<Vec<u8>>> {
     let tmp = crate::cache::temp_path(&debs.join("fetch"));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = (|| -> Result<Vec<u8>> {
+    let result = (|| -> Result<Vec<Vec<u8>>> {
         let sh = Shell::new()?;
         sh.change_dir(&tmp);
-        let spec = format!("{}:{}={}", pkg.name, pkg.architecture, pkg.version);
-        let spec = if pkg.architecture == "all" {
-            format!("{}={}", pkg.name, pkg.version)
-        } else {
-            spec
-        };
+        let specs: Vec<String> = pkgs
+            .iter()
+            .map(|p| {
+                if p.architecture == "all" {
+                    format!("{}={}", p.name, p.version)
+                } else {
+                    format!("{}:{}={}", p.name, p.architecture, p.version)
+                }
+            })
+            .collect();
         // Output is captured: apt's warnings (e.g. about its sandbox user)
         // appear only when the download fails.
-        let out = cmd!(sh, "apt-get download -q {spec}")
+        let specs_arg = &specs;
+        let out = cmd!(sh, "apt-get download -q {specs_arg...}")
             .quiet()
             .ignore_status()
             .output()
             .context("running apt-get download")?;
         if !out.status.success() {
             bail!(
-                "downloading package {} {} through apt failed: {}; run apt-get update, or cargo xtask lock if this version left the archive",
-                pkg.name,
-                pkg.version,
+                "downloading {} through apt failed: {}; run apt-get update, or cargo xtask lock if a version left the archive",
+                specs.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let mut found = Vec::new();
-        for e in fs::read_dir(&tmp)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "deb") {
-                found.push(p);
-            }
+        let mut all = Vec::new();
+        for p in pkgs {
+            // apt's file name: NAME_VERSION_ARCH.deb, ':' escaped as %3a.
+            let name = format!(
+                "{}_{}_{}.deb",
+                p.name,
+                p.version.replace(':', "%3a"),
+                p.architecture
+            );
+            let bytes = fs::read(tmp.join(&name)).with_context(|| {
+                format!(
+                    "apt-get download left no {name} for package {} {}",
+                    p.name, p.version
+                )
+            })?;
+            all.push(bytes);
         }
-        match found.as_slice() {
-            [one] => Ok(fs::read(one)?),
-            _ => bail!(
-                "apt-get download {spec} left {} .deb files, expected one",
-                found.len()
-            ),
-        }
+        Ok(all)
     })();
     let _ = fs::remove_dir_all(&tmp);
     result
@@ -1137,10 +1172,8 @@ fn download(debs: &Path, pkg: &LockedPackage) -> Result<Vec<u8>> {
 pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<Vec<Entry>> {
     let packages = locked_packages(root, spec)?;
     // Verify every package before opening any: a mismatch builds nothing.
-    let mut debs = Vec::new();
-    for p in &packages {
-        debs.push((p, fetch_verified(cache_dir, p)?));
-    }
+    let bytes = fetch_verified(cache_dir, &packages)?;
+    let debs: Vec<(&LockedPackage, Vec<u8>)> = packages.iter().zip(bytes).collect();
     let files = cache_dir.join("debian/files");
     fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
     let store = |bytes: &[u8]| -> Result<String> {
