@@ -1173,34 +1173,12 @@ pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<
     let packages = locked_packages(root, spec)?;
     // Verify every package before opening any: a mismatch builds nothing.
     let bytes = fetch_verified(cache_dir, &packages)?;
-    let debs: Vec<(&LockedPackage, Vec<u8>)> = packages.iter().zip(bytes).collect();
-    let files = cache_dir.join("debian/files");
-    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
-    let store = |bytes: &[u8]| -> Result<String> {
-        let digest = layer::sha256(bytes);
-        let path = files.join(digest.trim_start_matches("sha256:"));
-        if !path.exists() {
-            crate::cache::write_atomic(&path, bytes)?;
-        }
-        Ok(path.to_string_lossy().into_owned())
-    };
     let mut owners: BTreeMap<ImagePath, (&str, bool)> = BTreeMap::new();
     let mut entries = Vec::new();
     let mut conflicts = Vec::new();
-    for (p, bytes) in &debs {
-        let deb = read_deb(&p.name, bytes)?;
-        let mut status = deb.control.trim_end().to_string();
-        status.push('\n');
-        let status_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}", p.name))
-            .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", p.name))?;
-        let extra = DebEntry {
-            path: status_path,
-            kind: DebKind::File(status.into_bytes()),
-            mode: 0o644,
-            owner: Owner::ROOT,
-        };
-        for e in deb.entries.into_iter().chain([extra]) {
-            let is_dir = e.kind == DebKind::Dir;
+    for (p, bytes) in packages.iter().zip(&bytes) {
+        for e in unpack_cached(cache_dir, p, bytes)? {
+            let is_dir = e.kind == EntryKind::Dir;
             if let Some((other, other_dir)) = owners.get(&e.path) {
                 if !(is_dir && *other_dir) {
                     conflicts.push(format!(
@@ -1211,20 +1189,7 @@ pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<
                 continue;
             }
             owners.insert(e.path.clone(), (&p.name, is_dir));
-            let kind = match e.kind {
-                DebKind::Dir => EntryKind::Dir,
-                DebKind::Symlink(target) => EntryKind::Symlink { target },
-                DebKind::File(bytes) => EntryKind::File {
-                    source: store(&bytes)?,
-                    size: bytes.len() as u64,
-                },
-            };
-            entries.push(Entry {
-                path: e.path,
-                kind,
-                mode: e.mode,
-                owner: e.owner,
-            });
+            entries.push(e);
         }
     }
     if !conflicts.is_empty() {
@@ -1236,6 +1201,132 @@ pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<
     }
     layer::normalise(entries)
         .with_context(|| format!("image {}: the Debian package layer", spec.name))
+}
+
+/// Bump when [`read_deb`]'s rules change: old unpack records are ignored.
+const UNPACK_FORMAT: u32 = 1;
+
+/// What unpacking one verified .deb gave, kept in
+/// `cache_dir/debian/unpacked/<deb hex>.json` so a warm build does not
+/// decompress it again. File contents live in `cache_dir/debian/files/<hex>`.
+#[derive(Serialize, Deserialize)]
+struct UnpackRecord {
+    format: u32,
+    entries: Vec<RecordEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordEntry {
+    path: String,
+    kind: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// Symlink target, or content file name (sha256 hex) of a file.
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// The entries of one verified package (its files plus its status file),
+/// with file sources pointing into the content-addressed file store.
+fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<Vec<Entry>> {
+    let files = cache_dir.join("debian/files");
+    let record_path = cache_dir.join(format!(
+        "debian/unpacked/{}.json",
+        pkg.sha256.trim_start_matches("sha256:")
+    ));
+    if let Some(entries) = fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<UnpackRecord>(&b).ok())
+        .filter(|r| r.format == UNPACK_FORMAT)
+        .and_then(|r| from_record(&files, r))
+    {
+        return Ok(entries);
+    }
+    let deb = read_deb(&pkg.name, bytes)?;
+    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    let mut status = deb.control.trim_end().to_string();
+    status.push('\n');
+    let status_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}", pkg.name))
+        .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
+    let extra = DebEntry {
+        path: status_path,
+        kind: DebKind::File(status.into_bytes()),
+        mode: 0o644,
+        owner: Owner::ROOT,
+    };
+    let mut record = UnpackRecord {
+        format: UNPACK_FORMAT,
+        entries: Vec::new(),
+    };
+    for e in deb.entries.into_iter().chain([extra]) {
+        let (kind, data, size) = match e.kind {
+            DebKind::Dir => ("dir", String::new(), 0),
+            DebKind::Symlink(target) => ("symlink", target, 0),
+            DebKind::File(bytes) => {
+                let digest = layer::sha256(&bytes);
+                let hex = digest.trim_start_matches("sha256:").to_string();
+                let path = files.join(&hex);
+                if !path.exists() {
+                    crate::cache::write_atomic(&path, &bytes)?;
+                }
+                ("file", hex, bytes.len() as u64)
+            }
+        };
+        record.entries.push(RecordEntry {
+            path: e.path.as_str().to_string(),
+            kind: kind.to_string(),
+            mode: e.mode,
+            uid: e.owner.uid,
+            gid: e.owner.gid,
+            data,
+            size,
+        });
+    }
+    crate::cache::write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
+    from_record(&files, record).with_context(|| {
+        format!(
+            "package {}: reading back {}",
+            pkg.name,
+            record_path.display()
+        )
+    })
+}
+
+/// Entries of a record; `None` when it is damaged or a content file is gone
+/// (the package is then unpacked again).
+fn from_record(files: &Path, r: UnpackRecord) -> Option<Vec<Entry>> {
+    r.entries
+        .into_iter()
+        .map(|e| {
+            let kind = match e.kind.as_str() {
+                "dir" => EntryKind::Dir,
+                "symlink" => EntryKind::Symlink { target: e.data },
+                "file" => {
+                    let path = files.join(&e.data);
+                    if fs::metadata(&path).ok()?.len() != e.size {
+                        return None;
+                    }
+                    EntryKind::File {
+                        source: path.to_string_lossy().into_owned(),
+                        size: e.size,
+                    }
+                }
+                _ => return None,
+            };
+            Some(Entry {
+                path: ImagePath::parse(&format!("/{}", e.path)).ok()?,
+                kind,
+                mode: e.mode,
+                owner: Owner {
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+            })
+        })
+        .collect()
 }
 
 /// What `build --dry-run` shows for the `[debian]` layer: one line per
@@ -1250,12 +1341,6 @@ pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
-}
-
-/// The default cache of downloaded .debs (`target/lane-cache`), for callers
-/// that have no build options.
-pub fn default_cache(root: &Path) -> PathBuf {
-    root.join("target/lane-cache")
 }
 
 #[cfg(test)]
