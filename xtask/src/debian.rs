@@ -762,6 +762,12 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
         m.read_to_end(&mut buf)
             .with_context(|| format!("package {package}: reading member {id}"))?;
         members.push(id.clone());
+        if id == "debian-binary" && !buf.starts_with(b"2.") {
+            bail!(
+                "package {package}: debian-binary says {:?}; only format 2.x is supported",
+                String::from_utf8_lossy(&buf).trim()
+            );
+        }
         if id.starts_with("control.tar") && control_tar.is_none() {
             control_tar = Some(
                 decompress(&id, &buf, 64 << 20)
@@ -1519,6 +1525,83 @@ SHA256: ff
         let mut c = a.clone();
         c.package[2].version = "2.0".into();
         assert!(diff_locks(&c, &a).contains(&"package libc version changed: 2.0 -> 2.1".into()));
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, bytes) in members {
+            ar.append(
+                &ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64),
+                &bytes[..],
+            )
+            .unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn every_data_compression_reads_the_same() {
+        let control = tar_of(&[("./control", b"Package: p\nVersion: 1\n")]);
+        let data = tar_of(&[("./usr/share/p/x", b"payload")]);
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &data[..], &mut xz).unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(
+            &data[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &data).unwrap();
+        let gz = gz.finish().unwrap();
+        for (member, bytes) in [
+            ("data.tar.xz", xz),
+            ("data.tar.zst", zst),
+            ("data.tar.gz", gz),
+            ("data.tar", data.clone()),
+        ] {
+            let deb = deb_of(&[
+                ("debian-binary", b"2.0\n".to_vec()),
+                ("control.tar", control.clone()),
+                (member, bytes),
+            ]);
+            let c = read_deb("p", &deb).unwrap();
+            assert_eq!(c.control, "Package: p\nVersion: 1\n", "{member}");
+            let files: Vec<_> = c
+                .entries
+                .iter()
+                .map(|e| (e.path.as_str(), e.kind.clone()))
+                .collect();
+            assert_eq!(
+                files,
+                [("usr/share/p/x", DebKind::File(b"payload".to_vec()))],
+                "{member}"
+            );
+        }
+        let bad = deb_of(&[
+            ("debian-binary", b"3.0\n".to_vec()),
+            ("control.tar", control.clone()),
+            ("data.tar", data.clone()),
+        ]);
+        let e = read_deb("p", &bad).unwrap_err().to_string();
+        assert!(e.contains("only format 2.x"), "{e}");
+        let bz = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", control),
+            ("data.tar.bz2", data),
+        ]);
+        let e = format!("{:#}", read_deb("p", &bz).unwrap_err());
+        assert!(e.contains("compression \"bz2\" is not supported"), "{e}");
     }
 
     #[test]
