@@ -355,10 +355,12 @@ impl Index {
 
     /// The package that satisfies one alternative, if any.
     fn satisfy(&self, dep: &Dep) -> Option<&Candidate> {
-        if let Some(c) = self.packages.get(&dep.name) {
-            if dep.constraint.as_ref().is_none_or(|k| k.allows(&c.version)) {
-                return Some(c);
-            }
+        let real = self
+            .packages
+            .get(&dep.name)
+            .filter(|c| dep.constraint.as_ref().is_none_or(|k| k.allows(&c.version)));
+        if real.is_some() {
+            return real;
         }
         let mut providers: Vec<&Candidate> = self
             .providers
