@@ -328,6 +328,7 @@ fn crafted_debs_are_handled_as_documented() {
             "var/lib/dpkg/ dir".into(),
             "var/lib/dpkg/status.d/ dir".into(),
             format!("var/lib/dpkg/status.d/fine {status}"),
+            "var/lib/dpkg/status.d/fine.list file \"/etc\\n/etc/abs.conf\\n/usr\\n/usr/lib\\n/usr/lib/abs-link.so\\n/usr/lib/hard.so\\n/usr/lib/real.so\\n\"".into(),
         ]
     );
 }
@@ -449,6 +450,17 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
         let path = e.path().unwrap().to_string_lossy().into_owned();
         if let Some(pkg) = path.strip_prefix("var/lib/dpkg/status.d/") {
             if pkg.is_empty() {
+                continue;
+            }
+            if let Some(listed) = pkg.strip_suffix(".list") {
+                // The file list drift reads: absolute paths, one per line.
+                let mut text = String::new();
+                e.read_to_string(&mut text).unwrap();
+                assert!(text.lines().all(|l| l.starts_with('/')), "{path}: {text}");
+                assert!(
+                    status.contains(&listed.to_string()),
+                    "{path} follows its status file"
+                );
                 continue;
             }
             let mut text = String::new();

@@ -166,8 +166,20 @@ pub fn gate_statement(
             .map(|g| g.gate.clone())
             .collect()
     };
-    let mut failed = names(GateState::Failed);
-    failed.extend(names(GateState::Missing));
+    // Required gates that did not pass failed the release; gates the policy
+    // does not require are information: "warned" when they did not pass.
+    let not_passed = |required: bool| -> Vec<String> {
+        decision
+            .gates
+            .iter()
+            .filter(|g| {
+                g.state != GateState::Passed && decision.required.contains(&g.gate) == required
+            })
+            .map(|g| g.gate.clone())
+            .collect()
+    };
+    let failed = not_passed(true);
+    let warned = not_passed(false);
     json!({
         "_type": STATEMENT_TYPE,
         "subject": subject(subject_name, manifest_digest),
@@ -176,7 +188,7 @@ pub fn gate_statement(
             "result": if decision.accepted { "PASSED" } else { "FAILED" },
             "configuration": [policy],
             "passedTests": names(GateState::Passed),
-            "warnedTests": [],
+            "warnedTests": warned,
             "failedTests": failed,
         },
     })
