@@ -385,3 +385,36 @@ fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
     assert_eq!(hello(&r1)["digest"], hello(&r2)["digest"]);
     assert_eq!(hello(&r1)["accepted"], hello(&r2)["accepted"]);
 }
+
+#[test]
+fn a_stale_lock_is_rejected() {
+    let reg = Registry::start();
+    let c = ci(Creds::none());
+    let f = Fixture::copy_of_repo("relreg-lock");
+    // The lock no longer matches what `cargo xtask lock` resolves (a field of
+    // one package edited by hand); the locked .debs themselves still verify.
+    let lock = fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap();
+    let edited = lock.replacen(
+        "required_by = [\"ca-certificates\"]",
+        "required_by = [\"ca-certificates\", \"edited-by-hand\"]",
+        1,
+    );
+    assert_ne!(lock, edited, "the fixture edit must apply");
+    f.write("lockfiles/debian.lock", &edited);
+    f.commit("hand-edited lock");
+    let h = rejected_because(&reg, &reg.host(), &c, &f, "pinned-inputs", None);
+    let summary = h["decision"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "pinned-inputs")
+        .unwrap()["summary"]
+        .clone();
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .contains("package ca-certificates changed: required_by"),
+        "{summary}"
+    );
+}

@@ -16,7 +16,6 @@ use crate::gates::{self, Decision, GateResult, Policy};
 use crate::layer::sha256;
 use crate::oci::{Blob, canonical_json};
 use crate::provenance::{self, Builder, Dependency, ProvenanceInputs};
-use crate::spec::BaseRef;
 use crate::store::Store;
 use crate::workspace::{GitFacts, Workspace};
 
@@ -161,6 +160,9 @@ pub fn release(
     progress.say("gates: reproducible (second build from a copy)");
     let repro = crate::repro::repro(ws, &opts.images, true);
     stages.end("gate: reproducible");
+    progress.say("gates: lockfiles fresh (lock --check)");
+    let stale = lock_freshness(ws, &all)?;
+    stages.end("gate: pinned inputs");
 
     let mut images = Vec::new();
     // Named images are released; their workspace bases are built (their
@@ -176,7 +178,7 @@ pub fn release(
             .context("built image not selected")?;
         let mut results = Vec::new();
         results.push(source_state(&ctx.git));
-        results.push(pinned_inputs(ws, spec)?);
+        results.push(pinned_inputs(ws, spec, &stale)?);
         results.push(reproducible(&repro, &image.name));
         results.extend(image_gates(
             ws,
@@ -364,18 +366,36 @@ fn source_state(git: &GitFacts) -> GateResult {
     )
 }
 
-fn pinned_inputs(ws: &Workspace, spec: &crate::spec::ImageSpec) -> Result<GateResult> {
-    // Tag-only bases cannot be parsed (spec::parse_base), so every base here
-    // is scratch, a workspace image or pinned by digest.
+/// Whether the committed locks still match the image definitions and the
+/// machine's package index (`cargo xtask lock --check`): `Ok(changes)`.
+fn lock_freshness(ws: &Workspace, images: &[crate::spec::ImageSpec]) -> Result<Vec<String>> {
+    if images.iter().all(|i| i.debian.is_none()) {
+        return Ok(Vec::new()); // nothing is locked
+    }
+    match crate::debian::lock(&ws.root, images, true) {
+        Ok(report) => Ok(report.changes),
+        Err(e) => Ok(vec![format!("{e:#}")]),
+    }
+}
+
+fn pinned_inputs(
+    ws: &Workspace,
+    spec: &crate::spec::ImageSpec,
+    stale: &[String],
+) -> Result<GateResult> {
+    // Tag-only bases cannot be parsed (spec::parse_base), so every base is
+    // scratch, a workspace image or pinned by digest; the locks must be fresh.
     let base = spec.base.to_string();
-    let pinned =
-        !matches!(&spec.base, BaseRef::Pinned { digest, .. } if !digest.starts_with("sha256:"));
     let lockfiles = lockfile_digests(ws)?;
     Ok(GateResult::check(
         "pinned-inputs",
-        pinned,
-        format!("base {base}; {} lockfile(s) fresh", lockfiles.len()),
-        json!({ "base": base, "lockfiles": lockfiles }),
+        stale.is_empty(),
+        if stale.is_empty() {
+            format!("base {base}; {} lockfile(s), fresh", lockfiles.len())
+        } else {
+            format!("stale lock: {}", stale.join("; "))
+        },
+        json!({ "base": base, "lockfiles": lockfiles, "stale": stale }),
     ))
 }
 
