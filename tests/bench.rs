@@ -34,6 +34,18 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         }
         assert!(c["ratio"].as_f64().is_some_and(|v| v > 0.0), "{c}");
     }
+    // An unchanged re-publish uploads no blob bytes.
+    let again = cases
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("publish again"))
+        .unwrap();
+    assert!(
+        again["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("blob bytes uploaded: lane 0,"),
+        "{again}"
+    );
     // The warm rebuild read and compressed nothing.
     let warm = cases
         .iter()

@@ -436,6 +436,70 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
         });
     }
 
+    // 3. Publishing to a real registry vs skopeo copy of the same layout.
+    {
+        let registry = BenchRegistry::start(&work.join("registry"))?;
+        let built = build::build(&cws, &["hello".to_string()], &opts)?;
+        let hello = built
+            .images
+            .iter()
+            .find(|i| i.name == "hello")
+            .context("hello was not built")?;
+        let image = crate::publish::LocalImage::read(&hello.name, &hello.layout)?;
+        let target: crate::registry::RegistryTarget = registry
+            .host()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let (mut first, mut again, mut sk) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first_bytes, mut again_bytes, mut sk_bytes) = (0, 0, 0);
+        for run in 0..runs {
+            let repo = format!("bench/lane-{run}");
+            let remote = crate::registry::preflight(&target, std::slice::from_ref(&repo))?;
+            let t = Instant::now();
+            let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+            first.push(t.elapsed().as_secs_f64());
+            first_bytes = r.blobs.bytes_uploaded;
+            let t = Instant::now();
+            let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+            again.push(t.elapsed().as_secs_f64());
+            again_bytes = r.blobs.bytes_uploaded;
+            let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());
+            let t = Instant::now();
+            let out = Command::new("skopeo")
+                .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}", hello.layout.display()))
+                .arg(&dest)
+                .output()
+                .context("running skopeo copy")?;
+            sk.push(t.elapsed().as_secs_f64());
+            if !out.status.success() {
+                bail!(
+                    "skopeo copy failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            sk_bytes = image.blobs.iter().map(|b| b.size).sum::<u64>();
+        }
+        let skopeo = Stat::of(sk);
+        for (name, v, bytes) in [
+            ("publish to a fresh repository", first, first_bytes),
+            ("publish again, unchanged", again, again_bytes),
+        ] {
+            let lane = Stat::of(v);
+            cases.push(Case {
+                name: format!("{name} (sample service, {} blobs)", image.blobs.len()),
+                unit: "seconds".into(),
+                ratio: Some(ratio(&lane, &skopeo)),
+                lane,
+                reference_tool: "skopeo copy oci:LAYOUT docker://... to a fresh repository".into(),
+                reference: Some(skopeo.clone()),
+                notes: vec![format!(
+                    "blob bytes uploaded: lane {bytes}, skopeo {sk_bytes}"
+                )],
+            });
+        }
+    }
+
     // 5. Peak memory while encoding one large layer.
     let big = work.join("big.bin");
     let big_size: u64 = if quick { 64 << 20 } else { 1 << 30 };
@@ -563,4 +627,57 @@ pub fn table(r: &BenchReport) -> String {
         }
     }
     out
+}
+
+/// The Distribution registry (`docker-registry`) on a free loopback port,
+/// with storage under `dir`; killed on drop.
+struct BenchRegistry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BenchRegistry {
+    fn start(dir: &Path) -> Result<BenchRegistry> {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+        fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("storage").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting docker-registry (Debian package docker-registry)")?;
+        let reg = BenchRegistry { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(reg);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("docker-registry did not listen on 127.0.0.1:{port} within 5 s")
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BenchRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
