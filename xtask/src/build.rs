@@ -156,10 +156,7 @@ pub fn plan(
     let images = workspace::select(&all, names)?;
     for img in &images {
         if let BaseRef::Pinned { repository, digest } = &img.base {
-            bail!(
-                "{}/image.toml: base {repository}@{digest} is pinned by digest, but this lane cannot fetch registry bases yet; use base = \"scratch\" or \"workspace://NAME\"",
-                img.dir
-            );
+            crate::base::check_pinned(&ws.root, img, &format!("{repository}@{digest}"))?;
         }
     }
     let (source, git) = match &opts.source {
@@ -503,9 +500,14 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
                 format!("cargo xtask build: layer {}", l.name),
             ));
         }
+        let pulled;
         let base = match &spec.base {
             BaseRef::Workspace { image } => Some(&built[image].1),
-            _ => None,
+            BaseRef::Pinned { repository, digest } => {
+                pulled = crate::base::fetch(&cache, repository, digest, opts.quiet)?;
+                Some(&pulled)
+            }
+            BaseRef::Scratch => None,
         };
         let docs = oci::image_docs(&ImageInputs {
             arch,

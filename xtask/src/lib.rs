@@ -7,6 +7,7 @@
 //! cargo, the registry and the Docker Engine; [`registry`] and [`engine`]
 //! are the only async code. See ARCHITECTURE.md.
 
+pub mod base;
 pub mod bench;
 pub mod build;
 pub mod cache;

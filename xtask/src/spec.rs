@@ -655,7 +655,7 @@ pub fn parse_base(s: &str) -> std::result::Result<BaseRef, String> {
     let Some((name, digest)) = s.split_once('@') else {
         return Err(format!(
             "base image {s:?} is pinned by tag only; pin it by digest (\"{}@sha256:...\") in this file and in lockfiles/bases.lock, or use \"scratch\" or \"workspace://NAME\"",
-            s.split(':').next().unwrap_or(s)
+            repository_of(s)
         ));
     };
     let hex = digest.strip_prefix("sha256:").unwrap_or("");
@@ -691,6 +691,14 @@ pub fn valid_debian_package(s: &str) -> bool {
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+}
+
+/// `host:5000/repo:tag` -> `host:5000/repo` (the tag is after the last '/').
+fn repository_of(reference: &str) -> &str {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => reference,
+    }
 }
 
 fn valid_component(s: &str) -> bool {
