@@ -205,14 +205,8 @@ impl Fixture {
 
 /// `sha256:<hex>` of bytes, computed independently of the lane (sha256sum).
 pub fn sha256_hex_of_file(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path));
-    assert!(out.status.success());
-    format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
+    registry::sha256_of(
+        &fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
     )
 }
 

@@ -628,30 +628,10 @@ impl Remote {
         reference: &str,
         media_type: &str,
     ) -> Result<Option<Vec<u8>>> {
-        self.rt.block_on(async {
-            let url = format!("{}/v2/{repo}/manifests/{reference}", self.s.base);
-            let res = self
-                .s
-                .authorise(self.s.http.get(&url).header(ACCEPT, media_type), repo)
-                .await?
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "reading {}/{repo}:{reference}: {}",
-                        self.s.host(),
-                        error_chain(&e)
-                    )
-                })?;
-            match res.status() {
-                StatusCode::OK => Ok(Some(res.bytes().await?.to_vec())),
-                StatusCode::NOT_FOUND => Ok(None),
-                st => bail!(
-                    "reading {}/{repo}:{reference}: registry answered {st}",
-                    self.s.host()
-                ),
-            }
-        })
+        let found = self
+            .rt
+            .block_on(self.s.get_manifest_opt(repo, reference, media_type))?;
+        Ok(found.map(|(bytes, _)| bytes))
     }
 
     /// GET of a blob's bytes (small blobs: evidence, configs).
@@ -986,6 +966,23 @@ impl Session {
         reference: &str,
         media_type: &str,
     ) -> Result<(Vec<u8>, Option<String>)> {
+        self.get_manifest_opt(repo, reference, media_type)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "reading back {}/{repo}:{reference}: registry answered 404 Not Found",
+                    self.host()
+                )
+            })
+    }
+
+    /// GET of a manifest, `None` when the registry has no such reference.
+    async fn get_manifest_opt(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let res = self
             .authorise(self.http.get(&url).header(ACCEPT, media_type), repo)
@@ -1000,6 +997,9 @@ impl Session {
                 )
             })?;
         let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         let header = digest_header(res.headers());
         if status != StatusCode::OK {
             bail!(
@@ -1014,7 +1014,7 @@ impl Session {
                 error_chain(&e)
             )
         })?;
-        Ok((bytes.to_vec(), header))
+        Ok(Some((bytes.to_vec(), header)))
     }
 
     /// Uploads one blob from the layout with oci-client, streaming the file.
