@@ -5,6 +5,7 @@
 //! [`publish`], [`registry`]) touch the file system, git, cargo and the
 //! registry; [`registry`] is the only async code. See ARCHITECTURE.md.
 
+pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod cache;
@@ -13,10 +14,13 @@ pub mod gates;
 pub mod layer;
 pub mod local_store;
 pub mod oci;
+pub mod promote;
 pub mod provenance;
 pub mod publish;
 pub mod registry;
 pub mod release;
 pub mod repro;
+pub mod signing;
 pub mod spec;
+pub mod verify;
 pub mod workspace;

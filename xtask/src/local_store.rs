@@ -17,7 +17,7 @@ use crate::cache::write_atomic;
 use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::layer::{HashReader, sha256};
 use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
-use crate::release::{CrossCheck, Store};
+use crate::release::{CrossCheck, Store, referrers};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -32,7 +32,7 @@ impl LocalStore {
         self.root.join(repository)
     }
 
-    fn blob(&self, repository: &str, digest: &str) -> PathBuf {
+    fn blob_path(&self, repository: &str, digest: &str) -> PathBuf {
         self.repo(repository)
             .join("blobs/sha256")
             .join(digest.trim_start_matches("sha256:"))
@@ -62,7 +62,7 @@ impl LocalStore {
 
     /// Stores bytes under their digest; returns whether they were new.
     fn put(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<bool> {
-        let path = self.blob(repository, digest);
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(false);
         }
@@ -71,7 +71,7 @@ impl LocalStore {
     }
 
     fn put_file(&self, repository: &str, digest: &str, from: &Path) -> Result<Option<u64>> {
-        let path = self.blob(repository, digest);
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(None);
         }
@@ -110,7 +110,7 @@ impl LocalStore {
 
     /// Reads a stored blob and checks it hashes to its name.
     pub fn read_verified(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
-        let bytes = fs::read(self.blob(repository, digest))
+        let bytes = fs::read(self.blob_path(repository, digest))
             .with_context(|| format!("{repository}@{digest} is not in the local store"))?;
         let actual = sha256(&bytes);
         if actual != digest {
@@ -200,7 +200,7 @@ impl Store for LocalStore {
 
         // Cross-check: re-read and re-hash everything that was stored.
         let mut checks = Vec::new();
-        let stored = fs::read(self.blob(repo, &image.manifest_digest)).unwrap_or_default();
+        let stored = fs::read(self.blob_path(repo, &image.manifest_digest)).unwrap_or_default();
         let stored_digest = sha256(&stored);
         checks.push((
             "manifest re-hashed".to_string(),
@@ -208,7 +208,7 @@ impl Store for LocalStore {
             format!("stored manifest hashes to {stored_digest}"),
         ));
         for (d, size) in &blobs {
-            let (ok, what) = match hash_file(&self.blob(repo, d)) {
+            let (ok, what) = match hash_file(&self.blob_path(repo, d)) {
                 Ok((actual, n)) => (actual == *d && n == *size, format!("{actual}, {n} bytes")),
                 Err(e) => (false, format!("unreadable: {e}")),
             };
@@ -276,5 +276,87 @@ impl Store for LocalStore {
             .iter()
             .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag)
             .and_then(|m| m["digest"].as_str().map(str::to_string)))
+    }
+
+    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {
+        let digest = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            self.resolve_tag(repository, reference)?
+        };
+        match digest {
+            Some(d) if self.blob_path(repository, &d).exists() => {
+                Ok(Some(self.read_verified(repository, &d)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+        self.read_verified(repository, digest)
+    }
+
+    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+        if repository == to_repository {
+            return Ok(());
+        }
+        self.preflight(&[to_repository.to_string()])?;
+        // The image, then each artifact: blobs first, the manifest last.
+        let mut manifests = vec![(digest.to_string(), MEDIA_MANIFEST.to_string())];
+        let attached = referrers(self, repository, digest)?;
+        for r in &attached {
+            if let Some(d) = r["digest"].as_str() {
+                manifests.push((d.to_string(), MEDIA_MANIFEST.to_string()));
+            }
+        }
+        for (m, media) in &manifests {
+            let bytes = self.read_verified(repository, m)?;
+            let doc: Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{repository}@{m} is not a JSON manifest"))?;
+            let mut blobs: Vec<&str> = vec![];
+            blobs.extend(doc["config"]["digest"].as_str());
+            for l in doc["layers"].as_array().into_iter().flatten() {
+                blobs.extend(l["digest"].as_str());
+            }
+            for b in blobs {
+                let bytes = self.read_verified(repository, b)?;
+                self.put(to_repository, b, &bytes)?;
+            }
+            self.put(to_repository, m, &bytes)?;
+            self.add_entry(to_repository, m, bytes.len() as u64, media, None)?;
+        }
+        if attached.is_empty() {
+            return Ok(());
+        }
+        // The referrers index: the target's entries plus the source's.
+        let tag = evidence::fallback_tag(digest);
+        let mut merged = referrers(self, to_repository, digest)?;
+        for r in attached {
+            if !merged.iter().any(|m| m["digest"] == r["digest"]) {
+                merged.push(r);
+            }
+        }
+        let index = crate::oci::canonical_json(
+            &json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": merged }),
+        )?;
+        self.put(to_repository, &index.digest, &index.bytes)?;
+        self.add_entry(
+            to_repository,
+            &index.digest,
+            index.size(),
+            MEDIA_INDEX,
+            Some(&tag),
+        )
+    }
+
+    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
+        let mut tags: Vec<String> = self
+            .index(repository)?
+            .iter()
+            .filter_map(|m| m["annotations"][ANNOTATION_REF_NAME].as_str())
+            .map(str::to_string)
+            .collect();
+        tags.sort();
+        Ok(tags)
     }
 }

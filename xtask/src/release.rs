@@ -47,6 +47,35 @@ pub trait Store {
     fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()>;
     /// What `tag` points at now.
     fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>>;
+
+    // Reading side (verify, promote, audit).
+
+    /// A manifest's (or index's) bytes by digest or tag, `None` when absent.
+    /// Callers that asked by digest check the bytes hash to it.
+    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>>;
+    /// A blob's bytes, checked against its digest.
+    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>>;
+    /// Copies the image manifest `digest`, every blob it names, and every
+    /// artifact attached to it (with the referrers index) from `repository`
+    /// to `to_repository`, byte for byte and by digest. Moves no tag.
+    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()>;
+    /// Every tag of the repository (including `sha256-<hex>` fallback tags).
+    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>>;
+}
+
+/// The referrers of `subject` listed by the fallback tag index
+/// (`sha256-<hex>`); empty when nothing is attached.
+pub fn referrers(store: &mut dyn Store, repository: &str, subject: &str) -> Result<Vec<Value>> {
+    let Some(bytes) = store.manifest(repository, &evidence::fallback_tag(subject))? else {
+        return Ok(Vec::new());
+    };
+    let index: Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the referrers index {repository}:{} is not JSON",
+            evidence::fallback_tag(subject)
+        )
+    })?;
+    Ok(index["manifests"].as_array().cloned().unwrap_or_default())
 }
 
 /// The publish cross-check of one image.
@@ -65,6 +94,9 @@ pub struct CrossCheck {
 pub struct ReleaseOptions {
     pub images: Vec<String>,
     pub quiet: bool,
+    /// Signs the provenance and gate statements; `None` leaves them
+    /// unsigned (and `cargo xtask verify` then refuses them).
+    pub signer: Option<crate::signing::Signer>,
 }
 
 /// The outcome for one image, as `release --json` prints it and as the
@@ -90,6 +122,8 @@ pub struct ImageRelease {
 pub struct ReleaseReport {
     pub store: String,
     pub builder: Builder,
+    /// Keyid of the key that signed the evidence; null when unsigned.
+    pub signing_key: Option<String>,
     pub accepted: bool,
     pub images: Vec<ImageRelease>,
     /// Wall-clock seconds of each stage, in order.
@@ -288,7 +322,10 @@ pub fn release(
                 (provenance::SLSA_PROVENANCE_V1, &statement),
                 (provenance::TEST_RESULT_V01, &gate_statement),
             ] {
-                let env = canonical_json(&evidence::envelope(&canonical_json(st)?.bytes, &[]))?;
+                let env = canonical_json(&crate::signing::envelope(
+                    &canonical_json(st)?.bytes,
+                    opts.signer.as_ref(),
+                ))?;
                 let a = evidence::artifact(
                     MEDIA_DSSE,
                     MEDIA_DSSE,
@@ -340,6 +377,7 @@ pub fn release(
     Ok(ReleaseReport {
         store: store.describe(),
         builder: ctx.builder,
+        signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
         accepted,
         images,
         stages: stages.spent,
@@ -555,5 +593,13 @@ pub fn summary(report: &ReleaseReport) -> String {
         "builder: {}\nstore: {}\n",
         report.builder.id, report.store
     ));
+    out.push_str(&match &report.signing_key {
+        Some(k) => format!("evidence signed by key {k}\n"),
+        None => format!(
+            "evidence UNSIGNED: no signing key (--signing-key FILE, ${} or ${}); verify will refuse it\n",
+            crate::signing::ENV_KEY_FILE,
+            crate::signing::ENV_KEY
+        ),
+    });
     out
 }
