@@ -991,3 +991,86 @@ fn signing_key_comes_from_the_environment_and_bad_keys_are_refused() {
     let e = lane.f.fails(&["keygen", "--out", &dir]);
     assert!(e.contains("already exists; keygen never overwrites"), "{e}");
 }
+
+/// Standard tooling agrees: openssl checks the lane's DSSE signature over the
+/// PAE, a key made by openssl signs releases, and the keyid is the sha256 of
+/// the SPKI DER as openssl writes it.
+#[test]
+fn openssl_checks_the_signatures_and_makes_usable_keys() {
+    let lane = Lane::new("openssl");
+    let dir = TempDir::new("openssl");
+    let p = |n: &str| dir.path().join(n);
+    let openssl = |args: &[&str]| {
+        let out = support::run(std::process::Command::new("openssl").args(args));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let key = p("ossl.key");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        p("ossl.pub").to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        p("ossl.der").to_str().unwrap(),
+    ]);
+    let signer = Signer::from_pem(&fs::read_to_string(&key).unwrap(), "openssl key").unwrap();
+    let der_hash = support::sha256_hex_of_file(&p("ossl.der"));
+    assert_eq!(format!("sha256:{}", signer.keyid), der_hash);
+
+    // The lane's envelopes, signed with that key, checked by openssl.
+    let out = lane
+        .f
+        .xtask(&["release", "--json", "--signing-key", key.to_str().unwrap()]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["signing_key"], signer.keyid.as_str());
+    let d = r["images"][0]["digest"].as_str().unwrap().to_string();
+    let ev = lane.envelopes(REPO, &d);
+    assert_eq!(ev.envelopes.len(), 2);
+    for (i, e) in ev.envelopes.iter().enumerate() {
+        let payload = evidence::unbase64(e.envelope["payload"].as_str().unwrap()).unwrap();
+        let pae = evidence::pae(e.envelope["payloadType"].as_str().unwrap(), &payload);
+        let sig = &e.envelope["signatures"][0];
+        assert_eq!(sig["keyid"], signer.keyid.as_str());
+        let (m, s) = (p(&format!("pae{i}")), p(&format!("sig{i}")));
+        fs::write(&m, &pae).unwrap();
+        fs::write(
+            &s,
+            evidence::unbase64(sig["sig"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let ok = openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            p("ossl.pub").to_str().unwrap(),
+            "-signature",
+            s.to_str().unwrap(),
+            m.to_str().unwrap(),
+        ]);
+        assert_eq!(ok.trim(), "Verified OK");
+    }
+}
