@@ -227,6 +227,29 @@ fn core_lists_every_tampering() {
             "required gate smoke failed or did not run",
         ]
     );
+    // A rejected run and an accepted run of the same inputs: the accepted one
+    // counts. Either alone is judged on its own.
+    let v = verify::check(
+        &d,
+        &Evidence {
+            envelopes: vec![
+                env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+                env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+                good_gates.clone(),
+            ],
+            ..Evidence::default()
+        },
+        &policy,
+        registry(),
+    );
+    assert!(v.verified, "{:?}", v.reasons);
+    // ... but not when the passing one is unsigned.
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+        env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+        env(&gates_of(&d, &[], true), None, "g2"),
+    ]);
+    has(&r, "artifact g2: unsigned envelope");
     // An unexpected predicate type, and no gate statement at all.
     let mut vsa = provenance_of(&d, &builder(CI));
     vsa["predicateType"] = json!("https://slsa.dev/verification_summary/v1");
@@ -379,6 +402,7 @@ impl Lane {
                 Value::Null
             }
         );
+        assert_eq!(report["signing_key_trusted"], signed);
         (
             out.status.success(),
             i["digest"].as_str().unwrap().to_string(),
@@ -1047,9 +1071,21 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
         .xtask(&["release", "--json", "--signing-key", key.to_str().unwrap()]);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["signing_key"], signer.keyid.as_str());
+    assert_eq!(
+        r["signing_key_trusted"], false,
+        "the policy trusts only the lane's key"
+    );
+    let human = lane
+        .f
+        .xtask(&["release", "--signing-key", key.to_str().unwrap()]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("which ci/release-policy.toml does not trust: verify will refuse it"),
+        "{human}"
+    );
     let d = r["images"][0]["digest"].as_str().unwrap().to_string();
     let ev = lane.envelopes(REPO, &d);
-    assert_eq!(ev.envelopes.len(), 2);
+    assert!(ev.envelopes.len() >= 2, "{ev:?}");
     for (i, e) in ev.envelopes.iter().enumerate() {
         let payload = evidence::unbase64(e.envelope["payload"].as_str().unwrap()).unwrap();
         let pae = evidence::pae(e.envelope["payloadType"].as_str().unwrap(), &payload);

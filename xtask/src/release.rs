@@ -124,6 +124,9 @@ pub struct ReleaseReport {
     pub builder: Builder,
     /// Keyid of the key that signed the evidence; null when unsigned.
     pub signing_key: Option<String>,
+    /// Whether the policy's `[signing] trusted_keys` holds that key (if not,
+    /// `cargo xtask verify` will refuse this evidence).
+    pub signing_key_trusted: bool,
     pub accepted: bool,
     pub images: Vec<ImageRelease>,
     /// Wall-clock seconds of each stage, in order.
@@ -378,6 +381,12 @@ pub fn release(
         store: store.describe(),
         builder: ctx.builder,
         signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
+        signing_key_trusted: opts.signer.as_ref().is_some_and(|s| {
+            crate::signing::trusted_keys(&ctx.policy.trusted_keys)
+                .0
+                .iter()
+                .any(|k| k.keyid == s.keyid)
+        }),
         accepted,
         images,
         stages: stages.spent,
@@ -594,7 +603,10 @@ pub fn summary(report: &ReleaseReport) -> String {
         report.builder.id, report.store
     ));
     out.push_str(&match &report.signing_key {
-        Some(k) => format!("evidence signed by key {k}\n"),
+        Some(k) if report.signing_key_trusted => format!("evidence signed by key {k}\n"),
+        Some(k) => format!(
+            "evidence signed by key {k}, which {POLICY_PATH} does not trust: verify will refuse it (add its public key to [signing] trusted_keys)\n"
+        ),
         None => format!(
             "evidence UNSIGNED: no signing key (--signing-key FILE, ${} or ${}); verify will refuse it\n",
             crate::signing::ENV_KEY_FILE,

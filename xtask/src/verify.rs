@@ -269,7 +269,8 @@ impl Verdict {
 /// to `evidence` and `policy`? Every attached envelope must be signed by a
 /// trusted key, name exactly `digest` as its subject and carry an expected
 /// predicate type; at least one provenance and one gate statement must be
-/// there; the builder must be trusted; every required gate must have passed.
+/// there; every provenance must name a trusted builder; at least one gate
+/// statement must show every required gate passed.
 pub fn check(digest: &str, evidence: &Evidence, policy: &Policy, opts: VerifyOptions) -> Verdict {
     let mut reasons: Vec<String> = evidence.problems.clone();
     let (trusted, bad_keys) = signing::trusted_keys(&policy.trusted_keys);
@@ -382,9 +383,17 @@ pub fn check(digest: &str, evidence: &Evidence, policy: &Policy, opts: VerifyOpt
     for p in &provenance {
         reasons.extend(builder_reasons(&p.statement, policy, opts));
     }
+    // Runs of the lane on the same inputs give the same digest, so one digest
+    // can carry the gate statements of several runs (a rejected run, then an
+    // accepted one). One signed statement in which every required gate
+    // passed is enough; if there is none, every statement says why.
     let required = policy.required(opts.registry);
-    for g in &gate_statements {
-        reasons.extend(gate_reasons(&g.statement, &required));
+    let per_statement: Vec<Vec<String>> = gate_statements
+        .iter()
+        .map(|g| gate_reasons(&g.statement, &required))
+        .collect();
+    if !per_statement.iter().any(Vec::is_empty) {
+        reasons.extend(per_statement.into_iter().flatten());
     }
     reasons.dedup();
     Verdict {
