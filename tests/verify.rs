@@ -964,6 +964,7 @@ fn tag_only_references_are_refused_where_a_digest_is_needed() {
     // audit resolves a tag (here, one that does not exist) or takes a digest.
     let e = lane.f.fails(&["audit", "test/files:v1"]);
     assert!(e.contains("tag test/files:v1 does not exist"), "{e}");
+    assert!(e.contains("tags of test/files: none"), "{e}");
     assert_eq!(
         lane.audit(&format!("{REPO}@{d}"))["image"]["digest"],
         d.as_str()

@@ -79,9 +79,22 @@ pub fn audit(
     let (digest, tag) = match &r {
         Reference::Digest { digest, .. } => (digest.clone(), None),
         Reference::Tag { tag, .. } => {
-            let d = store
-                .resolve_tag(&repository, tag)?
-                .with_context(|| format!("tag {r} does not exist in {}", store.describe()))?;
+            let Some(d) = store.resolve_tag(&repository, tag)? else {
+                let known: Vec<String> = store
+                    .list_tags(&repository)?
+                    .into_iter()
+                    .filter(|t| !t.starts_with("sha256-"))
+                    .collect();
+                anyhow::bail!(
+                    "tag {r} does not exist in {}; tags of {repository}: {}",
+                    store.describe(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            };
             (
                 d.clone(),
                 Some(TagState {
