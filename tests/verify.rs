@@ -8,12 +8,10 @@
 //! store; every store access in the helpers below goes through the `Store`
 //! trait except [`rewrite_referrers`], the attacker with write access).
 //!
-//! While the smoke and no-drift gates are not on this branch every real
-//! release is rejected. [`complete_gates_in_test`] stands in for them: it
-//! re-signs the lane's own gate results with those two gates added as passed,
-//! with the same trusted key, exactly as the lane will once they exist. It
-//! is a test helper, not a lane feature; when the gates land, the accepted
-//! path below should use a real accepted release instead.
+//! The image is files-only on scratch with one static program (the host's
+//! `ldconfig`, a static-pie ELF) so that the smoke and drift gates have
+//! something real to run: releases of it are accepted for real, and
+//! [`Lane::break_smoke`] makes the next one rejected for real.
 
 mod support;
 
@@ -23,12 +21,12 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use support::{Fixture, TempDir};
 use xtask::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
-use xtask::gates::{self, GateResult, GateState, Policy};
+use xtask::gates::{self, GateResult, Policy};
 use xtask::local_store::LocalStore;
 use xtask::oci::canonical_json;
 use xtask::provenance::{self, Builder, Dependency, ProvenanceInputs};
-use xtask::release::Store;
 use xtask::signing::{self, Signer};
+use xtask::store::Store;
 use xtask::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
 
 const IMAGE: &str = r#"
@@ -38,7 +36,16 @@ tags = ["v1"]
 
 [[layer]]
 name = "one"
-files = [{ src = "data/one.txt", dest = "/srv/one.txt" }]
+files = [
+  { src = "data/one.txt", dest = "/srv/one.txt" },
+  { src = "data/ldconfig", dest = "/usr/bin/ldconfig", mode = "0755" },
+]
+
+[[smoke]]
+name = "version"
+command = ["/usr/bin/ldconfig", "--version"]
+expect_exit = 0
+expect_output = "^ldconfig "
 "#;
 
 const REPO: &str = "test/files";
@@ -362,6 +369,8 @@ impl Lane {
         );
         let public = fs::read_to_string(k["public_key"].as_str().unwrap()).unwrap();
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        fs::copy("/sbin/ldconfig", f.path("images/files/data/ldconfig"))
+            .expect("the host's static /sbin/ldconfig (Debian libc-bin)");
         f.write(
             "ci/release-policy.toml",
             &format!("version = 1\n\n[signing]\ntrusted_keys = [\"\"\"\n{public}\"\"\"]\n"),
@@ -403,10 +412,29 @@ impl Lane {
             }
         );
         assert_eq!(report["signing_key_trusted"], signed);
+        if !out.status.success() {
+            // Shown when a test fails: why this release was rejected.
+            eprintln!(
+                "release rejected: {:#}\n{}",
+                i["decision"]["failures"],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (
             out.status.success(),
             i["digest"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// Changes the image and makes its smoke check fail: the next release
+    /// is a rejected candidate with another digest.
+    fn break_smoke(&self) {
+        self.f.write("images/files/data/one.txt", "changed\n");
+        self.f.write(
+            "images/files/image.toml",
+            &IMAGE.replace("^ldconfig ", "^this is not what it prints"),
+        );
+        self.f.commit("an image whose smoke check fails");
     }
 
     fn store(&self) -> LocalStore {
@@ -482,7 +510,7 @@ fn dsse_artifact(statement: &Value, signer: Option<&Signer>, subject: &str, size
 /// index at the fallback tag in the local store's OCI layout.
 fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     let mut store = lane.store();
-    let keep: Vec<Value> = xtask::release::referrers(&mut store, REPO, digest)
+    let keep: Vec<Value> = xtask::store::referrers(&mut store, REPO, digest)
         .unwrap()
         .into_iter()
         .filter(|r| r["artifactType"] != MEDIA_DSSE)
@@ -491,7 +519,7 @@ fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
         store.attach(REPO, digest, a).unwrap();
     }
     let mut manifests = keep;
-    for r in xtask::release::referrers(&mut store, REPO, digest).unwrap() {
+    for r in xtask::store::referrers(&mut store, REPO, digest).unwrap() {
         if artifacts
             .iter()
             .any(|a| r["digest"] == a.manifest.digest.as_str())
@@ -524,7 +552,7 @@ fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     }
     fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
     assert_eq!(
-        xtask::release::referrers(&mut store, REPO, digest)
+        xtask::store::referrers(&mut store, REPO, digest)
             .unwrap()
             .len(),
         manifests.len(),
@@ -532,83 +560,12 @@ fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     );
 }
 
-/// Stand-in for the smoke and no-drift gates that are not on this branch
-/// yet (see the module doc): the lane's own gate results, from its signed
-/// gate statement, with those two added as passed, decided and signed again
-/// with the lane's key; the lane's signed provenance is kept as it is.
-fn complete_gates_in_test(lane: &Lane, digest: &str) {
-    let ev = lane.envelopes(REPO, digest);
-    let size = verify::fetch_manifest(&mut lane.store(), REPO, digest)
-        .unwrap()
-        .len() as u64;
-    let prov = ev
-        .envelopes
-        .iter()
-        .find(|e| e.annotated_predicate.as_deref() == Some(provenance::SLSA_PROVENANCE_V1))
-        .expect("the release attached a provenance statement");
-    let gates_st = ev
-        .envelopes
-        .iter()
-        .map(statement)
-        .find(|s| s["predicateType"] == provenance::TEST_RESULT_V01)
-        .expect("the release attached a gate statement");
-    let passed: Vec<&str> = gates_st["predicate"]["passedTests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    let mut results: Vec<GateResult> = passed
-        .iter()
-        .map(|g| GateResult::passed(g, "passed in the release", json!({})))
-        .collect();
-    for g in ["smoke", "no-drift"] {
-        assert!(
-            !passed.contains(&g),
-            "{g} passed for real: drop this helper"
-        );
-        results.push(GateResult::passed(
-            g,
-            "stand-in until the gate exists",
-            json!({}),
-        ));
-    }
-    let d = gates::decide(&Policy::default().required(false), &results);
-    assert!(d.accepted, "{:?}", d.failures);
-    assert!(d.gates.iter().all(|g| g.state == GateState::Passed));
-    let accepted = provenance::gate_statement(
-        gates_st["subject"][0]["name"].as_str().unwrap(),
-        digest,
-        &d,
-        &serde_json::from_value(gates_st["predicate"]["configuration"][0].clone()).unwrap(),
-    );
-    let prov_artifact = dsse_artifact(&statement(prov), None, digest, size);
-    // Keep the lane's provenance envelope byte for byte.
-    let prov_artifact = evidence::artifact(
-        MEDIA_DSSE,
-        MEDIA_DSSE,
-        canonical_json(&prov.envelope).unwrap(),
-        digest,
-        size,
-        &[(ANNOTATION_PREDICATE, provenance::SLSA_PROVENANCE_V1)],
-    )
-    .unwrap_or(prov_artifact);
-    assert_eq!(prov_artifact.manifest.digest, prov.artifact);
-    rewrite_referrers(
-        lane,
-        digest,
-        &[
-            prov_artifact,
-            dsse_artifact(&accepted, Some(&lane.signer), digest, size),
-        ],
-    );
-}
-
 #[test]
 fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
     let lane = Lane::new("rejected");
+    lane.break_smoke();
     let (accepted, d) = lane.release(true);
-    assert!(!accepted, "smoke and no-drift are missing on this branch");
+    assert!(!accepted, "the smoke check fails");
     let reference = format!("{REPO}@{d}");
 
     let (ok, out) = lane.verify(&reference);
@@ -618,10 +575,7 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
         out.contains("the gate statement reports result \"FAILED\""),
         "{out}"
     );
-    assert!(
-        out.contains("required gate no-drift failed or did not run"),
-        "{out}"
-    );
+    assert!(!out.contains("no-drift"), "{out}");
     assert!(
         out.contains("required gate smoke failed or did not run"),
         "{out}"
@@ -658,28 +612,37 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
         .find(|g| g["gate"] == "smoke")
         .unwrap();
     assert_eq!(smoke["state"], "failed");
-    assert_eq!(smoke["recorded_state"], "missing");
+    assert_eq!(smoke["recorded_state"], "failed");
+    assert!(
+        smoke["summary"].as_str().unwrap().contains("version"),
+        "{smoke}"
+    );
 }
 
 #[test]
 fn unsigned_release_does_not_verify() {
     let lane = Lane::new("unsigned");
-    let (_, d) = lane.release(false);
-    complete_gates_in_test(&lane, &d);
-    // The gate statement is now signed; the lane's provenance is not.
+    let (accepted, d) = lane.release(false);
+    assert!(accepted, "every gate passes; only the evidence is unsigned");
     let (ok, out) = lane.verify(&format!("{REPO}@{d}"));
     assert!(!ok);
     assert!(out.contains(": unsigned envelope"), "{out}");
-    let (ok, out) = lane.promote(&[&format!("{REPO}@{d}"), "--tag", "v1"]);
+    assert_eq!(out.matches(": unsigned envelope").count(), 2, "{out}");
+    let (ok, out) = lane.promote(&[&format!("{REPO}@{d}"), "--tag", "prod"]);
     assert!(!ok && out.contains("unsigned envelope"), "{out}");
 }
 
 #[test]
 fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     let lane = Lane::new("accepted");
-    let (_, d) = lane.release(true);
-    complete_gates_in_test(&lane, &d);
+    let (accepted, d) = lane.release(true);
+    assert!(accepted, "a real accepted release");
     let reference = format!("{REPO}@{d}");
+    // The release itself moved its tag.
+    assert_eq!(
+        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        Some(d.as_str())
+    );
 
     // 1. verify passes; audit --json answers every question.
     let (ok, out) = lane.verify(&reference);
@@ -691,7 +654,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
         "promote",
         &reference,
         "--tag",
-        "v1",
+        "prod",
         "--allow-local-builder",
         "--json",
     ]);
@@ -699,14 +662,14 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(p["resolves_to"], d.as_str());
     assert_eq!(p["previous"], Value::Null);
     assert_eq!(
-        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        lane.store().resolve_tag(REPO, "prod").unwrap().as_deref(),
         Some(d.as_str())
     );
 
     let a = lane.audit(&reference);
     let revision = support::git(&lane.f.root, &["rev-parse", "HEAD"]);
     check_audit(&a, &d, REPO, revision.trim());
-    assert_eq!(a["tags"], json!(["v1"]));
+    assert_eq!(a["tags"], json!(["prod", "v1"]));
 
     // ... and the same for a promoted copy in a second repository.
     let out = lane.f.ok(&[
@@ -735,11 +698,17 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
         verify::fetch_manifest(&mut lane.store(), REPO, &d).unwrap()
     );
 
-    // 4. Re-tagging v1 to another digest behind the lane's back.
-    lane.f.write("images/files/data/one.txt", "changed\n");
-    lane.f.commit("another image");
-    let (_, other) = lane.release(true);
+    // 4. Re-tagging v1 to another digest behind the lane's back: a
+    // candidate the lane rejected.
+    lane.break_smoke();
+    let (accepted, other) = lane.release(true);
+    assert!(!accepted);
     assert_ne!(other, d);
+    assert_eq!(
+        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        Some(d.as_str()),
+        "a rejected release moves no tag"
+    );
     lane.store().tag(REPO, &other, "v1").unwrap(); // not through promote
     let drifted = lane.audit(&format!("{REPO}:v1"));
     assert_eq!(drifted["tag"]["resolves_to"], other.as_str());
@@ -753,9 +722,17 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
         "{human}"
     );
     assert!(human.contains("NOT VERIFIED"), "{human}");
+    assert!(
+        drifted["verification"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("required gate smoke failed")),
+        "{drifted:#}"
+    );
     let (ok, out) = lane.verify(&reference);
     assert!(ok, "the original digest still verifies: {out}");
-    assert_eq!(lane.audit(&reference)["tags"], json!([]));
+    assert_eq!(lane.audit(&reference)["tags"], json!(["prod"]));
 
     // Promote moves it back, and says where it was.
     let out = lane.f.ok(&[
@@ -814,15 +791,31 @@ fn check_audit(a: &Value, d: &str, repo: &str, revision: &str) {
     assert_eq!(a["verification"]["verified"], true, "{a:#}");
     assert_eq!(a["verification"]["reasons"], json!([]));
     for g in a["gates"].as_array().unwrap() {
-        assert_eq!(g["state"], "passed", "{g}");
+        // Not required for the local store; recorded as information.
+        let expected = if g["gate"] == "authoritative-builder" {
+            "failed"
+        } else {
+            "passed"
+        };
+        assert_eq!(g["state"], expected, "{g}");
+    }
+    for gate in ["smoke", "no-drift", "reproducible", "publish-cross-check"] {
+        assert!(
+            a["gates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["gate"] == gate),
+            "{gate} missing from {a:#}"
+        );
     }
 }
 
 #[test]
 fn tampered_evidence_fails_verify_and_promote() {
     let lane = Lane::new("tamper");
-    let (_, d) = lane.release(true);
-    complete_gates_in_test(&lane, &d);
+    let (accepted, d) = lane.release(true);
+    assert!(accepted);
     let reference = format!("{REPO}@{d}");
     assert!(lane.verify(&reference).0, "the untampered release verifies");
     let good = lane.envelopes(REPO, &d);
@@ -920,14 +913,14 @@ fn tampered_evidence_fails_verify_and_promote() {
         let (ok, out) = lane.verify(&reference);
         assert!(!ok, "{what}: verify passed:\n{out}");
         assert!(out.contains(&reason), "{what}: no {reason:?} in:\n{out}");
-        let (ok, out) = lane.promote(&[&reference, "--tag", "v1"]);
+        let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
         assert!(!ok, "{what}: promote went ahead:\n{out}");
         assert!(
             out.contains("refusing to promote") && out.contains(&reason),
             "{what}: {out}"
         );
         assert_eq!(
-            lane.store().resolve_tag(REPO, "v1").unwrap(),
+            lane.store().resolve_tag(REPO, "prod").unwrap(),
             None,
             "{what}"
         );
@@ -962,9 +955,13 @@ fn tag_only_references_are_refused_where_a_digest_is_needed() {
         "verify needs a digest: REPO@sha256:...; `cargo xtask audit` can resolve a tag for you"
     );
     // audit resolves a tag (here, one that does not exist) or takes a digest.
-    let e = lane.f.fails(&["audit", "test/files:v1"]);
-    assert!(e.contains("tag test/files:v1 does not exist"), "{e}");
-    assert!(e.contains("tags of test/files: none"), "{e}");
+    let e = lane.f.fails(&["audit", "test/files:nope"]);
+    assert!(e.contains("tag test/files:nope does not exist"), "{e}");
+    assert!(e.contains("tags of test/files: v1"), "{e}");
+    assert_eq!(
+        lane.audit("test/files:v1")["tag"]["resolves_to"],
+        d.as_str()
+    );
     assert_eq!(
         lane.audit(&format!("{REPO}@{d}"))["image"]["digest"],
         d.as_str()

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::gates::Policy;
 use crate::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
 use crate::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
-use crate::release::Store;
+use crate::store::Store;
 use crate::verify::{self, Reference};
 
 #[derive(Debug, Clone, Serialize)]

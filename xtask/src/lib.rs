@@ -1,14 +1,18 @@
 //! The release lane: library behind `cargo xtask`.
 //!
-//! The pure core ([`spec`], [`layer`], [`oci`]) takes values and returns
-//! values; the adapters ([`workspace`], [`cache`], [`build`], [`repro`],
-//! [`publish`], [`registry`]) touch the file system, git, cargo and the
-//! registry; [`registry`] is the only async code. See ARCHITECTURE.md.
+//! The pure core ([`spec`], [`layer`], [`oci`], [`gates`], [`provenance`],
+//! [`evidence`]) takes values and returns values; the adapters
+//! ([`workspace`], [`cache`], [`build`], [`repro`], [`store`],
+//! [`local_store`], [`registry`], [`engine`]) touch the file system, git,
+//! cargo, the registry and the Docker Engine; [`registry`] and [`engine`]
+//! are the only async code. See ARCHITECTURE.md.
 
 pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod cache;
+pub mod drift;
+pub mod engine;
 pub mod evidence;
 pub mod gates;
 pub mod layer;
@@ -21,6 +25,8 @@ pub mod registry;
 pub mod release;
 pub mod repro;
 pub mod signing;
+pub mod smoke;
 pub mod spec;
+pub mod store;
 pub mod verify;
 pub mod workspace;

@@ -17,7 +17,8 @@ use crate::cache::write_atomic;
 use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::layer::{HashReader, sha256};
 use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
-use crate::release::{CrossCheck, Store, referrers};
+use crate::publish::BlobStats;
+use crate::store::{Published, Store, copy_plan, merged_referrers, referrers};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -150,7 +151,7 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<CrossCheck> {
+    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
         let repo = &image.repository;
         let src = |d: &str| {
             image
@@ -186,10 +187,8 @@ impl Store for LocalStore {
                 uploaded.1 += n;
             }
         }
-        if self.put(repo, &image.manifest_digest, &manifest)? {
-            uploaded.0 += 1;
-            uploaded.1 += manifest.len() as u64;
-        }
+        // Counted like a registry's blob uploads: the manifest is not a blob.
+        self.put(repo, &image.manifest_digest, &manifest)?;
         self.add_entry(
             repo,
             &image.manifest_digest,
@@ -214,13 +213,23 @@ impl Store for LocalStore {
             };
             checks.push((format!("blob {d}"), ok, what));
         }
-        Ok(CrossCheck {
-            ok: checks.iter().all(|c| c.1),
+        let failures: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.1)
+            .map(|(what, _, got)| format!("{what}: {got}"))
+            .collect();
+        Ok(Published {
+            ok: failures.is_empty(),
             digest: stored_digest,
             manifest_size: stored.len() as u64,
-            checks,
-            blobs_uploaded: uploaded.0,
-            bytes_uploaded: uploaded.1,
+            failures,
+            blobs: BlobStats {
+                uploaded: uploaded.0,
+                skipped: blobs.len() as u64 - uploaded.0,
+                mounted: 0,
+                bytes_uploaded: uploaded.1,
+            },
+            detail: serde_json::to_value(&checks)?,
         })
     }
 
@@ -270,14 +279,6 @@ impl Store for LocalStore {
         }
     }
 
-    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
-        Ok(self
-            .index(repository)?
-            .iter()
-            .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag)
-            .and_then(|m| m["digest"].as_str().map(str::to_string)))
-    }
-
     fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {
         let digest = if reference.starts_with("sha256:") {
             Some(reference.to_string())
@@ -296,56 +297,40 @@ impl Store for LocalStore {
         self.read_verified(repository, digest)
     }
 
+    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
+        Ok(self
+            .index(repository)?
+            .iter()
+            .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag)
+            .and_then(|m| m["digest"].as_str().map(str::to_string)))
+    }
+
     fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
         if repository == to_repository {
             return Ok(());
         }
         self.preflight(&[to_repository.to_string()])?;
-        // The image, then each artifact: blobs first, the manifest last.
-        let mut manifests = vec![(digest.to_string(), MEDIA_MANIFEST.to_string())];
-        let attached = referrers(self, repository, digest)?;
-        for r in &attached {
-            if let Some(d) = r["digest"].as_str() {
-                manifests.push((d.to_string(), MEDIA_MANIFEST.to_string()));
-            }
-        }
-        for (m, media) in &manifests {
-            let bytes = self.read_verified(repository, m)?;
-            let doc: Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{repository}@{m} is not a JSON manifest"))?;
-            let mut blobs: Vec<&str> = vec![];
-            blobs.extend(doc["config"]["digest"].as_str());
-            for l in doc["layers"].as_array().into_iter().flatten() {
-                blobs.extend(l["digest"].as_str());
-            }
+        let (manifests, attached) = copy_plan(self, repository, digest)?;
+        for (m, bytes, blobs) in &manifests {
             for b in blobs {
-                let bytes = self.read_verified(repository, b)?;
-                self.put(to_repository, b, &bytes)?;
+                let data = self.read_verified(repository, b)?;
+                self.put(to_repository, b, &data)?;
             }
-            self.put(to_repository, m, &bytes)?;
-            self.add_entry(to_repository, m, bytes.len() as u64, media, None)?;
+            self.put(to_repository, m, bytes)?;
+            self.add_entry(to_repository, m, bytes.len() as u64, MEDIA_MANIFEST, None)?;
         }
         if attached.is_empty() {
             return Ok(());
         }
-        // The referrers index: the target's entries plus the source's.
-        let tag = evidence::fallback_tag(digest);
-        let mut merged = referrers(self, to_repository, digest)?;
-        for r in attached {
-            if !merged.iter().any(|m| m["digest"] == r["digest"]) {
-                merged.push(r);
-            }
-        }
-        let index = crate::oci::canonical_json(
-            &json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": merged }),
-        )?;
+        let existing = referrers(self, to_repository, digest)?;
+        let index = merged_referrers(existing, attached)?;
         self.put(to_repository, &index.digest, &index.bytes)?;
         self.add_entry(
             to_repository,
             &index.digest,
             index.size(),
             MEDIA_INDEX,
-            Some(&tag),
+            Some(&evidence::fallback_tag(digest)),
         )
     }
 

@@ -8,11 +8,14 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use xtask::build::{self, BuildOptions};
+use xtask::drift::{self, DriftPolicy};
 use xtask::local_store::LocalStore;
 use xtask::publish::{self, PublishOptions};
 use xtask::registry::RegistryTarget;
 use xtask::release::{self, ReleaseOptions};
 use xtask::repro;
+use xtask::smoke::{self, SmokeOptions};
+use xtask::store::{RegistryStore, Store};
 use xtask::workspace::Workspace;
 use xtask::{audit, promote, signing, verify};
 
@@ -66,6 +69,11 @@ enum Command {
     Release {
         /// Images to release (default: all).
         images: Vec<String>,
+        /// HOST[:PORT][/PREFIX] of the registry to release to (default:
+        /// $LANE_REGISTRY, else the local store under target/). A registry
+        /// release needs an authoritative (CI) builder.
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
         /// Print the release report as JSON.
         #[arg(long)]
         json: bool,
@@ -199,6 +207,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the image's smoke commands in the Docker Engine, before publishing.
+    ///
+    /// Builds IMAGE, loads that exact OCI layout into the engine (DOCKER_HOST,
+    /// else unix:///var/run/docker.sock), checks that the engine's image ID is
+    /// our digest, then runs every [[smoke]] entry of images/IMAGE/image.toml
+    /// in its own container created from the image ID: no network, read-only
+    /// root file system, no new privileges, all capabilities dropped, 256 MiB
+    /// memory, 128 pids, the image's user. Each command must exit with
+    /// expect_exit within timeout_secs and its output must match
+    /// expect_output. Containers and the temporary tag lane-smoke/IMAGE:RUN
+    /// are removed afterwards. Exits non-zero on any failure, including an
+    /// unreachable engine: the check is never skipped.
+    ///
+    /// Example image.toml entry:
+    ///
+    ///   [[smoke]]
+    ///   name = "version"
+    ///   command = ["/usr/local/bin/hello", "--version"]
+    ///   expect_exit = 0
+    ///   expect_output = "^hello 0\\.1"
+    ///   timeout_secs = 30
+    #[command(verbatim_doc_comment)]
+    Smoke {
+        /// The image to check (a folder under images/).
+        image: String,
+        /// Print the smoke report as JSON: image, image_id, engine, checks
+        /// (command, exit_code, duration_ms, passed, failures, output).
+        #[arg(long)]
+        json: bool,
+        /// Keep the loaded image tagged lane-smoke/IMAGE:RUN afterwards, to
+        /// inspect it (`docker image inspect`); remove it with `docker rmi`.
+        #[arg(long)]
+        keep_image: bool,
+    },
+    /// Check each image's curated packages against what its binaries load.
+    ///
+    /// Builds the images, merges their layers (whiteouts applied) and, for
+    /// every ELF executable and shared library, checks that the program
+    /// interpreter exists and that each DT_NEEDED library resolves inside the
+    /// image, transitively, as glibc's loader would: DT_RPATH (without
+    /// DT_RUNPATH), LD_LIBRARY_PATH of the image config, DT_RUNPATH,
+    /// /etc/ld.so.conf(.d), then /lib/<multiarch>, /usr/lib/<multiarch>,
+    /// /lib, /usr/lib. The host is never consulted.
+    ///
+    /// The curated packages come from the image's /var/lib/dpkg/status.d/
+    /// (PKG stanza + PKG.list file list); lockfiles/library-index.toml names
+    /// the package that would provide a missing library. Exits non-zero when
+    /// a library or interpreter is missing, and with --fail-on-unused when a
+    /// curated package is needed by nothing. See docs/drift.md.
+    Drift {
+        /// Images to check (default: all).
+        images: Vec<String>,
+        /// Print the report as JSON: {"images":[{image, ok, objects,
+        /// missing_libraries, missing_interpreters, malformed, packages,
+        /// unused_packages}]}.
+        #[arg(long)]
+        json: bool,
+        /// Fail when a curated package is needed by no binary.
+        #[arg(long)]
+        fail_on_unused: bool,
+        /// A package that may be unused under --fail-on-unused (repeatable).
+        #[arg(long, value_name = "PACKAGE")]
+        allow_unused: Vec<String>,
+        /// Provider index (default: lockfiles/library-index.toml, if present).
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -251,17 +326,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Release {
             images,
+            registry,
             json,
             signing_key,
         } => {
-            let mut store = local_store(&ws);
+            let registry = match registry {
+                Some(r) => Some(r),
+                None => publish::registry_from_env()?,
+            };
             let signer = signing::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
+            let mut store: Box<dyn Store> = match registry {
+                Some(target) => Box::new(RegistryStore::new(target, json)),
+                None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
+            };
             let opts = ReleaseOptions {
                 images,
                 quiet: json,
                 signer,
             };
-            let report = release::release(&ws, &opts, &mut store)?;
+            let report = release::release(&ws, &opts, store.as_mut())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -430,6 +513,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Smoke {
+            image,
+            json,
+            keep_image,
+        } => {
+            let opts = SmokeOptions {
+                keep_image,
+                quiet: json,
+                ..SmokeOptions::default()
+            };
+            let report = smoke::smoke(&ws, &image, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}\t{}\timage id {}\t{} {} ({} store)",
+                    report.image,
+                    report.manifest_digest,
+                    report.image_id,
+                    report.engine.address,
+                    report.engine.version,
+                    serde_json::to_value(report.engine.store)?
+                        .as_str()
+                        .unwrap_or("?")
+                );
+                for c in &report.checks {
+                    let state = if c.passed { "passed" } else { "FAILED" };
+                    let exit = c.exit_code.map_or_else(|| "-".into(), |e| e.to_string());
+                    println!("{}\t{state}\texit {exit}\t{} ms", c.name, c.duration_ms);
+                    for line in c.output.lines() {
+                        println!("  | {line}");
+                    }
+                }
+            }
+            smoke::check(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drift {
+            images,
+            json,
+            fail_on_unused,
+            allow_unused,
+            index,
+        } => {
+            let report = drift::drift(&ws, &images, index.as_deref(), json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", drift::render(&report));
+            }
+            let policy = DriftPolicy {
+                fail_on_unused,
+                allow_unused: allow_unused.into_iter().collect(),
+            };
+            let failures = drift::failures(&report, &policy);
+            for f in &failures {
+                eprintln!("error: {f}");
+            }
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::gates::Policy;
-use crate::release::Store;
+use crate::store::Store;
 use crate::verify::{self, Verdict};
 
 #[derive(Debug, Clone)]

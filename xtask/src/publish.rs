@@ -13,16 +13,18 @@
 //! Pure parts: [`LocalImage::parse`], [`check_digest`], [`check_tag`].
 
 use std::fs;
-use std::io::{self, Read, Write};
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::build::{self, BuildOptions, Progress};
-use crate::layer::{hex, sha256};
-use crate::oci::ANNOTATION_REF_NAME;
+use crate::layer::sha256;
+
+use crate::local_store::LocalStore;
 use crate::registry::{self, RegistryTarget};
+use crate::store::Store;
 use crate::workspace::{self, Workspace};
 
 /// Names the registry when `--registry` is not given.
@@ -367,14 +369,15 @@ impl Destination {
                 ));
                 remote.publish(&image, &repo, tags, progress.quiet)
             }
-            Destination::Local(store) => {
+            Destination::Local(root) => {
+                let mut store = LocalStore::new(root.clone());
                 progress.say(format!(
                     "publish {}: local store {}@{}",
                     built.name,
-                    store.join(&built.repository).display(),
+                    root.join(&built.repository).display(),
                     image.manifest_digest
                 ));
-                publish_local(store, &image, &built.repository, tags)
+                publish_local(&mut store, built, tags)
             }
         }
     }
@@ -410,203 +413,47 @@ pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Resul
     })
 }
 
-/// Copies `from` to `to` through a temporary file, hashing what it wrote.
-fn copy_hashed(from: &Path, to: &Path) -> Result<(String, u64)> {
-    use sha2::Digest as _;
-    let tmp = crate::cache::temp_path(to);
-    let result = (|| -> Result<(String, u64)> {
-        let mut src =
-            fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
-        let mut dst = io::BufWriter::new(fs::File::create(&tmp)?);
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = src.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            dst.write_all(&buf[..k])?;
-            n += k as u64;
-        }
-        dst.flush()?;
-        drop(dst);
-        fs::rename(&tmp, to)?;
-        Ok((format!("sha256:{}", hex(&h.finalize())), n))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("copying {} to {}", from.display(), to.display()))
-}
-
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    use sha2::Digest as _;
-    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((format!("sha256:{}", hex(&h.finalize())), n))
-}
-
-/// Publishes into `store/<repository>/`, an OCI image layout whose
-/// index.json names each tag with `org.opencontainers.image.ref.name`.
-/// Everything stored is hashed again before a tag is written.
+/// Publishes into the local store: by digest, cross-checked (every stored
+/// byte re-hashed), and only then tagged, each tag read back.
 pub fn publish_local(
-    store: &Path,
-    image: &LocalImage,
-    repository: &str,
+    store: &mut LocalStore,
+    built: &build::BuiltImage,
     tags: &[String],
 ) -> Result<PublishReport> {
-    let dir = store.join(repository);
-    let blobs_dir = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs_dir).with_context(|| format!("creating {}", blobs_dir.display()))?;
-    let layout_file = dir.join("oci-layout");
-    if !layout_file.exists() {
-        crate::cache::write_atomic(&layout_file, crate::oci::OCI_LAYOUT)?;
-    }
-    let digest = &image.manifest_digest;
-    let mut stats = BlobStats::default();
-    for b in &image.blobs {
-        let to = blob_path(&dir, &b.digest);
-        if fs::metadata(&to).is_ok_and(|m| m.len() == b.size) {
-            stats.skipped += 1;
-            continue;
-        }
-        let (d, n) = copy_hashed(&image.blob_path(&b.digest), &to)?;
-        if d != b.digest {
-            let _ = fs::remove_file(&to);
-            bail!(
-                "blob {} of the layout {} hashes to {d}; rebuild with cargo xtask build {}",
-                b.digest,
-                image.layout.display(),
-                image.name
-            );
-        }
-        stats.uploaded += 1;
-        stats.bytes_uploaded += n;
-    }
-    crate::cache::write_atomic(&blob_path(&dir, digest), &image.manifest)?;
-    // Cross-check: hash what was stored.
-    let stored = fs::read(blob_path(&dir, digest))
-        .with_context(|| format!("reading back the manifest from {}", dir.display()))?;
-    let mut blobs = Vec::new();
-    let mut failures = Vec::new();
-    for b in &image.blobs {
-        match hash_file(&blob_path(&dir, &b.digest)) {
-            Ok((d, n)) => {
-                if d != b.digest {
-                    failures.push(format!("stored blob {} hashes to {d}", b.digest));
-                }
-                blobs.push((b.clone(), Some(n)));
-            }
-            Err(_) => blobs.push((b.clone(), None)),
-        }
-    }
-    let observed = Observed {
-        pushed_digest_header: None,
-        fetched_digest_header: None,
-        fetched_sha256: sha256(&stored),
-        blobs,
-    };
-    failures.extend(check_digest(digest, &observed));
-    if !failures.is_empty() {
+    let p = store.publish_candidate(built)?;
+    let dir = store.root.join(&built.repository);
+    if !p.ok {
         bail!(
-            "identity cross-check failed for {}@{digest}; no tag was applied:\n  - {}",
+            "identity cross-check failed for {}@{}; no tag was applied:\n  - {}",
             dir.display(),
-            failures.join("\n  - ")
+            built.manifest_digest,
+            p.failures.join("\n  - ")
         );
     }
-    // Tags: index.json, one entry per tag.
-    let index_path = dir.join("index.json");
-    let mut index: serde_json::Value = match fs::read(&index_path) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "{} is not JSON; remove it to start the store afresh",
-                index_path.display()
-            )
-        })?,
-        Err(_) => {
-            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
-        }
-    };
-    let manifests = index["manifests"]
-        .as_array_mut()
-        .ok_or_else(|| anyhow!("{} has no manifests list", index_path.display()))?;
-    manifests.retain(|m| {
-        let name = m["annotations"][ANNOTATION_REF_NAME].as_str();
-        !name.is_some_and(|n| tags.iter().any(|t| t == n))
-    });
-    for t in tags {
-        manifests.push(serde_json::json!({
-            "mediaType": image.manifest_media_type,
-            "digest": digest,
-            "size": image.manifest.len(),
-            "annotations": { ANNOTATION_REF_NAME: t },
-        }));
-    }
-    let bytes = serde_json::to_vec(&index)?;
-    crate::cache::write_atomic(&index_path, &bytes)?;
-    // Read the tags back.
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path)?)?;
     let mut tag_checks = Vec::new();
     for t in tags {
-        let entry = index["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["annotations"][ANNOTATION_REF_NAME].as_str() == Some(t.as_str()))
-            .ok_or_else(|| {
-                anyhow!(
-                    "tag {t} is missing from {} after writing it",
-                    index_path.display()
-                )
-            })?;
-        let d = entry["digest"].as_str().unwrap_or_default();
-        let resolved = fs::read(blob_path(&dir, d))
-            .map(|b| sha256(&b))
-            .unwrap_or_else(|_| format!("missing blob {d}"));
-        let check = TagCheck {
+        store.tag(&built.repository, &p.digest, t)?;
+        tag_checks.push(TagCheck {
             tag: t.clone(),
             pushed_digest_header: None,
-            fetched_digest_header: Some(d.to_string()),
-            resolved_sha256: resolved,
-        };
-        let failures = check_tag(digest, &check);
-        if !failures.is_empty() {
-            bail!(
-                "identity cross-check failed for tag {t} in {}:\n  - {}",
-                dir.display(),
-                failures.join("\n  - ")
-            );
-        }
-        tag_checks.push(check);
+            fetched_digest_header: None,
+            resolved_sha256: store.resolve_tag(&built.repository, t)?.unwrap_or_default(),
+        });
     }
     Ok(PublishReport {
-        image: image.name.clone(),
+        image: built.name.clone(),
         registry: None,
-        repository: repository.to_string(),
-        reference: format!("{}@{digest}", dir.display()),
-        digest: digest.clone(),
+        repository: built.repository.clone(),
+        reference: format!("{}@{}", dir.display(), p.digest),
+        digest: p.digest.clone(),
         tags: tags.to_vec(),
-        blobs: stats,
+        blobs: p.blobs.clone(),
         cross_check: CrossCheck {
             ok: true,
             pushed_digest_header: None,
             fetched_digest_header: None,
-            fetched_sha256: observed.fetched_sha256,
-            blobs_verified: image.blobs.len() as u64,
+            fetched_sha256: p.digest,
+            blobs_verified: built.layers.len() as u64 + 1,
             tags: tag_checks,
         },
     })

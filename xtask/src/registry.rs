@@ -573,6 +573,166 @@ impl Remote {
     }
 }
 
+/// Small reads and writes the release lane needs beyond publishing an image
+/// (evidence artifacts, tags, referrers). Each runs on the remote's runtime.
+impl Remote {
+    /// `repo` as the registry names it (the target's prefix applied).
+    pub fn repo(&self, image_repository: &str) -> String {
+        self.s.target.repository(image_repository)
+    }
+
+    /// Uploads an in-memory blob unless the registry already has it.
+    pub fn push_small_blob(&self, repo: &str, digest: &str, bytes: &[u8]) -> Result<()> {
+        self.rt.block_on(async {
+            if self.s.blob_size(repo, digest).await?.is_some() {
+                return Ok(());
+            }
+            let reference = self.s.reference(repo, digest);
+            self.s
+                .oci
+                .store_auth_if_needed(reference.resolve_registry(), &self.s.oci_auth())
+                .await;
+            self.s
+                .oci
+                .push_blob(&reference, bytes.to_vec(), digest)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    anyhow!(
+                        "uploading blob {digest} to {}/{repo}: {}",
+                        self.s.host(),
+                        oci_error_chain(&e)
+                    )
+                })
+        })
+    }
+
+    /// PUT of exact manifest bytes under `reference` (digest or tag);
+    /// returns the reported `Docker-Content-Digest`.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Option<String>> {
+        self.rt
+            .block_on(self.s.put_manifest(repo, reference, media_type, bytes))
+    }
+
+    /// GET of a manifest's exact bytes, `None` when the registry has no such
+    /// reference.
+    pub fn fetch_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        self.rt.block_on(async {
+            let url = format!("{}/v2/{repo}/manifests/{reference}", self.s.base);
+            let res = self
+                .s
+                .authorise(self.s.http.get(&url).header(ACCEPT, media_type), repo)
+                .await?
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "reading {}/{repo}:{reference}: {}",
+                        self.s.host(),
+                        error_chain(&e)
+                    )
+                })?;
+            match res.status() {
+                StatusCode::OK => Ok(Some(res.bytes().await?.to_vec())),
+                StatusCode::NOT_FOUND => Ok(None),
+                st => bail!(
+                    "reading {}/{repo}:{reference}: registry answered {st}",
+                    self.s.host()
+                ),
+            }
+        })
+    }
+
+    /// GET of the repository's tag list, sorted; empty when the repository
+    /// does not exist.
+    pub fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.rt.block_on(async {
+            let url = format!("{}/v2/{repo}/tags/list", self.s.base);
+            let res = self
+                .s
+                .authorise(self.s.http.get(&url), repo)
+                .await?
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "listing the tags of {}/{repo}: {}",
+                        self.s.host(),
+                        error_chain(&e)
+                    )
+                })?;
+            match res.status() {
+                StatusCode::OK => {
+                    let v: serde_json::Value = serde_json::from_slice(&res.bytes().await?)
+                        .with_context(|| {
+                            format!("the tag list of {}/{repo} is not JSON", self.s.host())
+                        })?;
+                    let mut tags: Vec<String> = v["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect();
+                    tags.sort();
+                    Ok(tags)
+                }
+                StatusCode::NOT_FOUND => Ok(Vec::new()),
+                st => bail!(
+                    "listing the tags of {}/{repo}: registry answered {st}",
+                    self.s.host()
+                ),
+            }
+        })
+    }
+
+    /// GET of a blob's bytes (small blobs: evidence, configs).
+    pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
+        self.rt.block_on(async {
+            let url = format!("{}/v2/{repo}/blobs/{digest}", self.s.base);
+            let res = self
+                .s
+                .authorise(self.s.http.get(&url), repo)
+                .await?
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "reading blob {digest} from {}/{repo}: {}",
+                        self.s.host(),
+                        error_chain(&e)
+                    )
+                })?;
+            if res.status() != StatusCode::OK {
+                bail!(
+                    "reading blob {digest} from {}/{repo}: registry answered {}",
+                    self.s.host(),
+                    res.status()
+                );
+            }
+            let bytes = res.bytes().await?.to_vec();
+            let actual = sha256(&bytes);
+            if actual != digest {
+                bail!(
+                    "blob {digest} from {}/{repo} hashes to {actual}",
+                    self.s.host()
+                );
+            }
+            Ok(bytes)
+        })
+    }
+}
+
 impl Session {
     fn host(&self) -> &str {
         self.target.host()

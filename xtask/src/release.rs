@@ -11,84 +11,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::build::{self, BuildOptions, BuiltImage, Progress};
-use crate::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
+use crate::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use crate::gates::{self, Decision, GateResult, Policy};
 use crate::layer::sha256;
 use crate::oci::{Blob, canonical_json};
 use crate::provenance::{self, Builder, Dependency, ProvenanceInputs};
 use crate::spec::BaseRef;
+use crate::store::Store;
 use crate::workspace::{GitFacts, Workspace};
 
 pub const POLICY_PATH: &str = "ci/release-policy.toml";
-
-/// Where releases go: a registry, or the embedded local store.
-pub trait Store {
-    /// Names the store in messages (`registry 127.0.0.1:5000`, `local store target/local-registry`).
-    fn describe(&self) -> String;
-    /// True for a real registry (the release tag then needs an authoritative builder).
-    fn is_registry(&self) -> bool;
-    /// `HOST[:PORT]/[PREFIX/]REPOSITORY`: the subject name in statements.
-    fn subject_name(&self, repository: &str) -> String;
-    /// Checks, before any build work, that pushing to these repositories will work.
-    fn preflight(&mut self, repositories: &[String]) -> Result<()>;
-    /// Pushes an image by digest, without a tag, and cross-checks what the
-    /// store holds against the local digests. Returns the cross-check evidence
-    /// (never an error for a mismatch: that is a failed gate).
-    fn publish_candidate(&mut self, image: &BuiltImage) -> Result<CrossCheck>;
-    /// Pushes an artifact (blobs, then manifest by digest) and records it as a
-    /// referrer of its subject. Returns the artifact manifest digest.
-    fn attach(
-        &mut self,
-        repository: &str,
-        subject_digest: &str,
-        artifact: &Artifact,
-    ) -> Result<String>;
-    /// Points `tag` at `digest` and reads it back.
-    fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()>;
-    /// What `tag` points at now.
-    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>>;
-
-    // Reading side (verify, promote, audit).
-
-    /// A manifest's (or index's) bytes by digest or tag, `None` when absent.
-    /// Callers that asked by digest check the bytes hash to it.
-    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>>;
-    /// A blob's bytes, checked against its digest.
-    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>>;
-    /// Copies the image manifest `digest`, every blob it names, and every
-    /// artifact attached to it (with the referrers index) from `repository`
-    /// to `to_repository`, byte for byte and by digest. Moves no tag.
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()>;
-    /// Every tag of the repository (including `sha256-<hex>` fallback tags).
-    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>>;
-}
-
-/// The referrers of `subject` listed by the fallback tag index
-/// (`sha256-<hex>`); empty when nothing is attached.
-pub fn referrers(store: &mut dyn Store, repository: &str, subject: &str) -> Result<Vec<Value>> {
-    let Some(bytes) = store.manifest(repository, &evidence::fallback_tag(subject))? else {
-        return Ok(Vec::new());
-    };
-    let index: Value = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "the referrers index {repository}:{} is not JSON",
-            evidence::fallback_tag(subject)
-        )
-    })?;
-    Ok(index["manifests"].as_array().cloned().unwrap_or_default())
-}
-
-/// The publish cross-check of one image.
-#[derive(Debug, Clone, Serialize)]
-pub struct CrossCheck {
-    pub ok: bool,
-    pub digest: String,
-    pub manifest_size: u64,
-    /// Each check with its outcome.
-    pub checks: Vec<(String, bool, String)>,
-    pub blobs_uploaded: u64,
-    pub bytes_uploaded: u64,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseOptions {
@@ -200,8 +132,18 @@ pub fn release(
     let repositories: Vec<String> = selected.iter().map(|i| i.repository.clone()).collect();
     progress.say(format_args!("preflight: {}", store.describe()));
     store.preflight(&repositories)?;
-    for check in preflight_checks() {
-        check()?;
+    // The engine is checked now too. Without it the smoke gate fails, but the
+    // lane goes on to build and publish the candidate, so that the rejection
+    // is recorded and attached to the candidate digest.
+    let engine = crate::engine::probe();
+    match &engine {
+        Ok(facts) => progress.say(format_args!(
+            "preflight: Docker Engine {} at {}",
+            facts.version, facts.address
+        )),
+        Err(e) => eprintln!(
+            "error: preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
+        ),
     }
 
     stages.end("preflight");
@@ -234,7 +176,13 @@ pub fn release(
         results.push(source_state(&ctx.git));
         results.push(pinned_inputs(ws, spec)?);
         results.push(reproducible(&repro, &image.name));
-        results.extend(image_gates(ws, image));
+        results.extend(image_gates(
+            ws,
+            spec,
+            image,
+            engine.as_ref().err(),
+            &progress,
+        ));
         stages.end("gates: image checks");
 
         progress.say(format_args!(
@@ -243,7 +191,7 @@ pub fn release(
             store.describe()
         ));
         let cross = store.publish_candidate(image);
-        let published = matches!(&cross, Ok(c) if c.digest == image.manifest_digest);
+        let published = cross.is_ok();
         results.push(match &cross {
             Ok(c) => GateResult::check(
                 "publish-cross-check",
@@ -251,7 +199,7 @@ pub fn release(
                 if c.ok {
                     "registry holds exactly the built digest".to_string()
                 } else {
-                    failed_checks(c)
+                    c.failures.join("; ")
                 },
                 serde_json::to_value(c)?,
             ),
@@ -399,15 +347,6 @@ fn reject(release: &mut ImageRelease, why: String) {
     release.decision.failures.push(why);
 }
 
-fn failed_checks(c: &CrossCheck) -> String {
-    c.checks
-        .iter()
-        .filter(|(_, ok, _)| !ok)
-        .map(|(n, _, d)| format!("{n}: {d}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn record_json(release: &ImageRelease, gate_statement: &Value, ctx: &Context_) -> Result<Blob> {
     canonical_json(&json!({
         "release": release,
@@ -415,11 +354,6 @@ fn record_json(release: &ImageRelease, gate_statement: &Value, ctx: &Context_) -
         "startedOn": ctx.started_on,
         "finishedOn": now(),
     }))
-}
-
-/// Extra preflight checks (the Docker Engine for the smoke gate).
-fn preflight_checks() -> Vec<fn() -> Result<()>> {
-    Vec::new()
 }
 
 fn source_state(git: &GitFacts) -> GateResult {
@@ -497,9 +431,121 @@ fn reproducible(repro: &Result<crate::repro::ReproReport>, name: &str) -> GateRe
     }
 }
 
-/// Gates that look at the built image itself (drift, smoke).
-fn image_gates(_ws: &Workspace, _image: &BuiltImage) -> Vec<GateResult> {
-    Vec::new()
+/// Gates that look at the built image itself: drift (and unused packages)
+/// over the merged file system, and the smoke commands in the engine.
+fn image_gates(
+    ws: &Workspace,
+    spec: &crate::spec::ImageSpec,
+    image: &BuiltImage,
+    engine_error: Option<&anyhow::Error>,
+    progress: &Progress,
+) -> Vec<GateResult> {
+    let mut out = Vec::new();
+    progress.say(format_args!("gates: drift of {}", image.name));
+    let drift = (|| -> Result<crate::drift::ImageDrift> {
+        let index = crate::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
+        let (fs, runtime) = crate::drift::read_layout(&image.layout)?;
+        let manifest = crate::drift::CuratedManifest::from_image(&fs);
+        Ok(crate::drift::analyse(
+            &image.name,
+            &fs,
+            &manifest,
+            &index,
+            &runtime,
+        ))
+    })();
+    match drift {
+        Ok(d) => {
+            let report = crate::drift::DriftReport {
+                images: vec![d.clone()],
+            };
+            let failures = crate::drift::failures(&report, &crate::drift::DriftPolicy::default());
+            let evidence = serde_json::to_value(&d).unwrap_or_default();
+            out.push(GateResult::check(
+                "no-drift",
+                failures.is_empty(),
+                if failures.is_empty() {
+                    format!(
+                        "{} ELF objects, every library and interpreter resolves",
+                        d.objects.len()
+                    )
+                } else {
+                    failures.join("; ")
+                },
+                evidence.clone(),
+            ));
+            out.push(GateResult::check(
+                "no-unused-packages",
+                d.unused_packages.is_empty(),
+                if d.unused_packages.is_empty() {
+                    "every curated package is needed".to_string()
+                } else {
+                    format!("unused: {}", d.unused_packages.join(", "))
+                },
+                json!({ "unused_packages": d.unused_packages }),
+            ));
+        }
+        Err(e) => out.push(GateResult::failed(
+            "no-drift",
+            format!("the drift analysis failed: {e:#}"),
+            Value::Null,
+        )),
+    }
+
+    progress.say(format_args!(
+        "gates: smoke of {} in the Docker Engine",
+        image.name
+    ));
+    let smoke = (|| -> Result<crate::smoke::SmokeReport> {
+        if let Some(e) = engine_error {
+            anyhow::bail!("{e:#}");
+        }
+        if spec.smoke.is_empty() {
+            anyhow::bail!(
+                "image {} declares no smoke command; add a [[smoke]] entry to {}/image.toml",
+                spec.name,
+                spec.dir
+            );
+        }
+        let loaded = crate::smoke::read_layout(&image.name, &image.layout, &image.manifest_digest)?;
+        let opts = crate::smoke::SmokeOptions {
+            quiet: true,
+            ..crate::smoke::SmokeOptions::default()
+        };
+        crate::engine::smoke(&loaded, &spec.smoke, &opts)
+    })();
+    out.push(match smoke {
+        Ok(r) => {
+            let failed: Vec<String> = r
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name.clone())
+                .collect();
+            GateResult::check(
+                "smoke",
+                failed.is_empty(),
+                if failed.is_empty() {
+                    format!(
+                        "{} command(s) passed in image {}",
+                        r.checks.len(),
+                        r.image_id
+                    )
+                } else {
+                    format!(
+                        "failed: {}",
+                        crate::smoke::check(&r)
+                            .err()
+                            .map(|e| format!("{e:#}"))
+                            .unwrap_or_default()
+                    )
+                },
+                serde_json::to_value(&r).unwrap_or_default(),
+            )
+        }
+        Err(e) => GateResult::failed("smoke", format!("{e:#}"), Value::Null),
+    });
+    out
 }
 
 fn provenance_inputs(

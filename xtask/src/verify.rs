@@ -14,8 +14,9 @@ use serde_json::Value;
 use crate::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use crate::gates::Policy;
 use crate::provenance::{SLSA_PROVENANCE_V1, STATEMENT_TYPE, TEST_RESULT_V01};
-use crate::release::{POLICY_PATH, Store};
+use crate::release::POLICY_PATH;
 use crate::signing::{self, SignatureCheck};
+use crate::store::Store;
 
 /// The refusal of a tag where a digest is required (verify and promote).
 pub const NEEDS_DIGEST: &str =
@@ -159,7 +160,7 @@ pub struct Evidence {
 pub fn fetch_evidence(store: &mut dyn Store, repository: &str, digest: &str) -> Result<Evidence> {
     fetch_manifest(store, repository, digest)?;
     let mut out = Evidence::default();
-    for r in crate::release::referrers(store, repository, digest)? {
+    for r in crate::store::referrers(store, repository, digest)? {
         let artifact = r["digest"].as_str().unwrap_or_default().to_string();
         let kind = r["artifactType"].as_str().unwrap_or_default();
         if kind != MEDIA_DSSE && kind != MEDIA_RELEASE_RECORD {
