@@ -1108,3 +1108,196 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
         assert_eq!(ok.trim(), "Verified OK");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The same against the real Distribution registry (no referrers API: the
+// evidence is found through the sha256-<hex> fallback tag).
+
+/// The environment of a CI run (GitHub Actions variables), which makes the
+/// lane's builder authoritative.
+const CI_ENV: &[(&str, &str)] = &[
+    ("GITHUB_ACTIONS", "true"),
+    ("GITHUB_SERVER_URL", "https://ci.example.com"),
+    (
+        "GITHUB_WORKFLOW_REF",
+        "org/repo/.github/workflows/release.yml@refs/heads/main",
+    ),
+    ("GITHUB_REPOSITORY", "org/repo"),
+    ("GITHUB_RUN_ID", "7"),
+];
+
+#[test]
+fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
+    use support::registry::{Creds, Registry, show};
+    let reg = Registry::start();
+    let host = reg.host();
+    let lane = Lane::new("registry");
+    let mut ci = Creds::none();
+    ci.env = CI_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let plain = Creds::none();
+    let key = lane.key.to_str().unwrap().to_string();
+    let x = |creds: &Creds, args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--registry", &host]);
+        creds.xtask(&lane.f, &a)
+    };
+
+    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = r["images"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
+    let reference = format!("{REPO}@{d}");
+
+    // verify, with no flag: a CI builder, evidence through the fallback tag.
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
+    // promote into a second repository; skopeo reads the tag back.
+    let out = x(
+        &plain,
+        &[
+            "promote",
+            &reference,
+            "--tag",
+            "prod",
+            "--to",
+            "prod/files",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        reg.tag_digest("prod/files", "prod").as_deref(),
+        Some(d.as_str())
+    );
+    let out = x(&plain, &["verify", &format!("prod/files@{d}")]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = x(&plain, &["audit", "prod/files:prod", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["tag"]["resolves_to"], d.as_str());
+    assert_eq!(a["image"]["digest"], d.as_str());
+    assert_eq!(a["image"]["subject"], format!("{host}/{REPO}").as_str());
+    assert_eq!(
+        a["builder"]["id"],
+        "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
+    );
+    assert_eq!(a["builder"]["authoritative"], true);
+    assert_eq!(
+        a["builder"]["invocation"],
+        "https://ci.example.com/org/repo/actions/runs/7/attempts/1"
+    );
+    assert_eq!(a["source"]["clean"], true);
+    assert_eq!(a["tags"], json!(["prod"]));
+    assert_eq!(a["gate_result"], "PASSED");
+    assert!(
+        a["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["gate"] == "authoritative-builder" && g["state"] == "passed"),
+        "{a:#}"
+    );
+    assert_eq!(a["verification"]["verified"], true, "{a:#}");
+
+    // --allow-local-builder does not loosen anything for CI evidence (and a
+    // local builder is never trusted for a registry: see the core tests).
+    let out = x(&plain, &["verify", &reference, "--allow-local-builder"]);
+    assert!(
+        out.status.success(),
+        "the flag changes nothing for CI evidence"
+    );
+
+    // Tag-only references.
+    let out = x(&plain, &["verify", &format!("{REPO}:v1")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: {NEEDS_DIGEST}\n")
+    );
+    let out = x(&plain, &["promote", &format!("{REPO}:v1"), "--tag", "prod"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: {NEEDS_DIGEST}\n")
+    );
+
+    // Re-tagging behind the lane's back: skopeo points v1 at a rejected
+    // candidate. audit of the tag shows it; the release digest still verifies.
+    lane.break_smoke();
+    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let other = r["images"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
+    let copy = support::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{host}/{REPO}@{other}"),
+        &format!("docker://{host}/{REPO}:v1"),
+    ]));
+    assert!(copy.status.success(), "{}", show(&copy));
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(other.as_str()));
+    let out = x(&plain, &["audit", &format!("{REPO}:v1"), "--json"]);
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["tag"]["resolves_to"], other.as_str());
+    assert_eq!(a["verification"]["verified"], false);
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = x(
+        &plain,
+        &["promote", &format!("{REPO}@{other}"), "--tag", "v1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("required gate smoke failed"),
+        "{}",
+        show(&out)
+    );
+
+    // Tampering through the registry: a provenance statement re-signed with
+    // an untrusted key, attached next to the lane's.
+    let ev = verify::fetch_evidence(
+        &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
+        REPO,
+        &d,
+    )
+    .unwrap();
+    let prov = ev
+        .envelopes
+        .iter()
+        .map(statement)
+        .find(|s| s["predicateType"] == provenance::SLSA_PROVENANCE_V1)
+        .unwrap();
+    let size = verify::fetch_manifest(
+        &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
+        REPO,
+        &d,
+    )
+    .unwrap()
+    .len() as u64;
+    xtask::store::RegistryStore::new(host.parse().unwrap(), true)
+        .attach(
+            REPO,
+            &d,
+            &dsse_artifact(&prov, Some(&lane.intruder), &d, size),
+        )
+        .unwrap();
+    let out = x(&plain, &["verify", &reference]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "signed by key \"{}\", which the policy does not trust",
+            lane.intruder.keyid
+        )),
+        "{text}"
+    );
+    let out = x(&plain, &["promote", &reference, "--tag", "again"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to promote"));
+    assert_eq!(reg.tag_digest(REPO, "again"), None);
+}

@@ -109,6 +109,10 @@ enum Command {
     Verify {
         /// REPO@sha256:<hex>, REPO as in image.toml `repository`.
         reference: String,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
         /// Accept evidence from a local (non-CI) run. Only for the local
         /// store: a local builder is never trusted for a registry.
         #[arg(long)]
@@ -132,6 +136,10 @@ enum Command {
         /// Promote into another repository (copy by digest).
         #[arg(long, value_name = "OTHER_REPO")]
         to: Option<String>,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
         /// Accept evidence from a local run (local store only; see verify).
         #[arg(long)]
         allow_local_builder: bool,
@@ -148,6 +156,10 @@ enum Command {
     Audit {
         /// REPO@sha256:<hex> or REPO:TAG.
         reference: String,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
         /// Accept evidence from a local run when judging verification.
         #[arg(long)]
         allow_local_builder: bool,
@@ -287,10 +299,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The store releases go to and are read from: for now the embedded local
-/// store under target/local-registry/.
-fn local_store(ws: &Workspace) -> LocalStore {
-    LocalStore::new(ws.root.join("target/local-registry"))
+/// The store to read: `--registry`, else $LANE_REGISTRY, else the embedded
+/// local store under target/local-registry/.
+fn open_store(
+    ws: &Workspace,
+    registry: Option<RegistryTarget>,
+    quiet: bool,
+) -> Result<Box<dyn Store>> {
+    let registry = match registry {
+        Some(r) => Some(r),
+        None => publish::registry_from_env()?,
+    };
+    Ok(match registry {
+        Some(target) => Box::new(RegistryStore::new(target, quiet)),
+        None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -395,14 +418,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify {
             reference,
+            registry,
             allow_local_builder,
             json,
         } => {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
-            let mut store = local_store(&ws);
+            let mut store = open_store(&ws, registry, json)?;
             let (_, verdict) = verify::verify(
-                &mut store,
+                store.as_mut(),
                 &repository,
                 &digest,
                 &policy,
@@ -423,12 +447,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reference,
             tag,
             to,
+            registry,
             allow_local_builder,
             json,
         } => {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
-            let mut store = local_store(&ws);
+            let mut store = open_store(&ws, registry, json)?;
             let opts = promote::PromoteOptions {
                 repository,
                 digest,
@@ -436,7 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 to,
                 allow_local_builder,
             };
-            let r = promote::promote(&mut store, &policy, &opts)?;
+            let r = promote::promote(store.as_mut(), &policy, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -454,12 +479,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit {
             reference,
+            registry,
             allow_local_builder,
             json,
         } => {
             let (policy, _) = release::load_policy(&ws)?;
-            let mut store = local_store(&ws);
-            let a = audit::audit(&mut store, &policy, &reference, allow_local_builder)?;
+            let mut store = open_store(&ws, registry, json)?;
+            let a = audit::audit(store.as_mut(), &policy, &reference, allow_local_builder)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
