@@ -18,7 +18,7 @@ use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::layer::{HashReader, sha256};
 use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
 use crate::publish::BlobStats;
-use crate::store::{Published, Store, copy_plan, merged_referrers, referrers};
+use crate::store::{CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, referrers};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -310,8 +310,16 @@ impl Store for LocalStore {
             return Ok(());
         }
         self.preflight(&[to_repository.to_string()])?;
-        let (manifests, attached) = copy_plan(self, repository, digest)?;
-        for (m, bytes, blobs) in &manifests {
+        let CopyPlan {
+            manifests,
+            referrers: attached,
+        } = copy_plan(self, repository, digest)?;
+        for CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        } in &manifests
+        {
             for b in blobs {
                 let data = self.read_verified(repository, b)?;
                 self.put(to_repository, b, &data)?;

@@ -64,13 +64,22 @@ pub trait Store {
     fn list_tags(&mut self, repository: &str) -> Result<Vec<String>>;
 }
 
-/// The manifests to copy for `promote --to`: the image, then each artifact
-/// attached to it, each with the blobs it names (config and layers).
-pub fn copy_plan(
-    store: &mut dyn Store,
-    repository: &str,
-    digest: &str,
-) -> Result<(Vec<(String, Vec<u8>, Vec<String>)>, Vec<serde_json::Value>)> {
+/// One manifest to copy, with the blobs it names (config and layers).
+pub struct CopyItem {
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub blobs: Vec<String>,
+}
+
+/// What `promote --to` copies: the image, then each artifact attached to
+/// it; and the referrers index entries of those artifacts.
+pub struct CopyPlan {
+    pub manifests: Vec<CopyItem>,
+    pub referrers: Vec<serde_json::Value>,
+}
+
+/// Reads the image `digest` and its attached artifacts for a copy.
+pub fn copy_plan(store: &mut dyn Store, repository: &str, digest: &str) -> Result<CopyPlan> {
     let attached = referrers(store, repository, digest)?;
     let mut digests = vec![digest.to_string()];
     digests.extend(
@@ -93,9 +102,16 @@ pub fn copy_plan(
         for l in doc["layers"].as_array().into_iter().flatten() {
             blobs.extend(l["digest"].as_str().map(str::to_string));
         }
-        out.push((m, bytes, blobs));
+        out.push(CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        });
     }
-    Ok((out, attached))
+    Ok(CopyPlan {
+        manifests: out,
+        referrers: attached,
+    })
 }
 
 /// The referrers index of the target: its own entries plus `attached`.
@@ -276,20 +292,27 @@ impl Store for RegistryStore {
         if repository == to_repository {
             return Ok(());
         }
-        let (manifests, attached) = copy_plan(self, repository, digest)?;
+        let CopyPlan {
+            manifests,
+            referrers: attached,
+        } = copy_plan(self, repository, digest)?;
         let remote = self.remote()?;
         let (from, to) = (remote.repo(repository), remote.repo(to_repository));
-        for (m, bytes, blobs) in &manifests {
+        for CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        } in &manifests
+        {
             for b in blobs {
                 // Whole blobs in memory: images of this lane are small; a
                 // cross-repository mount would avoid the copy.
                 let data = remote.fetch_blob(&from, b)?;
                 remote.push_small_blob(&to, b, &data)?;
             }
-            if let Some(h) = remote.put_manifest(&to, m, MEDIA_MANIFEST, bytes)? {
-                if &h != m {
-                    bail!("the registry reported {h} for {to}@{m}");
-                }
+            let reported = remote.put_manifest(&to, m, MEDIA_MANIFEST, bytes)?;
+            if let Some(h) = reported.filter(|h| h != m) {
+                bail!("the registry reported {h} for {to}@{m}");
             }
         }
         if attached.is_empty() {
