@@ -506,11 +506,15 @@ fn dsse_artifact(statement: &Value, signer: Option<&Signer>, subject: &str, size
 
 /// The attacker (or a registry admin) with write access: replaces the DSSE
 /// artifacts attached to `digest` with `artifacts`, keeping the others.
-/// Writes the artifacts through `Store::attach`, then rewrites the referrers
-/// index at the fallback tag in the local store's OCI layout.
-fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
-    let mut store = lane.store();
-    let keep: Vec<Value> = xtask::store::referrers(&mut store, REPO, digest)
+/// Pushes the artifacts through `Store::attach`, then `put_index` stores the
+/// new referrers index at the fallback tag.
+fn rewrite_referrers(
+    store: &mut dyn Store,
+    digest: &str,
+    artifacts: &[Artifact],
+    put_index: &mut dyn FnMut(&xtask::oci::Blob),
+) {
+    let keep: Vec<Value> = xtask::store::referrers(store, REPO, digest)
         .unwrap()
         .into_iter()
         .filter(|r| r["artifactType"] != MEDIA_DSSE)
@@ -519,7 +523,7 @@ fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
         store.attach(REPO, digest, a).unwrap();
     }
     let mut manifests = keep;
-    for r in xtask::store::referrers(&mut store, REPO, digest).unwrap() {
+    for r in xtask::store::referrers(store, REPO, digest).unwrap() {
         if artifacts
             .iter()
             .any(|a| r["digest"] == a.manifest.digest.as_str())
@@ -533,31 +537,140 @@ fn rewrite_referrers(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
         "manifests": manifests,
     }))
     .unwrap();
-    let layout = lane.f.path("target/local-registry").join(REPO);
-    fs::write(
-        layout
-            .join("blobs/sha256")
-            .join(index.digest.trim_start_matches("sha256:")),
-        &index.bytes,
-    )
-    .unwrap();
-    let path = layout.join("index.json");
-    let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    let tag = evidence::fallback_tag(digest);
-    for m in top["manifests"].as_array_mut().unwrap() {
-        if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
-            m["digest"] = json!(index.digest);
-            m["size"] = json!(index.size());
-        }
-    }
-    fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+    put_index(&index);
     assert_eq!(
-        xtask::store::referrers(&mut store, REPO, digest)
-            .unwrap()
-            .len(),
-        manifests.len(),
+        xtask::store::referrers(store, REPO, digest).unwrap(),
+        manifests,
         "the rewritten index is in place"
     );
+}
+
+/// [`rewrite_referrers`] in the local store: the index blob is written and
+/// the fallback tag of the OCI layout moved.
+fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
+    let layout = lane.f.path("target/local-registry").join(REPO);
+    let tag = evidence::fallback_tag(digest);
+    rewrite_referrers(&mut lane.store(), digest, artifacts, &mut |index| {
+        fs::write(
+            layout
+                .join("blobs/sha256")
+                .join(index.digest.trim_start_matches("sha256:")),
+            &index.bytes,
+        )
+        .unwrap();
+        let path = layout.join("index.json");
+        let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        for m in top["manifests"].as_array_mut().unwrap() {
+            if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
+                m["digest"] = json!(index.digest);
+                m["size"] = json!(index.size());
+            }
+        }
+        fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+    });
+}
+
+/// [`rewrite_referrers`] in a registry: a PUT of the index at the fallback tag.
+fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
+    let target: xtask::registry::RegistryTarget = host.parse().unwrap();
+    let remote = xtask::registry::preflight(&target, &[]).unwrap();
+    let tag = evidence::fallback_tag(digest);
+    let mut store = xtask::store::RegistryStore::new(target, true);
+    rewrite_referrers(&mut store, digest, artifacts, &mut |index| {
+        remote
+            .put_manifest(
+                &remote.repo(REPO),
+                &tag,
+                evidence::MEDIA_INDEX,
+                &index.bytes,
+            )
+            .unwrap();
+    });
+}
+
+/// The lane's own two envelopes of `d` (to put back), and the four
+/// tamperings of acceptance point 2 with the reason verify must give.
+type Case = (&'static str, Vec<Artifact>, String);
+fn tamper_cases(lane: &Lane, store: &mut dyn Store, d: &str) -> (Vec<Artifact>, Vec<Case>) {
+    let good = verify::fetch_evidence(store, REPO, d).unwrap();
+    let size = verify::fetch_manifest(store, REPO, d).unwrap().len() as u64;
+    let by = |p: &str| {
+        good.envelopes
+            .iter()
+            .find(|e| e.annotated_predicate.as_deref() == Some(p))
+            .unwrap()
+    };
+    let keep = |p: &str| {
+        evidence::artifact(
+            MEDIA_DSSE,
+            MEDIA_DSSE,
+            canonical_json(&by(p).envelope).unwrap(),
+            d,
+            size,
+            &[(ANNOTATION_PREDICATE, p)],
+        )
+        .unwrap()
+    };
+    let keep_prov = keep(provenance::SLSA_PROVENANCE_V1);
+    let keep_gates = keep(provenance::TEST_RESULT_V01);
+    let prov = statement(by(provenance::SLSA_PROVENANCE_V1));
+    let mut rewritten = prov.clone();
+    rewritten["predicate"]["buildDefinition"]["externalParameters"]["source"]["revision"] =
+        json!("f".repeat(40));
+    let mut elsewhere = prov.clone();
+    elsewhere["subject"][0]["digest"]["sha256"] = json!("e".repeat(64));
+    let failed = {
+        let mut s = statement(by(provenance::TEST_RESULT_V01));
+        s["predicate"]["result"] = json!("FAILED");
+        s["predicate"]["failedTests"] = json!(["smoke"]);
+        let passed: Vec<Value> = s["predicate"]["passedTests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| *g != "smoke")
+            .cloned()
+            .collect();
+        s["predicate"]["passedTests"] = json!(passed);
+        s
+    };
+    let cases = vec![
+        (
+            "re-signed with an untrusted key",
+            vec![
+                dsse_artifact(&rewritten, Some(&lane.intruder), d, size),
+                keep_gates.clone(),
+            ],
+            format!(
+                "signed by key \"{}\", which the policy does not trust",
+                lane.intruder.keyid
+            ),
+        ),
+        (
+            "rewritten and unsigned",
+            vec![dsse_artifact(&rewritten, None, d, size), keep_gates.clone()],
+            "unsigned envelope".into(),
+        ),
+        (
+            "subject of another digest",
+            vec![
+                dsse_artifact(&elsewhere, Some(&lane.signer), d, size),
+                keep_gates.clone(),
+            ],
+            format!(
+                "the statement's subject is sha256:{}, not the requested {d}",
+                "e".repeat(64)
+            ),
+        ),
+        (
+            "gate statement reporting a failure",
+            vec![
+                keep_prov.clone(),
+                dsse_artifact(&failed, Some(&lane.signer), d, size),
+            ],
+            "required gate smoke failed or did not run".into(),
+        ),
+    ];
+    (vec![keep_prov, keep_gates], cases)
 }
 
 #[test]
@@ -818,98 +931,9 @@ fn tampered_evidence_fails_verify_and_promote() {
     assert!(accepted);
     let reference = format!("{REPO}@{d}");
     assert!(lane.verify(&reference).0, "the untampered release verifies");
-    let good = lane.envelopes(REPO, &d);
-    let size = verify::fetch_manifest(&mut lane.store(), REPO, &d)
-        .unwrap()
-        .len() as u64;
-    let by = |p: &str| {
-        good.envelopes
-            .iter()
-            .find(|e| e.annotated_predicate.as_deref() == Some(p))
-            .unwrap()
-    };
-    let prov = statement(by(provenance::SLSA_PROVENANCE_V1));
-    let gates_env = by(provenance::TEST_RESULT_V01);
-    let keep_gates = evidence::artifact(
-        MEDIA_DSSE,
-        MEDIA_DSSE,
-        canonical_json(&gates_env.envelope).unwrap(),
-        &d,
-        size,
-        &[(ANNOTATION_PREDICATE, provenance::TEST_RESULT_V01)],
-    )
-    .unwrap();
-    let keep_prov = evidence::artifact(
-        MEDIA_DSSE,
-        MEDIA_DSSE,
-        canonical_json(&by(provenance::SLSA_PROVENANCE_V1).envelope).unwrap(),
-        &d,
-        size,
-        &[(ANNOTATION_PREDICATE, provenance::SLSA_PROVENANCE_V1)],
-    )
-    .unwrap();
-
-    let mut rewritten = prov.clone();
-    rewritten["predicate"]["buildDefinition"]["externalParameters"]["source"]["revision"] =
-        json!("f".repeat(40));
-    let mut elsewhere = prov.clone();
-    elsewhere["subject"][0]["digest"]["sha256"] = json!("e".repeat(64));
-    let failed = {
-        let mut s = statement(gates_env);
-        s["predicate"]["result"] = json!("FAILED");
-        s["predicate"]["failedTests"] = json!(["smoke"]);
-        let passed: Vec<Value> = s["predicate"]["passedTests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|g| *g != "smoke")
-            .cloned()
-            .collect();
-        s["predicate"]["passedTests"] = json!(passed);
-        s
-    };
-    let cases: Vec<(&str, Vec<Artifact>, String)> = vec![
-        (
-            "re-signed with an untrusted key",
-            vec![
-                dsse_artifact(&rewritten, Some(&lane.intruder), &d, size),
-                keep_gates.clone(),
-            ],
-            format!(
-                "signed by key \"{}\", which the policy does not trust",
-                lane.intruder.keyid
-            ),
-        ),
-        (
-            "rewritten and unsigned",
-            vec![
-                dsse_artifact(&rewritten, None, &d, size),
-                keep_gates.clone(),
-            ],
-            "unsigned envelope".into(),
-        ),
-        (
-            "subject of another digest",
-            vec![
-                dsse_artifact(&elsewhere, Some(&lane.signer), &d, size),
-                keep_gates.clone(),
-            ],
-            format!(
-                "the statement's subject is sha256:{}, not the requested {d}",
-                "e".repeat(64)
-            ),
-        ),
-        (
-            "gate statement reporting a failure",
-            vec![
-                keep_prov.clone(),
-                dsse_artifact(&failed, Some(&lane.signer), &d, size),
-            ],
-            "required gate smoke failed or did not run".into(),
-        ),
-    ];
+    let (lanes_own, cases) = tamper_cases(&lane, &mut lane.store(), &d);
     for (what, artifacts, reason) in cases {
-        rewrite_referrers(&lane, &d, &artifacts);
+        rewrite_local(&lane, &d, &artifacts);
         let (ok, out) = lane.verify(&reference);
         assert!(!ok, "{what}: verify passed:\n{out}");
         assert!(out.contains(&reason), "{what}: no {reason:?} in:\n{out}");
@@ -926,7 +950,7 @@ fn tampered_evidence_fails_verify_and_promote() {
         );
     }
     // Putting the lane's own evidence back makes it verify again.
-    rewrite_referrers(&lane, &d, &[keep_prov, keep_gates]);
+    rewrite_local(&lane, &d, &lanes_own);
     assert!(lane.verify(&reference).0);
 }
 
@@ -1258,46 +1282,32 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
         show(&out)
     );
 
-    // Tampering through the registry: a provenance statement re-signed with
-    // an untrusted key, attached next to the lane's.
-    let ev = verify::fetch_evidence(
+    // Acceptance 2 through the registry: the referrers index at the
+    // fallback tag rewritten by someone with write access.
+    let (lanes_own, cases) = tamper_cases(
+        &lane,
         &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
-        REPO,
         &d,
-    )
-    .unwrap();
-    let prov = ev
-        .envelopes
-        .iter()
-        .map(statement)
-        .find(|s| s["predicateType"] == provenance::SLSA_PROVENANCE_V1)
-        .unwrap();
-    let size = verify::fetch_manifest(
-        &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
-        REPO,
-        &d,
-    )
-    .unwrap()
-    .len() as u64;
-    xtask::store::RegistryStore::new(host.parse().unwrap(), true)
-        .attach(
-            REPO,
-            &d,
-            &dsse_artifact(&prov, Some(&lane.intruder), &d, size),
-        )
-        .unwrap();
-    let out = x(&plain, &["verify", &reference]);
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!(
-            "signed by key \"{}\", which the policy does not trust",
-            lane.intruder.keyid
-        )),
-        "{text}"
     );
-    let out = x(&plain, &["promote", &reference, "--tag", "again"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to promote"));
-    assert_eq!(reg.tag_digest(REPO, "again"), None);
+    for (what, artifacts, reason) in cases {
+        rewrite_registry(&host, &d, &artifacts);
+        let out = x(&plain, &["verify", &reference]);
+        assert!(!out.status.success(), "{what}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&reason),
+            "{what}: no {reason:?} in {}",
+            show(&out)
+        );
+        let out = x(&plain, &["promote", &reference, "--tag", "again"]);
+        assert!(!out.status.success(), "{what}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to promote") && err.contains(&reason),
+            "{what}: {err}"
+        );
+        assert_eq!(reg.tag_digest(REPO, "again"), None, "{what}");
+    }
+    rewrite_registry(&host, &d, &lanes_own);
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
 }
