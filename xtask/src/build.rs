@@ -19,6 +19,9 @@ use crate::oci::{self, BaseImage, ImageInputs, LayerRecord, SourceFacts};
 use crate::spec::{BaseRef, ImagePath, ImageSpec, LayerSpec};
 use crate::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
 
+/// Name of the layer that holds an image's `[debian]` packages.
+pub const DEBIAN_LAYER: &str = "debian";
+
 /// Where a build reads and writes.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -185,6 +188,22 @@ pub fn plan(
     let mut planned = Vec::new();
     for spec in images {
         let mut layers = Vec::new();
+        if spec.debian.is_some() {
+            layers.push(PlannedLayer {
+                name: DEBIAN_LAYER.into(),
+                entries: crate::debian::planned(&ws.root, &spec)?
+                    .into_iter()
+                    .map(|(path, source)| PlannedEntry {
+                        path,
+                        kind: "deb",
+                        mode: "0644".into(),
+                        owner: "0:0".into(),
+                        source: Some(source),
+                        target: None,
+                    })
+                    .collect(),
+            });
+        }
         for l in &spec.layers {
             let entries = resolve_layer(&ws.root, &spec, l, &bin_path, false)?;
             layers.push(PlannedLayer {
@@ -451,6 +470,23 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         let spec = &planned.spec;
         let mut stats = CacheStats::default();
         let mut records = Vec::new();
+        if spec.debian.is_some() {
+            // The pinned Debian packages come first, verified before use.
+            let entries = crate::debian::layer_entries(&ws.root, &opts.cache_dir, spec)?;
+            let d = build_layer(
+                &mut cache,
+                &entries,
+                plan.source.source_date_epoch,
+                &mut stats,
+                &progress,
+                &spec.name,
+                DEBIAN_LAYER,
+            )?;
+            records.push(LayerRecord::new(
+                &d,
+                "cargo xtask build: Debian packages of lockfiles/debian.lock".into(),
+            ));
+        }
         for l in &spec.layers {
             let entries = resolve_layer(&ws.root, spec, l, &bin_path, true)?;
             let d = build_layer(

@@ -109,6 +109,8 @@ impl GateResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub accepted: bool,
+    /// The gates that had to pass; the others in `gates` are information.
+    pub required: Vec<String>,
     /// Every required gate with its final state (missing filled in).
     pub gates: Vec<GateResult>,
     /// Every reason for rejection, not only the first.
@@ -144,6 +146,7 @@ pub fn decide(required: &[String], results: &[GateResult]) -> Decision {
     }
     Decision {
         accepted: failures.is_empty(),
+        required: required.to_vec(),
         gates,
         failures,
     }

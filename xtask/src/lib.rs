@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod cache;
+pub mod debian;
 pub mod drift;
 pub mod engine;
 pub mod evidence;

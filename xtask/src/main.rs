@@ -286,6 +286,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         index: Option<PathBuf>,
     },
+    /// Pin the Debian packages of every image's [debian] table.
+    ///
+    /// Resolves the listed packages to their Depends + Pre-Depends closure
+    /// from the machine's apt index (run apt-get update first) and writes
+    /// lockfiles/debian.lock: name, version, architecture, archive path,
+    /// size, sha256 and which requested package pulled each one in. The
+    /// mirror is never recorded: builds fetch through the machine's apt and
+    /// verify every .deb against the lock. See docs/debian.md.
+    Lock {
+        /// Write nothing; fail, naming every difference, when the lock does
+        /// not match the image definitions and the apt index.
+        #[arg(long)]
+        check: bool,
+        /// Print {"path", "packages", "changes", "written"}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -490,6 +507,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
                 print!("{}", audit::summary(&a));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lock { check, json } => {
+            let images = ws.load_images()?;
+            let report = xtask::debian::lock(&ws.root, &images, check)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if check {
+                println!(
+                    "{} is up to date ({} packages)",
+                    report.path, report.packages
+                );
+            } else {
+                for c in &report.changes {
+                    println!("{c}");
+                }
+                let state = if report.written {
+                    "written"
+                } else {
+                    "unchanged"
+                };
+                println!("{} {state} ({} packages)", report.path, report.packages);
             }
             Ok(ExitCode::SUCCESS)
         }

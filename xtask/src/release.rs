@@ -197,7 +197,7 @@ pub fn release(
                 "publish-cross-check",
                 c.ok,
                 if c.ok {
-                    "registry holds exactly the built digest".to_string()
+                    "the store holds exactly the built digest".to_string()
                 } else {
                     c.failures.join("; ")
                 },
@@ -627,13 +627,14 @@ pub fn summary(report: &ReleaseReport) -> String {
             }
         ));
         for g in &i.decision.gates {
-            out.push_str(&format!(
-                "  {:<22} {:<8} {}\n",
-                g.gate,
-                g.state.to_string(),
-                g.summary
-            ));
+            let state = if i.decision.required.contains(&g.gate) {
+                g.state.to_string()
+            } else {
+                format!("({})", g.state)
+            };
+            out.push_str(&format!("  {:<22} {:<9} {}\n", g.gate, state, g.summary));
         }
+        out.push_str("  (gates in parentheses are not required by the policy for this store)\n");
         for f in i
             .decision
             .failures

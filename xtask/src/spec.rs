@@ -24,6 +24,18 @@ pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
     pub config: RuntimeConfig,
     pub smoke: Vec<SmokeSpec>,
+    /// Debian packages installed as the image's first layer (`[debian]`),
+    /// pinned in `lockfiles/debian.lock`. See `crate::debian`.
+    pub debian: Option<DebianSpec>,
+}
+
+/// `[debian] packages = [...]`: the requested packages; their dependency
+/// closure, versions and hashes come from `lockfiles/debian.lock`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DebianSpec {
+    pub packages: Vec<String>,
+    /// `file:line:column` of the table, for errors found later.
+    pub at: String,
 }
 
 /// Where an image's root file system starts.
@@ -223,6 +235,14 @@ struct RawImage {
     config: RawConfig,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
+    #[serde(default)]
+    debian: Option<Spanned<RawDebian>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebian {
+    packages: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +552,39 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         });
     }
 
+    let debian = match raw.debian {
+        None => None,
+        Some(d) => {
+            let at = src.at(d.span().start);
+            let mut packages = Vec::new();
+            for p in &d.get_ref().packages {
+                let name = p.get_ref();
+                if !valid_debian_package(name) {
+                    src.err(
+                        p.span(),
+                        format_args!(
+                            "Debian package name {name:?} is invalid; use lowercase letters, digits, '+', '-' and '.', starting with a letter or digit"
+                        ),
+                    )?;
+                }
+                if packages.contains(name) {
+                    src.err(
+                        p.span(),
+                        format_args!("Debian package {name:?} is listed twice; list it once"),
+                    )?;
+                }
+                packages.push(name.clone());
+            }
+            if packages.is_empty() {
+                src.err(
+                    d.span(),
+                    "[debian] packages is empty; list at least one package or remove the table",
+                )?;
+            }
+            Some(DebianSpec { packages, at })
+        }
+    };
+
     Ok(ImageSpec {
         name,
         dir,
@@ -541,6 +594,7 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         layers,
         config,
         smoke,
+        debian,
     })
 }
 
@@ -626,6 +680,17 @@ pub fn parse_base(s: &str) -> std::result::Result<BaseRef, String> {
         repository: repository.to_string(),
         digest: digest.to_string(),
     })
+}
+
+/// Debian policy 5.6.1: at least two characters of `[a-z0-9+.-]`, starting
+/// with a letter or digit.
+pub fn valid_debian_package(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
 }
 
 fn valid_component(s: &str) -> bool {
@@ -746,6 +811,32 @@ mod tests {
         let p = ImagePath::parse("/usr/local/bin/hello").unwrap();
         let a: Vec<_> = p.ancestors().map(|p| p.as_str().to_string()).collect();
         assert_eq!(a, ["usr", "usr/local", "usr/local/bin"]);
+    }
+
+    #[test]
+    fn debian_table_parses_and_is_checked() {
+        let text = include_str!("../../images/base-cc/image.toml");
+        let spec = parse("images/base-cc/image.toml", text).unwrap();
+        let deb = spec.debian.unwrap();
+        assert!(deb.packages.contains(&"libc6".to_string()));
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\"]\nsuite = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with("images/a/image.toml:5:1: unknown field `suite`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\", \"Bad_Name\"]\n"
+        ));
+        assert!(
+            e.starts_with("images/a/image.toml:4:22: Debian package name \"Bad_Name\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\", \"libc6\"]\n"
+        ));
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]

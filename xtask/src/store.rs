@@ -224,10 +224,13 @@ impl Store for RegistryStore {
             remote.push_small_blob(&repo, &b.digest, &b.bytes)?;
         }
         let d = &artifact.manifest.digest;
-        if let Some(h) = remote.put_manifest(&repo, d, MEDIA_MANIFEST, &artifact.manifest.bytes)? {
-            if &h != d {
-                bail!("the registry reported {h} for the evidence manifest pushed as {d}");
-            }
+        // Read back and hash: a registry's digest header is not trusted.
+        remote.put_manifest(&repo, d, MEDIA_MANIFEST, &artifact.manifest.bytes)?;
+        let back = remote
+            .fetch_manifest(&repo, d, MEDIA_MANIFEST)?
+            .unwrap_or_default();
+        if sha256(&back) != *d {
+            bail!("the evidence manifest {repo}@{d} reads back with other bytes");
         }
         // Referrers tag fallback (the Distribution registry has no referrers API).
         let tag = evidence::fallback_tag(subject_digest);

@@ -1,0 +1,379 @@
+//! `cargo xtask release --registry` against the real Distribution registry
+//! and the real Docker Engine (issue 6): acceptance, each built-in gate
+//! failing, evidence fetched back from the registry, no secret leaked.
+
+mod support;
+
+use std::fs;
+use std::process::Output;
+
+use support::Fixture;
+use support::registry::{Creds, Fault, FaultProxy, Registry, files_under, http, show};
+
+const USER: &str = "ci";
+const PASSWORD: &str = "s3cret-release-pass";
+
+/// The builder identity of a CI run (what GitHub Actions sets).
+fn ci(mut c: Creds) -> Creds {
+    for (k, v) in [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_SERVER_URL", "https://ci.example.com"),
+        ("GITHUB_REPOSITORY", "platform/release-lane"),
+        (
+            "GITHUB_WORKFLOW_REF",
+            "platform/release-lane/.github/workflows/release.yml@refs/heads/main",
+        ),
+        ("GITHUB_RUN_ID", "4242"),
+        ("GITHUB_RUN_ATTEMPT", "1"),
+    ] {
+        c.env.push((k.into(), v.into()));
+    }
+    c
+}
+
+fn release(c: &Creds, f: &Fixture, registry: &str) -> (Output, serde_json::Value) {
+    let out = c.xtask(f, &["release", "hello", "--registry", registry, "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, report)
+}
+
+fn hello(report: &serde_json::Value) -> &serde_json::Value {
+    report["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["image"] == "hello"))
+        .expect("hello in the report")
+}
+
+fn gate_state(image: &serde_json::Value, gate: &str) -> String {
+    image["decision"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == gate)
+        .map(|g| g["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no gate {gate} in {image}"))
+}
+
+/// Every statement attached to `digest` in `repo`, read straight from the
+/// registry (referrers tag fallback -> artifact manifests -> DSSE blobs).
+fn attached(reg: &Registry, repo: &str, digest: &str) -> Vec<serde_json::Value> {
+    let basic = reg.auth.as_ref().map(|(u, p)| {
+        format!(
+            "Basic {}",
+            xtask::evidence::base64(format!("{u}:{p}").as_bytes())
+        )
+    });
+    let headers: Vec<(&str, &str)> = basic
+        .as_deref()
+        .map(|b| vec![("Authorization", b)])
+        .unwrap_or_default();
+    let Some(index) = reg.skopeo_raw(&format!("{repo}:{}", digest.replace(':', "-"))) else {
+        return Vec::new();
+    };
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().unwrap() {
+        let raw = reg
+            .skopeo_raw(&format!("{repo}@{}", m["digest"].as_str().unwrap()))
+            .expect("artifact manifest");
+        let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(
+            manifest["subject"]["digest"], digest,
+            "the artifact names the image as its subject"
+        );
+        let blob = manifest["layers"][0]["digest"].as_str().unwrap();
+        let (status, _, body) = http(
+            reg.port,
+            "GET",
+            &format!("/v2/{repo}/blobs/{blob}"),
+            &headers,
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        match doc.get("payload").and_then(|p| p.as_str()) {
+            Some(p) => {
+                out.push(serde_json::from_slice(&xtask::evidence::unbase64(p).unwrap()).unwrap())
+            }
+            None => out.push(doc),
+        }
+    }
+    out
+}
+
+fn statement<'a>(all: &'a [serde_json::Value], predicate: &str) -> &'a serde_json::Value {
+    all.iter()
+        .find(|s| s["predicateType"] == predicate)
+        .unwrap_or_else(|| panic!("no {predicate} statement in {all:?}"))
+}
+
+fn record(all: &[serde_json::Value]) -> &serde_json::Value {
+    all.iter()
+        .find(|s| s.get("release").is_some())
+        .expect("a release record is attached")
+}
+
+#[test]
+fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anywhere() {
+    let reg = Registry::start_with_auth(USER, PASSWORD);
+    let f = Fixture::copy_of_repo("relreg-ok");
+    let c = ci(Creds::env(USER, PASSWORD));
+    let (out, report) = release(&c, &f, &reg.host());
+    assert!(out.status.success(), "{}", show(&out));
+    let h = hello(&report);
+    assert_eq!(h["accepted"], true);
+    let digest = h["digest"].as_str().unwrap();
+    assert_eq!(
+        reg.tag_digest("platform/hello", "latest").as_deref(),
+        Some(digest),
+        "the release tag points at the digest"
+    );
+
+    let all = attached(&reg, "platform/hello", digest);
+    let prov = statement(&all, "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        prov["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    assert_eq!(
+        prov["subject"][0]["name"],
+        format!("{}/platform/hello", reg.host())
+    );
+    let def = &prov["predicate"]["buildDefinition"];
+    let head = support::git(&f.root, &["rev-parse", "HEAD"]);
+    assert_eq!(def["externalParameters"]["source"]["revision"], head.trim());
+    let deps = def["resolvedDependencies"].as_array().unwrap();
+    let cargo_lock = support::sha256_hex_of_file(&f.path("Cargo.lock"));
+    assert!(
+        deps.iter().any(|d| d["name"] == "Cargo.lock"
+            && format!("sha256:{}", d["digest"]["sha256"].as_str().unwrap()) == cargo_lock),
+        "{deps:?}"
+    );
+    for entry in fs::read_dir(f.path("lockfiles")).unwrap() {
+        let name = format!("lockfiles/{}", entry.unwrap().file_name().to_string_lossy());
+        assert!(
+            deps.iter().any(|d| d["name"] == name.as_str()),
+            "{name} missing from {deps:?}"
+        );
+    }
+    assert!(
+        deps.iter()
+            .any(|d| d["uri"].as_str().is_some_and(|u| u.starts_with("git+")))
+    );
+    let builder = &prov["predicate"]["runDetails"]["builder"];
+    assert_eq!(
+        builder["id"],
+        "https://ci.example.com/platform/release-lane/.github/workflows/release.yml@refs/heads/main"
+    );
+    let gates = statement(&all, "https://in-toto.io/attestation/test-result/v0.1");
+    assert_eq!(gates["predicate"]["result"], "PASSED");
+    let passed: Vec<&str> = gates["predicate"]["passedTests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for g in xtask::gates::BUILT_IN
+        .iter()
+        .chain(["authoritative-builder"].iter())
+    {
+        assert!(passed.contains(g), "gate {g} not passed: {passed:?}");
+    }
+    assert_eq!(gates["predicate"]["failedTests"], serde_json::json!([]));
+
+    // No secret in the output, the files the lane wrote, or the evidence.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(PASSWORD));
+    for file in files_under(&f.path("target")) {
+        if let Ok(bytes) = fs::read(&file) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(PASSWORD),
+                "password in {}",
+                file.display()
+            );
+        }
+    }
+    for s in &all {
+        assert!(!s.to_string().contains(PASSWORD));
+    }
+}
+
+/// Runs a release expected to be rejected because of `gate`, and checks:
+/// non-zero exit, the tag not moved (read from the registry), and the
+/// rejection record attached to the candidate digest naming the gate.
+fn rejected_because(
+    reg: &Registry,
+    registry: &str,
+    c: &Creds,
+    f: &Fixture,
+    gate: &str,
+    before: Option<&str>,
+) -> serde_json::Value {
+    let (out, report) = release(c, f, registry);
+    assert!(
+        !out.status.success(),
+        "the release must be rejected:\n{}",
+        show(&out)
+    );
+    let h = hello(&report).clone();
+    assert_eq!(h["accepted"], false);
+    assert_ne!(gate_state(&h, gate), "passed", "{gate} must fail: {h}");
+    assert_eq!(
+        reg.tag_digest("platform/hello", "latest").as_deref(),
+        before,
+        "the release tag must not move"
+    );
+    let digest = h["digest"].as_str().unwrap();
+    let all = attached(reg, "platform/hello", digest);
+    let rec = record(&all);
+    assert_eq!(rec["release"]["accepted"], false);
+    let failed: Vec<&str> = rec["gateStatement"]["predicate"]["failedTests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        failed.contains(&gate),
+        "the record names {gate}: {failed:?}"
+    );
+    h
+}
+
+#[test]
+fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
+    let reg = Registry::start();
+    let c = ci(Creds::none());
+    let f = Fixture::copy_of_repo("relreg-dirty");
+    f.write(
+        "images/hello/rootfs/etc/hello/hello.conf",
+        "greeting=not committed\n",
+    );
+    rejected_because(&reg, &reg.host(), &c, &f, "source-state", None);
+
+    let f = Fixture::copy_of_repo("relreg-smoke");
+    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    f.write(
+        "images/hello/image.toml",
+        &toml.replace(
+            "expect_output = \"self-check ok\"",
+            "expect_output = \"self-check FINE\"",
+        ),
+    );
+    f.commit("a smoke command that cannot pass");
+    let h = rejected_because(&reg, &reg.host(), &c, &f, "smoke", None);
+    assert_eq!(gate_state(&h, "source-state"), "passed");
+}
+
+#[test]
+fn drift_and_a_missing_engine_are_rejected() {
+    let reg = Registry::start();
+    let c = ci(Creds::none());
+    // A dynamically linked binary on scratch: its interpreter and libc are missing.
+    let f = Fixture::copy_of_repo("relreg-drift");
+    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    let changed = toml
+        .replace("link = \"static\"", "link = \"dynamic\"")
+        .replace("base = \"workspace://base-cc\"", "base = \"scratch\"");
+    f.write("images/hello/image.toml", &changed);
+    f.commit("dynamic on scratch");
+    let h = rejected_because(&reg, &reg.host(), &c, &f, "no-drift", None);
+    assert_eq!(
+        gate_state(&h, "smoke"),
+        "failed",
+        "the engine agrees: it cannot start either"
+    );
+
+    let f = Fixture::copy_of_repo("relreg-engine");
+    let mut c = ci(Creds::none());
+    c.env.push((
+        "DOCKER_HOST".into(),
+        "unix:///tmp/lane-test-no-engine.sock".into(),
+    ));
+    let h = rejected_because(&reg, &reg.host(), &c, &f, "smoke", None);
+    let summary = h["decision"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "smoke")
+        .unwrap()["summary"]
+        .clone();
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .contains("Docker Engine not reachable at unix:///tmp/lane-test-no-engine.sock"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_non_reproducible_build_and_a_lying_registry_are_rejected() {
+    let reg = Registry::start();
+    let c = ci(Creds::none());
+    let f = Fixture::copy_of_repo("relreg-repro");
+    let main = f.path("images/hello/src/main.rs");
+    let text = fs::read_to_string(&main).unwrap().replace(
+        "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
+        "println!(\"hello {} from {}\", env!(\"CARGO_PKG_VERSION\"), env!(\"CARGO_MANIFEST_DIR\"));",
+    );
+    fs::write(&main, text).unwrap();
+    f.commit("embed the build path");
+    rejected_because(&reg, &reg.host(), &c, &f, "reproducible", None);
+
+    // A first good release, then a registry that lies about digests.
+    let f = Fixture::copy_of_repo("relreg-lie");
+    let (out, report) = release(&c, &f, &reg.host());
+    assert!(out.status.success(), "{}", show(&out));
+    let good = hello(&report)["digest"].as_str().unwrap().to_string();
+    f.write(
+        "images/hello/rootfs/etc/hello/hello.conf",
+        "greeting=second version\n",
+    );
+    f.commit("second version");
+    let proxy = FaultProxy::start(reg.port, Fault::LieDigestHeader);
+    rejected_because(
+        &reg,
+        &proxy.host(),
+        &c,
+        &f,
+        "publish-cross-check",
+        Some(&good),
+    );
+}
+
+#[test]
+fn a_local_builder_cannot_release_to_a_registry() {
+    let reg = Registry::start();
+    let f = Fixture::copy_of_repo("relreg-local");
+    let h = rejected_because(
+        &reg,
+        &reg.host(),
+        &Creds::none(),
+        &f,
+        "authoritative-builder",
+        None,
+    );
+    assert_eq!(gate_state(&h, "smoke"), "passed");
+}
+
+#[test]
+fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
+    let reg = Registry::start();
+    let c = ci(Creds::none());
+    let f = Fixture::copy_of_repo("relreg-twice");
+    let (o1, r1) = release(&c, &f, &reg.host());
+    let (o2, r2) = release(&c, &f, &reg.host());
+    assert!(
+        o1.status.success() && o2.status.success(),
+        "{}\n{}",
+        show(&o1),
+        show(&o2)
+    );
+    assert_eq!(hello(&r1)["digest"], hello(&r2)["digest"]);
+    assert_eq!(hello(&r1)["accepted"], hello(&r2)["accepted"]);
+}

@@ -1,0 +1,1623 @@
+//! Base images from pinned Debian packages: `cargo xtask lock` and the
+//! `[debian]` layer of an image.
+//!
+//! The pure core (values in, values out):
+//! - [`parse_stanzas`] reads deb822 text (apt `Packages` indexes, `control`);
+//! - [`version_cmp`] is dpkg's version ordering;
+//! - [`Index`] keeps, per package name, the highest version of the target
+//!   architecture (or `all`) found in all indexes;
+//! - [`resolve`] computes each requested package's Depends + Pre-Depends
+//!   closure into a [`Lock`]; [`render_lock`]/[`parse_lock`] are its file
+//!   format and [`diff_locks`] names what changed;
+//! - [`read_deb`] reads an untrusted `.deb` (bytes in) into sanitised entries.
+//!
+//! The adapters ([`machine_index`], [`lock`], [`fetch_verified`],
+//! [`layer_entries`]) ask the machine's apt for its indexes and for package
+//! downloads, so no mirror host name is ever written into the repository.
+//!
+//! # Resolution rules
+//! - Every requested package must exist as a real package.
+//! - A dependency group `a (>= 1) | b` is satisfied by its first alternative
+//!   that can be: a real package of that name whose (highest) version meets
+//!   the constraint, else a package that `Provides` it (with a matching
+//!   version when the dependency is versioned). Among several providers the
+//!   one with the most important `Priority` wins (required, important,
+//!   standard, optional, extra), then the lowest name: deterministic and
+//!   close to what apt picks (`awk` -> `mawk`).
+//! - Version constraints are checked, not ignored: a dependency no candidate
+//!   meets is an error naming both packages.
+//! - `:any`/`:native` qualifiers are dropped (one architecture only).
+//! - Implicit dependencies on `Essential: yes` packages are not added (they
+//!   are undeclared by policy); list them explicitly when an image needs them.
+//!
+//! # Untrusted archives
+//! `.deb` files are checked against the lock (size and sha256) before they
+//! are opened. Their contents are still treated as hostile:
+//! - paths are normalised: a leading `/` or `./` is dropped (dpkg installs
+//!   relative to the root too), empty and `.` components are removed;
+//! - a `..` component anywhere in a path: the package is refused;
+//! - symlinks are kept verbatim (absolute targets stay absolute: the runtime
+//!   resolves them inside the container's root), but a target that climbs
+//!   above the root when resolved lexically from the link's folder is refused;
+//! - hard links become a regular-file copy of the earlier regular file they
+//!   name in the same archive (layers stay simple; the link is lost, the
+//!   bytes are identical); a hard link to anything else is refused;
+//! - device nodes, FIFOs and other special files are refused (the container
+//!   runtime provides `/dev`);
+//! - a path twice in one archive is refused unless both are directories;
+//!   across packages, directories merge (the first package in name order
+//!   decides mode and owner) and any other shared path is refused naming both
+//!   packages; a path below a symlink is refused by [`layer::normalise`];
+//! - non-UTF-8 paths are refused; more than [`MAX_UNPACKED`] bytes of content
+//!   per package is refused;
+//! - maintainer scripts (`preinst`, `postinst`, ...) are never run: only the
+//!   `control` file of `control.tar` is read. Files such scripts would create
+//!   (e.g. `/etc/ssl/certs/ca-certificates.crt`) are therefore absent.
+//!
+//! The lane never unpacks an archive onto the file system: entries become tar
+//! headers of a new layer and file contents are stored under their own sha256
+//! in the cache, so no entry can make the lane write outside its cache.
+//! Every problem of a package is reported, not only the first.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use xshell::{Shell, cmd};
+
+use crate::layer::{self, Entry, EntryKind};
+use crate::spec::{ImagePath, ImageSpec, Owner};
+
+/// The lockfile, relative to the workspace root.
+pub const LOCK_PATH: &str = "lockfiles/debian.lock";
+
+/// Most bytes of file content one package may unpack to.
+pub const MAX_UNPACKED: u64 = 1 << 30;
+
+// ---------------------------------------------------------------------------
+// deb822
+
+/// One paragraph of a deb822 file: fields in their original order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stanza {
+    pub fields: Vec<(String, String)>,
+}
+
+impl Stanza {
+    /// The value of a field (names compare case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses deb822 text: `Field: value` lines, continuation lines starting
+/// with a space or tab, paragraphs separated by blank lines.
+pub fn parse_stanzas(text: &str) -> Result<Vec<Stanza>> {
+    let mut out = Vec::new();
+    let mut cur = Stanza::default();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            if !cur.fields.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else if line.starts_with('#') {
+            continue;
+        } else if line.starts_with([' ', '\t']) {
+            let Some((_, v)) = cur.fields.last_mut() else {
+                bail!("line {}: continuation line without a field", n + 1);
+            };
+            v.push('\n');
+            v.push_str(line);
+        } else {
+            let Some((k, v)) = line.split_once(':') else {
+                bail!("line {}: expected \"Field: value\", got {line:?}", n + 1);
+            };
+            cur.fields
+                .push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    if !cur.fields.is_empty() {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Versions
+
+/// dpkg's version comparison (`[epoch:]upstream[-revision]`).
+pub fn version_cmp(a: &str, b: &str) -> Ordering {
+    fn split(v: &str) -> (u64, &str, &str) {
+        let (epoch, rest) = match v.split_once(':') {
+            Some((e, r)) if e.bytes().all(|b| b.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
+            _ => (0, v),
+        };
+        let (up, rev) = rest.rsplit_once('-').unwrap_or((rest, ""));
+        (epoch, up, rev)
+    }
+    fn order(c: u8) -> i32 {
+        match c {
+            0 => 0,
+            b'~' => -1,
+            c if c.is_ascii_digit() => 0,
+            c if c.is_ascii_alphabetic() => c as i32,
+            c => c as i32 + 256,
+        }
+    }
+    fn verrevcmp(a: &[u8], b: &[u8]) -> Ordering {
+        let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            while (i < a.len() && !a[i].is_ascii_digit()) || (j < b.len() && !b[j].is_ascii_digit())
+            {
+                let (ac, bc) = (order(at(a, i)), order(at(b, j)));
+                if ac != bc {
+                    return ac.cmp(&bc);
+                }
+                i += 1;
+                j += 1;
+            }
+            while at(a, i) == b'0' {
+                i += 1;
+            }
+            while at(b, j) == b'0' {
+                j += 1;
+            }
+            let mut first_diff = Ordering::Equal;
+            while at(a, i).is_ascii_digit() && at(b, j).is_ascii_digit() {
+                if first_diff == Ordering::Equal {
+                    first_diff = at(a, i).cmp(&at(b, j));
+                }
+                i += 1;
+                j += 1;
+            }
+            if at(a, i).is_ascii_digit() {
+                return Ordering::Greater;
+            }
+            if at(b, j).is_ascii_digit() {
+                return Ordering::Less;
+            }
+            if first_diff != Ordering::Equal {
+                return first_diff;
+            }
+        }
+        Ordering::Equal
+    }
+    let (ea, ua, ra) = split(a);
+    let (eb, ub, rb) = split(b);
+    ea.cmp(&eb)
+        .then_with(|| verrevcmp(ua.as_bytes(), ub.as_bytes()))
+        .then_with(|| verrevcmp(ra.as_bytes(), rb.as_bytes()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub op: String,
+    pub version: String,
+}
+
+impl Constraint {
+    pub fn allows(&self, v: &str) -> bool {
+        let o = version_cmp(v, &self.version);
+        match self.op.as_str() {
+            "<<" => o == Ordering::Less,
+            "<=" | "<" => o != Ordering::Greater,
+            "=" => o == Ordering::Equal,
+            ">=" | ">" => o != Ordering::Less,
+            ">>" => o == Ordering::Greater,
+            _ => false,
+        }
+    }
+}
+
+/// One alternative of a dependency: `name[:arch] [(op version)]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dep {
+    pub name: String,
+    pub constraint: Option<Constraint>,
+}
+
+impl std::fmt::Display for Dep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.constraint {
+            Some(c) => write!(f, "{} ({} {})", self.name, c.op, c.version),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Parses a `Depends`-style field into groups of alternatives.
+pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>> {
+    let mut groups = Vec::new();
+    for group in field.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut alts = Vec::new();
+        for alt in group.split('|').map(str::trim) {
+            let (name, rest) = match alt.find([' ', '(', '[', '<']) {
+                Some(i) => (&alt[..i], alt[i..].trim()),
+                None => (alt, ""),
+            };
+            let name = name.split(':').next().unwrap_or(name).to_string();
+            if name.is_empty() {
+                bail!("dependency {alt:?} has no package name");
+            }
+            let constraint = match rest.strip_prefix('(') {
+                Some(c) => {
+                    let c = c.split(')').next().unwrap_or("").trim();
+                    let i = c
+                        .find(|ch: char| !"<=>".contains(ch))
+                        .with_context(|| format!("dependency {alt:?} has no version"))?;
+                    Some(Constraint {
+                        op: c[..i].to_string(),
+                        version: c[i..].trim().to_string(),
+                    })
+                }
+                None => None,
+            };
+            alts.push(Dep { name, constraint });
+        }
+        groups.push(alts);
+    }
+    Ok(groups)
+}
+
+// ---------------------------------------------------------------------------
+// Index and resolution
+
+/// One installable package of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    pub priority: String,
+    /// Pre-Depends then Depends.
+    pub depends: Vec<Vec<Dep>>,
+    pub provides: Vec<Dep>,
+}
+
+/// The packages apt knows for one architecture: the highest version of each.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub packages: BTreeMap<String, Candidate>,
+    /// virtual name -> names of the packages that provide it.
+    pub providers: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Index {
+    /// Builds the index from `Packages` stanzas, keeping packages of `arch`
+    /// or `all` and, per name, the highest version.
+    pub fn from_stanzas(stanzas: &[Stanza], arch: &str) -> Result<Index> {
+        let mut packages: BTreeMap<String, Candidate> = BTreeMap::new();
+        for s in stanzas {
+            let field = |f: &str| {
+                s.get(f).map(str::to_string).with_context(|| {
+                    format!(
+                        "package {:?} in the apt index has no {f} field",
+                        s.get("Package").unwrap_or("?")
+                    )
+                })
+            };
+            let a = field("Architecture")?;
+            if a != arch && a != "all" {
+                continue;
+            }
+            let name = field("Package")?;
+            let mut depends = parse_deps(s.get("Pre-Depends").unwrap_or(""))?;
+            depends.extend(parse_deps(s.get("Depends").unwrap_or(""))?);
+            let sha = field("SHA256")?;
+            let c = Candidate {
+                version: field("Version")?,
+                architecture: a,
+                filename: field("Filename")?,
+                size: field("Size")?
+                    .parse()
+                    .with_context(|| format!("package {name:?}: Size is not a number"))?,
+                sha256: format!("sha256:{sha}"),
+                priority: s.get("Priority").unwrap_or("optional").to_string(),
+                depends,
+                provides: parse_deps(s.get("Provides").unwrap_or(""))?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                name: name.clone(),
+            };
+            match packages.get(&name) {
+                Some(prev) if version_cmp(&prev.version, &c.version) != Ordering::Less => {}
+                _ => {
+                    packages.insert(name, c);
+                }
+            }
+        }
+        let mut providers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in packages.values() {
+            for p in &c.provides {
+                providers
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(c.name.clone());
+            }
+        }
+        Ok(Index {
+            packages,
+            providers,
+        })
+    }
+
+    /// The package that satisfies one alternative, if any.
+    fn satisfy(&self, dep: &Dep) -> Option<&Candidate> {
+        let real = self
+            .packages
+            .get(&dep.name)
+            .filter(|c| dep.constraint.as_ref().is_none_or(|k| k.allows(&c.version)));
+        if real.is_some() {
+            return real;
+        }
+        let mut providers: Vec<&Candidate> = self
+            .providers
+            .get(&dep.name)?
+            .iter()
+            .filter_map(|n| self.packages.get(n))
+            .filter(|c| {
+                c.provides.iter().any(|p| {
+                    p.name == dep.name
+                        && match (&dep.constraint, &p.constraint) {
+                            (None, _) => true,
+                            (Some(k), Some(pc)) if pc.op == "=" => k.allows(&pc.version),
+                            (Some(_), _) => false,
+                        }
+                })
+            })
+            .collect();
+        providers.sort_by_key(|c| (priority_rank(&c.priority), c.name.clone()));
+        providers.first().copied()
+    }
+}
+
+fn priority_rank(p: &str) -> u8 {
+    match p {
+        "required" => 0,
+        "important" => 1,
+        "standard" => 2,
+        "optional" => 3,
+        _ => 4,
+    }
+}
+
+/// The lockfile's contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    pub architecture: String,
+    pub suite: String,
+    #[serde(default)]
+    pub image: Vec<LockedImage>,
+    #[serde(default)]
+    pub package: Vec<LockedPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    pub name: String,
+    /// The requested packages, as listed in the image's `[debian]` table.
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// Path of the .deb inside the archive (`pool/main/...`); the mirror is
+    /// the machine's apt configuration.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The requested packages whose closure contains this one.
+    pub required_by: Vec<String>,
+}
+
+impl Lock {
+    /// The locked packages an image installs, in name order.
+    pub fn packages_of(&self, image: &str) -> Option<Vec<&LockedPackage>> {
+        let img = self.image.iter().find(|i| i.name == image)?;
+        Some(
+            self.package
+                .iter()
+                .filter(|p| p.required_by.iter().any(|r| img.packages.contains(r)))
+                .collect(),
+        )
+    }
+}
+
+/// Resolves every image's requested packages to their closure.
+pub fn resolve(
+    index: &Index,
+    architecture: &str,
+    suite: &str,
+    images: &[(String, Vec<String>)],
+) -> Result<Lock> {
+    let mut required_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (image, requests) in images {
+        for root in requests {
+            if !index.packages.contains_key(root) {
+                errors.push(format!(
+                    "image {image}: package {root:?} is not in the apt index for {architecture}; check the name (apt-cache policy {root}) or run apt-get update"
+                ));
+                continue;
+            }
+            let mut todo = vec![root.clone()];
+            let mut seen = BTreeSet::new();
+            while let Some(name) = todo.pop() {
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                let c = &index.packages[&name];
+                for group in &c.depends {
+                    match group.iter().find_map(|d| index.satisfy(d)) {
+                        Some(dep) => todo.push(dep.name.clone()),
+                        None => errors.push(format!(
+                            "package {name} {} depends on {}, which no package in the apt index satisfies (requested by {root} in image {image}); run apt-get update or change the package list",
+                            c.version,
+                            group
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        )),
+                    }
+                }
+            }
+            for name in seen {
+                required_by.entry(name).or_default().insert(root.clone());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "cannot resolve the Debian packages:\n  {}",
+            errors.join("\n  ")
+        );
+    }
+    let package = required_by
+        .into_iter()
+        .map(|(name, by)| {
+            let c = &index.packages[&name];
+            LockedPackage {
+                name,
+                version: c.version.clone(),
+                architecture: c.architecture.clone(),
+                filename: c.filename.clone(),
+                size: c.size,
+                sha256: c.sha256.clone(),
+                required_by: by.into_iter().collect(),
+            }
+        })
+        .collect();
+    let mut image: Vec<LockedImage> = images
+        .iter()
+        .map(|(name, packages)| LockedImage {
+            name: name.clone(),
+            packages: packages.clone(),
+        })
+        .collect();
+    image.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Lock {
+        version: 1,
+        architecture: architecture.to_string(),
+        suite: suite.to_string(),
+        image,
+        package,
+    })
+}
+
+const LOCK_HEADER: &str = "# Debian packages of the images' [debian] tables, with their dependency\n# closure. Written by `cargo xtask lock`; checked by `cargo xtask lock --check`.\n# Packages are fetched through the machine's apt configuration and verified\n# against size and sha256 below; no mirror host is recorded here.\n\n";
+
+pub fn render_lock(lock: &Lock) -> Result<String> {
+    Ok(format!(
+        "{LOCK_HEADER}{}",
+        toml::to_string(lock).context("serialising the Debian lock")?
+    ))
+}
+
+pub fn parse_lock(text: &str) -> Result<Lock> {
+    let lock: Lock = toml::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{LOCK_PATH}: {}; run cargo xtask lock to write it again",
+            e.message().trim_end_matches('.')
+        )
+    })?;
+    if lock.version != 1 {
+        bail!(
+            "{LOCK_PATH}: version {} is not supported (expected 1); run cargo xtask lock",
+            lock.version
+        );
+    }
+    Ok(lock)
+}
+
+/// What differs between the committed lock and a fresh resolution, one line
+/// per difference; empty when they match.
+pub fn diff_locks(old: &Lock, new: &Lock) -> Vec<String> {
+    let mut out = Vec::new();
+    for (what, a, b) in [
+        ("architecture", &old.architecture, &new.architecture),
+        ("suite", &old.suite, &new.suite),
+    ] {
+        if a != b {
+            out.push(format!("{what} changed: {a} -> {b}"));
+        }
+    }
+    let old_imgs: BTreeMap<_, _> = old.image.iter().map(|i| (&i.name, &i.packages)).collect();
+    let new_imgs: BTreeMap<_, _> = new.image.iter().map(|i| (&i.name, &i.packages)).collect();
+    for (name, pkgs) in &new_imgs {
+        match old_imgs.get(name) {
+            None => out.push(format!("image {name} is not in the lock")),
+            Some(old_pkgs) => {
+                for p in pkgs.iter().filter(|p| !old_pkgs.contains(p)) {
+                    out.push(format!(
+                        "image {name}: package {p} is requested but not locked"
+                    ));
+                }
+                for p in old_pkgs.iter().filter(|p| !pkgs.contains(p)) {
+                    out.push(format!(
+                        "image {name}: package {p} is locked but no longer requested"
+                    ));
+                }
+            }
+        }
+    }
+    for name in old_imgs.keys().filter(|n| !new_imgs.contains_key(*n)) {
+        out.push(format!(
+            "image {name} is locked but has no [debian] table any more"
+        ));
+    }
+    let old_pkgs: BTreeMap<_, _> = old.package.iter().map(|p| (&p.name, p)).collect();
+    let new_pkgs: BTreeMap<_, _> = new.package.iter().map(|p| (&p.name, p)).collect();
+    for (name, n) in &new_pkgs {
+        match old_pkgs.get(name) {
+            None => out.push(format!(
+                "package {name} {} added (required by {})",
+                n.version,
+                n.required_by.join(", ")
+            )),
+            Some(o) if o.version != n.version => out.push(format!(
+                "package {name} version changed: {} -> {}",
+                o.version, n.version
+            )),
+            Some(o) if o != n => {
+                let mut fields = Vec::new();
+                if o.sha256 != n.sha256 || o.size != n.size {
+                    fields.push(format!("sha256 {} -> {}", o.sha256, n.sha256));
+                }
+                if o.filename != n.filename || o.architecture != n.architecture {
+                    fields.push(format!("filename {} -> {}", o.filename, n.filename));
+                }
+                if o.required_by != n.required_by {
+                    fields.push(format!(
+                        "required_by [{}] -> [{}]",
+                        o.required_by.join(", "),
+                        n.required_by.join(", ")
+                    ));
+                }
+                out.push(format!("package {name} changed: {}", fields.join("; ")));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, o) in &old_pkgs {
+        if !new_pkgs.contains_key(name) {
+            out.push(format!(
+                "package {name} {} removed (was required by {})",
+                o.version,
+                o.required_by.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Reading a .deb
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebKind {
+    Dir,
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebEntry {
+    pub path: ImagePath,
+    pub kind: DebKind,
+    pub mode: u32,
+    pub owner: Owner,
+}
+
+#[derive(Debug, Clone)]
+pub struct DebContents {
+    /// The `control` file of `control.tar`.
+    pub control: String,
+    /// The sanitised entries of `data.tar`, in archive order.
+    pub entries: Vec<DebEntry>,
+}
+
+/// Normalises an archive path (see the module docs). `Ok(None)` is the root.
+fn sanitise_path(raw: &str) -> std::result::Result<Option<ImagePath>, String> {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("path {raw:?} contains \"..\"")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    ImagePath::parse(&format!("/{}", parts.join("/")))
+        .map(Some)
+        .map_err(|e| format!("path {raw:?}: {e}"))
+}
+
+/// True when `target`, resolved lexically from the folder of `link`, stays
+/// inside the root.
+fn link_stays_inside(link: &ImagePath, target: &str) -> bool {
+    let mut stack: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        let p = link.as_str();
+        p.rsplit_once('/')
+            .map_or(Vec::new(), |(dir, _)| dir.split('/').collect())
+    };
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    return false;
+                }
+            }
+            p => stack.push(p),
+        }
+    }
+    true
+}
+
+fn decompress(member: &str, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let suffix = member.rsplit_once('.').map_or("", |(_, s)| s);
+    match suffix {
+        "tar" => out.extend_from_slice(bytes),
+        "gz" => {
+            flate2::read::GzDecoder::new(bytes)
+                .take(limit + 1)
+                .read_to_end(&mut out)?;
+        }
+        "xz" => {
+            let mut limited = LimitedWriter {
+                out: &mut out,
+                limit,
+            };
+            lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut limited)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        "zst" => {
+            ruzstd::decoding::StreamingDecoder::new(bytes)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .take(limit + 1)
+                .read_to_end(&mut out)?;
+        }
+        _ => bail!("compression {suffix:?} is not supported (gz, xz, zst or none)"),
+    }
+    if out.len() as u64 > limit {
+        bail!("it unpacks to more than {limit} bytes");
+    }
+    Ok(out)
+}
+
+struct LimitedWriter<'a> {
+    out: &'a mut Vec<u8>,
+    limit: u64,
+}
+
+impl io::Write for LimitedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.out.len() as u64 + buf.len() as u64 > self.limit {
+            return Err(io::Error::other("size limit exceeded"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a `.deb` (ar archive: `debian-binary`, `control.tar.*`,
+/// `data.tar.*`) applying the rules of the module docs. Errors list every
+/// problem found, prefixed with the package name.
+pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
+    let mut ar = ar::Archive::new(bytes);
+    let (mut control_tar, mut data_tar) = (None, None);
+    let mut members = Vec::new();
+    while let Some(m) = ar.next_entry() {
+        let mut m = m.with_context(|| format!("package {package}: reading the ar archive"))?;
+        let id = String::from_utf8_lossy(m.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        let mut buf = Vec::new();
+        m.read_to_end(&mut buf)
+            .with_context(|| format!("package {package}: reading member {id}"))?;
+        members.push(id.clone());
+        if id == "debian-binary" && !buf.starts_with(b"2.") {
+            bail!(
+                "package {package}: debian-binary says {:?}; only format 2.x is supported",
+                String::from_utf8_lossy(&buf).trim()
+            );
+        }
+        if id.starts_with("control.tar") && control_tar.is_none() {
+            control_tar = Some(
+                decompress(&id, &buf, 64 << 20)
+                    .with_context(|| format!("package {package}: unpacking {id}"))?,
+            );
+        } else if id.starts_with("data.tar") && data_tar.is_none() {
+            data_tar = Some(
+                decompress(&id, &buf, MAX_UNPACKED)
+                    .with_context(|| format!("package {package}: unpacking {id}"))?,
+            );
+        }
+    }
+    if members.first().map(String::as_str) != Some("debian-binary") {
+        bail!(
+            "package {package}: not a .deb (first ar member is {members:?}, expected debian-binary)"
+        );
+    }
+    let (Some(control_tar), Some(data_tar)) = (control_tar, data_tar) else {
+        bail!("package {package}: the .deb lacks control.tar or data.tar (members: {members:?})");
+    };
+
+    let mut control = None;
+    for e in tar::Archive::new(&control_tar[..])
+        .entries()
+        .with_context(|| format!("package {package}: reading control.tar"))?
+    {
+        let mut e = e.with_context(|| format!("package {package}: reading control.tar"))?;
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        if e.header().entry_type().is_file() && name.trim_start_matches("./") == "control" {
+            let mut s = String::new();
+            e.read_to_string(&mut s)
+                .with_context(|| format!("package {package}: control is not UTF-8"))?;
+            control = Some(s);
+        }
+    }
+    let control =
+        control.with_context(|| format!("package {package}: control.tar has no control file"))?;
+
+    let mut problems = Vec::new();
+    let mut entries: Vec<DebEntry> = Vec::new();
+    let mut index: BTreeMap<ImagePath, usize> = BTreeMap::new();
+    for e in tar::Archive::new(&data_tar[..])
+        .entries()
+        .with_context(|| format!("package {package}: reading data.tar"))?
+    {
+        let mut e = e.with_context(|| format!("package {package}: reading data.tar"))?;
+        let Ok(raw) = String::from_utf8(e.path_bytes().into_owned()) else {
+            problems.push(format!(
+                "path {:?} is not UTF-8",
+                String::from_utf8_lossy(&e.path_bytes())
+            ));
+            continue;
+        };
+        let path = match sanitise_path(&raw) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue, // the root itself: every layer has it
+            Err(msg) => {
+                problems.push(msg);
+                continue;
+            }
+        };
+        let h = e.header();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let owner = Owner {
+            uid: h.uid().unwrap_or(0),
+            gid: h.gid().unwrap_or(0),
+        };
+        let ty = h.entry_type();
+        let link_name = e
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let kind = match ty {
+            tar::EntryType::Directory => DebKind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)
+                    .with_context(|| format!("package {package}: reading {path}"))?;
+                DebKind::File(buf)
+            }
+            tar::EntryType::Symlink => {
+                let target = link_name.unwrap_or_default();
+                if target.is_empty() || target.contains('\0') {
+                    problems.push(format!("symlink {path} has an empty target"));
+                    continue;
+                }
+                if !link_stays_inside(&path, &target) {
+                    problems.push(format!("symlink {path} -> {target} leads outside the root"));
+                    continue;
+                }
+                DebKind::Symlink(target)
+            }
+            tar::EntryType::Link => {
+                let target = link_name.unwrap_or_default();
+                let found = match sanitise_path(&target) {
+                    Ok(Some(t)) => index.get(&t).map(|&i| &entries[i]),
+                    _ => None,
+                };
+                match found {
+                    Some(DebEntry {
+                        kind: DebKind::File(bytes),
+                        ..
+                    }) => DebKind::File(bytes.clone()),
+                    _ => {
+                        problems.push(format!(
+                            "hard link {path} -> {target} does not name an earlier regular file of the archive"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            other => {
+                let what = match other {
+                    tar::EntryType::Char => "a character device",
+                    tar::EntryType::Block => "a block device",
+                    tar::EntryType::Fifo => "a FIFO",
+                    _ => "a special file",
+                };
+                problems.push(format!(
+                    "{path} is {what}; only files, directories and links are allowed"
+                ));
+                continue;
+            }
+        };
+        if let Some(&i) = index.get(&path) {
+            if !(entries[i].kind == DebKind::Dir && kind == DebKind::Dir) {
+                problems.push(format!("{path} appears twice in the archive"));
+            }
+            continue;
+        }
+        index.insert(path.clone(), entries.len());
+        entries.push(DebEntry {
+            path,
+            kind,
+            mode,
+            owner,
+        });
+    }
+    if !problems.is_empty() {
+        bail!(
+            "package {package}: the archive is refused (see docs/debian.md):\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(DebContents { control, entries })
+}
+
+// ---------------------------------------------------------------------------
+// Adapters: apt, the lockfile, the .deb cache.
+
+/// The machine's architecture (`dpkg --print-architecture`) and suite
+/// (`VERSION_CODENAME` of /etc/os-release).
+pub fn machine_target(sh: &Shell) -> Result<(String, String)> {
+    let arch = cmd!(sh, "dpkg --print-architecture")
+        .read()
+        .context("asking dpkg for the machine's architecture")?;
+    let os = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let suite = os
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .context("/etc/os-release has no VERSION_CODENAME; this lane needs a Debian machine")?;
+    Ok((arch.trim().to_string(), suite))
+}
+
+/// The machine's apt `Packages` indexes for `arch`, parsed.
+pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+    let format = "$(FILENAME)";
+    let identifier = "Identifier: Packages";
+    let architecture = format!("Architecture: {arch}");
+    let files = cmd!(
+        sh,
+        "apt-get indextargets --format {format} {identifier} {architecture}"
+    )
+    .read()
+    .context("asking apt for its package indexes (apt-get indextargets)")?;
+    let files: Vec<&str> = files
+        .lines()
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && Path::new(f).exists())
+        .collect();
+    if files.is_empty() {
+        bail!("apt has no package index for {arch} on this machine; run apt-get update");
+    }
+    let mut stanzas = Vec::new();
+    for f in files {
+        let text = cmd!(sh, "/usr/lib/apt/apt-helper cat-file {f}")
+            .quiet()
+            .read()
+            .with_context(|| format!("reading the apt index {f}"))?;
+        stanzas.extend(parse_stanzas(&text).with_context(|| format!("parsing the apt index {f}"))?);
+    }
+    Index::from_stanzas(&stanzas, arch)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockReport {
+    pub path: String,
+    pub packages: usize,
+    /// Differences from the committed lock (empty when up to date).
+    pub changes: Vec<String>,
+    pub written: bool,
+}
+
+/// `cargo xtask lock [--check]`: resolves every `[debian]` table against the
+/// machine's apt index; writes the lock, or with `check` fails naming every
+/// difference from the committed one.
+pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
+    let sh = Shell::new()?;
+    let requests: Vec<(String, Vec<String>)> = images
+        .iter()
+        .filter_map(|i| Some((i.name.clone(), i.debian.as_ref()?.packages.clone())))
+        .collect();
+    let (arch, suite) = machine_target(&sh)?;
+    let index = machine_index(&sh, &arch)?;
+    let new = resolve(&index, &arch, &suite, &requests)?;
+    let path = root.join(LOCK_PATH);
+    let old = match fs::read_to_string(&path) {
+        Ok(text) => Some(parse_lock(&text)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {LOCK_PATH}")),
+    };
+    let changes = match &old {
+        Some(old) => diff_locks(old, &new),
+        None => vec![format!("{LOCK_PATH} does not exist")],
+    };
+    if check {
+        if !changes.is_empty() {
+            bail!(
+                "{LOCK_PATH} does not match the images' [debian] tables and the apt index:\n  {}\nrun cargo xtask lock and commit the result",
+                changes.join("\n  ")
+            );
+        }
+        return Ok(LockReport {
+            path: LOCK_PATH.into(),
+            packages: new.package.len(),
+            changes,
+            written: false,
+        });
+    }
+    let text = render_lock(&new)?;
+    let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+    if written {
+        crate::cache::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(LockReport {
+        path: LOCK_PATH.into(),
+        packages: new.package.len(),
+        changes,
+        written,
+    })
+}
+
+/// Reads the committed lock and returns an image's locked packages, checking
+/// that the lock still matches the image's `[debian]` table.
+pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackage>> {
+    let Some(deb) = &spec.debian else {
+        return Ok(Vec::new());
+    };
+    let text = fs::read_to_string(root.join(LOCK_PATH)).with_context(|| {
+        format!("{}: image {} has a [debian] table but {LOCK_PATH} cannot be read; run cargo xtask lock", deb.at, spec.name)
+    })?;
+    let lock = parse_lock(&text)?;
+    let Some(img) = lock.image.iter().find(|i| i.name == spec.name) else {
+        bail!(
+            "{}: image {} is not in {LOCK_PATH}; run cargo xtask lock",
+            deb.at,
+            spec.name
+        );
+    };
+    if img.packages != deb.packages {
+        bail!(
+            "{}: the [debian] packages of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",
+            deb.at,
+            spec.name,
+            deb.packages.join(", "),
+            img.packages.join(", ")
+        );
+    }
+    Ok(lock
+        .packages_of(&spec.name)
+        .unwrap_or_default()
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
+/// The .debs of `pkgs`, from `cache_dir/debs/<hex>.deb` or downloaded
+/// through the machine's apt (one `apt-get download` for all missing ones).
+/// Each one's size and sha256 are checked against the lock before anything
+/// reads it as an archive; the first mismatch is an error.
+pub fn fetch_verified(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<Vec<u8>>> {
+    let debs = cache_dir.join("debs");
+    let mut found: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut missing = Vec::new();
+    for (i, pkg) in pkgs.iter().enumerate() {
+        let cached = cached_path(&debs, pkg)?;
+        match fs::read(&cached) {
+            Ok(bytes) => {
+                verify(pkg, &bytes, &format!("cached copy {}", cached.display()))?;
+                found.push(Some(bytes));
+            }
+            Err(_) => {
+                found.push(None);
+                missing.push(i);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let wanted: Vec<&LockedPackage> = missing.iter().map(|&i| &pkgs[i]).collect();
+        let downloaded = download(&debs, &wanted)?;
+        for (&i, bytes) in missing.iter().zip(downloaded) {
+            verify(&pkgs[i], &bytes, "download through apt")?;
+            crate::cache::write_atomic(&cached_path(&debs, &pkgs[i])?, &bytes)?;
+            found[i] = Some(bytes);
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
+    let hex = pkg
+        .sha256
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .with_context(|| {
+            format!(
+                "{LOCK_PATH}: package {} has an invalid sha256 {:?}; run cargo xtask lock",
+                pkg.name, pkg.sha256
+            )
+        })?;
+    Ok(debs.join(format!("{hex}.deb")))
+}
+
+fn verify(pkg: &LockedPackage, bytes: &[u8], origin: &str) -> Result<()> {
+    let actual = layer::sha256(bytes);
+    if actual != pkg.sha256 || bytes.len() as u64 != pkg.size {
+        bail!(
+            "package {} {}: the {origin} does not match {LOCK_PATH}: expected {} ({} bytes), actual {actual} ({} bytes); nothing was built. Delete the file to fetch it again, or run cargo xtask lock if the lock is stale",
+            pkg.name,
+            pkg.version,
+            pkg.sha256,
+            pkg.size,
+            bytes.len()
+        );
+    }
+    Ok(())
+}
+
+/// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
+/// a temporary folder; returns their bytes in order (unverified).
+fn download(debs: &Path, pkgs: &[&LockedPackage]) -> Result<Vec<Vec<u8>>> {
+    let tmp = crate::cache::temp_path(&debs.join("fetch"));
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> Result<Vec<Vec<u8>>> {
+        let sh = Shell::new()?;
+        sh.change_dir(&tmp);
+        let specs: Vec<String> = pkgs
+            .iter()
+            .map(|p| {
+                if p.architecture == "all" {
+                    format!("{}={}", p.name, p.version)
+                } else {
+                    format!("{}:{}={}", p.name, p.architecture, p.version)
+                }
+            })
+            .collect();
+        // Output is captured: apt's warnings (e.g. about its sandbox user)
+        // appear only when the download fails.
+        let specs_arg = &specs;
+        let out = cmd!(sh, "apt-get download -q {specs_arg...}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .context("running apt-get download")?;
+        if !out.status.success() {
+            bail!(
+                "downloading {} through apt failed: {}; run apt-get update, or cargo xtask lock if a version left the archive",
+                specs.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut all = Vec::new();
+        for p in pkgs {
+            // apt's file name: NAME_VERSION_ARCH.deb, ':' escaped as %3a.
+            let name = format!(
+                "{}_{}_{}.deb",
+                p.name,
+                p.version.replace(':', "%3a"),
+                p.architecture
+            );
+            let bytes = fs::read(tmp.join(&name)).with_context(|| {
+                format!(
+                    "apt-get download left no {name} for package {} {}",
+                    p.name, p.version
+                )
+            })?;
+            all.push(bytes);
+        }
+        Ok(all)
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+/// The `[debian]` layer of `spec`: every locked package's files plus
+/// `/var/lib/dpkg/status.d/<package>`. File contents are stored under
+/// `cache_dir/debian/files/<hex>` and the entries point at them.
+pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<Vec<Entry>> {
+    let packages = locked_packages(root, spec)?;
+    // Verify every package before opening any: a mismatch builds nothing.
+    let bytes = fetch_verified(cache_dir, &packages)?;
+    let mut owners: BTreeMap<ImagePath, (&str, bool)> = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut conflicts = Vec::new();
+    for (p, bytes) in packages.iter().zip(&bytes) {
+        for e in unpack_cached(cache_dir, p, bytes)? {
+            let is_dir = e.kind == EntryKind::Dir;
+            if let Some((other, other_dir)) = owners.get(&e.path) {
+                if !(is_dir && *other_dir) {
+                    conflicts.push(format!(
+                        "{} is shipped by both {other} and {}",
+                        e.path, p.name
+                    ));
+                }
+                continue;
+            }
+            owners.insert(e.path.clone(), (&p.name, is_dir));
+            entries.push(e);
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "image {}: Debian packages conflict:\n  {}",
+            spec.name,
+            conflicts.join("\n  ")
+        );
+    }
+    layer::normalise(entries)
+        .with_context(|| format!("image {}: the Debian package layer", spec.name))
+}
+
+/// Bump when [`read_deb`]'s rules change: old unpack records are ignored.
+const UNPACK_FORMAT: u32 = 1;
+
+/// What unpacking one verified .deb gave, kept in
+/// `cache_dir/debian/unpacked/<deb hex>.json` so a warm build does not
+/// decompress it again. File contents live in `cache_dir/debian/files/<hex>`.
+#[derive(Serialize, Deserialize)]
+struct UnpackRecord {
+    format: u32,
+    entries: Vec<RecordEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordEntry {
+    path: String,
+    kind: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// Symlink target, or content file name (sha256 hex) of a file.
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// The entries of one verified package (its files plus its status file),
+/// with file sources pointing into the content-addressed file store.
+fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<Vec<Entry>> {
+    let files = cache_dir.join("debian/files");
+    let record_path = cache_dir.join(format!(
+        "debian/unpacked/{}.json",
+        pkg.sha256.trim_start_matches("sha256:")
+    ));
+    if let Some(entries) = fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<UnpackRecord>(&b).ok())
+        .filter(|r| r.format == UNPACK_FORMAT)
+        .and_then(|r| from_record(&files, r))
+    {
+        return Ok(entries);
+    }
+    let deb = read_deb(&pkg.name, bytes)?;
+    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    let mut status = deb.control.trim_end().to_string();
+    status.push('\n');
+    let status_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}", pkg.name))
+        .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
+    let extra = DebEntry {
+        path: status_path,
+        kind: DebKind::File(status.into_bytes()),
+        mode: 0o644,
+        owner: Owner::ROOT,
+    };
+    let mut record = UnpackRecord {
+        format: UNPACK_FORMAT,
+        entries: Vec::new(),
+    };
+    for e in deb.entries.into_iter().chain([extra]) {
+        let (kind, data, size) = match e.kind {
+            DebKind::Dir => ("dir", String::new(), 0),
+            DebKind::Symlink(target) => ("symlink", target, 0),
+            DebKind::File(bytes) => {
+                let digest = layer::sha256(&bytes);
+                let hex = digest.trim_start_matches("sha256:").to_string();
+                let path = files.join(&hex);
+                if !path.exists() {
+                    crate::cache::write_atomic(&path, &bytes)?;
+                }
+                ("file", hex, bytes.len() as u64)
+            }
+        };
+        record.entries.push(RecordEntry {
+            path: e.path.as_str().to_string(),
+            kind: kind.to_string(),
+            mode: e.mode,
+            uid: e.owner.uid,
+            gid: e.owner.gid,
+            data,
+            size,
+        });
+    }
+    crate::cache::write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
+    from_record(&files, record).with_context(|| {
+        format!(
+            "package {}: reading back {}",
+            pkg.name,
+            record_path.display()
+        )
+    })
+}
+
+/// Entries of a record; `None` when it is damaged or a content file is gone
+/// (the package is then unpacked again).
+fn from_record(files: &Path, r: UnpackRecord) -> Option<Vec<Entry>> {
+    r.entries
+        .into_iter()
+        .map(|e| {
+            let kind = match e.kind.as_str() {
+                "dir" => EntryKind::Dir,
+                "symlink" => EntryKind::Symlink { target: e.data },
+                "file" => {
+                    let path = files.join(&e.data);
+                    if fs::metadata(&path).ok()?.len() != e.size {
+                        return None;
+                    }
+                    EntryKind::File {
+                        source: path.to_string_lossy().into_owned(),
+                        size: e.size,
+                    }
+                }
+                _ => return None,
+            };
+            Some(Entry {
+                path: ImagePath::parse(&format!("/{}", e.path)).ok()?,
+                kind,
+                mode: e.mode,
+                owner: Owner {
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+            })
+        })
+        .collect()
+}
+
+/// What `build --dry-run` shows for the `[debian]` layer: one line per
+/// locked package (status file path, archive path and digest).
+pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
+    Ok(locked_packages(root, spec)?
+        .into_iter()
+        .map(|p| {
+            (
+                format!("/var/lib/dpkg/status.d/{}", p.name),
+                format!("{} {} {}", p.filename, p.size, p.sha256),
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_like_dpkg() {
+        let lt = [
+            ("1.0", "1.1"),
+            ("1.0~rc1", "1.0"),
+            ("1.0", "1.0-1"),
+            ("1.0-1", "1.0-2"),
+            ("1:0.1", "2:0.0"),
+            ("9", "1:0"),
+            ("2.36-9+deb12u10", "2.36-9+deb12u14"),
+            ("1.2a", "1.2b"),
+            ("1.2", "1.2a"),
+            ("1.2a", "1.2+"),
+            ("1.09", "1.10"),
+            ("12.4+deb12u9", "12.4+deb12u15"),
+        ];
+        for (a, b) in lt {
+            assert_eq!(version_cmp(a, b), Ordering::Less, "{a} < {b}");
+            assert_eq!(version_cmp(b, a), Ordering::Greater, "{b} > {a}");
+        }
+        assert_eq!(version_cmp("1.01", "1.1"), Ordering::Equal);
+        assert_eq!(version_cmp("0:1.0", "1.0"), Ordering::Equal);
+    }
+
+    #[test]
+    fn deps_parse() {
+        let d =
+            parse_deps("openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0, python3:any").unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0][0].constraint.as_ref().unwrap().op, ">=");
+        assert_eq!(d[1][1].name, "debconf-2.0");
+        assert_eq!(d[2][0].name, "python3");
+    }
+
+    const INDEX: &str = "\
+Package: app
+Version: 1.0
+Architecture: amd64
+Depends: libc (>= 2), awk, dc (>= 1) | dc-virtual
+Filename: pool/main/a/app/app_1.0_amd64.deb
+Size: 10
+SHA256: aa
+
+Package: libc
+Version: 2.1
+Architecture: amd64
+Filename: pool/main/l/libc/libc_2.1_amd64.deb
+Size: 20
+SHA256: bb
+
+Package: libc
+Version: 2.0
+Architecture: amd64
+Filename: pool/main/l/libc/libc_2.0_amd64.deb
+Size: 21
+SHA256: b0
+
+Package: libc
+Version: 3.0
+Architecture: arm64
+Filename: pool/main/l/libc/libc_3.0_arm64.deb
+Size: 22
+SHA256: b3
+
+Package: gawk
+Version: 5
+Architecture: amd64
+Priority: optional
+Provides: awk
+Filename: pool/main/g/gawk.deb
+Size: 30
+SHA256: cc
+
+Package: mawk
+Version: 1
+Architecture: amd64
+Priority: required
+Provides: awk
+Filename: pool/main/m/mawk.deb
+Size: 40
+SHA256: dd
+
+Package: dc
+Version: 0.5
+Architecture: all
+Filename: pool/main/d/dc.deb
+Size: 50
+SHA256: ee
+
+Package: dcx
+Version: 1
+Architecture: all
+Provides: dc-virtual
+Filename: pool/main/d/dcx.deb
+Size: 60
+SHA256: ff
+";
+
+    fn index() -> Index {
+        Index::from_stanzas(&parse_stanzas(INDEX).unwrap(), "amd64").unwrap()
+    }
+
+    #[test]
+    fn closure_is_deterministic_and_checks_versions() {
+        let lock = resolve(
+            &index(),
+            "amd64",
+            "test",
+            &[("img".into(), vec!["app".into()])],
+        )
+        .unwrap();
+        let names: Vec<_> = lock
+            .package
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect();
+        // highest libc of amd64; awk -> mawk (required beats optional);
+        // dc 0.5 is too old, so the virtual alternative dcx is taken.
+        assert_eq!(names, ["app 1.0", "dcx 1", "libc 2.1", "mawk 1"]);
+        assert!(lock.package.iter().all(|p| p.required_by == ["app"]));
+        assert_eq!(lock.package[2].sha256, "sha256:bb");
+        let text = render_lock(&lock).unwrap();
+        assert_eq!(parse_lock(&text).unwrap(), lock);
+        assert!(!text.contains("://"), "no mirror in the lock:\n{text}");
+    }
+
+    #[test]
+    fn unknown_and_unsatisfiable_are_errors() {
+        let e = resolve(
+            &index(),
+            "amd64",
+            "t",
+            &[("img".into(), vec!["nope".into()])],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("package \"nope\" is not in the apt index"),
+            "{e}"
+        );
+        let text = INDEX.replace("Depends: libc (>= 2)", "Depends: libc (>= 9)");
+        let idx = Index::from_stanzas(&parse_stanzas(&text).unwrap(), "amd64").unwrap();
+        let e = resolve(&idx, "amd64", "t", &[("img".into(), vec!["app".into()])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("package app 1.0 depends on libc (>= 9)"), "{e}");
+    }
+
+    #[test]
+    fn diff_names_the_package() {
+        let idx = index();
+        let a = resolve(&idx, "amd64", "t", &[("img".into(), vec!["app".into()])]).unwrap();
+        let b = resolve(
+            &idx,
+            "amd64",
+            "t",
+            &[("img".into(), vec!["app".into(), "gawk".into()])],
+        )
+        .unwrap();
+        assert!(diff_locks(&a, &a).is_empty());
+        let d = diff_locks(&a, &b);
+        assert!(
+            d.contains(&"image img: package gawk is requested but not locked".into()),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"package gawk 5 added (required by gawk)".into()),
+            "{d:?}"
+        );
+        let mut c = a.clone();
+        c.package[2].version = "2.0".into();
+        assert!(diff_locks(&c, &a).contains(&"package libc version changed: 2.0 -> 2.1".into()));
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, bytes) in members {
+            ar.append(
+                &ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64),
+                &bytes[..],
+            )
+            .unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn every_data_compression_reads_the_same() {
+        let control = tar_of(&[("./control", b"Package: p\nVersion: 1\n")]);
+        let data = tar_of(&[("./usr/share/p/x", b"payload")]);
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &data[..], &mut xz).unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(
+            &data[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &data).unwrap();
+        let gz = gz.finish().unwrap();
+        for (member, bytes) in [
+            ("data.tar.xz", xz),
+            ("data.tar.zst", zst),
+            ("data.tar.gz", gz),
+            ("data.tar", data.clone()),
+        ] {
+            let deb = deb_of(&[
+                ("debian-binary", b"2.0\n".to_vec()),
+                ("control.tar", control.clone()),
+                (member, bytes),
+            ]);
+            let c = read_deb("p", &deb).unwrap();
+            assert_eq!(c.control, "Package: p\nVersion: 1\n", "{member}");
+            let files: Vec<_> = c
+                .entries
+                .iter()
+                .map(|e| (e.path.as_str(), e.kind.clone()))
+                .collect();
+            assert_eq!(
+                files,
+                [("usr/share/p/x", DebKind::File(b"payload".to_vec()))],
+                "{member}"
+            );
+        }
+        let bad = deb_of(&[
+            ("debian-binary", b"3.0\n".to_vec()),
+            ("control.tar", control.clone()),
+            ("data.tar", data.clone()),
+        ]);
+        let e = read_deb("p", &bad).unwrap_err().to_string();
+        assert!(e.contains("only format 2.x"), "{e}");
+        let bz = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", control),
+            ("data.tar.bz2", data),
+        ]);
+        let e = format!("{:#}", read_deb("p", &bz).unwrap_err());
+        assert!(e.contains("compression \"bz2\" is not supported"), "{e}");
+    }
+
+    #[test]
+    fn links_are_checked_lexically() {
+        let p = ImagePath::parse("/usr/lib/x").unwrap();
+        assert!(link_stays_inside(&p, "../../etc/y"));
+        assert!(link_stays_inside(&p, "/lib/x86_64-linux-gnu/ld.so"));
+        assert!(!link_stays_inside(&p, "../../../etc/passwd"));
+        assert!(!link_stays_inside(&p, "/../etc/passwd"));
+        assert_eq!(sanitise_path("./").unwrap(), None);
+        assert_eq!(
+            sanitise_path("/etc//x/.").unwrap().unwrap().as_str(),
+            "etc/x"
+        );
+        assert!(sanitise_path("./usr/../../x").is_err());
+    }
+}
