@@ -530,7 +530,15 @@ fn hello_is_published_with_a_credential_helper() {
         ],
     );
     let report = json(&out);
-    let image = &report["images"][0];
+    // hello's workspace base (base-cc) is published first, then hello.
+    let names: Vec<&str> = report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base-cc", "hello"]);
+    let image = &report["images"][1];
     assert_eq!(image["repository"], "lane/platform/hello");
     let digest = image["digest"].as_str().unwrap();
     let raw = reg

@@ -1212,7 +1212,7 @@ pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<
 }
 
 /// Bump when [`read_deb`]'s rules change: old unpack records are ignored.
-const UNPACK_FORMAT: u32 = 1;
+const UNPACK_FORMAT: u32 = 2;
 
 /// What unpacking one verified .deb gave, kept in
 /// `cache_dir/debian/unpacked/<deb hex>.json` so a warm build does not
@@ -1259,17 +1259,32 @@ fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<
     status.push('\n');
     let status_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}", pkg.name))
         .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
-    let extra = DebEntry {
-        path: status_path,
-        kind: DebKind::File(status.into_bytes()),
-        mode: 0o644,
-        owner: Owner::ROOT,
-    };
+    // The package's file list next to its status (dpkg's `info/PKG.list`
+    // format: one absolute path per line), so `drift` can tell which package
+    // provides each file.
+    let mut list: Vec<String> = deb.entries.iter().map(|e| e.path.to_string()).collect();
+    list.sort();
+    let list_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}.list", pkg.name))
+        .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
+    let extra = [
+        DebEntry {
+            path: status_path,
+            kind: DebKind::File(status.into_bytes()),
+            mode: 0o644,
+            owner: Owner::ROOT,
+        },
+        DebEntry {
+            path: list_path,
+            kind: DebKind::File(format!("{}\n", list.join("\n")).into_bytes()),
+            mode: 0o644,
+            owner: Owner::ROOT,
+        },
+    ];
     let mut record = UnpackRecord {
         format: UNPACK_FORMAT,
         entries: Vec::new(),
     };
-    for e in deb.entries.into_iter().chain([extra]) {
+    for e in deb.entries.into_iter().chain(extra) {
         let (kind, data, size) = match e.kind {
             DebKind::Dir => ("dir", String::new(), 0),
             DebKind::Symlink(target) => ("symlink", target, 0),

@@ -129,7 +129,11 @@ pub fn release(
     // Preflight: before any build work.
     let all = ws.load_images()?;
     let selected = crate::workspace::select(&all, &opts.images)?;
-    let repositories: Vec<String> = selected.iter().map(|i| i.repository.clone()).collect();
+    let repositories: Vec<String> = selected
+        .iter()
+        .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
+        .map(|i| i.repository.clone())
+        .collect();
     progress.say(format_args!("preflight: {}", store.describe()));
     store.preflight(&repositories)?;
     // The engine is checked now too. Without it the smoke gate fails, but the
@@ -167,7 +171,13 @@ pub fn release(
     stages.end("gate: reproducible");
 
     let mut images = Vec::new();
-    for image in &report.images {
+    // Named images are released; their workspace bases are built (their
+    // layers are part of the image) but not released on their own.
+    let released = report
+        .images
+        .iter()
+        .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name));
+    for image in released {
         let spec = selected
             .iter()
             .find(|s| s.name == image.name)
