@@ -414,6 +414,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
             let ropts = crate::release::ReleaseOptions {
                 images: vec!["hello".into()],
                 quiet: true,
+                ..Default::default()
             };
             let t = Instant::now();
             let r = crate::release::release(&cws, &ropts, &mut store)?;

@@ -7,6 +7,7 @@
 //! cargo, the registry and the Docker Engine; [`registry`] and [`engine`]
 //! are the only async code. See ARCHITECTURE.md.
 
+pub mod audit;
 pub mod base;
 pub mod bench;
 pub mod build;
@@ -19,12 +20,15 @@ pub mod gates;
 pub mod layer;
 pub mod local_store;
 pub mod oci;
+pub mod promote;
 pub mod provenance;
 pub mod publish;
 pub mod registry;
 pub mod release;
 pub mod repro;
+pub mod signing;
 pub mod smoke;
 pub mod spec;
 pub mod store;
+pub mod verify;
 pub mod workspace;

@@ -18,7 +18,7 @@ use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::layer::{HashReader, sha256};
 use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
 use crate::publish::BlobStats;
-use crate::store::{Published, Store};
+use crate::store::{CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, referrers};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -303,5 +303,53 @@ impl Store for LocalStore {
             .iter()
             .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag)
             .and_then(|m| m["digest"].as_str().map(str::to_string)))
+    }
+
+    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+        if repository == to_repository {
+            return Ok(());
+        }
+        self.preflight(&[to_repository.to_string()])?;
+        let CopyPlan {
+            manifests,
+            referrers: attached,
+        } = copy_plan(self, repository, digest)?;
+        for CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        } in &manifests
+        {
+            for b in blobs {
+                let data = self.read_verified(repository, b)?;
+                self.put(to_repository, b, &data)?;
+            }
+            self.put(to_repository, m, bytes)?;
+            self.add_entry(to_repository, m, bytes.len() as u64, MEDIA_MANIFEST, None)?;
+        }
+        if attached.is_empty() {
+            return Ok(());
+        }
+        let existing = referrers(self, to_repository, digest)?;
+        let index = merged_referrers(existing, attached)?;
+        self.put(to_repository, &index.digest, &index.bytes)?;
+        self.add_entry(
+            to_repository,
+            &index.digest,
+            index.size(),
+            MEDIA_INDEX,
+            Some(&evidence::fallback_tag(digest)),
+        )
+    }
+
+    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
+        let mut tags: Vec<String> = self
+            .index(repository)?
+            .iter()
+            .filter_map(|m| m["annotations"][ANNOTATION_REF_NAME].as_str())
+            .map(str::to_string)
+            .collect();
+        tags.sort();
+        Ok(tags)
     }
 }

@@ -17,6 +17,7 @@ use xtask::repro;
 use xtask::smoke::{self, SmokeOptions};
 use xtask::store::{RegistryStore, Store};
 use xtask::workspace::Workspace;
+use xtask::{audit, promote, signing, verify};
 
 /// The auditable container release lane.
 ///
@@ -74,6 +75,94 @@ enum Command {
         #[arg(long, value_name = "REGISTRY")]
         registry: Option<RegistryTarget>,
         /// Print the release report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// PKCS#8 PEM ECDSA P-256 key that signs the evidence (default:
+        /// the file named by $LANE_SIGNING_KEY_FILE, else the PEM in
+        /// $LANE_SIGNING_KEY). Without a key the evidence is unsigned and
+        /// `cargo xtask verify` refuses it.
+        #[arg(long, value_name = "FILE")]
+        signing_key: Option<PathBuf>,
+    },
+    /// Make an ECDSA P-256 key pair for signing release evidence.
+    ///
+    /// Writes release-signing.key (PKCS#8 PEM, mode 0600: keep it in the CI
+    /// secret store as LANE_SIGNING_KEY, never in the repository) and
+    /// release-signing.pub (SPKI PEM: add it to [signing] trusted_keys in
+    /// ci/release-policy.toml). Never overwrites an existing key.
+    Keygen {
+        /// Where to write the two files.
+        #[arg(long, value_name = "DIR", default_value = "target/keys")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a digest is an accepted release of the lane.
+    ///
+    /// Reads the evidence attached to the digest (referrers of the digest),
+    /// and checks: every envelope is signed by a key in [signing]
+    /// trusted_keys of ci/release-policy.toml; every statement's subject is
+    /// exactly this digest; predicate types are SLSA provenance v1 and
+    /// in-toto test-result v0.1 and nothing else; the builder is trusted;
+    /// every required gate passed. Exits 0 only when all hold, and lists
+    /// every reason otherwise. Needs a digest: REPO@sha256:<hex>.
+    Verify {
+        /// REPO@sha256:<hex>, REPO as in image.toml `repository`.
+        reference: String,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
+        /// Accept evidence from a local (non-CI) run. Only for the local
+        /// store: a local builder is never trusted for a registry.
+        #[arg(long)]
+        allow_local_builder: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a tag at a verified digest, without re-building.
+    ///
+    /// Verifies REPO@sha256:<hex> first and refuses if it does not verify.
+    /// With --to, copies the image, its blobs and its evidence to
+    /// OTHER_REPO by digest and verifies it there. Then moves TAG and reads
+    /// it back: it must resolve to exactly that digest. Refuses tag-only
+    /// references.
+    Promote {
+        /// REPO@sha256:<hex>.
+        reference: String,
+        /// The tag to point at the digest.
+        #[arg(long)]
+        tag: String,
+        /// Promote into another repository (copy by digest).
+        #[arg(long, value_name = "OTHER_REPO")]
+        to: Option<String>,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
+        /// Accept evidence from a local run (local store only; see verify).
+        #[arg(long)]
+        allow_local_builder: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer, for one digest or tag: what was built, from which source, by
+    /// which lane, which tags point at it, which gates ran, does it verify.
+    ///
+    /// Given REPO:TAG, first says which digest the tag resolves to now, so a
+    /// tag moved behind the lane's back shows up (with its evidence, or its
+    /// lack of evidence). Exits 0 when the audit could be made, whatever it
+    /// finds; use `verify` to gate on the answer.
+    Audit {
+        /// REPO@sha256:<hex> or REPO:TAG.
+        reference: String,
+        /// HOST[:PORT][/PREFIX] of the registry to read (default:
+        /// $LANE_REGISTRY, else the local store under target/).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<RegistryTarget>,
+        /// Accept evidence from a local run when judging verification.
+        #[arg(long)]
+        allow_local_builder: bool,
         #[arg(long)]
         json: bool,
     },
@@ -227,6 +316,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The store to read: `--registry`, else $LANE_REGISTRY, else the embedded
+/// local store under target/local-registry/.
+fn open_store(
+    ws: &Workspace,
+    registry: Option<RegistryTarget>,
+    quiet: bool,
+) -> Result<Box<dyn Store>> {
+    let registry = match registry {
+        Some(r) => Some(r),
+        None => publish::registry_from_env()?,
+    };
+    Ok(match registry {
+        Some(target) => Box::new(RegistryStore::new(target, quiet)),
+        None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
+    })
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.workspace.as_deref())?;
     match cli.command {
@@ -262,11 +368,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             images,
             registry,
             json,
+            signing_key,
         } => {
             let registry = match registry {
                 Some(r) => Some(r),
                 None => publish::registry_from_env()?,
             };
+            let signer = signing::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
             let mut store: Box<dyn Store> = match registry {
                 Some(target) => Box::new(RegistryStore::new(target, json)),
                 None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
@@ -274,6 +382,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = ReleaseOptions {
                 images,
                 quiet: json,
+                signer,
             };
             let report = release::release(&ws, &opts, store.as_mut())?;
             if json {
@@ -299,6 +408,106 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchLayer { input, out } => {
             let d = xtask::bench::encode_tree(&input, &out)?;
             println!("{}", serde_json::to_string(&d)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out, json } => {
+            let dir = if out.is_absolute() {
+                out
+            } else {
+                ws.root.join(out)
+            };
+            let k = signing::keygen(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&k)?);
+            } else {
+                println!(
+                    "private key {} (mode 0600): store it in the CI secret store as LANE_SIGNING_KEY; never commit it\n\
+                     public key  {} (keyid {})\n\n\
+                     To trust it, add it to [signing] trusted_keys in ci/release-policy.toml:\n\n\
+                     [signing]\ntrusted_keys = [\n\"\"\"\n{}\"\"\",\n]",
+                    k.private_key.display(),
+                    k.public_key.display(),
+                    k.keyid,
+                    k.public_pem
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            reference,
+            registry,
+            allow_local_builder,
+            json,
+        } => {
+            let (repository, digest) = verify::parse_digest_reference(&reference)?;
+            let (policy, _) = release::load_policy(&ws)?;
+            let mut store = open_store(&ws, registry, json)?;
+            let (_, verdict) = verify::verify(
+                store.as_mut(),
+                &repository,
+                &digest,
+                &policy,
+                allow_local_builder,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdict)?);
+            } else {
+                print!("{}", verify::summary(&reference, &verdict));
+            }
+            Ok(if verdict.verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Promote {
+            reference,
+            tag,
+            to,
+            registry,
+            allow_local_builder,
+            json,
+        } => {
+            let (repository, digest) = verify::parse_digest_reference(&reference)?;
+            let (policy, _) = release::load_policy(&ws)?;
+            let mut store = open_store(&ws, registry, json)?;
+            let opts = promote::PromoteOptions {
+                repository,
+                digest,
+                tag,
+                to,
+                allow_local_builder,
+            };
+            let r = promote::promote(store.as_mut(), &policy, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "promoted {}@{} -> {}:{} (was {}); the tag reads back as {}",
+                    r.from,
+                    r.digest,
+                    r.repository,
+                    r.tag,
+                    r.previous.as_deref().unwrap_or("unset"),
+                    r.resolves_to
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            reference,
+            registry,
+            allow_local_builder,
+            json,
+        } => {
+            let (policy, _) = release::load_policy(&ws)?;
+            let mut store = open_store(&ws, registry, json)?;
+            let a = audit::audit(store.as_mut(), &policy, &reference, allow_local_builder)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                print!("{}", audit::summary(&a));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Lock { check, json } => {

@@ -634,6 +634,48 @@ impl Remote {
         Ok(found.map(|(bytes, _)| bytes))
     }
 
+    /// GET of the repository's tag list, sorted; empty when the repository
+    /// does not exist.
+    pub fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.rt.block_on(async {
+            let url = format!("{}/v2/{repo}/tags/list", self.s.base);
+            let res = self
+                .s
+                .authorise(self.s.http.get(&url), repo)
+                .await?
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "listing the tags of {}/{repo}: {}",
+                        self.s.host(),
+                        error_chain(&e)
+                    )
+                })?;
+            match res.status() {
+                StatusCode::OK => {
+                    let v: serde_json::Value = serde_json::from_slice(&res.bytes().await?)
+                        .with_context(|| {
+                            format!("the tag list of {}/{repo} is not JSON", self.s.host())
+                        })?;
+                    let mut tags: Vec<String> = v["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect();
+                    tags.sort();
+                    Ok(tags)
+                }
+                StatusCode::NOT_FOUND => Ok(Vec::new()),
+                st => bail!(
+                    "listing the tags of {}/{repo}: registry answered {st}",
+                    self.s.host()
+                ),
+            }
+        })
+    }
+
     /// GET of a blob's bytes (small blobs: evidence, configs).
     pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
         self.rt.block_on(async {

@@ -25,6 +25,9 @@ pub const POLICY_PATH: &str = "ci/release-policy.toml";
 pub struct ReleaseOptions {
     pub images: Vec<String>,
     pub quiet: bool,
+    /// Signs the provenance and gate statements; `None` leaves them
+    /// unsigned (and `cargo xtask verify` then refuses them).
+    pub signer: Option<crate::signing::Signer>,
 }
 
 /// The outcome for one image, as `release --json` prints it and as the
@@ -50,6 +53,11 @@ pub struct ImageRelease {
 pub struct ReleaseReport {
     pub store: String,
     pub builder: Builder,
+    /// Keyid of the key that signed the evidence; null when unsigned.
+    pub signing_key: Option<String>,
+    /// Whether the policy's `[signing] trusted_keys` holds that key (if not,
+    /// `cargo xtask verify` will refuse this evidence).
+    pub signing_key_trusted: bool,
     pub accepted: bool,
     pub images: Vec<ImageRelease>,
     /// Wall-clock seconds of each stage, in order.
@@ -277,7 +285,10 @@ pub fn release(
                 (provenance::SLSA_PROVENANCE_V1, &statement),
                 (provenance::TEST_RESULT_V01, &gate_statement),
             ] {
-                let env = canonical_json(&evidence::envelope(&canonical_json(st)?.bytes, &[]))?;
+                let env = canonical_json(&crate::signing::envelope(
+                    &canonical_json(st)?.bytes,
+                    opts.signer.as_ref(),
+                ))?;
                 let a = evidence::artifact(
                     MEDIA_DSSE,
                     MEDIA_DSSE,
@@ -329,6 +340,13 @@ pub fn release(
     Ok(ReleaseReport {
         store: store.describe(),
         builder: ctx.builder,
+        signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
+        signing_key_trusted: opts.signer.as_ref().is_some_and(|s| {
+            crate::signing::trusted_keys(&ctx.policy.trusted_keys)
+                .0
+                .iter()
+                .any(|k| k.keyid == s.keyid)
+        }),
         accepted,
         images,
         stages: stages.spent,
@@ -661,5 +679,16 @@ pub fn summary(report: &ReleaseReport) -> String {
         "builder: {}\nstore: {}\n",
         report.builder.id, report.store
     ));
+    out.push_str(&match &report.signing_key {
+        Some(k) if report.signing_key_trusted => format!("evidence signed by key {k}\n"),
+        Some(k) => format!(
+            "evidence signed by key {k}, which {POLICY_PATH} does not trust: verify will refuse it (add its public key to [signing] trusted_keys)\n"
+        ),
+        None => format!(
+            "evidence UNSIGNED: no signing key (--signing-key FILE, ${} or ${}); verify will refuse it\n",
+            crate::signing::ENV_KEY_FILE,
+            crate::signing::ENV_KEY
+        ),
+    });
     out
 }

@@ -54,6 +54,80 @@ pub trait Store {
     fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>>;
     /// A blob's bytes, checked against its digest.
     fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>>;
+    /// Copies the image manifest `digest`, every blob it names, and every
+    /// artifact attached to it (with the referrers index) from `repository`
+    /// to `to_repository`, byte for byte and by digest (`promote --to`).
+    /// Moves no tag other than the referrers fallback tag.
+    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()>;
+    /// Every tag of the repository (including `sha256-<hex>` fallback tags),
+    /// sorted; empty for a repository that does not exist.
+    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>>;
+}
+
+/// One manifest to copy, with the blobs it names (config and layers).
+pub struct CopyItem {
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub blobs: Vec<String>,
+}
+
+/// What `promote --to` copies: the image, then each artifact attached to
+/// it; and the referrers index entries of those artifacts.
+pub struct CopyPlan {
+    pub manifests: Vec<CopyItem>,
+    pub referrers: Vec<serde_json::Value>,
+}
+
+/// Reads the image `digest` and its attached artifacts for a copy.
+pub fn copy_plan(store: &mut dyn Store, repository: &str, digest: &str) -> Result<CopyPlan> {
+    let attached = referrers(store, repository, digest)?;
+    let mut digests = vec![digest.to_string()];
+    digests.extend(
+        attached
+            .iter()
+            .filter_map(|r| r["digest"].as_str().map(str::to_string)),
+    );
+    let mut out = Vec::new();
+    for m in digests {
+        let bytes = store
+            .manifest(repository, &m)?
+            .with_context(|| format!("{repository}@{m} is not in {}", store.describe()))?;
+        if sha256(&bytes) != m {
+            bail!("{repository}@{m} is served with other bytes; not copying");
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{repository}@{m} is not a JSON manifest"))?;
+        let mut blobs: Vec<String> = Vec::new();
+        blobs.extend(doc["config"]["digest"].as_str().map(str::to_string));
+        for l in doc["layers"].as_array().into_iter().flatten() {
+            blobs.extend(l["digest"].as_str().map(str::to_string));
+        }
+        out.push(CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        });
+    }
+    Ok(CopyPlan {
+        manifests: out,
+        referrers: attached,
+    })
+}
+
+/// The referrers index of the target: its own entries plus `attached`.
+pub fn merged_referrers(
+    existing: Vec<serde_json::Value>,
+    attached: Vec<serde_json::Value>,
+) -> Result<crate::oci::Blob> {
+    let mut merged = existing;
+    for r in attached {
+        if !merged.iter().any(|m| m["digest"] == r["digest"]) {
+            merged.push(r);
+        }
+    }
+    crate::oci::canonical_json(
+        &serde_json::json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": merged }),
+    )
 }
 
 /// The referrers of `subject` listed by the fallback tag index.
@@ -215,6 +289,61 @@ impl Store for RegistryStore {
         let remote = self.remote()?;
         let repo = remote.repo(repository);
         remote.fetch_blob(&repo, digest)
+    }
+
+    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+        if repository == to_repository {
+            return Ok(());
+        }
+        let CopyPlan {
+            manifests,
+            referrers: attached,
+        } = copy_plan(self, repository, digest)?;
+        let remote = self.remote()?;
+        let (from, to) = (remote.repo(repository), remote.repo(to_repository));
+        for CopyItem {
+            digest: m,
+            bytes,
+            blobs,
+        } in &manifests
+        {
+            for b in blobs {
+                // Whole blobs in memory: images of this lane are small; a
+                // cross-repository mount would avoid the copy.
+                let data = remote.fetch_blob(&from, b)?;
+                remote.push_small_blob(&to, b, &data)?;
+            }
+            let reported = remote.put_manifest(&to, m, MEDIA_MANIFEST, bytes)?;
+            if let Some(h) = reported.filter(|h| h != m) {
+                bail!("the registry reported {h} for {to}@{m}");
+            }
+        }
+        if attached.is_empty() {
+            return Ok(());
+        }
+        let tag = evidence::fallback_tag(digest);
+        let existing = match remote.fetch_manifest(&to, &tag, MEDIA_INDEX)? {
+            Some(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v["manifests"].as_array().cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let index = merged_referrers(existing, attached)?;
+        remote.put_manifest(&to, &tag, MEDIA_INDEX, &index.bytes)?;
+        let back = remote
+            .fetch_manifest(&to, &tag, MEDIA_INDEX)?
+            .unwrap_or_default();
+        if sha256(&back) != index.digest {
+            bail!("the referrers index {to}:{tag} reads back differently from what was pushed");
+        }
+        Ok(())
+    }
+
+    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
+        let remote = self.remote()?;
+        let repo = remote.repo(repository);
+        remote.list_tags(&repo)
     }
 }
 

@@ -1,0 +1,1313 @@
+//! The consumer side of the release lane (issue 7): signing, `verify`,
+//! `promote` and `audit`.
+//!
+//! Two kinds of test. The pure verification core ([`xtask::verify::check`])
+//! gets statements built and signed here, one tampering at a time. The CLI
+//! tests run `cargo xtask release` for real on a small workspace and then
+//! `verify`, `promote` and `audit` on what it stored (the embedded local
+//! store; every store access in the helpers below goes through the `Store`
+//! trait except [`rewrite_referrers`], the attacker with write access).
+//!
+//! The image is files-only on scratch with one static program (the host's
+//! `ldconfig`, a static-pie ELF) so that the smoke and drift gates have
+//! something real to run: releases of it are accepted for real, and
+//! [`Lane::break_smoke`] makes the next one rejected for real.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use support::{Fixture, TempDir};
+use xtask::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
+use xtask::gates::{self, GateResult, Policy};
+use xtask::local_store::LocalStore;
+use xtask::oci::canonical_json;
+use xtask::provenance::{self, Builder, Dependency, ProvenanceInputs};
+use xtask::signing::{self, Signer};
+use xtask::store::Store;
+use xtask::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
+
+const IMAGE: &str = r#"
+name = "files"
+repository = "test/files"
+tags = ["v1"]
+
+[[layer]]
+name = "one"
+files = [
+  { src = "data/one.txt", dest = "/srv/one.txt" },
+  { src = "data/ldconfig", dest = "/usr/bin/ldconfig", mode = "0755" },
+]
+
+[[smoke]]
+name = "version"
+command = ["/usr/bin/ldconfig", "--version"]
+expect_exit = 0
+expect_output = "^ldconfig "
+"#;
+
+const REPO: &str = "test/files";
+
+// ---------------------------------------------------------------------------
+// The pure core: statements built and signed here.
+
+fn key(dir: &Path) -> Signer {
+    let k = signing::keygen(dir).unwrap();
+    Signer::from_pem(&fs::read_to_string(&k.private_key).unwrap(), "test key").unwrap()
+}
+
+fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+fn builder(id: &str) -> Builder {
+    Builder {
+        id: id.into(),
+        authoritative: id != "local",
+        invocation_id: format!("{id}/runs/1"),
+    }
+}
+
+fn provenance_of(subject: &str, b: &Builder) -> Value {
+    provenance::provenance_statement(&ProvenanceInputs {
+        subject_name: "registry.test/test/files".into(),
+        manifest_digest: subject.into(),
+        image: "files".into(),
+        tags: vec!["v1".into()],
+        source_repository: "https://git.example.com/fixture".into(),
+        revision: "0".repeat(40),
+        tree_clean: true,
+        policy_path: "ci/release-policy.toml".into(),
+        policy_digest: digest('b'),
+        rustc: "rustc 1.0.0".into(),
+        lane_version: "0.1.0".into(),
+        encoder: "flate2".into(),
+        dependencies: vec![Dependency::named("Cargo.lock", "sha256", &digest('c'))],
+        builder: b.clone(),
+        started_on: "2026-01-01T00:00:00Z".into(),
+        finished_on: "2026-01-01T00:01:00Z".into(),
+    })
+}
+
+fn gates_of(subject: &str, failing: &[&str], registry: bool) -> Value {
+    let results: Vec<GateResult> = Policy::default()
+        .required(registry)
+        .iter()
+        .map(|g| GateResult::check(g, !failing.contains(&g.as_str()), "test", json!({})))
+        .collect();
+    let d = gates::decide(&Policy::default().required(registry), &results);
+    provenance::gate_statement(
+        "registry.test/test/files",
+        subject,
+        &d,
+        &Dependency::named("ci/release-policy.toml", "sha256", &digest('b')),
+    )
+}
+
+fn env(statement: &Value, signer: Option<&Signer>, artifact: &str) -> Envelope {
+    let payload = canonical_json(statement).unwrap().bytes;
+    Envelope {
+        artifact: artifact.into(),
+        annotated_predicate: statement["predicateType"].as_str().map(str::to_string),
+        envelope: signing::envelope(&payload, signer),
+    }
+}
+
+fn policy_trusting(keys: &[&Signer], builders: &[&str]) -> Policy {
+    Policy {
+        trusted_keys: keys.iter().map(|k| k.public_pem().unwrap()).collect(),
+        trusted_builders: builders.iter().map(|b| b.to_string()).collect(),
+        ..Policy::default()
+    }
+}
+
+const CI: &str = "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main";
+
+fn registry() -> VerifyOptions {
+    VerifyOptions {
+        registry: true,
+        allow_local_builder: false,
+    }
+}
+
+#[test]
+fn core_accepts_a_signed_accepted_release() {
+    let dir = TempDir::new("core-ok");
+    let k = key(dir.path());
+    let d = digest('a');
+    let ev = Evidence {
+        envelopes: vec![
+            env(&provenance_of(&d, &builder(CI)), Some(&k), "p"),
+            env(&gates_of(&d, &[], true), Some(&k), "g"),
+        ],
+        ..Evidence::default()
+    };
+    let v = verify::check(&d, &ev, &policy_trusting(&[&k], &[CI]), registry());
+    assert!(v.verified, "{:?}", v.reasons);
+    assert!(v.reasons.is_empty());
+    assert_eq!(v.statements[0].signature, format!("trusted:{}", k.keyid));
+}
+
+#[test]
+fn core_lists_every_tampering() {
+    let dir = TempDir::new("core-tamper");
+    let trusted = key(&dir.path().join("trusted"));
+    let intruder = key(&dir.path().join("intruder"));
+    let d = digest('a');
+    let other = digest('e');
+    let policy = policy_trusting(&[&trusted], &[CI]);
+    let good_gates = env(&gates_of(&d, &[], true), Some(&trusted), "g");
+    let check = |envelopes: Vec<Envelope>| {
+        let v = verify::check(
+            &d,
+            &Evidence {
+                envelopes,
+                ..Evidence::default()
+            },
+            &policy,
+            registry(),
+        );
+        assert!(!v.verified);
+        v.reasons
+    };
+    let has = |reasons: &[String], needle: &str| {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no reason contains {needle:?}: {reasons:#?}"
+        )
+    };
+
+    // Re-signed with an untrusted key.
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), Some(&intruder), "p"),
+        good_gates.clone(),
+    ]);
+    has(
+        &r,
+        &format!(
+            "artifact p: signed by key \"{}\", which the policy does not trust",
+            intruder.keyid
+        ),
+    );
+    // Unsigned.
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), None, "p"),
+        good_gates.clone(),
+    ]);
+    assert_eq!(r, ["artifact p: unsigned envelope"]);
+    // Payload rewritten after signing, signature kept.
+    let mut altered = env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p");
+    let forged = canonical_json(&provenance_of(&d, &builder("https://evil.example.com")))
+        .unwrap()
+        .bytes;
+    altered.envelope["payload"] = Value::String(evidence::base64(&forged));
+    let r = check(vec![altered, good_gates.clone()]);
+    has(&r, "does not verify (payload or signature altered)");
+    has(&r, "builder \"https://evil.example.com\" is not trusted");
+    // A statement whose subject is another digest.
+    let r = check(vec![
+        env(&provenance_of(&other, &builder(CI)), Some(&trusted), "p"),
+        good_gates.clone(),
+    ]);
+    assert_eq!(
+        r,
+        [format!(
+            "artifact p: the statement's subject is {other}, not the requested {d}"
+        )]
+    );
+    // A gate statement reporting a failure.
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+        env(
+            &gates_of(&d, &["smoke", "no-drift"], true),
+            Some(&trusted),
+            "g",
+        ),
+    ]);
+    assert_eq!(
+        r,
+        [
+            "the gate statement reports result \"FAILED\" (the release was rejected)",
+            "required gate no-drift failed or did not run",
+            "required gate smoke failed or did not run",
+        ]
+    );
+    // A rejected run and an accepted run of the same inputs: the accepted one
+    // counts. Either alone is judged on its own.
+    let v = verify::check(
+        &d,
+        &Evidence {
+            envelopes: vec![
+                env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+                env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+                good_gates.clone(),
+            ],
+            ..Evidence::default()
+        },
+        &policy,
+        registry(),
+    );
+    assert!(v.verified, "{:?}", v.reasons);
+    // ... but not when the passing one is unsigned.
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+        env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+        env(&gates_of(&d, &[], true), None, "g2"),
+    ]);
+    has(&r, "artifact g2: unsigned envelope");
+    // An unexpected predicate type, and no gate statement at all.
+    let mut vsa = provenance_of(&d, &builder(CI));
+    vsa["predicateType"] = json!("https://slsa.dev/verification_summary/v1");
+    let r = check(vec![
+        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+        env(&vsa, Some(&trusted), "x"),
+    ]);
+    has(
+        &r,
+        "artifact x: unexpected predicate type \"https://slsa.dev/verification_summary/v1\"",
+    );
+    has(
+        &r,
+        "no gate statement (https://in-toto.io/attestation/test-result/v0.1) is attached",
+    );
+    // Nothing attached.
+    let r = check(vec![]);
+    has(&r, "no provenance statement");
+    has(&r, "no gate statement");
+}
+
+#[test]
+fn core_trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
+    let dir = TempDir::new("core-builder");
+    let k = key(dir.path());
+    let d = digest('a');
+    let ev = |b: &Builder, registry: bool| Evidence {
+        envelopes: vec![
+            env(&provenance_of(&d, b), Some(&k), "p"),
+            env(&gates_of(&d, &[], registry), Some(&k), "g"),
+        ],
+        ..Evidence::default()
+    };
+    let local = builder("local");
+    let opts = |registry, allow_local_builder| VerifyOptions {
+        registry,
+        allow_local_builder,
+    };
+    let p = policy_trusting(&[&k], &[CI]);
+    let v = verify::check(&d, &ev(&local, true), &p, opts(true, true));
+    assert_eq!(
+        v.reasons,
+        [
+            "built by a local run (builder \"local\"): a local build is never trusted for a registry; release from CI"
+        ]
+    );
+    let v = verify::check(&d, &ev(&local, false), &p, opts(false, false));
+    assert!(
+        v.reasons[0].contains("pass --allow-local-builder"),
+        "{:?}",
+        v.reasons
+    );
+    let v = verify::check(&d, &ev(&local, false), &p, opts(false, true));
+    assert!(v.verified, "{:?}", v.reasons);
+    let other_ci = builder("https://ci.example.com/fork/.github/workflows/x.yml@refs/heads/x");
+    let v = verify::check(&d, &ev(&other_ci, true), &p, registry());
+    assert_eq!(v.reasons.len(), 1);
+    assert!(
+        v.reasons[0].contains("is not in [builder] trusted"),
+        "{:?}",
+        v.reasons
+    );
+    // A policy that trusts no key verifies nothing.
+    let v = verify::check(
+        &d,
+        &ev(&builder(CI), true),
+        &policy_trusting(&[], &[CI]),
+        registry(),
+    );
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("trusts no signing key")),
+        "{:?}",
+        v.reasons
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The CLI on real releases in the local store.
+
+struct Lane {
+    f: Fixture,
+    _keys: TempDir,
+    key: PathBuf,
+    signer: Signer,
+    intruder: Signer,
+}
+
+impl Lane {
+    /// A files-only workspace whose policy trusts a fresh key (made with
+    /// `cargo xtask keygen`).
+    fn new(label: &str) -> Lane {
+        let f = Fixture::with_files(
+            label,
+            &[
+                ("images/files/image.toml", IMAGE),
+                ("images/files/data/one.txt", "one\n"),
+                ("Cargo.lock", "version = 4\n"),
+            ],
+        );
+        let keys = TempDir::new("keys");
+        let out = f.ok(&["keygen", "--out", keys.path().to_str().unwrap(), "--json"]);
+        let k: Value = serde_json::from_str(&out).unwrap();
+        let key = PathBuf::from(k["private_key"].as_str().unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let public = fs::read_to_string(k["public_key"].as_str().unwrap()).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        fs::copy("/sbin/ldconfig", f.path("images/files/data/ldconfig"))
+            .expect("the host's static /sbin/ldconfig (Debian libc-bin)");
+        f.write(
+            "ci/release-policy.toml",
+            &format!("version = 1\n\n[signing]\ntrusted_keys = [\"\"\"\n{public}\"\"\"]\n"),
+        );
+        f.commit("policy trusts the lane's key");
+        let signer = Signer::from_pem(&fs::read_to_string(&key).unwrap(), "key").unwrap();
+        assert_eq!(signer.keyid, k["keyid"].as_str().unwrap());
+        let intruder = self::key(&keys.path().join("intruder"));
+        Lane {
+            f,
+            _keys: keys,
+            key,
+            signer,
+            intruder,
+        }
+    }
+
+    /// `release --signing-key` (or unsigned); returns the candidate digest.
+    fn release(&self, signed: bool) -> (bool, String) {
+        let mut args = vec!["release", "--json"];
+        let key = self.key.to_str().unwrap().to_string();
+        if signed {
+            args.extend(["--signing-key", &key]);
+        }
+        let out = self.f.xtask(&args);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "release --json printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let i = &report["images"][0];
+        assert_eq!(
+            report["signing_key"],
+            if signed {
+                json!(self.signer.keyid)
+            } else {
+                Value::Null
+            }
+        );
+        assert_eq!(report["signing_key_trusted"], signed);
+        if !out.status.success() {
+            // Shown when a test fails: why this release was rejected.
+            eprintln!(
+                "release rejected: {:#}\n{}",
+                i["decision"]["failures"],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (
+            out.status.success(),
+            i["digest"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Changes the image and makes its smoke check fail: the next release
+    /// is a rejected candidate with another digest.
+    fn break_smoke(&self) {
+        self.f.write("images/files/data/one.txt", "changed\n");
+        self.f.write(
+            "images/files/image.toml",
+            &IMAGE.replace("^ldconfig ", "^this is not what it prints"),
+        );
+        self.f.commit("an image whose smoke check fails");
+    }
+
+    fn store(&self) -> LocalStore {
+        LocalStore::new(self.f.path("target/local-registry"))
+    }
+
+    fn verify(&self, reference: &str) -> (bool, String) {
+        let out = self
+            .f
+            .xtask(&["verify", reference, "--allow-local-builder"]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn promote(&self, args: &[&str]) -> (bool, String) {
+        let mut a = vec!["promote", "--allow-local-builder"];
+        a.extend_from_slice(args);
+        let out = self.f.xtask(&a);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn audit(&self, reference: &str) -> Value {
+        let out = self
+            .f
+            .ok(&["audit", reference, "--json", "--allow-local-builder"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The DSSE envelopes attached to `digest`, as the store holds them.
+    fn envelopes(&self, repo: &str, digest: &str) -> Evidence {
+        verify::fetch_evidence(&mut self.store(), repo, digest).unwrap()
+    }
+}
+
+fn statement(e: &Envelope) -> Value {
+    serde_json::from_slice(&evidence::unbase64(e.envelope["payload"].as_str().unwrap()).unwrap())
+        .unwrap()
+}
+
+fn dsse_artifact(statement: &Value, signer: Option<&Signer>, subject: &str, size: u64) -> Artifact {
+    let payload = canonical_json(statement).unwrap().bytes;
+    let env = canonical_json(&signing::envelope(&payload, signer)).unwrap();
+    evidence::artifact(
+        MEDIA_DSSE,
+        MEDIA_DSSE,
+        env,
+        subject,
+        size,
+        &[(
+            ANNOTATION_PREDICATE,
+            statement["predicateType"].as_str().unwrap(),
+        )],
+    )
+    .unwrap()
+}
+
+/// The attacker (or a registry admin) with write access: replaces the DSSE
+/// artifacts attached to `digest` with `artifacts`, keeping the others.
+/// Pushes the artifacts through `Store::attach`, then `put_index` stores the
+/// new referrers index at the fallback tag.
+fn rewrite_referrers(
+    store: &mut dyn Store,
+    digest: &str,
+    artifacts: &[Artifact],
+    put_index: &mut dyn FnMut(&xtask::oci::Blob),
+) {
+    let keep: Vec<Value> = xtask::store::referrers(store, REPO, digest)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["artifactType"] != MEDIA_DSSE)
+        .collect();
+    for a in artifacts {
+        store.attach(REPO, digest, a).unwrap();
+    }
+    let mut manifests = keep;
+    for r in xtask::store::referrers(store, REPO, digest).unwrap() {
+        if artifacts
+            .iter()
+            .any(|a| r["digest"] == a.manifest.digest.as_str())
+        {
+            manifests.push(r);
+        }
+    }
+    let index = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": evidence::MEDIA_INDEX,
+        "manifests": manifests,
+    }))
+    .unwrap();
+    put_index(&index);
+    assert_eq!(
+        xtask::store::referrers(store, REPO, digest).unwrap(),
+        manifests,
+        "the rewritten index is in place"
+    );
+}
+
+/// [`rewrite_referrers`] in the local store: the index blob is written and
+/// the fallback tag of the OCI layout moved.
+fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
+    let layout = lane.f.path("target/local-registry").join(REPO);
+    let tag = evidence::fallback_tag(digest);
+    rewrite_referrers(&mut lane.store(), digest, artifacts, &mut |index| {
+        fs::write(
+            layout
+                .join("blobs/sha256")
+                .join(index.digest.trim_start_matches("sha256:")),
+            &index.bytes,
+        )
+        .unwrap();
+        let path = layout.join("index.json");
+        let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        for m in top["manifests"].as_array_mut().unwrap() {
+            if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
+                m["digest"] = json!(index.digest);
+                m["size"] = json!(index.size());
+            }
+        }
+        fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+    });
+}
+
+/// [`rewrite_referrers`] in a registry: a PUT of the index at the fallback tag.
+fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
+    let target: xtask::registry::RegistryTarget = host.parse().unwrap();
+    let remote = xtask::registry::preflight(&target, &[]).unwrap();
+    let tag = evidence::fallback_tag(digest);
+    let mut store = xtask::store::RegistryStore::new(target, true);
+    rewrite_referrers(&mut store, digest, artifacts, &mut |index| {
+        remote
+            .put_manifest(
+                &remote.repo(REPO),
+                &tag,
+                evidence::MEDIA_INDEX,
+                &index.bytes,
+            )
+            .unwrap();
+    });
+}
+
+/// The lane's own two envelopes of `d` (to put back), and the four
+/// tamperings of acceptance point 2 with the reason verify must give.
+type Case = (&'static str, Vec<Artifact>, String);
+fn tamper_cases(lane: &Lane, store: &mut dyn Store, d: &str) -> (Vec<Artifact>, Vec<Case>) {
+    let good = verify::fetch_evidence(store, REPO, d).unwrap();
+    let size = verify::fetch_manifest(store, REPO, d).unwrap().len() as u64;
+    let by = |p: &str| {
+        good.envelopes
+            .iter()
+            .find(|e| e.annotated_predicate.as_deref() == Some(p))
+            .unwrap()
+    };
+    let keep = |p: &str| {
+        evidence::artifact(
+            MEDIA_DSSE,
+            MEDIA_DSSE,
+            canonical_json(&by(p).envelope).unwrap(),
+            d,
+            size,
+            &[(ANNOTATION_PREDICATE, p)],
+        )
+        .unwrap()
+    };
+    let keep_prov = keep(provenance::SLSA_PROVENANCE_V1);
+    let keep_gates = keep(provenance::TEST_RESULT_V01);
+    let prov = statement(by(provenance::SLSA_PROVENANCE_V1));
+    let mut rewritten = prov.clone();
+    rewritten["predicate"]["buildDefinition"]["externalParameters"]["source"]["revision"] =
+        json!("f".repeat(40));
+    let mut elsewhere = prov.clone();
+    elsewhere["subject"][0]["digest"]["sha256"] = json!("e".repeat(64));
+    let failed = {
+        let mut s = statement(by(provenance::TEST_RESULT_V01));
+        s["predicate"]["result"] = json!("FAILED");
+        s["predicate"]["failedTests"] = json!(["smoke"]);
+        let passed: Vec<Value> = s["predicate"]["passedTests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| *g != "smoke")
+            .cloned()
+            .collect();
+        s["predicate"]["passedTests"] = json!(passed);
+        s
+    };
+    let cases = vec![
+        (
+            "re-signed with an untrusted key",
+            vec![
+                dsse_artifact(&rewritten, Some(&lane.intruder), d, size),
+                keep_gates.clone(),
+            ],
+            format!(
+                "signed by key \"{}\", which the policy does not trust",
+                lane.intruder.keyid
+            ),
+        ),
+        (
+            "rewritten and unsigned",
+            vec![dsse_artifact(&rewritten, None, d, size), keep_gates.clone()],
+            "unsigned envelope".into(),
+        ),
+        (
+            "subject of another digest",
+            vec![
+                dsse_artifact(&elsewhere, Some(&lane.signer), d, size),
+                keep_gates.clone(),
+            ],
+            format!(
+                "the statement's subject is sha256:{}, not the requested {d}",
+                "e".repeat(64)
+            ),
+        ),
+        (
+            "gate statement reporting a failure",
+            vec![
+                keep_prov.clone(),
+                dsse_artifact(&failed, Some(&lane.signer), d, size),
+            ],
+            "required gate smoke failed or did not run".into(),
+        ),
+    ];
+    (vec![keep_prov, keep_gates], cases)
+}
+
+#[test]
+fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
+    let lane = Lane::new("rejected");
+    lane.break_smoke();
+    let (accepted, d) = lane.release(true);
+    assert!(!accepted, "the smoke check fails");
+    let reference = format!("{REPO}@{d}");
+
+    let (ok, out) = lane.verify(&reference);
+    assert!(!ok);
+    assert!(out.contains("NOT VERIFIED"), "{out}");
+    assert!(
+        out.contains("the gate statement reports result \"FAILED\""),
+        "{out}"
+    );
+    assert!(!out.contains("no-drift"), "{out}");
+    assert!(
+        out.contains("required gate smoke failed or did not run"),
+        "{out}"
+    );
+    assert!(!out.contains("unsigned"), "{out}");
+    assert!(
+        out.contains(&format!("signature trusted:{}", lane.signer.keyid)),
+        "{out}"
+    );
+
+    let (ok, out) = lane.promote(&[&reference, "--tag", "v1"]);
+    assert!(!ok);
+    assert!(out.contains("refusing to promote"), "{out}");
+    assert!(
+        out.contains("required gate smoke failed or did not run"),
+        "{out}"
+    );
+    assert_eq!(lane.store().resolve_tag(REPO, "v1").unwrap(), None);
+
+    // Without --allow-local-builder, the local builder is one more reason.
+    let out = lane.f.xtask(&["verify", &reference]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pass --allow-local-builder"));
+
+    // Audit still answers, and says why.
+    let a = lane.audit(&reference);
+    assert_eq!(a["verification"]["verified"], false);
+    assert_eq!(a["gate_result"], "FAILED");
+    assert_eq!(a["tags"], json!([]));
+    let smoke = a["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "smoke")
+        .unwrap();
+    assert_eq!(smoke["state"], "failed");
+    assert_eq!(smoke["recorded_state"], "failed");
+    assert!(
+        smoke["summary"].as_str().unwrap().contains("version"),
+        "{smoke}"
+    );
+}
+
+#[test]
+fn unsigned_release_does_not_verify() {
+    let lane = Lane::new("unsigned");
+    let (accepted, d) = lane.release(false);
+    assert!(accepted, "every gate passes; only the evidence is unsigned");
+    let (ok, out) = lane.verify(&format!("{REPO}@{d}"));
+    assert!(!ok);
+    assert!(out.contains(": unsigned envelope"), "{out}");
+    assert_eq!(out.matches(": unsigned envelope").count(), 2, "{out}");
+    let (ok, out) = lane.promote(&[&format!("{REPO}@{d}"), "--tag", "prod"]);
+    assert!(!ok && out.contains("unsigned envelope"), "{out}");
+}
+
+#[test]
+fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
+    let lane = Lane::new("accepted");
+    let (accepted, d) = lane.release(true);
+    assert!(accepted, "a real accepted release");
+    let reference = format!("{REPO}@{d}");
+    // The release itself moved its tag.
+    assert_eq!(
+        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        Some(d.as_str())
+    );
+
+    // 1. verify passes; audit --json answers every question.
+    let (ok, out) = lane.verify(&reference);
+    assert!(ok, "{out}");
+    assert!(out.contains("VERIFIED"), "{out}");
+
+    // 3. promote moves the tag to exactly this digest.
+    let out = lane.f.ok(&[
+        "promote",
+        &reference,
+        "--tag",
+        "prod",
+        "--allow-local-builder",
+        "--json",
+    ]);
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["resolves_to"], d.as_str());
+    assert_eq!(p["previous"], Value::Null);
+    assert_eq!(
+        lane.store().resolve_tag(REPO, "prod").unwrap().as_deref(),
+        Some(d.as_str())
+    );
+
+    let a = lane.audit(&reference);
+    let revision = support::git(&lane.f.root, &["rev-parse", "HEAD"]);
+    check_audit(&a, &d, REPO, revision.trim());
+    assert_eq!(a["tags"], json!(["prod", "v1"]));
+
+    // ... and the same for a promoted copy in a second repository.
+    let out = lane.f.ok(&[
+        "promote",
+        &reference,
+        "--tag",
+        "stable",
+        "--to",
+        "prod/files",
+        "--allow-local-builder",
+        "--json",
+    ]);
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["repository"], "prod/files");
+    assert_eq!(p["copied"], true);
+    let (ok, out) = lane.verify(&format!("prod/files@{d}"));
+    assert!(ok, "{out}");
+    let a2 = lane.audit("prod/files:stable");
+    assert_eq!(a2["tag"]["resolves_to"], d.as_str());
+    check_audit(&a2, &d, "prod/files", revision.trim());
+    assert_eq!(a2["tags"], json!(["stable"]));
+    // Copied by digest: the same manifest and layer bytes.
+    assert_eq!(a2["image"]["layers"], a["image"]["layers"]);
+    assert_eq!(
+        verify::fetch_manifest(&mut lane.store(), "prod/files", &d).unwrap(),
+        verify::fetch_manifest(&mut lane.store(), REPO, &d).unwrap()
+    );
+
+    // 4. Re-tagging v1 to another digest behind the lane's back: a
+    // candidate the lane rejected.
+    lane.break_smoke();
+    let (accepted, other) = lane.release(true);
+    assert!(!accepted);
+    assert_ne!(other, d);
+    assert_eq!(
+        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        Some(d.as_str()),
+        "a rejected release moves no tag"
+    );
+    lane.store().tag(REPO, &other, "v1").unwrap(); // not through promote
+    let drifted = lane.audit(&format!("{REPO}:v1"));
+    assert_eq!(drifted["tag"]["resolves_to"], other.as_str());
+    assert_eq!(drifted["image"]["digest"], other.as_str());
+    assert_eq!(drifted["verification"]["verified"], false);
+    let human = lane
+        .f
+        .ok(&["audit", &format!("{REPO}:v1"), "--allow-local-builder"]);
+    assert!(
+        human.contains(&format!("tag {REPO}:v1 resolves NOW to {other}")),
+        "{human}"
+    );
+    assert!(human.contains("NOT VERIFIED"), "{human}");
+    assert!(
+        drifted["verification"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("required gate smoke failed")),
+        "{drifted:#}"
+    );
+    let (ok, out) = lane.verify(&reference);
+    assert!(ok, "the original digest still verifies: {out}");
+    assert_eq!(lane.audit(&reference)["tags"], json!(["prod"]));
+
+    // Promote moves it back, and says where it was.
+    let out = lane.f.ok(&[
+        "promote",
+        &reference,
+        "--tag",
+        "v1",
+        "--allow-local-builder",
+        "--json",
+    ]);
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["previous"], other.as_str());
+    assert_eq!(
+        lane.audit(&format!("{REPO}:v1"))["tag"]["resolves_to"],
+        d.as_str()
+    );
+}
+
+fn check_audit(a: &Value, d: &str, repo: &str, revision: &str) {
+    let nonempty = |ptr: &str| {
+        let v = a.pointer(ptr).unwrap_or(&Value::Null);
+        assert!(
+            !(v.is_null() || v == "" || v == &json!([])),
+            "audit field {ptr} is empty in {a:#}"
+        );
+    };
+    for ptr in [
+        "/image/name",
+        "/image/subject",
+        "/image/digest",
+        "/image/config",
+        "/image/layers/0/digest",
+        "/image/base",
+        "/source/repository",
+        "/source/revision",
+        "/source/clean",
+        "/builder/id",
+        "/builder/invocation",
+        "/builder/startedOn",
+        "/builder/finishedOn",
+        "/release_tags",
+        "/gates/0/gate",
+        "/gate_result",
+        "/verification/verified",
+        "/verification/statements/0/signature",
+    ] {
+        nonempty(ptr);
+    }
+    assert_eq!(a["repository"], repo);
+    assert_eq!(a["image"]["digest"], d);
+    assert_eq!(a["image"]["name"], "files");
+    assert_eq!(a["source"]["revision"], revision);
+    assert_eq!(a["source"]["clean"], true);
+    assert_eq!(a["builder"]["id"], "local");
+    assert_eq!(a["gate_result"], "PASSED");
+    assert_eq!(a["verification"]["verified"], true, "{a:#}");
+    assert_eq!(a["verification"]["reasons"], json!([]));
+    for g in a["gates"].as_array().unwrap() {
+        // Not required for the local store; recorded as information.
+        let expected = if g["gate"] == "authoritative-builder" {
+            "failed"
+        } else {
+            "passed"
+        };
+        assert_eq!(g["state"], expected, "{g}");
+    }
+    for gate in ["smoke", "no-drift", "reproducible", "publish-cross-check"] {
+        assert!(
+            a["gates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["gate"] == gate),
+            "{gate} missing from {a:#}"
+        );
+    }
+}
+
+#[test]
+fn tampered_evidence_fails_verify_and_promote() {
+    let lane = Lane::new("tamper");
+    let (accepted, d) = lane.release(true);
+    assert!(accepted);
+    let reference = format!("{REPO}@{d}");
+    assert!(lane.verify(&reference).0, "the untampered release verifies");
+    let (lanes_own, cases) = tamper_cases(&lane, &mut lane.store(), &d);
+    for (what, artifacts, reason) in cases {
+        rewrite_local(&lane, &d, &artifacts);
+        let (ok, out) = lane.verify(&reference);
+        assert!(!ok, "{what}: verify passed:\n{out}");
+        assert!(out.contains(&reason), "{what}: no {reason:?} in:\n{out}");
+        let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
+        assert!(!ok, "{what}: promote went ahead:\n{out}");
+        assert!(
+            out.contains("refusing to promote") && out.contains(&reason),
+            "{what}: {out}"
+        );
+        assert_eq!(
+            lane.store().resolve_tag(REPO, "prod").unwrap(),
+            None,
+            "{what}"
+        );
+    }
+    // Putting the lane's own evidence back makes it verify again.
+    rewrite_local(&lane, &d, &lanes_own);
+    assert!(lane.verify(&reference).0);
+}
+
+#[test]
+fn tag_only_references_are_refused_where_a_digest_is_needed() {
+    let lane = Lane::new("tag-only");
+    let (_, d) = lane.release(true);
+    let expected = format!("error: {NEEDS_DIGEST}\n");
+    for args in [
+        vec!["verify", "test/files:v1"],
+        vec!["verify", "test/files"],
+        vec!["promote", "test/files:v1", "--tag", "prod"],
+        vec![
+            "promote",
+            "test/files:latest",
+            "--tag",
+            "prod",
+            "--to",
+            "prod/files",
+        ],
+    ] {
+        assert_eq!(lane.f.fails(&args), expected, "{args:?}");
+    }
+    assert_eq!(
+        NEEDS_DIGEST,
+        "verify needs a digest: REPO@sha256:...; `cargo xtask audit` can resolve a tag for you"
+    );
+    // audit resolves a tag (here, one that does not exist) or takes a digest.
+    let e = lane.f.fails(&["audit", "test/files:nope"]);
+    assert!(e.contains("tag test/files:nope does not exist"), "{e}");
+    assert!(e.contains("tags of test/files: v1"), "{e}");
+    assert_eq!(
+        lane.audit("test/files:v1")["tag"]["resolves_to"],
+        d.as_str()
+    );
+    assert_eq!(
+        lane.audit(&format!("{REPO}@{d}"))["image"]["digest"],
+        d.as_str()
+    );
+    // Malformed digests and repository names are refused, not looked up.
+    let e = lane.f.fails(&["verify", "test/files@sha256:abc"]);
+    assert!(e.contains("is not a digest"), "{e}");
+    let e = lane.f.fails(&[
+        "promote",
+        &format!("{REPO}@{d}"),
+        "--tag",
+        "x",
+        "--to",
+        "../escape",
+    ]);
+    assert!(e.contains("not a valid repository name"), "{e}");
+}
+
+#[test]
+fn signing_key_comes_from_the_environment_and_bad_keys_are_refused() {
+    let lane = Lane::new("key-env");
+    let pem = fs::read_to_string(&lane.key).unwrap();
+    let out = lane
+        .f
+        .xtask_env(&["release", "--json"], &[("LANE_SIGNING_KEY", &pem)]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
+    let out = lane.f.xtask_env(
+        &["release", "--json"],
+        &[("LANE_SIGNING_KEY_FILE", lane.key.to_str().unwrap())],
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
+    let out = lane
+        .f
+        .xtask_env(&["release"], &[("LANE_SIGNING_KEY", "not a key")]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("$LANE_SIGNING_KEY is not a PKCS#8 PEM ECDSA P-256 private key"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("not a key"),
+        "the key text is never echoed: {e}"
+    );
+    // keygen never overwrites.
+    let dir = lane.key.parent().unwrap().to_str().unwrap().to_string();
+    let e = lane.f.fails(&["keygen", "--out", &dir]);
+    assert!(e.contains("already exists; keygen never overwrites"), "{e}");
+}
+
+/// Standard tooling agrees: openssl checks the lane's DSSE signature over the
+/// PAE, a key made by openssl signs releases, and the keyid is the sha256 of
+/// the SPKI DER as openssl writes it.
+#[test]
+fn openssl_checks_the_signatures_and_makes_usable_keys() {
+    let lane = Lane::new("openssl");
+    let dir = TempDir::new("openssl");
+    let p = |n: &str| dir.path().join(n);
+    let openssl = |args: &[&str]| {
+        let out = support::run(std::process::Command::new("openssl").args(args));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let key = p("ossl.key");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        p("ossl.pub").to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        p("ossl.der").to_str().unwrap(),
+    ]);
+    let signer = Signer::from_pem(&fs::read_to_string(&key).unwrap(), "openssl key").unwrap();
+    let der_hash = support::sha256_hex_of_file(&p("ossl.der"));
+    assert_eq!(format!("sha256:{}", signer.keyid), der_hash);
+
+    // The lane's envelopes, signed with that key, checked by openssl.
+    let out = lane
+        .f
+        .xtask(&["release", "--json", "--signing-key", key.to_str().unwrap()]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["signing_key"], signer.keyid.as_str());
+    assert_eq!(
+        r["signing_key_trusted"], false,
+        "the policy trusts only the lane's key"
+    );
+    let human = lane
+        .f
+        .xtask(&["release", "--signing-key", key.to_str().unwrap()]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("which ci/release-policy.toml does not trust: verify will refuse it"),
+        "{human}"
+    );
+    let d = r["images"][0]["digest"].as_str().unwrap().to_string();
+    let ev = lane.envelopes(REPO, &d);
+    assert!(ev.envelopes.len() >= 2, "{ev:?}");
+    for (i, e) in ev.envelopes.iter().enumerate() {
+        let payload = evidence::unbase64(e.envelope["payload"].as_str().unwrap()).unwrap();
+        let pae = evidence::pae(e.envelope["payloadType"].as_str().unwrap(), &payload);
+        let sig = &e.envelope["signatures"][0];
+        assert_eq!(sig["keyid"], signer.keyid.as_str());
+        let (m, s) = (p(&format!("pae{i}")), p(&format!("sig{i}")));
+        fs::write(&m, &pae).unwrap();
+        fs::write(
+            &s,
+            evidence::unbase64(sig["sig"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let ok = openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            p("ossl.pub").to_str().unwrap(),
+            "-signature",
+            s.to_str().unwrap(),
+            m.to_str().unwrap(),
+        ]);
+        assert_eq!(ok.trim(), "Verified OK");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The same against the real Distribution registry (no referrers API: the
+// evidence is found through the sha256-<hex> fallback tag).
+
+/// The environment of a CI run (GitHub Actions variables), which makes the
+/// lane's builder authoritative.
+const CI_ENV: &[(&str, &str)] = &[
+    ("GITHUB_ACTIONS", "true"),
+    ("GITHUB_SERVER_URL", "https://ci.example.com"),
+    (
+        "GITHUB_WORKFLOW_REF",
+        "org/repo/.github/workflows/release.yml@refs/heads/main",
+    ),
+    ("GITHUB_REPOSITORY", "org/repo"),
+    ("GITHUB_RUN_ID", "7"),
+];
+
+#[test]
+fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
+    use support::registry::{Creds, Registry, show};
+    let reg = Registry::start();
+    let host = reg.host();
+    let lane = Lane::new("registry");
+    let mut ci = Creds::none();
+    ci.env = CI_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let plain = Creds::none();
+    let key = lane.key.to_str().unwrap().to_string();
+    let x = |creds: &Creds, args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--registry", &host]);
+        creds.xtask(&lane.f, &a)
+    };
+
+    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = r["images"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
+    let reference = format!("{REPO}@{d}");
+
+    // verify, with no flag: a CI builder, evidence through the fallback tag.
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
+    // promote into a second repository; skopeo reads the tag back.
+    let out = x(
+        &plain,
+        &[
+            "promote",
+            &reference,
+            "--tag",
+            "prod",
+            "--to",
+            "prod/files",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        reg.tag_digest("prod/files", "prod").as_deref(),
+        Some(d.as_str())
+    );
+    let out = x(&plain, &["verify", &format!("prod/files@{d}")]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = x(&plain, &["audit", "prod/files:prod", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["tag"]["resolves_to"], d.as_str());
+    assert_eq!(a["image"]["digest"], d.as_str());
+    assert_eq!(a["image"]["subject"], format!("{host}/{REPO}").as_str());
+    assert_eq!(
+        a["builder"]["id"],
+        "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
+    );
+    assert_eq!(a["builder"]["authoritative"], true);
+    assert_eq!(
+        a["builder"]["invocation"],
+        "https://ci.example.com/org/repo/actions/runs/7/attempts/1"
+    );
+    assert_eq!(a["source"]["clean"], true);
+    assert_eq!(a["tags"], json!(["prod"]));
+    assert_eq!(a["gate_result"], "PASSED");
+    assert!(
+        a["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["gate"] == "authoritative-builder" && g["state"] == "passed"),
+        "{a:#}"
+    );
+    assert_eq!(a["verification"]["verified"], true, "{a:#}");
+
+    // --allow-local-builder does not loosen anything for CI evidence (and a
+    // local builder is never trusted for a registry: see the core tests).
+    let out = x(&plain, &["verify", &reference, "--allow-local-builder"]);
+    assert!(
+        out.status.success(),
+        "the flag changes nothing for CI evidence"
+    );
+
+    // Tag-only references.
+    let out = x(&plain, &["verify", &format!("{REPO}:v1")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: {NEEDS_DIGEST}\n")
+    );
+    let out = x(&plain, &["promote", &format!("{REPO}:v1"), "--tag", "prod"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: {NEEDS_DIGEST}\n")
+    );
+
+    // Re-tagging behind the lane's back: skopeo points v1 at a rejected
+    // candidate. audit of the tag shows it; the release digest still verifies.
+    lane.break_smoke();
+    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let other = r["images"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
+    let copy = support::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{host}/{REPO}@{other}"),
+        &format!("docker://{host}/{REPO}:v1"),
+    ]));
+    assert!(copy.status.success(), "{}", show(&copy));
+    assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(other.as_str()));
+    let out = x(&plain, &["audit", &format!("{REPO}:v1"), "--json"]);
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["tag"]["resolves_to"], other.as_str());
+    assert_eq!(a["verification"]["verified"], false);
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = x(
+        &plain,
+        &["promote", &format!("{REPO}@{other}"), "--tag", "v1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("required gate smoke failed"),
+        "{}",
+        show(&out)
+    );
+
+    // Acceptance 2 through the registry: the referrers index at the
+    // fallback tag rewritten by someone with write access.
+    let (lanes_own, cases) = tamper_cases(
+        &lane,
+        &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
+        &d,
+    );
+    for (what, artifacts, reason) in cases {
+        rewrite_registry(&host, &d, &artifacts);
+        let out = x(&plain, &["verify", &reference]);
+        assert!(!out.status.success(), "{what}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&reason),
+            "{what}: no {reason:?} in {}",
+            show(&out)
+        );
+        let out = x(&plain, &["promote", &reference, "--tag", "again"]);
+        assert!(!out.status.success(), "{what}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to promote") && err.contains(&reason),
+            "{what}: {err}"
+        );
+        assert_eq!(reg.tag_digest(REPO, "again"), None, "{what}");
+    }
+    rewrite_registry(&host, &d, &lanes_own);
+    let out = x(&plain, &["verify", &reference]);
+    assert!(out.status.success(), "{}", show(&out));
+}

@@ -1,0 +1,291 @@
+//! `cargo xtask audit REPO@sha256:...|REPO:TAG`: the five audit questions
+//! for one digest, in one screen. What was built, from which source, by which
+//! lane, under which immutable identity (and which tags point at it now),
+//! with which gate results, and whether the evidence verifies. Given a tag,
+//! it first says which digest the tag resolves to now.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::gates::Policy;
+use crate::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
+use crate::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
+use crate::store::Store;
+use crate::verify::{self, Reference};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub reference: String,
+    pub repository: String,
+    /// Set when a tag was given: the tag and the digest it resolves to now.
+    pub tag: Option<TagState>,
+    pub image: Image,
+    pub source: Value,
+    pub builder: Value,
+    /// Tags of the repository that point at this digest now.
+    pub tags: Vec<String>,
+    /// Tags the release intended (from the provenance).
+    pub release_tags: Vec<String>,
+    pub gates: Vec<Gate>,
+    /// The gate statement's overall result (`PASSED`, `FAILED`, or null).
+    pub gate_result: Value,
+    pub verification: Verification,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TagState {
+    pub name: String,
+    pub resolves_to: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    pub name: Value,
+    pub subject: Value,
+    pub digest: String,
+    pub config: Value,
+    pub layers: Vec<Value>,
+    pub base: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gate {
+    pub gate: String,
+    /// From the signed gate statement: `passed` or `failed`.
+    pub state: String,
+    /// From the lane's release record (unsigned): `passed`, `failed` or
+    /// `missing`, and its one-line evidence summary.
+    pub recorded_state: Option<String>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub verified: bool,
+    pub reasons: Vec<String>,
+    /// Each statement: artifact digest, predicate type, signature state.
+    pub statements: Vec<Value>,
+}
+
+pub fn audit(
+    store: &mut dyn Store,
+    policy: &Policy,
+    reference: &str,
+    allow_local_builder: bool,
+) -> Result<Audit> {
+    let r = verify::parse_reference(reference)?;
+    let repository = r.repository().to_string();
+    let (digest, tag) = match &r {
+        Reference::Digest { digest, .. } => (digest.clone(), None),
+        Reference::Tag { tag, .. } => {
+            let Some(d) = store.resolve_tag(&repository, tag)? else {
+                let known: Vec<String> = store
+                    .list_tags(&repository)?
+                    .into_iter()
+                    .filter(|t| !t.starts_with("sha256-"))
+                    .collect();
+                anyhow::bail!(
+                    "tag {r} does not exist in {}; tags of {repository}: {}",
+                    store.describe(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            };
+            (
+                d.clone(),
+                Some(TagState {
+                    name: tag.clone(),
+                    resolves_to: d,
+                }),
+            )
+        }
+    };
+    let manifest: Value =
+        serde_json::from_slice(&verify::fetch_manifest(store, &repository, &digest)?)
+            .with_context(|| format!("{repository}@{digest} is not a JSON manifest"))?;
+    let (evidence, verdict) =
+        verify::verify(store, &repository, &digest, policy, allow_local_builder)?;
+
+    let mut tags = Vec::new();
+    for t in store.list_tags(&repository)? {
+        if t.starts_with("sha256-") {
+            continue;
+        }
+        if store.resolve_tag(&repository, &t)?.as_deref() == Some(digest.as_str()) {
+            tags.push(t);
+        }
+    }
+
+    let prov = verdict
+        .statement(SLSA_PROVENANCE_V1)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let gates_st = verdict
+        .statement(TEST_RESULT_V01)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let def = &prov["predicate"]["buildDefinition"];
+    let run = &prov["predicate"]["runDetails"];
+    let ann = &manifest["annotations"];
+    let record = evidence.records.last().cloned().unwrap_or(Value::Null);
+    let recorded: Vec<Value> = record["release"]["decision"]["gates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+
+    let mut gates = Vec::new();
+    let p = &gates_st["predicate"];
+    for (key, state) in [("passedTests", "passed"), ("failedTests", "failed")] {
+        for name in p[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let rec = recorded.iter().find(|g| g["gate"] == name);
+            gates.push(Gate {
+                gate: name.to_string(),
+                state: state.into(),
+                recorded_state: rec.and_then(|g| g["state"].as_str()).map(str::to_string),
+                summary: rec
+                    .and_then(|g| g["summary"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+    }
+
+    Ok(Audit {
+        reference: r.to_string(),
+        repository,
+        tag,
+        image: Image {
+            name: def["externalParameters"]["image"].clone(),
+            subject: prov["subject"][0]["name"].clone(),
+            digest: digest.clone(),
+            config: manifest["config"]["digest"].clone(),
+            layers: manifest["layers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| json!({ "digest": l["digest"], "size": l["size"], "mediaType": l["mediaType"] }))
+                .collect(),
+            base: json!({ "name": ann[ANNOTATION_BASE_NAME], "digest": ann[ANNOTATION_BASE_DIGEST] }),
+        },
+        source: json!({
+            "repository": def["externalParameters"]["source"]["repository"],
+            "revision": def["externalParameters"]["source"]["revision"],
+            "clean": def["externalParameters"]["source"]["treeClean"],
+        }),
+        builder: json!({
+            "id": run["builder"]["id"],
+            "authoritative": run["builder"]["authoritative"],
+            "invocation": run["metadata"]["invocationId"],
+            "startedOn": run["metadata"]["startedOn"],
+            "finishedOn": run["metadata"]["finishedOn"],
+        }),
+        tags,
+        release_tags: def["externalParameters"]["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
+        gates,
+        gate_result: p["result"].clone(),
+        verification: Verification {
+            verified: verdict.verified,
+            reasons: verdict.reasons.clone(),
+            statements: verdict
+                .statements
+                .iter()
+                .map(|s| json!({ "artifact": s.artifact, "predicateType": s.predicate_type, "signature": s.signature }))
+                .collect(),
+        },
+    })
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// The one-screen human answer.
+pub fn summary(a: &Audit) -> String {
+    let mut o = String::new();
+    if let Some(t) = &a.tag {
+        o.push_str(&format!(
+            "tag {}:{} resolves NOW to {}\n",
+            a.repository, t.name, t.resolves_to
+        ));
+    }
+    o.push_str(&format!(
+        "what     image {} {}@{}\n         config {}; base {} {}\n",
+        s(&a.image.name),
+        a.repository,
+        a.image.digest,
+        s(&a.image.config),
+        s(&a.image.base["name"]),
+        s(&a.image.base["digest"]),
+    ));
+    for l in &a.image.layers {
+        o.push_str(&format!(
+            "         layer {} ({} bytes)\n",
+            s(&l["digest"]),
+            s(&l["size"])
+        ));
+    }
+    o.push_str(&format!(
+        "source   {} @ {} (clean: {})\n",
+        s(&a.source["repository"]),
+        s(&a.source["revision"]),
+        s(&a.source["clean"])
+    ));
+    o.push_str(&format!(
+        "lane     builder {} (authoritative: {})\n         invocation {}\n         {} .. {}\n",
+        s(&a.builder["id"]),
+        s(&a.builder["authoritative"]),
+        s(&a.builder["invocation"]),
+        s(&a.builder["startedOn"]),
+        s(&a.builder["finishedOn"]),
+    ));
+    o.push_str(&format!(
+        "identity {}@{}\n         tags now: {}; release tags: {}\n",
+        a.repository,
+        a.image.digest,
+        if a.tags.is_empty() {
+            "none".into()
+        } else {
+            a.tags.join(", ")
+        },
+        if a.release_tags.is_empty() {
+            "none".into()
+        } else {
+            a.release_tags.join(", ")
+        },
+    ));
+    o.push_str(&format!("gates    result {}\n", s(&a.gate_result)));
+    for g in &a.gates {
+        o.push_str(&format!(
+            "         {:<22} {:<7} {}\n",
+            g.gate, g.state, g.summary
+        ));
+    }
+    if a.verification.verified {
+        o.push_str("verify   VERIFIED\n");
+    } else {
+        o.push_str("verify   NOT VERIFIED\n");
+        for r in &a.verification.reasons {
+            o.push_str(&format!("         - {r}\n"));
+        }
+    }
+    o
+}

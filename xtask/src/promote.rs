@@ -1,0 +1,96 @@
+//! `cargo xtask promote REPO@sha256:... --tag TAG [--to OTHER_REPO]`: move a
+//! tag to a verified digest, never re-building. The digest is verified in its
+//! repository; with `--to` the image, its blobs and its evidence are copied
+//! by digest and verified again in the target before the tag moves; the tag
+//! is then read back and must resolve to exactly that digest.
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::gates::Policy;
+use crate::store::Store;
+use crate::verify::{self, Verdict};
+
+#[derive(Debug, Clone)]
+pub struct PromoteOptions {
+    pub repository: String,
+    pub digest: String,
+    pub tag: String,
+    pub to: Option<String>,
+    pub allow_local_builder: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoteReport {
+    pub digest: String,
+    pub from: String,
+    pub repository: String,
+    pub tag: String,
+    /// What the tag pointed at before (None: a new tag).
+    pub previous: Option<String>,
+    /// What the tag resolves to after the move, read back from the store.
+    pub resolves_to: String,
+    pub copied: bool,
+}
+
+/// Verifies, copies (with `--to`), tags and reads back. A digest that does
+/// not verify is refused with every reason.
+pub fn promote(
+    store: &mut dyn Store,
+    policy: &Policy,
+    opts: &PromoteOptions,
+) -> Result<PromoteReport> {
+    verify::check_tag(&opts.tag)?;
+    let target = opts.to.clone().unwrap_or_else(|| opts.repository.clone());
+    verify::check_repository(&target)?;
+    let refuse = |repo: &str, v: &Verdict| -> Result<()> {
+        if !v.verified {
+            bail!(
+                "refusing to promote {repo}@{}: it does not verify as an accepted release:\n  - {}",
+                v.digest,
+                v.reasons.join("\n  - ")
+            );
+        }
+        Ok(())
+    };
+    let (_, v) = verify::verify(
+        store,
+        &opts.repository,
+        &opts.digest,
+        policy,
+        opts.allow_local_builder,
+    )?;
+    refuse(&opts.repository, &v)?;
+    let copied = target != opts.repository;
+    if copied {
+        store.copy_to(&opts.repository, &opts.digest, &target)?;
+        let (_, v) = verify::verify(
+            store,
+            &target,
+            &opts.digest,
+            policy,
+            opts.allow_local_builder,
+        )?;
+        refuse(&target, &v)?;
+    }
+    let previous = store.resolve_tag(&target, &opts.tag)?;
+    store.tag(&target, &opts.digest, &opts.tag)?;
+    let resolves_to = store.resolve_tag(&target, &opts.tag)?;
+    if resolves_to.as_deref() != Some(opts.digest.as_str()) {
+        bail!(
+            "tag {target}:{} reads back as {resolves_to:?}, not {}: someone moved it concurrently; run audit {target}:{}",
+            opts.tag,
+            opts.digest,
+            opts.tag
+        );
+    }
+    Ok(PromoteReport {
+        digest: opts.digest.clone(),
+        from: opts.repository.clone(),
+        repository: target,
+        tag: opts.tag.clone(),
+        previous,
+        resolves_to: opts.digest.clone(),
+        copied,
+    })
+}
