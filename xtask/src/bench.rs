@@ -615,7 +615,7 @@ pub fn table(r: &BenchReport) -> String {
             c.name,
             c.unit,
             s(&c.lane),
-            c.reference_tool,
+            c.reference_tool.replace('|', "\\|"),
             c.reference.as_ref().map(s).unwrap_or_else(|| "-".into()),
             c.ratio
                 .map(|r| format!("{r:.2}"))
