@@ -163,7 +163,9 @@ impl Fixture {
         cmd.arg("--workspace")
             .arg(&self.root)
             .args(args)
-            .current_dir(&self.root);
+            .current_dir(&self.root)
+            // A local builder unless a test sets a CI identity itself.
+            .env_remove("GITHUB_ACTIONS");
         for (k, v) in env {
             cmd.env(k, v);
         }
