@@ -639,19 +639,7 @@ impl Remote {
     pub fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
         self.rt.block_on(async {
             let url = format!("{}/v2/{repo}/tags/list", self.s.base);
-            let res = self
-                .s
-                .authorise(self.s.http.get(&url), repo)
-                .await?
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "listing the tags of {}/{repo}: {}",
-                        self.s.host(),
-                        error_chain(&e)
-                    )
-                })?;
+            let res = self.s.get(&url, repo, None, "listing the tags of").await?;
             match res.status() {
                 StatusCode::OK => {
                     let v: serde_json::Value = serde_json::from_slice(&res.bytes().await?)
@@ -682,17 +670,8 @@ impl Remote {
             let url = format!("{}/v2/{repo}/blobs/{digest}", self.s.base);
             let res = self
                 .s
-                .authorise(self.s.http.get(&url), repo)
-                .await?
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "reading blob {digest} from {}/{repo}: {}",
-                        self.s.host(),
-                        error_chain(&e)
-                    )
-                })?;
+                .get(&url, repo, None, &format!("reading blob {digest} from"))
+                .await?;
             if res.status() != StatusCode::OK {
                 bail!(
                     "reading blob {digest} from {}/{repo}: registry answered {}",
@@ -714,6 +693,25 @@ impl Remote {
 }
 
 impl Session {
+    /// Sends an authorised GET; `what` names the request in errors.
+    async fn get(
+        &self,
+        url: &str,
+        repo: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        let mut req = self.http.get(url);
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        self.authorise(req, repo)
+            .await?
+            .send()
+            .await
+            .map_err(|e| anyhow!("{what} {}/{repo}: {}", self.host(), error_chain(&e)))
+    }
+
     fn host(&self) -> &str {
         self.target.host()
     }
@@ -1027,17 +1025,8 @@ impl Session {
     ) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let res = self
-            .authorise(self.http.get(&url).header(ACCEPT, media_type), repo)
-            .await?
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "reading back {}/{repo}:{reference}: {}",
-                    self.host(),
-                    error_chain(&e)
-                )
-            })?;
+            .get(&url, repo, Some(media_type), "reading back")
+            .await?;
         let status = res.status();
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
