@@ -467,25 +467,24 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         let spec = &planned.spec;
         let mut stats = CacheStats::default();
         let mut records = Vec::new();
+        // The pinned Debian packages come first (verified before use), then
+        // the image's own layers, each through the action cache.
+        let mut layers = Vec::new();
         if spec.debian.is_some() {
-            // The pinned Debian packages come first, verified before use.
             let entries = crate::debian::layer_entries(&ws.root, &opts.cache_dir, spec)?;
-            let d = build_layer(
-                &mut cache,
-                &entries,
-                plan.source.source_date_epoch,
-                &mut stats,
-                &progress,
-                &spec.name,
-                DEBIAN_LAYER,
-            )?;
-            records.push(LayerRecord::new(
-                &d,
-                "cargo xtask build: Debian packages of lockfiles/debian.lock".into(),
-            ));
+            let created_by =
+                "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
+            layers.push((DEBIAN_LAYER.to_string(), entries, created_by));
         }
         for l in &spec.layers {
             let entries = resolve_layer(&ws.root, spec, l, &bin_path, true)?;
+            layers.push((
+                l.name.clone(),
+                entries,
+                format!("cargo xtask build: layer {}", l.name),
+            ));
+        }
+        for (name, entries, created_by) in layers {
             let d = build_layer(
                 &mut cache,
                 &entries,
@@ -493,12 +492,9 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
                 &mut stats,
                 &progress,
                 &spec.name,
-                &l.name,
+                &name,
             )?;
-            records.push(LayerRecord::new(
-                &d,
-                format!("cargo xtask build: layer {}", l.name),
-            ));
+            records.push(LayerRecord::new(&d, created_by));
         }
         let pulled;
         let base = match &spec.base {
