@@ -25,7 +25,12 @@ use xtask::{audit, promote, signing, verify};
 /// image layouts under target/images/, with the same digest on any machine
 /// and in any directory.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, propagate_version = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    propagate_version = true
+)]
 struct Cli {
     /// The workspace root (default: the nearest folder above the current one
     /// with Cargo.toml and images/).
@@ -52,11 +57,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Check that the build is reproducible: build twice and compare digests.
-    ///
-    /// The second build runs from a copy of the source tree at another path,
-    /// under umask 077, with shuffled mtimes, with empty caches. Exits non-zero
-    /// and names the image, layer and first differing file on a mismatch.
     /// The release lane: preflight, build, gates, publish by digest, provenance,
     /// then accept (move the tags) or reject (move nothing).
     ///
@@ -181,6 +181,11 @@ enum Command {
     /// Encode one layer from a directory or file (used by `bench` in a child process).
     #[command(hide = true)]
     BenchLayer { input: PathBuf, out: PathBuf },
+    /// Check that the build is reproducible: build twice and compare digests.
+    ///
+    /// The second build runs from a copy of the source tree at another path,
+    /// under umask 077, with shuffled mtimes, with empty caches. Exits non-zero
+    /// and names the image, layer and first differing file on a mismatch.
     Repro {
         /// Images to check (default: all).
         images: Vec<String>,
@@ -442,6 +447,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
             let mut store = open_store(&ws, registry, json)?;
+            let repository = local_name(store.as_ref(), repository);
             let (_, verdict) = verify::verify(
                 store.as_mut(),
                 &repository,
@@ -471,6 +477,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
             let mut store = open_store(&ws, registry, json)?;
+            let repository = local_name(store.as_ref(), repository);
             let opts = promote::PromoteOptions {
                 repository,
                 digest,
@@ -644,5 +651,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// The local store names its images `local/REPOSITORY` in statements and
+/// summaries; accept that name where a repository is expected.
+fn local_name(store: &dyn Store, repository: String) -> String {
+    match repository.strip_prefix("local/") {
+        Some(rest) if !store.is_registry() => rest.to_string(),
+        _ => repository,
     }
 }

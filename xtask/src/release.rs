@@ -242,11 +242,11 @@ pub fn release(
                 "builder {} ({})",
                 ctx.builder.id,
                 if !ctx.builder.authoritative {
-                    "a local run, not a CI workflow"
+                    "a local run, not a CI workflow: release to a registry from CI, or omit --registry to release into the local store"
                 } else if trusted {
                     "a trusted CI workflow"
                 } else {
-                    "a CI workflow the policy does not trust"
+                    "a CI workflow the policy does not trust: add its id to [builder] trusted in ci/release-policy.toml"
                 }
             ),
             serde_json::to_value(&ctx.builder)?,
@@ -258,10 +258,18 @@ pub fn release(
         let gate_statement =
             provenance::gate_statement(&subject, &image.manifest_digest, &decision, &policy_dep);
 
+        // One record per run: a later run of the same digest (another
+        // store, a rejection) never overwrites an earlier record.
         let record_path = ws.root.join("target/releases").join(format!(
-            "{}-{}.json",
+            "{}-{}-{}-{}.json",
             image.name,
-            image.manifest_digest.trim_start_matches("sha256:")
+            &image.manifest_digest.trim_start_matches("sha256:")[..12],
+            if store.is_registry() {
+                "registry"
+            } else {
+                "local"
+            },
+            ctx.started_on.replace([':', '-'], "")
         ));
         let mut release = ImageRelease {
             image: image.name.clone(),
@@ -660,7 +668,12 @@ pub fn summary(report: &ReleaseReport) -> String {
             let state = if i.decision.required.contains(&g.gate) {
                 g.state.to_string()
             } else {
-                format!("({})", g.state)
+                // Information only: not passing is a warning, not a failure.
+                if g.state == crate::gates::GateState::Passed {
+                    "(passed)".into()
+                } else {
+                    "(warned)".into()
+                }
             };
             out.push_str(&format!("  {:<22} {:<9} {}\n", g.gate, state, g.summary));
         }
