@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::build::{self, BuildOptions};
-use crate::layer::{self, Contents, Entry, EntryKind};
+use crate::layer::{self, Entry, EntryKind};
 use crate::spec::{ImagePath, Owner};
 use crate::workspace::Workspace;
 
@@ -204,17 +204,6 @@ pub fn tree_entries(dir: &Path) -> Result<Vec<Entry>> {
     layer::normalise(entries)
 }
 
-struct Files;
-
-impl Contents for Files {
-    fn open(&mut self, source: &str) -> io::Result<Box<dyn io::Read + '_>> {
-        Ok(Box::new(io::BufReader::with_capacity(
-            1 << 20,
-            fs::File::open(source)?,
-        )))
-    }
-}
-
 /// Encodes `dir` (a tree, or a single file) as one layer into `out`. This is
 /// what the hidden `bench-layer` command runs in a child process.
 pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
@@ -233,7 +222,12 @@ pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
         }])?
     };
     let w = BufWriter::with_capacity(1 << 20, fs::File::create(out)?);
-    let (d, _) = layer::encode(&entries, 1_700_000_000, &mut Files, w)?;
+    let (d, _) = layer::encode(
+        &entries,
+        1_700_000_000,
+        &mut crate::build::FsContents { bytes_read: 0 },
+        w,
+    )?;
     Ok(d)
 }
 

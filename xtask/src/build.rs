@@ -400,13 +400,13 @@ fn inside_workspace(root: &Path, path: &Path, at: &str) -> Result<PathBuf> {
 }
 
 /// Reads packaged files from disk, counting the bytes.
-struct FsContents {
-    bytes_read: u64,
+pub struct FsContents {
+    pub bytes_read: u64,
 }
 
 impl Contents for FsContents {
     fn open(&mut self, source: &str) -> io::Result<Box<dyn Read + '_>> {
-        let f = fs::File::open(source)?;
+        let f = io::BufReader::with_capacity(1 << 20, fs::File::open(source)?);
         Ok(Box::new(Counting {
             inner: f,
             count: &mut self.bytes_read,

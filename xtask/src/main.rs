@@ -40,6 +40,19 @@ struct Cli {
     command: Command,
 }
 
+/// Where verify, promote and audit read, and which builders they accept.
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// HOST[:PORT][/PREFIX] of the registry to read (default:
+    /// $LANE_REGISTRY, else the local store under target/).
+    #[arg(long, value_name = "REGISTRY")]
+    registry: Option<RegistryTarget>,
+    /// Accept evidence from a local (non-CI) run. Only for the local
+    /// store: a local builder is never trusted for a registry.
+    #[arg(long)]
+    allow_local_builder: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Build images into OCI image layouts under target/images/<IMAGE>/.
@@ -109,14 +122,8 @@ enum Command {
     Verify {
         /// REPO@sha256:<hex>, REPO as in image.toml `repository`.
         reference: String,
-        /// HOST[:PORT][/PREFIX] of the registry to read (default:
-        /// $LANE_REGISTRY, else the local store under target/).
-        #[arg(long, value_name = "REGISTRY")]
-        registry: Option<RegistryTarget>,
-        /// Accept evidence from a local (non-CI) run. Only for the local
-        /// store: a local builder is never trusted for a registry.
-        #[arg(long)]
-        allow_local_builder: bool,
+        #[command(flatten)]
+        read: ReadArgs,
         #[arg(long)]
         json: bool,
     },
@@ -136,13 +143,8 @@ enum Command {
         /// Promote into another repository (copy by digest).
         #[arg(long, value_name = "OTHER_REPO")]
         to: Option<String>,
-        /// HOST[:PORT][/PREFIX] of the registry to read (default:
-        /// $LANE_REGISTRY, else the local store under target/).
-        #[arg(long, value_name = "REGISTRY")]
-        registry: Option<RegistryTarget>,
-        /// Accept evidence from a local run (local store only; see verify).
-        #[arg(long)]
-        allow_local_builder: bool,
+        #[command(flatten)]
+        read: ReadArgs,
         #[arg(long)]
         json: bool,
     },
@@ -156,13 +158,8 @@ enum Command {
     Audit {
         /// REPO@sha256:<hex> or REPO:TAG.
         reference: String,
-        /// HOST[:PORT][/PREFIX] of the registry to read (default:
-        /// $LANE_REGISTRY, else the local store under target/).
-        #[arg(long, value_name = "REGISTRY")]
-        registry: Option<RegistryTarget>,
-        /// Accept evidence from a local run when judging verification.
-        #[arg(long)]
-        allow_local_builder: bool,
+        #[command(flatten)]
+        read: ReadArgs,
         #[arg(long)]
         json: bool,
     },
@@ -440,8 +437,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify {
             reference,
-            registry,
-            allow_local_builder,
+            read:
+                ReadArgs {
+                    registry,
+                    allow_local_builder,
+                },
             json,
         } => {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
@@ -470,8 +470,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reference,
             tag,
             to,
-            registry,
-            allow_local_builder,
+            read:
+                ReadArgs {
+                    registry,
+                    allow_local_builder,
+                },
             json,
         } => {
             let (repository, digest) = verify::parse_digest_reference(&reference)?;
@@ -503,8 +506,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit {
             reference,
-            registry,
-            allow_local_builder,
+            read:
+                ReadArgs {
+                    registry,
+                    allow_local_builder,
+                },
             json,
         } => {
             let (policy, _) = release::load_policy(&ws)?;
