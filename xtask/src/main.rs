@@ -17,7 +17,7 @@ use xtask::repro;
 use xtask::smoke::{self, SmokeOptions};
 use xtask::store::{RegistryStore, Store};
 use xtask::workspace::Workspace;
-use xtask::{audit, promote, signing, verify};
+use xtask::{audit, promote, verify};
 
 /// The auditable container release lane.
 ///
@@ -376,7 +376,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(r) => Some(r),
                 None => publish::registry_from_env()?,
             };
-            let signer = signing::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
+            let signer = xtask::adapters::keys::load_signer(signing_key.as_deref(), &|k| {
+                std::env::var(k).ok()
+            })?;
             let mut store: Box<dyn Store> = match registry {
                 Some(target) => Box::new(RegistryStore::new(target, json)),
                 None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
@@ -418,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ws.root.join(out)
             };
-            let k = signing::keygen(&dir)?;
+            let k = xtask::adapters::keys::keygen(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&k)?);
             } else {

@@ -8,9 +8,7 @@
 //! `openssl pkeyutl` and friends read both. Pure except [`load_signer`] and
 //! [`keygen`], which read the environment / write files.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::Generate as _;
@@ -173,79 +171,27 @@ pub fn check_envelope(envelope: &Value, trusted: &[TrustedKey]) -> SignatureChec
     SignatureCheck::Untrusted(why)
 }
 
-/// Finds the signing key: `--signing-key FILE`, else `$LANE_SIGNING_KEY_FILE`,
-/// else `$LANE_SIGNING_KEY` (the PEM itself). `None` when none is given.
-pub fn load_signer(
-    flag: Option<&Path>,
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<Signer>> {
-    let file = flag.map(Path::to_path_buf).or_else(|| {
-        get(ENV_KEY_FILE)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(path) = file {
-        let pem = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading the signing key {}; make one with `cargo xtask keygen`",
-                path.display()
-            )
-        })?;
-        return Signer::from_pem(&pem, &format!("signing key {}", path.display())).map(Some);
-    }
-    match get(ENV_KEY).filter(|s| !s.trim().is_empty()) {
-        Some(pem) => Signer::from_pem(&pem, &format!("${ENV_KEY}")).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// What `cargo xtask keygen` wrote.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct KeyPair {
-    pub private_key: PathBuf,
-    pub public_key: PathBuf,
-    pub keyid: String,
+/// A freshly generated key pair as PEM text: what `cargo xtask keygen`
+/// writes to disk.
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    pub private_pem: String,
     pub public_pem: String,
+    pub keyid: String,
 }
 
-/// Makes a new key pair in `dir`: `release-signing.key` (PKCS#8 PEM, mode
-/// 0600) and `release-signing.pub` (SPKI PEM). Refuses to overwrite.
-pub fn keygen(dir: &Path) -> Result<KeyPair> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-
-    let private_key = dir.join("release-signing.key");
-    let public_key = dir.join("release-signing.pub");
-    for p in [&private_key, &public_key] {
-        if p.exists() {
-            bail!(
-                "{} already exists; keygen never overwrites a key (move it away or pass --out DIR)",
-                p.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Generates an ECDSA P-256 key pair from the system's random number
+/// generator.
+pub fn generate() -> Result<GeneratedKey> {
     let key = SigningKey::try_generate()
         .map_err(|e| anyhow::anyhow!("the system random number generator failed: {e}"))?;
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("encoding the private key: {e}"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&private_key)
-        .with_context(|| format!("creating {}", private_key.display()))?;
-    f.write_all(pem.as_bytes())?;
-    f.sync_all()?;
-    let public_pem = public_pem(key.verifying_key())?;
-    std::fs::write(&public_key, &public_pem)
-        .with_context(|| format!("writing {}", public_key.display()))?;
-    Ok(KeyPair {
-        private_key,
-        public_key,
+    Ok(GeneratedKey {
+        private_pem: pem.to_string(),
+        public_pem: public_pem(key.verifying_key())?,
         keyid: keyid(key.verifying_key())?,
-        public_pem,
     })
 }
 
@@ -301,22 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_come_from_flag_file_env_and_bad_keys_are_explained() {
-        let s = test_signer();
-        let pem = SigningKey::from_slice(&[7u8; 32])
-            .unwrap()
-            .to_pkcs8_pem(LineEnding::LF)
-            .unwrap()
-            .to_string();
-        let got = load_signer(None, &|k| (k == ENV_KEY).then(|| pem.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.keyid, s.keyid);
-        assert!(load_signer(None, &|_| None).unwrap().is_none());
-        let e = load_signer(None, &|k| (k == ENV_KEY).then(|| "nope".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("$LANE_SIGNING_KEY is not a PKCS#8 PEM"), "{e}");
+    fn trusted_keys_explain_bad_entries() {
         let (_, bad) = trusted_keys(&["garbage".into()]);
         assert!(
             bad[0].starts_with("signing.trusted_keys[0] is not"),

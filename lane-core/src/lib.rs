@@ -1,0 +1,17 @@
+//! The release lane's pure core: every rule, no I/O.
+//!
+//! Values in, values out: image definitions, layer encoding, OCI documents,
+//! gates and policy, provenance, evidence, signatures over bytes. The `xtask`
+//! crate holds the world (file system, processes, network, clock) and calls
+//! in here. `clippy.toml` forbids `std::fs`, `std::process`, `std::env` and
+//! the clock in this crate; a tidy test keeps I/O crates out of its
+//! dependency tree.
+
+pub mod evidence;
+pub mod gates;
+pub mod id;
+pub mod layer;
+pub mod oci;
+pub mod provenance;
+pub mod signing;
+pub mod spec;
