@@ -6,7 +6,7 @@ use std::fs;
 use std::process::Command;
 
 use support::{Fixture, image, run, sha256_hex_of_file};
-use xtask::repro::layout_fingerprint;
+use xtask::commands::repro::layout_fingerprint;
 
 /// A files-only image with three layers, used where no Rust payload is needed.
 const THREE_LAYERS: &str = r#"

@@ -225,7 +225,7 @@ fn crafted_debs_are_handled_as_documented() {
         ],
     );
     let pkg = |name: &str, bytes: &[u8]| {
-        let digest = xtask::layer::sha256(bytes);
+        let digest = lane_core::layer::sha256(bytes);
         format!(
             "[[package]]\nname = \"{name}\"\nversion = \"1\"\narchitecture = \"all\"\nfilename = \"pool/main/t/{name}/{name}_1_all.deb\"\nsize = {}\nsha256 = \"{digest}\"\nrequired_by = [\"{name}\"]\n\n",
             bytes.len()
@@ -254,7 +254,7 @@ fn crafted_debs_are_handled_as_documented() {
     let debs = f.path("target/lane-cache/debs");
     fs::create_dir_all(&debs).unwrap();
     for bytes in [&evil, &fine] {
-        let hex = &xtask::layer::sha256(bytes)["sha256:".len()..];
+        let hex = &lane_core::layer::sha256(bytes)["sha256:".len()..];
         fs::write(debs.join(format!("{hex}.deb")), bytes).unwrap();
     }
 

@@ -67,7 +67,7 @@ fn attached(reg: &Registry, repo: &str, digest: &str) -> Vec<serde_json::Value> 
     let basic = reg.auth.as_ref().map(|(u, p)| {
         format!(
             "Basic {}",
-            xtask::evidence::base64(format!("{u}:{p}").as_bytes())
+            lane_core::evidence::base64(format!("{u}:{p}").as_bytes())
         )
     });
     let headers: Vec<(&str, &str)> = basic
@@ -99,9 +99,8 @@ fn attached(reg: &Registry, repo: &str, digest: &str) -> Vec<serde_json::Value> 
         assert_eq!(status, 200);
         let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
         match doc.get("payload").and_then(|p| p.as_str()) {
-            Some(p) => {
-                out.push(serde_json::from_slice(&xtask::evidence::unbase64(p).unwrap()).unwrap())
-            }
+            Some(p) => out
+                .push(serde_json::from_slice(&lane_core::evidence::unbase64(p).unwrap()).unwrap()),
             None => out.push(doc),
         }
     }
@@ -181,7 +180,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for g in xtask::gates::BUILT_IN
+    for g in lane_core::gates::BUILT_IN
         .iter()
         .chain(["authoritative-builder"].iter())
     {

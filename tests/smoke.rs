@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use support::{Fixture, run, sha256_hex_of_file};
-use xtask::smoke::{self, SmokeOptions};
-use xtask::workspace::Workspace;
+use xtask::adapters::workspace::Workspace;
+use xtask::commands::smoke::{self, SmokeOptions};
 
 /// A copy of this repository whose `hello` image has the given `[[smoke]]`
 /// entries and the label `lane.test.case = CASE` (its own config digest).
@@ -536,7 +536,7 @@ fn load_error_in_the_engine_stream_is_a_failure() {
 
     let image =
         smoke::read_layout("hello", &layout, built["manifest_digest"].as_str().unwrap()).unwrap();
-    let spec = xtask::spec::SmokeSpec {
+    let spec = lane_core::spec::SmokeSpec {
         name: "version".into(),
         command: vec!["/usr/local/bin/hello".into(), "--version".into()],
         expect_exit: 0,
@@ -547,7 +547,7 @@ fn load_error_in_the_engine_stream_is_a_failure() {
         quiet: true,
         ..SmokeOptions::default()
     };
-    let err = xtask::engine::smoke(&image, &[spec], &opts).unwrap_err();
+    let err = xtask::adapters::engine::smoke(&image, &[spec], &opts).unwrap_err();
     let err = format!("{err:#}");
     assert!(
         err.contains("the Docker Engine failed to load hello"),

@@ -1,7 +1,7 @@
 //! The consumer side of the release lane (issue 7): signing, `verify`,
 //! `promote` and `audit`.
 //!
-//! Two kinds of test. The pure verification core ([`xtask::verify::check`])
+//! Two kinds of test. The pure verification core ([`xtask::commands::verify::check`])
 //! gets statements built and signed here, one tampering at a time. The CLI
 //! tests run `cargo xtask release` for real on a small workspace and then
 //! `verify`, `promote` and `audit` on what it stored (the embedded local
@@ -18,16 +18,16 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use lane_core::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
+use lane_core::gates::{self, GateResult, Policy};
+use lane_core::oci::canonical_json;
+use lane_core::provenance::{self, Builder, Dependency, ProvenanceInputs};
+use lane_core::signing::{self, Signer};
+use lane_core::store::Store;
 use serde_json::{Value, json};
 use support::{Fixture, TempDir};
-use xtask::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
-use xtask::gates::{self, GateResult, Policy};
-use xtask::local_store::LocalStore;
-use xtask::oci::canonical_json;
-use xtask::provenance::{self, Builder, Dependency, ProvenanceInputs};
-use xtask::signing::{self, Signer};
-use xtask::store::Store;
-use xtask::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
+use xtask::adapters::local_store::LocalStore;
+use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
 
 const IMAGE: &str = r#"
 name = "files"
@@ -54,7 +54,7 @@ const REPO: &str = "test/files";
 // The pure core: statements built and signed here.
 
 fn key(dir: &Path) -> Signer {
-    let k = signing::keygen(dir).unwrap();
+    let k = xtask::adapters::keys::keygen(dir).unwrap();
     Signer::from_pem(&fs::read_to_string(&k.private_key).unwrap(), "test key").unwrap()
 }
 
@@ -512,9 +512,9 @@ fn rewrite_referrers(
     store: &mut dyn Store,
     digest: &str,
     artifacts: &[Artifact],
-    put_index: &mut dyn FnMut(&xtask::oci::Blob),
+    put_index: &mut dyn FnMut(&lane_core::oci::Blob),
 ) {
-    let keep: Vec<Value> = xtask::store::referrers(store, REPO, digest)
+    let keep: Vec<Value> = lane_core::store::referrers(store, REPO, digest)
         .unwrap()
         .into_iter()
         .filter(|r| r["artifactType"] != MEDIA_DSSE)
@@ -523,7 +523,7 @@ fn rewrite_referrers(
         store.attach(REPO, digest, a).unwrap();
     }
     let mut manifests = keep;
-    for r in xtask::store::referrers(store, REPO, digest).unwrap() {
+    for r in lane_core::store::referrers(store, REPO, digest).unwrap() {
         if artifacts
             .iter()
             .any(|a| r["digest"] == a.manifest.digest.as_str())
@@ -539,7 +539,7 @@ fn rewrite_referrers(
     .unwrap();
     put_index(&index);
     assert_eq!(
-        xtask::store::referrers(store, REPO, digest).unwrap(),
+        lane_core::store::referrers(store, REPO, digest).unwrap(),
         manifests,
         "the rewritten index is in place"
     );
@@ -572,10 +572,10 @@ fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
 
 /// [`rewrite_referrers`] in a registry: a PUT of the index at the fallback tag.
 fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
-    let target: xtask::registry::RegistryTarget = host.parse().unwrap();
-    let remote = xtask::registry::preflight(&target, &[]).unwrap();
+    let target: xtask::adapters::registry::RegistryTarget = host.parse().unwrap();
+    let remote = xtask::adapters::registry::preflight(&target, &[]).unwrap();
     let tag = evidence::fallback_tag(digest);
-    let mut store = xtask::store::RegistryStore::new(target, true);
+    let mut store = xtask::adapters::registry_store::RegistryStore::new(target, true);
     rewrite_referrers(&mut store, digest, artifacts, &mut |index| {
         remote
             .put_manifest(
@@ -1286,7 +1286,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     // fallback tag rewritten by someone with write access.
     let (lanes_own, cases) = tamper_cases(
         &lane,
-        &mut xtask::store::RegistryStore::new(host.parse().unwrap(), true),
+        &mut xtask::adapters::registry_store::RegistryStore::new(host.parse().unwrap(), true),
         &d,
     );
     for (what, artifacts, reason) in cases {

@@ -300,6 +300,8 @@ impl Policy {
     }
 }
 
+pub const POLICY_PATH: &str = "ci/release-policy.toml";
+
 #[cfg(test)]
 mod tests {
     use super::*;

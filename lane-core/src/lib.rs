@@ -7,6 +7,7 @@
 //! the clock in this crate; a tidy test keeps I/O crates out of its
 //! dependency tree.
 
+pub mod distribution;
 pub mod evidence;
 pub mod gates;
 pub mod id;
@@ -15,3 +16,5 @@ pub mod oci;
 pub mod provenance;
 pub mod signing;
 pub mod spec;
+pub mod store;
+pub mod verify;

@@ -7,17 +7,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use xtask::build::{self, BuildOptions};
-use xtask::drift::{self, DriftPolicy};
-use xtask::local_store::LocalStore;
-use xtask::publish::{self, PublishOptions};
-use xtask::registry::RegistryTarget;
-use xtask::release::{self, ReleaseOptions};
-use xtask::repro;
-use xtask::smoke::{self, SmokeOptions};
-use xtask::store::{RegistryStore, Store};
-use xtask::workspace::Workspace;
-use xtask::{audit, promote, verify};
+use lane_core::store::Store;
+use xtask::adapters::local_store::LocalStore;
+use xtask::adapters::registry::RegistryTarget;
+use xtask::adapters::registry_store::RegistryStore;
+use xtask::adapters::workspace::Workspace;
+use xtask::commands::build::{self, BuildOptions};
+use xtask::commands::drift::{self, DriftPolicy};
+use xtask::commands::publish::{self, PublishOptions};
+use xtask::commands::release::{self, ReleaseOptions};
+use xtask::commands::repro;
+use xtask::commands::smoke::{self, SmokeOptions};
+use xtask::commands::{audit, promote, verify};
 
 /// The auditable container release lane.
 ///
@@ -401,16 +402,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Bench { quick, json } => {
-            let report = xtask::bench::bench(&ws, quick)?;
+            let report = xtask::commands::bench::bench(&ws, quick)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", xtask::bench::table(&report));
+                print!("{}", xtask::commands::bench::table(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchLayer { input, out } => {
-            let d = xtask::bench::encode_tree(&input, &out)?;
+            let d = xtask::commands::bench::encode_tree(&input, &out)?;
             println!("{}", serde_json::to_string(&d)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -527,7 +528,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Lock { check, json } => {
             let images = ws.load_images()?;
-            let report = xtask::debian::lock(&ws.root, &images, check)?;
+            let report = xtask::adapters::debian::lock(&ws.root, &images, check)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if check {

@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::build::BuiltImage;
-use crate::cache::write_atomic;
-use crate::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
-use crate::layer::{HashReader, sha256};
-use crate::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
-use crate::publish::BlobStats;
-use crate::store::{CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, referrers};
+use crate::adapters::cache::write_atomic;
+use lane_core::distribution::BlobStats;
+use lane_core::distribution::BuiltImage;
+use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
+use lane_core::layer::{HashReader, sha256};
+use lane_core::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
+use lane_core::store::{
+    CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, referrers,
+};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -77,7 +79,7 @@ impl LocalStore {
             return Ok(None);
         }
         fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        let tmp = crate::cache::temp_path(&path);
+        let tmp = crate::adapters::cache::temp_path(&path);
         fs::copy(from, &tmp)
             .with_context(|| format!("copying {} into the local store", from.display()))?;
         fs::rename(&tmp, &path)?;

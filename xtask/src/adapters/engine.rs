@@ -28,12 +28,12 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::build::Progress;
-use crate::smoke::{
+use crate::commands::build::Progress;
+use crate::commands::smoke::{
     self, CheckReport, EngineFacts, ImageStore, Isolation, LayoutImage, Outcome, SmokeOptions,
     SmokeReport,
 };
-use crate::spec::SmokeSpec;
+use lane_core::spec::SmokeSpec;
 
 /// Where the engine listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";

@@ -7,9 +7,9 @@
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::gates::Policy;
-use crate::store::Store;
-use crate::verify::{self, Verdict};
+use crate::commands::verify::{self, Verdict};
+use lane_core::gates::Policy;
+use lane_core::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct PromoteOptions {

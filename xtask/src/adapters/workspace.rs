@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
-use crate::oci::SourceFacts;
-use crate::spec::{self, BaseRef, ImageSpec, Link};
+use lane_core::oci::SourceFacts;
+use lane_core::spec::{self, BaseRef, ImageSpec, Link};
 
 /// The workspace the lane works on.
 #[derive(Debug, Clone)]

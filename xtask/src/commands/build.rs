@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cache::Cache;
-use crate::layer::{self, Contents, Entry, EntryKind, LayerDigests};
-use crate::oci::{self, BaseImage, ImageInputs, LayerRecord, SourceFacts};
-use crate::spec::{BaseRef, ImagePath, ImageSpec, LayerSpec};
-use crate::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
+use crate::adapters::cache::Cache;
+use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
+use lane_core::distribution::BuiltImage;
+use lane_core::distribution::BuiltLayer;
+use lane_core::distribution::CacheStats;
+use lane_core::layer::{self, Contents, Entry, EntryKind, LayerDigests};
+use lane_core::oci::{self, BaseImage, ImageInputs, LayerRecord, SourceFacts};
+use lane_core::spec::{BaseRef, ImagePath, ImageSpec, LayerSpec};
 
 /// Name of the layer that holds an image's `[debian]` packages.
 pub const DEBIAN_LAYER: &str = "debian";
@@ -92,37 +95,6 @@ pub struct PlannedEntry {
     pub target: Option<String>,
 }
 
-/// One built image, as `build --json` prints it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BuiltImage {
-    pub name: String,
-    pub repository: String,
-    pub tags: Vec<String>,
-    pub manifest_digest: String,
-    pub config_digest: String,
-    pub layout: PathBuf,
-    pub layers: Vec<BuiltLayer>,
-    pub cache: CacheStats,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BuiltLayer {
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-}
-
-/// What the action cache did for one image.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    /// Bytes of packaged file content read from disk.
-    pub bytes_read: u64,
-    /// Bytes of tar stream compressed.
-    pub bytes_compressed: u64,
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildReport {
     pub images: Vec<BuiltImage>,
@@ -156,7 +128,7 @@ pub fn plan(
     let images = workspace::select(&all, names)?;
     for img in &images {
         if let BaseRef::Pinned { repository, digest } = &img.base {
-            crate::base::check_pinned(&ws.root, img, &format!("{repository}@{digest}"))?;
+            crate::adapters::base::check_pinned(&ws.root, img, &format!("{repository}@{digest}"))?;
         }
     }
     let (source, git) = match &opts.source {
@@ -188,7 +160,7 @@ pub fn plan(
         if spec.debian.is_some() {
             layers.push(PlannedLayer {
                 name: DEBIAN_LAYER.into(),
-                entries: crate::debian::planned(&ws.root, &spec)?
+                entries: crate::adapters::debian::planned(&ws.root, &spec)?
                     .into_iter()
                     .map(|(path, source)| PlannedEntry {
                         path,
@@ -351,7 +323,7 @@ fn resolve_layer(
                 target: s.target.clone(),
             },
             mode: 0o777,
-            owner: crate::spec::Owner::ROOT,
+            owner: lane_core::spec::Owner::ROOT,
         });
     }
     layer::normalise(entries)
@@ -363,7 +335,7 @@ fn file_entry(
     real: &Path,
     meta: &fs::Metadata,
     mode: Option<u32>,
-    owner: crate::spec::Owner,
+    owner: lane_core::spec::Owner,
 ) -> Entry {
     use std::os::unix::fs::PermissionsExt;
     // Only the owner's execute bit decides the default, so the umask of the
@@ -471,7 +443,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         // the image's own layers, each through the action cache.
         let mut layers = Vec::new();
         if spec.debian.is_some() {
-            let entries = crate::debian::layer_entries(&ws.root, &opts.cache_dir, spec)?;
+            let entries = crate::adapters::debian::layer_entries(&ws.root, &opts.cache_dir, spec)?;
             let created_by =
                 "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
             layers.push((DEBIAN_LAYER.to_string(), entries, created_by));
@@ -500,7 +472,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         let base = match &spec.base {
             BaseRef::Workspace { image } => Some(&built[image].1),
             BaseRef::Pinned { repository, digest } => {
-                pulled = crate::base::fetch(&cache, repository, digest, opts.quiet)?;
+                pulled = crate::adapters::base::fetch(&cache, repository, digest, opts.quiet)?;
                 Some(&pulled)
             }
             BaseRef::Scratch => None,
@@ -632,7 +604,7 @@ fn build_layer(
 /// Writes an OCI image layout into a temporary folder next to `layout` and
 /// renames it into place, so a failed build never leaves half a layout.
 fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<()> {
-    let tmp = crate::cache::temp_path(layout);
+    let tmp = crate::adapters::cache::temp_path(layout);
     let result = (|| -> Result<()> {
         let blobs = tmp.join("blobs/sha256");
         fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
@@ -661,7 +633,7 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
         let _ = fs::remove_dir_all(&tmp);
         return Err(e.context(format!("writing the layout {}", layout.display())));
     }
-    let old = crate::cache::temp_path(&layout.with_file_name(format!(
+    let old = crate::adapters::cache::temp_path(&layout.with_file_name(format!(
         "{}.old",
         layout.file_name().unwrap_or_default().to_string_lossy()
     )));

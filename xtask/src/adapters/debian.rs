@@ -69,8 +69,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use xshell::{Shell, cmd};
 
-use crate::layer::{self, Entry, EntryKind};
-use crate::spec::{ImagePath, ImageSpec, Owner};
+use lane_core::layer::{self, Entry, EntryKind};
+use lane_core::spec::{ImagePath, ImageSpec, Owner};
 
 /// The lockfile, relative to the workspace root.
 pub const LOCK_PATH: &str = "lockfiles/debian.lock";
@@ -1012,7 +1012,7 @@ pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport
     let text = render_lock(&new)?;
     let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
     if written {
-        crate::cache::write_atomic(&path, text.as_bytes())?;
+        crate::adapters::cache::write_atomic(&path, text.as_bytes())?;
     }
     Ok(LockReport {
         path: LOCK_PATH.into(),
@@ -1082,7 +1082,7 @@ pub fn fetch_verified(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<Ve
         let downloaded = download(&debs, &wanted)?;
         for (&i, bytes) in missing.iter().zip(downloaded) {
             verify(&pkgs[i], &bytes, "download through apt")?;
-            crate::cache::write_atomic(&cached_path(&debs, &pkgs[i])?, &bytes)?;
+            crate::adapters::cache::write_atomic(&cached_path(&debs, &pkgs[i])?, &bytes)?;
             found[i] = Some(bytes);
         }
     }
@@ -1121,7 +1121,7 @@ fn verify(pkg: &LockedPackage, bytes: &[u8], origin: &str) -> Result<()> {
 /// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
 /// a temporary folder; returns their bytes in order (unverified).
 fn download(debs: &Path, pkgs: &[&LockedPackage]) -> Result<Vec<Vec<u8>>> {
-    let tmp = crate::cache::temp_path(&debs.join("fetch"));
+    let tmp = crate::adapters::cache::temp_path(&debs.join("fetch"));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| -> Result<Vec<Vec<u8>>> {
         let sh = Shell::new()?;
@@ -1293,7 +1293,7 @@ fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<
                 let hex = digest.trim_start_matches("sha256:").to_string();
                 let path = files.join(&hex);
                 if !path.exists() {
-                    crate::cache::write_atomic(&path, &bytes)?;
+                    crate::adapters::cache::write_atomic(&path, &bytes)?;
                 }
                 ("file", hex, bytes.len() as u64)
             }
@@ -1308,7 +1308,7 @@ fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<
             size,
         });
     }
-    crate::cache::write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
+    crate::adapters::cache::write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
     from_record(&files, record).with_context(|| {
         format!(
             "package {}: reading back {}",

@@ -1,34 +1,15 @@
-//! `cargo xtask publish`: the OCI layouts `build` writes, published by
-//! digest, read back and cross-checked, and only then tagged.
-//!
-//! Order: preflight (before any build work), build, then per image: blobs
-//! the destination lacks, the manifest's exact bytes by digest, the identity
-//! cross-check, the tags (each read back). A failed check leaves every tag
-//! where it was.
-//!
-//! Destinations: a registry ([`crate::registry`], `--registry`), or with no
-//! registry configured the local OCI image layout store
-//! `target/local-registry/<repository>/`, with the same cross-check.
-//!
-//! Pure parts: [`LocalImage::parse`], [`check_digest`], [`check_tag`].
-
-use std::fs;
+//! Publishing by digest, as values: the image an OCI layout holds
+//! ([`LocalImage`], parsed from bytes), what a store reported back
+//! ([`Observed`], [`TagCheck`]) and the identity cross-check rules
+//! ([`check_digest`], [`check_tag`]): a digest header is never trusted on its
+//! own, the fetched bytes are hashed.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::build::{self, BuildOptions, Progress};
 use crate::layer::sha256;
-
-use crate::local_store::LocalStore;
-use crate::registry::{self, RegistryTarget};
-use crate::store::Store;
-use crate::workspace::{self, Workspace};
-
-/// Names the registry when `--registry` is not given.
-pub const ENV_REGISTRY: &str = "LANE_REGISTRY";
 
 /// A blob the manifest names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,33 +92,6 @@ impl LocalImage {
             manifest_media_type: media_type,
             blobs,
         })
-    }
-
-    /// Reads `target/images/<name>/` and checks every blob's size.
-    pub fn read(name: &str, layout: &Path) -> Result<LocalImage> {
-        let index = fs::read(layout.join("index.json"))
-            .with_context(|| format!("reading {}/index.json", layout.display()))?;
-        let image = LocalImage::parse(name, layout, &index, &|d| {
-            fs::read(blob_path(layout, d))
-                .with_context(|| format!("reading blob {d} from {}", layout.display()))
-        })?;
-        for b in &image.blobs {
-            let p = image.blob_path(&b.digest);
-            let len = fs::metadata(&p)
-                .with_context(|| {
-                    format!("the layout {} lacks blob {}", layout.display(), b.digest)
-                })?
-                .len();
-            if len != b.size {
-                bail!(
-                    "blob {} in {} has {len} bytes, the manifest says {}; rebuild with cargo xtask build {name}",
-                    b.digest,
-                    layout.display(),
-                    b.size
-                );
-            }
-        }
-        Ok(image)
     }
 }
 
@@ -274,189 +228,35 @@ pub struct PublishReport {
     pub cross_check: CrossCheck,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PublishRun {
-    /// `HOST[:PORT][/PREFIX]` or the local store's folder.
-    pub destination: String,
-    pub images: Vec<PublishReport>,
+/// One built image, as `build --json` prints it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuiltImage {
+    pub name: String,
+    pub repository: String,
+    pub tags: Vec<String>,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layout: PathBuf,
+    pub layers: Vec<BuiltLayer>,
+    pub cache: CacheStats,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct PublishOptions {
-    pub registry: Option<RegistryTarget>,
-    /// Replaces the tags of image.toml.
-    pub tag: Option<String>,
-    pub quiet: bool,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuiltLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
 }
 
-/// The registry from `--registry`, else from `LANE_REGISTRY`, else none.
-pub fn registry_from_env() -> Result<Option<RegistryTarget>> {
-    match std::env::var(ENV_REGISTRY) {
-        Ok(s) if !s.is_empty() => s
-            .parse()
-            .map(Some)
-            .map_err(|e| anyhow!("{ENV_REGISTRY}: {e}")),
-        _ => Ok(None),
-    }
-}
-
-/// The local OCI image layout store.
-pub fn local_store(ws: &Workspace) -> PathBuf {
-    ws.root.join("target/local-registry")
-}
-
-/// Where images go: a registry that passed the preflight, or the local store.
-/// `cargo xtask release` uses it the same way: [`Destination::prepare`]
-/// before the build, [`Destination::publish`] per built image.
-#[derive(Debug)]
-pub enum Destination {
-    Registry(Box<registry::Remote>),
-    Local(PathBuf),
-}
-
-impl Destination {
-    /// Runs the preflight for `specs` (their repositories on the registry);
-    /// with no registry, the local store under `target/`.
-    pub fn prepare(
-        ws: &Workspace,
-        registry: Option<&RegistryTarget>,
-        specs: &[crate::spec::ImageSpec],
-        progress: &Progress,
-    ) -> Result<Destination> {
-        match registry {
-            Some(target) => {
-                let repos: Vec<String> = specs
-                    .iter()
-                    .map(|s| target.repository(&s.repository))
-                    .collect();
-                let remote = registry::preflight(target, &repos)?;
-                progress.say(format!(
-                    "preflight ok: {} reachable, push to {} allowed ({})",
-                    target.host(),
-                    repos.join(", "),
-                    remote.who()
-                ));
-                Ok(Destination::Registry(Box::new(remote)))
-            }
-            None => Ok(Destination::Local(local_store(ws))),
-        }
-    }
-
-    /// `HOST[:PORT][/PREFIX]` or the local store's folder.
-    pub fn describe(&self) -> String {
-        match self {
-            Destination::Registry(r) => r.target().to_string(),
-            Destination::Local(p) => p.display().to_string(),
-        }
-    }
-
-    /// Publishes one built image under `tags`, cross-checked.
-    pub fn publish(
-        &self,
-        built: &build::BuiltImage,
-        tags: &[String],
-        progress: &Progress,
-    ) -> Result<PublishReport> {
-        let image = LocalImage::read(&built.name, &built.layout)?;
-        match self {
-            Destination::Registry(remote) => {
-                let repo = remote.target().repository(&built.repository);
-                progress.say(format!(
-                    "publish {}: {}/{repo}@{}",
-                    built.name,
-                    remote.target().host(),
-                    image.manifest_digest
-                ));
-                remote.publish(&image, &repo, tags, progress.quiet)
-            }
-            Destination::Local(root) => {
-                let mut store = LocalStore::new(root.clone());
-                progress.say(format!(
-                    "publish {}: local store {}@{}",
-                    built.name,
-                    root.join(&built.repository).display(),
-                    image.manifest_digest
-                ));
-                publish_local(&mut store, built, tags)
-            }
-        }
-    }
-}
-
-/// Preflight, build, publish.
-pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Result<PublishRun> {
-    let progress = Progress { quiet: opts.quiet };
-    if let Some(t) = &opts.tag
-        && !crate::spec::valid_tag(t)
-    {
-        bail!(
-            "tag {t:?} is invalid; use up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
-        );
-    }
-    // Preflight: before anything is built.
-    let specs = workspace::select(&ws.load_images()?, names)?;
-    let destination = Destination::prepare(ws, opts.registry.as_ref(), &specs, &progress)?;
-    let mut build_opts = BuildOptions::for_workspace(ws);
-    build_opts.quiet = opts.quiet;
-    let built = build::build(ws, names, &build_opts)?;
-    let mut images = Vec::new();
-    for b in &built.images {
-        let tags = match &opts.tag {
-            Some(t) => vec![t.clone()],
-            None => b.tags.clone(),
-        };
-        images.push(destination.publish(b, &tags, &progress)?);
-    }
-    Ok(PublishRun {
-        destination: destination.describe(),
-        images,
-    })
-}
-
-/// Publishes into the local store: by digest, cross-checked (every stored
-/// byte re-hashed), and only then tagged, each tag read back.
-pub fn publish_local(
-    store: &mut LocalStore,
-    built: &build::BuiltImage,
-    tags: &[String],
-) -> Result<PublishReport> {
-    let p = store.publish_candidate(built)?;
-    let dir = store.root.join(&built.repository);
-    if !p.ok {
-        bail!(
-            "identity cross-check failed for {}@{}; no tag was applied:\n  - {}",
-            dir.display(),
-            built.manifest_digest,
-            p.failures.join("\n  - ")
-        );
-    }
-    let mut tag_checks = Vec::new();
-    for t in tags {
-        store.tag(&built.repository, &p.digest, t)?;
-        tag_checks.push(TagCheck {
-            tag: t.clone(),
-            pushed_digest_header: None,
-            fetched_digest_header: None,
-            resolved_sha256: store.resolve_tag(&built.repository, t)?.unwrap_or_default(),
-        });
-    }
-    Ok(PublishReport {
-        image: built.name.clone(),
-        registry: None,
-        repository: built.repository.clone(),
-        reference: format!("{}@{}", dir.display(), p.digest),
-        digest: p.digest.clone(),
-        tags: tags.to_vec(),
-        blobs: p.blobs.clone(),
-        cross_check: CrossCheck {
-            ok: true,
-            pushed_digest_header: None,
-            fetched_digest_header: None,
-            fetched_sha256: p.digest,
-            blobs_verified: built.layers.len() as u64 + 1,
-            tags: tag_checks,
-        },
-    })
+/// What the action cache did for one image.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Bytes of packaged file content read from disk.
+    pub bytes_read: u64,
+    /// Bytes of tar stream compressed.
+    pub bytes_compressed: u64,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! the `manifest.json` that lets engines without OCI-layout support load it
 //! ([`archive_manifest`]), the identity rule ([`check_identity`]) and the
 //! evaluation of one command's outcome ([`evaluate`]). The engine adapter
-//! (bollard, async) is [`crate::engine`].
+//! (bollard, async) is [`crate::adapters::engine`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::build::{self, BuildOptions, BuiltImage};
-use crate::engine;
-use crate::layer::sha256;
-use crate::spec::SmokeSpec;
-use crate::workspace::{self, Workspace};
+use crate::adapters::engine;
+use crate::adapters::workspace::{self, Workspace};
+use crate::commands::build::{self, BuildOptions};
+use lane_core::distribution::BuiltImage;
+use lane_core::layer::sha256;
+use lane_core::spec::SmokeSpec;
 
 /// How many bytes of a command's output the report keeps (the tail).
 pub const OUTPUT_KEEP: usize = 4096;

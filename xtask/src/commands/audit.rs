@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::gates::Policy;
-use crate::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
-use crate::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
-use crate::store::Store;
-use crate::verify::{self, Reference};
+use crate::commands::verify::{self, Reference};
+use lane_core::gates::Policy;
+use lane_core::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
+use lane_core::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
+use lane_core::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Audit {

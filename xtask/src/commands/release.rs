@@ -10,16 +10,16 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::build::{self, BuildOptions, BuiltImage, Progress};
-use crate::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
-use crate::gates::{self, Decision, GateResult, Policy};
-use crate::layer::sha256;
-use crate::oci::{Blob, canonical_json};
-use crate::provenance::{self, Builder, Dependency, ProvenanceInputs};
-use crate::store::Store;
-use crate::workspace::{GitFacts, Workspace};
-
-pub const POLICY_PATH: &str = "ci/release-policy.toml";
+use crate::adapters::workspace::{GitFacts, Workspace};
+use crate::commands::build::{self, BuildOptions, Progress};
+use lane_core::distribution::BuiltImage;
+use lane_core::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
+use lane_core::gates::POLICY_PATH;
+use lane_core::gates::{self, Decision, GateResult, Policy};
+use lane_core::layer::sha256;
+use lane_core::oci::{Blob, canonical_json};
+use lane_core::provenance::{self, Builder, Dependency, ProvenanceInputs};
+use lane_core::store::Store;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseOptions {
@@ -27,7 +27,7 @@ pub struct ReleaseOptions {
     pub quiet: bool,
     /// Signs the provenance and gate statements; `None` leaves them
     /// unsigned (and `cargo xtask verify` then refuses them).
-    pub signer: Option<crate::signing::Signer>,
+    pub signer: Option<lane_core::signing::Signer>,
 }
 
 /// The outcome for one image, as `release --json` prints it and as the
@@ -127,7 +127,7 @@ pub fn release(
 
     // Preflight: before any build work.
     let all = ws.load_images()?;
-    let selected = crate::workspace::select(&all, &opts.images)?;
+    let selected = crate::adapters::workspace::select(&all, &opts.images)?;
     let repositories: Vec<String> = selected
         .iter()
         .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
@@ -138,7 +138,7 @@ pub fn release(
     // The engine is checked now too. Without it the smoke gate fails, but the
     // lane goes on to build and publish the candidate, so that the rejection
     // is recorded and attached to the candidate digest.
-    let engine = crate::engine::probe();
+    let engine = crate::adapters::engine::probe();
     match &engine {
         Ok(facts) => progress.say(format_args!(
             "preflight: Docker Engine {} at {}",
@@ -150,7 +150,7 @@ pub fn release(
     }
 
     stages.end("preflight");
-    let git = crate::workspace::git_facts(&ws.root)?;
+    let git = crate::adapters::workspace::git_facts(&ws.root)?;
     let ctx = Context_ {
         git,
         policy,
@@ -166,7 +166,7 @@ pub fn release(
     stages.end("build");
 
     progress.say("gates: reproducible (second build from a copy)");
-    let repro = crate::repro::repro(ws, &opts.images, true);
+    let repro = crate::commands::repro::repro(ws, &opts.images, true);
     stages.end("gate: reproducible");
     progress.say("gates: lockfiles fresh (lock --check)");
     let stale = lock_freshness(ws, &all)?;
@@ -293,7 +293,7 @@ pub fn release(
                 (provenance::SLSA_PROVENANCE_V1, &statement),
                 (provenance::TEST_RESULT_V01, &gate_statement),
             ] {
-                let env = canonical_json(&crate::signing::envelope(
+                let env = canonical_json(&lane_core::signing::envelope(
                     &canonical_json(st)?.bytes,
                     opts.signer.as_ref(),
                 ))?;
@@ -340,7 +340,7 @@ pub fn release(
                 release.evidence.push(d);
             }
         }
-        crate::cache::write_atomic(&record_path, &record.bytes)?;
+        crate::adapters::cache::write_atomic(&record_path, &record.bytes)?;
         stages.end("provenance, evidence, accept/reject");
         images.push(release);
     }
@@ -350,7 +350,7 @@ pub fn release(
         builder: ctx.builder,
         signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
         signing_key_trusted: opts.signer.as_ref().is_some_and(|s| {
-            crate::signing::trusted_keys(&ctx.policy.trusted_keys)
+            lane_core::signing::trusted_keys(&ctx.policy.trusted_keys)
                 .0
                 .iter()
                 .any(|k| k.keyid == s.keyid)
@@ -394,11 +394,11 @@ fn source_state(git: &GitFacts) -> GateResult {
 
 /// Whether the committed locks still match the image definitions and the
 /// machine's package index (`cargo xtask lock --check`): `Ok(changes)`.
-fn lock_freshness(ws: &Workspace, images: &[crate::spec::ImageSpec]) -> Result<Vec<String>> {
+fn lock_freshness(ws: &Workspace, images: &[lane_core::spec::ImageSpec]) -> Result<Vec<String>> {
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
-    match crate::debian::lock(&ws.root, images, true) {
+    match crate::adapters::debian::lock(&ws.root, images, true) {
         Ok(report) => Ok(report.changes),
         Err(e) => Ok(vec![format!("{e:#}")]),
     }
@@ -406,7 +406,7 @@ fn lock_freshness(ws: &Workspace, images: &[crate::spec::ImageSpec]) -> Result<V
 
 fn pinned_inputs(
     ws: &Workspace,
-    spec: &crate::spec::ImageSpec,
+    spec: &lane_core::spec::ImageSpec,
     stale: &[String],
 ) -> Result<GateResult> {
     // Tag-only bases cannot be parsed (spec::parse_base), so every base is
@@ -444,7 +444,7 @@ pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn reproducible(repro: &Result<crate::repro::ReproReport>, name: &str) -> GateResult {
+fn reproducible(repro: &Result<crate::commands::repro::ReproReport>, name: &str) -> GateResult {
     match repro {
         Err(e) => GateResult::failed(
             "reproducible",
@@ -473,18 +473,19 @@ fn reproducible(repro: &Result<crate::repro::ReproReport>, name: &str) -> GateRe
 /// over the merged file system, and the smoke commands in the engine.
 fn image_gates(
     ws: &Workspace,
-    spec: &crate::spec::ImageSpec,
+    spec: &lane_core::spec::ImageSpec,
     image: &BuiltImage,
     engine_error: Option<&anyhow::Error>,
     progress: &Progress,
 ) -> Vec<GateResult> {
     let mut out = Vec::new();
     progress.say(format_args!("gates: drift of {}", image.name));
-    let drift = (|| -> Result<crate::drift::ImageDrift> {
-        let index = crate::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
-        let (fs, runtime) = crate::drift::read_layout(&image.layout)?;
-        let manifest = crate::drift::CuratedManifest::from_image(&fs);
-        Ok(crate::drift::analyse(
+    let drift = (|| -> Result<crate::commands::drift::ImageDrift> {
+        let index =
+            crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
+        let (fs, runtime) = crate::commands::drift::read_layout(&image.layout)?;
+        let manifest = crate::commands::drift::CuratedManifest::from_image(&fs);
+        Ok(crate::commands::drift::analyse(
             &image.name,
             &fs,
             &manifest,
@@ -494,10 +495,13 @@ fn image_gates(
     })();
     match drift {
         Ok(d) => {
-            let report = crate::drift::DriftReport {
+            let report = crate::commands::drift::DriftReport {
                 images: vec![d.clone()],
             };
-            let failures = crate::drift::failures(&report, &crate::drift::DriftPolicy::default());
+            let failures = crate::commands::drift::failures(
+                &report,
+                &crate::commands::drift::DriftPolicy::default(),
+            );
             let evidence = serde_json::to_value(&d).unwrap_or_default();
             out.push(GateResult::check(
                 "no-drift",
@@ -534,7 +538,7 @@ fn image_gates(
         "gates: smoke of {} in the Docker Engine",
         image.name
     ));
-    let smoke = (|| -> Result<crate::smoke::SmokeReport> {
+    let smoke = (|| -> Result<crate::commands::smoke::SmokeReport> {
         if let Some(e) = engine_error {
             anyhow::bail!("{e:#}");
         }
@@ -545,12 +549,16 @@ fn image_gates(
                 spec.dir
             );
         }
-        let loaded = crate::smoke::read_layout(&image.name, &image.layout, &image.manifest_digest)?;
-        let opts = crate::smoke::SmokeOptions {
+        let loaded = crate::commands::smoke::read_layout(
+            &image.name,
+            &image.layout,
+            &image.manifest_digest,
+        )?;
+        let opts = crate::commands::smoke::SmokeOptions {
             quiet: true,
-            ..crate::smoke::SmokeOptions::default()
+            ..crate::commands::smoke::SmokeOptions::default()
         };
-        crate::engine::smoke(&loaded, &spec.smoke, &opts)
+        crate::adapters::engine::smoke(&loaded, &spec.smoke, &opts)
     })();
     out.push(match smoke {
         Ok(r) => {
@@ -572,7 +580,7 @@ fn image_gates(
                 } else {
                     format!(
                         "failed: {}",
-                        crate::smoke::check(&r)
+                        crate::commands::smoke::check(&r)
                             .err()
                             .map(|e| format!("{e:#}"))
                             .unwrap_or_default()
@@ -607,7 +615,7 @@ fn provenance_inputs(
     if let Some(base) = base_of(image) {
         deps.push(Dependency::uri(&base.0, "sha256", &base.1));
     }
-    let tc = crate::workspace::toolchain()?;
+    let tc = crate::adapters::workspace::toolchain()?;
     Ok(ProvenanceInputs {
         subject_name: subject.to_string(),
         manifest_digest: image.manifest_digest.clone(),
@@ -620,7 +628,7 @@ fn provenance_inputs(
         policy_digest: ctx.policy_digest.clone(),
         rustc: tc.rustc,
         lane_version: env!("CARGO_PKG_VERSION").into(),
-        encoder: crate::layer::encoder_id(),
+        encoder: lane_core::layer::encoder_id(),
         dependencies: deps,
         builder: ctx.builder.clone(),
         started_on: ctx.started_on.clone(),
@@ -642,8 +650,10 @@ fn base_of(image: &BuiltImage) -> Option<(String, String)> {
     .ok()?;
     let ann = &manifest["annotations"];
     Some((
-        ann[crate::oci::ANNOTATION_BASE_NAME].as_str()?.to_string(),
-        ann[crate::oci::ANNOTATION_BASE_DIGEST]
+        ann[lane_core::oci::ANNOTATION_BASE_NAME]
+            .as_str()?
+            .to_string(),
+        ann[lane_core::oci::ANNOTATION_BASE_DIGEST]
             .as_str()?
             .to_string(),
     ))
@@ -669,7 +679,7 @@ pub fn summary(report: &ReleaseReport) -> String {
                 g.state.to_string()
             } else {
                 // Information only: not passing is a warning, not a failure.
-                if g.state == crate::gates::GateState::Passed {
+                if g.state == lane_core::gates::GateState::Passed {
                     "(passed)".into()
                 } else {
                     "(warned)".into()
@@ -699,8 +709,8 @@ pub fn summary(report: &ReleaseReport) -> String {
         ),
         None => format!(
             "evidence UNSIGNED: no signing key (--signing-key FILE, ${} or ${}); verify will refuse it\n",
-            crate::signing::ENV_KEY_FILE,
-            crate::signing::ENV_KEY
+            lane_core::signing::ENV_KEY_FILE,
+            lane_core::signing::ENV_KEY
         ),
     });
     out

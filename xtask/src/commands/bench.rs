@@ -15,10 +15,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::build::{self, BuildOptions};
-use crate::layer::{self, Entry, EntryKind};
-use crate::spec::{ImagePath, Owner};
-use crate::workspace::Workspace;
+use crate::adapters::workspace::Workspace;
+use crate::commands::build::{self, BuildOptions};
+use lane_core::distribution::BuiltImage;
+use lane_core::distribution::CacheStats;
+use lane_core::layer::{self, Entry, EntryKind};
+use lane_core::spec::{ImagePath, Owner};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Stat {
@@ -225,7 +227,7 @@ pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
     let (d, _) = layer::encode(
         &entries,
         1_700_000_000,
-        &mut crate::build::FsContents { bytes_read: 0 },
+        &mut crate::commands::build::FsContents { bytes_read: 0 },
         w,
     )?;
     Ok(d)
@@ -355,7 +357,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
         let c = build::build(&cws, &[], &opts)?.images;
         changed.push(t.elapsed().as_secs_f64());
         if run == 0 {
-            let sum = |r: &[build::BuiltImage], f: fn(&build::CacheStats) -> u64| {
+            let sum = |r: &[BuiltImage], f: fn(&CacheStats) -> u64| {
                 r.iter().map(|i| f(&i.cache)).sum::<u64>()
             };
             notes.push(format!(
@@ -404,14 +406,15 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
             build::build(&cws, &["hello".to_string()], &opts)?;
             bare.push(t.elapsed().as_secs_f64());
             let _ = fs::remove_dir_all(copy.join("target"));
-            let mut store = crate::local_store::LocalStore::new(copy.join("target/local-registry"));
-            let ropts = crate::release::ReleaseOptions {
+            let mut store =
+                crate::adapters::local_store::LocalStore::new(copy.join("target/local-registry"));
+            let ropts = crate::commands::release::ReleaseOptions {
                 images: vec!["hello".into()],
                 quiet: true,
                 ..Default::default()
             };
             let t = Instant::now();
-            let r = crate::release::release(&cws, &ropts, &mut store)?;
+            let r = crate::commands::release::release(&cws, &ropts, &mut store)?;
             total.push(t.elapsed().as_secs_f64());
             stage_notes = r
                 .stages
@@ -440,8 +443,8 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
             .iter()
             .find(|i| i.name == "hello")
             .context("hello was not built")?;
-        let image = crate::publish::LocalImage::read(&hello.name, &hello.layout)?;
-        let target: crate::registry::RegistryTarget = registry
+        let image = crate::adapters::layout::read_image(&hello.name, &hello.layout)?;
+        let target: crate::adapters::registry::RegistryTarget = registry
             .host()
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
@@ -449,7 +452,8 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
         let (mut first_bytes, mut again_bytes, mut sk_bytes) = (0, 0, 0);
         for run in 0..runs {
             let repo = format!("bench/lane-{run}");
-            let remote = crate::registry::preflight(&target, std::slice::from_ref(&repo))?;
+            let remote =
+                crate::adapters::registry::preflight(&target, std::slice::from_ref(&repo))?;
             let t = Instant::now();
             let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
             first.push(t.elapsed().as_secs_f64());
@@ -572,7 +576,7 @@ fn copy_workspace(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
         fs::remove_dir_all(to)?;
     }
-    for rel in crate::workspace::source_files(from)? {
+    for rel in crate::adapters::workspace::source_files(from)? {
         let src = from.join(&rel);
         if src.is_file() {
             let dst = to.join(&rel);

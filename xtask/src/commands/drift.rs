@@ -23,8 +23,8 @@ use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use serde::{Deserialize, Serialize};
 
-use crate::build::{self, BuildOptions};
-use crate::workspace::Workspace;
+use crate::adapters::workspace::Workspace;
+use crate::commands::build::{self, BuildOptions};
 
 // ---------------------------------------------------------------------------
 // The merged file system

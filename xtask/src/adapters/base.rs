@@ -14,12 +14,12 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cache::{Cache, write_atomic};
-use crate::evidence::MEDIA_MANIFEST;
-use crate::layer::sha256;
-use crate::oci::{BaseImage, LayerRecord};
-use crate::registry::{self, RegistryTarget};
-use crate::spec::{ImageSpec, RuntimeConfig};
+use crate::adapters::cache::{Cache, write_atomic};
+use crate::adapters::registry::{self, RegistryTarget};
+use lane_core::evidence::MEDIA_MANIFEST;
+use lane_core::layer::sha256;
+use lane_core::oci::{BaseImage, LayerRecord};
+use lane_core::spec::{ImageSpec, RuntimeConfig};
 
 pub const BASES_LOCK: &str = "lockfiles/bases.lock";
 

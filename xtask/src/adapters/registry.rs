@@ -31,8 +31,9 @@ use oci_client::{Client, Reference};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
-use crate::layer::sha256;
-use crate::publish::{BlobRef, LocalImage};
+use lane_core::distribution::PublishReport;
+use lane_core::distribution::{BlobRef, LocalImage};
+use lane_core::layer::sha256;
 
 /// Environment variable naming the registry user (CI).
 pub const ENV_USER: &str = "LANE_REGISTRY_USER";
@@ -567,7 +568,7 @@ impl Remote {
         repo: &str,
         tags: &[String],
         quiet: bool,
-    ) -> Result<crate::publish::PublishReport> {
+    ) -> Result<PublishReport> {
         self.rt
             .block_on(self.s.publish_async(image, repo, tags, quiet))
     }
@@ -1127,8 +1128,10 @@ impl Session {
         repo: &str,
         tags: &[String],
         quiet: bool,
-    ) -> Result<crate::publish::PublishReport> {
-        use crate::publish::{BlobStats, CrossCheck, Observed, TagCheck, check_digest, check_tag};
+    ) -> Result<PublishReport> {
+        use lane_core::distribution::{
+            BlobStats, CrossCheck, Observed, TagCheck, check_digest, check_tag,
+        };
         let host = self.host().to_string();
         let say = |m: String| {
             if !quiet {
@@ -1231,7 +1234,7 @@ impl Session {
             }
             tag_checks.push(check);
         }
-        Ok(crate::publish::PublishReport {
+        Ok(PublishReport {
             image: image.name.clone(),
             registry: Some(host.clone()),
             repository: repo.to_string(),

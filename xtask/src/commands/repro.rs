@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use crate::build::{self, BuildOptions, BuiltImage};
-use crate::layer::{HashReader, sha256};
-use crate::workspace::Workspace;
+use crate::adapters::workspace::Workspace;
+use crate::commands::build::{self, BuildOptions};
+use lane_core::distribution::BuiltImage;
+use lane_core::layer::{HashReader, sha256};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReproReport {
@@ -104,7 +105,10 @@ pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproRepor
 /// creating them fresh under the current umask and giving each a different
 /// mtime.
 fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
-    for (i, rel) in crate::workspace::source_files(root)?.iter().enumerate() {
+    for (i, rel) in crate::adapters::workspace::source_files(root)?
+        .iter()
+        .enumerate()
+    {
         let from = root.join(rel);
         let Ok(meta) = fs::symlink_metadata(&from) else {
             continue;
