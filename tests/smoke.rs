@@ -14,8 +14,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use support::{Fixture, run, sha256_hex_of_file};
+use xtask::adapters::engine::SmokeOptions;
 use xtask::adapters::workspace::Workspace;
-use xtask::commands::smoke::{self, SmokeOptions};
+use xtask::commands::smoke;
 
 /// A copy of this repository whose `hello` image has the given `[[smoke]]`
 /// entries and the label `lane.test.case = CASE` (its own config digest).
@@ -534,8 +535,12 @@ fn load_error_in_the_engine_stream_is_a_failure() {
         .arg("other.txt"));
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let image =
-        smoke::read_layout("hello", &layout, built["manifest_digest"].as_str().unwrap()).unwrap();
+    let image = xtask::adapters::layout::read_smoke_image(
+        "hello",
+        &layout,
+        built["manifest_digest"].as_str().unwrap(),
+    )
+    .unwrap();
     let spec = lane_core::spec::SmokeSpec {
         name: "version".into(),
         command: vec!["/usr/local/bin/hello".into(), "--version".into()],

@@ -8,6 +8,7 @@
 //! dependency tree.
 
 pub mod distribution;
+pub mod drift;
 pub mod evidence;
 pub mod gates;
 pub mod id;
@@ -15,6 +16,7 @@ pub mod layer;
 pub mod oci;
 pub mod provenance;
 pub mod signing;
+pub mod smoke;
 pub mod spec;
 pub mod store;
 pub mod verify;

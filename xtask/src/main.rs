@@ -7,17 +7,19 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use lane_core::drift::DriftPolicy;
 use lane_core::store::Store;
+use xtask::adapters::engine::SmokeOptions;
 use xtask::adapters::local_store::LocalStore;
 use xtask::adapters::registry::RegistryTarget;
 use xtask::adapters::registry_store::RegistryStore;
 use xtask::adapters::workspace::Workspace;
 use xtask::commands::build::{self, BuildOptions};
-use xtask::commands::drift::{self, DriftPolicy};
+use xtask::commands::drift;
 use xtask::commands::publish::{self, PublishOptions};
 use xtask::commands::release::{self, ReleaseOptions};
 use xtask::commands::repro;
-use xtask::commands::smoke::{self, SmokeOptions};
+use xtask::commands::smoke;
 use xtask::commands::{audit, promote, verify};
 
 /// The auditable container release lane.
@@ -630,7 +632,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            smoke::check(&report)?;
+            lane_core::smoke::check(&report)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Drift {
@@ -650,7 +652,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 fail_on_unused,
                 allow_unused: allow_unused.into_iter().collect(),
             };
-            let failures = drift::failures(&report, &policy);
+            let failures = lane_core::drift::failures(&report, &policy);
             for f in &failures {
                 eprintln!("error: {f}");
             }

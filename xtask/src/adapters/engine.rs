@@ -28,10 +28,11 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use crate::adapters::layout::LayoutImage;
 use crate::commands::build::Progress;
-use crate::commands::smoke::{
-    self, CheckReport, EngineFacts, ImageStore, Isolation, LayoutImage, Outcome, SmokeOptions,
-    SmokeReport,
+use lane_core::layer::sha256;
+use lane_core::smoke::{
+    self, CheckReport, EngineFacts, ImageStore, Isolation, Outcome, SmokeReport,
 };
 use lane_core::spec::SmokeSpec;
 
@@ -242,7 +243,7 @@ pub fn smoke(
     let _signals = SignalHandlers::install();
     block_on(async {
         let c = connect().await?;
-        let run_id = smoke::run_id();
+        let run_id = run_id();
         let work = run(&c, image, checks, opts, &run_id, &tracked);
         let result = tokio::select! {
             r = work => r,
@@ -618,4 +619,48 @@ async fn logs(docker: &Docker, id: &str) -> Result<String> {
         out.drain(..out.len() - OUTPUT_CAP);
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// How the smoke containers are isolated. The lane always uses
+/// [`SmokeOptions::default`]; the network can be switched on only through
+/// the library (tests use it as a control run) — the CLI has no such flag.
+#[derive(Debug, Clone)]
+pub struct SmokeOptions {
+    /// Docker network mode: `none` in the lane.
+    pub network_mode: String,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    /// Leave the loaded image tagged (`lane-smoke/NAME:RUN`) after the run,
+    /// for inspection; containers are removed regardless.
+    pub keep_image: bool,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+impl Default for SmokeOptions {
+    fn default() -> SmokeOptions {
+        SmokeOptions {
+            network_mode: "none".into(),
+            memory_bytes: 256 << 20,
+            pids_limit: 128,
+            keep_image: false,
+            quiet: false,
+        }
+    }
+}
+
+/// A short unique id for one run (pid, time, a counter), 12 hex digits.
+pub fn run_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let seed = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    sha256(seed.as_bytes())["sha256:".len()..][..12].to_string()
 }

@@ -480,12 +480,12 @@ fn image_gates(
 ) -> Vec<GateResult> {
     let mut out = Vec::new();
     progress.say(format_args!("gates: drift of {}", image.name));
-    let drift = (|| -> Result<crate::commands::drift::ImageDrift> {
+    let drift = (|| -> Result<lane_core::drift::ImageDrift> {
         let index =
             crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
         let (fs, runtime) = crate::commands::drift::read_layout(&image.layout)?;
-        let manifest = crate::commands::drift::CuratedManifest::from_image(&fs);
-        Ok(crate::commands::drift::analyse(
+        let manifest = lane_core::drift::CuratedManifest::from_image(&fs);
+        Ok(lane_core::drift::analyse(
             &image.name,
             &fs,
             &manifest,
@@ -495,13 +495,11 @@ fn image_gates(
     })();
     match drift {
         Ok(d) => {
-            let report = crate::commands::drift::DriftReport {
+            let report = lane_core::drift::DriftReport {
                 images: vec![d.clone()],
             };
-            let failures = crate::commands::drift::failures(
-                &report,
-                &crate::commands::drift::DriftPolicy::default(),
-            );
+            let failures =
+                lane_core::drift::failures(&report, &lane_core::drift::DriftPolicy::default());
             let evidence = serde_json::to_value(&d).unwrap_or_default();
             out.push(GateResult::check(
                 "no-drift",
@@ -538,7 +536,7 @@ fn image_gates(
         "gates: smoke of {} in the Docker Engine",
         image.name
     ));
-    let smoke = (|| -> Result<crate::commands::smoke::SmokeReport> {
+    let smoke = (|| -> Result<lane_core::smoke::SmokeReport> {
         if let Some(e) = engine_error {
             anyhow::bail!("{e:#}");
         }
@@ -549,14 +547,14 @@ fn image_gates(
                 spec.dir
             );
         }
-        let loaded = crate::commands::smoke::read_layout(
+        let loaded = crate::adapters::layout::read_smoke_image(
             &image.name,
             &image.layout,
             &image.manifest_digest,
         )?;
-        let opts = crate::commands::smoke::SmokeOptions {
+        let opts = crate::adapters::engine::SmokeOptions {
             quiet: true,
-            ..crate::commands::smoke::SmokeOptions::default()
+            ..crate::adapters::engine::SmokeOptions::default()
         };
         crate::adapters::engine::smoke(&loaded, &spec.smoke, &opts)
     })();
@@ -580,7 +578,7 @@ fn image_gates(
                 } else {
                     format!(
                         "failed: {}",
-                        crate::commands::smoke::check(&r)
+                        lane_core::smoke::check(&r)
                             .err()
                             .map(|e| format!("{e:#}"))
                             .unwrap_or_default()
