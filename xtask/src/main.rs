@@ -530,7 +530,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Lock { check, json } => {
             let images = ws.load_images()?;
-            let report = xtask::adapters::debian::lock(&ws.root, &images, check)?;
+            let report = xtask::adapters::apt::lock(&ws.root, &images, check)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if check {

@@ -1,9 +1,9 @@
 //! Adapters: the only code that touches the outside world (file system,
 //! processes, network, Docker Engine). Each wraps one component.
 
+pub mod apt;
 pub mod base;
 pub mod cache;
-pub mod debian;
 pub mod engine;
 pub mod keys;
 pub mod layout;

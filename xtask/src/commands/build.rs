@@ -160,7 +160,7 @@ pub fn plan(
         if spec.debian.is_some() {
             layers.push(PlannedLayer {
                 name: DEBIAN_LAYER.into(),
-                entries: crate::adapters::debian::planned(&ws.root, &spec)?
+                entries: crate::adapters::apt::planned(&ws.root, &spec)?
                     .into_iter()
                     .map(|(path, source)| PlannedEntry {
                         path,
@@ -443,7 +443,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         // the image's own layers, each through the action cache.
         let mut layers = Vec::new();
         if spec.debian.is_some() {
-            let entries = crate::adapters::debian::layer_entries(&ws.root, &opts.cache_dir, spec)?;
+            let entries = crate::adapters::apt::layer_entries(&ws.root, &opts.cache_dir, spec)?;
             let created_by =
                 "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
             layers.push((DEBIAN_LAYER.to_string(), entries, created_by));

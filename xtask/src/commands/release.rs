@@ -398,7 +398,7 @@ fn lock_freshness(ws: &Workspace, images: &[lane_core::spec::ImageSpec]) -> Resu
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
-    match crate::adapters::debian::lock(&ws.root, images, true) {
+    match crate::adapters::apt::lock(&ws.root, images, true) {
         Ok(report) => Ok(report.changes),
         Err(e) => Ok(vec![format!("{e:#}")]),
     }

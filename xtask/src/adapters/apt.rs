@@ -1,0 +1,451 @@
+//! Debian packages through the machine's own apt: its indexes (for
+//! `cargo xtask lock`), `apt-get download` into the action cache, and the
+//! unpack cache. Every .deb is verified against the lock
+//! (`lane_core::debian::verify`) before it is opened; no mirror host is ever
+//! written. The rules (deb822, versions, resolution, the lock format, .deb
+//! reading) are pure and live in `lane_core::debian`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use xshell::{Shell, cmd};
+
+use lane_core::debian::*;
+use lane_core::layer::{self, Entry, EntryKind};
+use lane_core::spec::{ImagePath, ImageSpec, Owner};
+
+/// The machine's architecture (`dpkg --print-architecture`) and suite
+/// (`VERSION_CODENAME` of /etc/os-release).
+pub fn machine_target(sh: &Shell) -> Result<(String, String)> {
+    let arch = cmd!(sh, "dpkg --print-architecture")
+        .read()
+        .context("asking dpkg for the machine's architecture")?;
+    let os = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let suite = os
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .context("/etc/os-release has no VERSION_CODENAME; this lane needs a Debian machine")?;
+    Ok((arch.trim().to_string(), suite))
+}
+
+/// The machine's apt `Packages` indexes for `arch`, parsed.
+pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+    let format = "$(FILENAME)";
+    let identifier = "Identifier: Packages";
+    let architecture = format!("Architecture: {arch}");
+    let files = cmd!(
+        sh,
+        "apt-get indextargets --format {format} {identifier} {architecture}"
+    )
+    .read()
+    .context("asking apt for its package indexes (apt-get indextargets)")?;
+    let files: Vec<&str> = files
+        .lines()
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && Path::new(f).exists())
+        .collect();
+    if files.is_empty() {
+        bail!("apt has no package index for {arch} on this machine; run apt-get update");
+    }
+    let mut stanzas = Vec::new();
+    for f in files {
+        let text = cmd!(sh, "/usr/lib/apt/apt-helper cat-file {f}")
+            .quiet()
+            .read()
+            .with_context(|| format!("reading the apt index {f}"))?;
+        stanzas.extend(parse_stanzas(&text).with_context(|| format!("parsing the apt index {f}"))?);
+    }
+    Index::from_stanzas(&stanzas, arch)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockReport {
+    pub path: String,
+    pub packages: usize,
+    /// Differences from the committed lock (empty when up to date).
+    pub changes: Vec<String>,
+    pub written: bool,
+}
+
+/// `cargo xtask lock [--check]`: resolves every `[debian]` table against the
+/// machine's apt index; writes the lock, or with `check` fails naming every
+/// difference from the committed one.
+pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
+    let sh = Shell::new()?;
+    let requests: Vec<(String, Vec<String>)> = images
+        .iter()
+        .filter_map(|i| Some((i.name.clone(), i.debian.as_ref()?.packages.clone())))
+        .collect();
+    let (arch, suite) = machine_target(&sh)?;
+    let index = machine_index(&sh, &arch)?;
+    let new = resolve(&index, &arch, &suite, &requests)?;
+    let path = root.join(LOCK_PATH);
+    let old = match fs::read_to_string(&path) {
+        Ok(text) => Some(parse_lock(&text)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {LOCK_PATH}")),
+    };
+    let changes = match &old {
+        Some(old) => diff_locks(old, &new),
+        None => vec![format!("{LOCK_PATH} does not exist")],
+    };
+    if check {
+        if !changes.is_empty() {
+            bail!(
+                "{LOCK_PATH} does not match the images' [debian] tables and the apt index:\n  {}\nrun cargo xtask lock and commit the result",
+                changes.join("\n  ")
+            );
+        }
+        return Ok(LockReport {
+            path: LOCK_PATH.into(),
+            packages: new.package.len(),
+            changes,
+            written: false,
+        });
+    }
+    let text = render_lock(&new)?;
+    let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+    if written {
+        crate::adapters::cache::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(LockReport {
+        path: LOCK_PATH.into(),
+        packages: new.package.len(),
+        changes,
+        written,
+    })
+}
+
+/// Reads the committed lock and returns an image's locked packages, checking
+/// that the lock still matches the image's `[debian]` table.
+pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackage>> {
+    let Some(deb) = &spec.debian else {
+        return Ok(Vec::new());
+    };
+    let text = fs::read_to_string(root.join(LOCK_PATH)).with_context(|| {
+        format!("{}: image {} has a [debian] table but {LOCK_PATH} cannot be read; run cargo xtask lock", deb.at, spec.name)
+    })?;
+    let lock = parse_lock(&text)?;
+    let Some(img) = lock.image.iter().find(|i| i.name == spec.name) else {
+        bail!(
+            "{}: image {} is not in {LOCK_PATH}; run cargo xtask lock",
+            deb.at,
+            spec.name
+        );
+    };
+    if img.packages != deb.packages {
+        bail!(
+            "{}: the [debian] packages of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",
+            deb.at,
+            spec.name,
+            deb.packages.join(", "),
+            img.packages.join(", ")
+        );
+    }
+    Ok(lock
+        .packages_of(&spec.name)
+        .unwrap_or_default()
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
+/// The .debs of `pkgs`, from `cache_dir/debs/<hex>.deb` or downloaded
+/// through the machine's apt (one `apt-get download` for all missing ones).
+/// Each one's size and sha256 are checked against the lock before anything
+/// reads it as an archive; the first mismatch is an error.
+pub fn fetch_verified(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<Vec<u8>>> {
+    let debs = cache_dir.join("debs");
+    let mut found: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut missing = Vec::new();
+    for (i, pkg) in pkgs.iter().enumerate() {
+        let cached = cached_path(&debs, pkg)?;
+        match fs::read(&cached) {
+            Ok(bytes) => {
+                verify(pkg, &bytes, &format!("cached copy {}", cached.display()))?;
+                found.push(Some(bytes));
+            }
+            Err(_) => {
+                found.push(None);
+                missing.push(i);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let wanted: Vec<&LockedPackage> = missing.iter().map(|&i| &pkgs[i]).collect();
+        let downloaded = download(&debs, &wanted)?;
+        for (&i, bytes) in missing.iter().zip(downloaded) {
+            verify(&pkgs[i], &bytes, "download through apt")?;
+            crate::adapters::cache::write_atomic(&cached_path(&debs, &pkgs[i])?, &bytes)?;
+            found[i] = Some(bytes);
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
+    let hex = pkg
+        .sha256
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .with_context(|| {
+            format!(
+                "{LOCK_PATH}: package {} has an invalid sha256 {:?}; run cargo xtask lock",
+                pkg.name, pkg.sha256
+            )
+        })?;
+    Ok(debs.join(format!("{hex}.deb")))
+}
+
+/// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
+/// a temporary folder; returns their bytes in order (unverified).
+fn download(debs: &Path, pkgs: &[&LockedPackage]) -> Result<Vec<Vec<u8>>> {
+    let tmp = crate::adapters::cache::temp_path(&debs.join("fetch"));
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> Result<Vec<Vec<u8>>> {
+        let sh = Shell::new()?;
+        sh.change_dir(&tmp);
+        let specs: Vec<String> = pkgs
+            .iter()
+            .map(|p| {
+                if p.architecture == "all" {
+                    format!("{}={}", p.name, p.version)
+                } else {
+                    format!("{}:{}={}", p.name, p.architecture, p.version)
+                }
+            })
+            .collect();
+        // Output is captured: apt's warnings (e.g. about its sandbox user)
+        // appear only when the download fails.
+        let specs_arg = &specs;
+        let out = cmd!(sh, "apt-get download -q {specs_arg...}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .context("running apt-get download")?;
+        if !out.status.success() {
+            bail!(
+                "downloading {} through apt failed: {}; run apt-get update, or cargo xtask lock if a version left the archive",
+                specs.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut all = Vec::new();
+        for p in pkgs {
+            // apt's file name: NAME_VERSION_ARCH.deb, ':' escaped as %3a.
+            let name = format!(
+                "{}_{}_{}.deb",
+                p.name,
+                p.version.replace(':', "%3a"),
+                p.architecture
+            );
+            let bytes = fs::read(tmp.join(&name)).with_context(|| {
+                format!(
+                    "apt-get download left no {name} for package {} {}",
+                    p.name, p.version
+                )
+            })?;
+            all.push(bytes);
+        }
+        Ok(all)
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+/// The `[debian]` layer of `spec`: every locked package's files plus
+/// `/var/lib/dpkg/status.d/<package>`. File contents are stored under
+/// `cache_dir/debian/files/<hex>` and the entries point at them.
+pub fn layer_entries(root: &Path, cache_dir: &Path, spec: &ImageSpec) -> Result<Vec<Entry>> {
+    let packages = locked_packages(root, spec)?;
+    // Verify every package before opening any: a mismatch builds nothing.
+    let bytes = fetch_verified(cache_dir, &packages)?;
+    let mut owners: BTreeMap<ImagePath, (&str, bool)> = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut conflicts = Vec::new();
+    for (p, bytes) in packages.iter().zip(&bytes) {
+        for e in unpack_cached(cache_dir, p, bytes)? {
+            let is_dir = e.kind == EntryKind::Dir;
+            if let Some((other, other_dir)) = owners.get(&e.path) {
+                if !(is_dir && *other_dir) {
+                    conflicts.push(format!(
+                        "{} is shipped by both {other} and {}",
+                        e.path, p.name
+                    ));
+                }
+                continue;
+            }
+            owners.insert(e.path.clone(), (&p.name, is_dir));
+            entries.push(e);
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "image {}: Debian packages conflict:\n  {}",
+            spec.name,
+            conflicts.join("\n  ")
+        );
+    }
+    layer::normalise(entries)
+        .with_context(|| format!("image {}: the Debian package layer", spec.name))
+}
+
+/// Bump when [`read_deb`]'s rules change: old unpack records are ignored.
+const UNPACK_FORMAT: u32 = 2;
+
+/// What unpacking one verified .deb gave, kept in
+/// `cache_dir/debian/unpacked/<deb hex>.json` so a warm build does not
+/// decompress it again. File contents live in `cache_dir/debian/files/<hex>`.
+#[derive(Serialize, Deserialize)]
+struct UnpackRecord {
+    format: u32,
+    entries: Vec<RecordEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordEntry {
+    path: String,
+    kind: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// Symlink target, or content file name (sha256 hex) of a file.
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// The entries of one verified package (its files plus its status file),
+/// with file sources pointing into the content-addressed file store.
+fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<Vec<Entry>> {
+    let files = cache_dir.join("debian/files");
+    let record_path = cache_dir.join(format!(
+        "debian/unpacked/{}.json",
+        pkg.sha256.trim_start_matches("sha256:")
+    ));
+    if let Some(entries) = fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<UnpackRecord>(&b).ok())
+        .filter(|r| r.format == UNPACK_FORMAT)
+        .and_then(|r| from_record(&files, r))
+    {
+        return Ok(entries);
+    }
+    let deb = read_deb(&pkg.name, bytes)?;
+    fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    let mut status = deb.control.trim_end().to_string();
+    status.push('\n');
+    let status_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}", pkg.name))
+        .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
+    // The package's file list next to its status (dpkg's `info/PKG.list`
+    // format: one absolute path per line), so `drift` can tell which package
+    // provides each file.
+    let mut list: Vec<String> = deb.entries.iter().map(|e| e.path.to_string()).collect();
+    list.sort();
+    let list_path = ImagePath::parse(&format!("/var/lib/dpkg/status.d/{}.list", pkg.name))
+        .map_err(|e| anyhow::anyhow!("package name {:?}: {e}", pkg.name))?;
+    let extra = [
+        DebEntry {
+            path: status_path,
+            kind: DebKind::File(status.into_bytes()),
+            mode: 0o644,
+            owner: Owner::ROOT,
+        },
+        DebEntry {
+            path: list_path,
+            kind: DebKind::File(format!("{}\n", list.join("\n")).into_bytes()),
+            mode: 0o644,
+            owner: Owner::ROOT,
+        },
+    ];
+    let mut record = UnpackRecord {
+        format: UNPACK_FORMAT,
+        entries: Vec::new(),
+    };
+    for e in deb.entries.into_iter().chain(extra) {
+        let (kind, data, size) = match e.kind {
+            DebKind::Dir => ("dir", String::new(), 0),
+            DebKind::Symlink(target) => ("symlink", target, 0),
+            DebKind::File(bytes) => {
+                let digest = layer::sha256(&bytes);
+                let hex = digest.trim_start_matches("sha256:").to_string();
+                let path = files.join(&hex);
+                if !path.exists() {
+                    crate::adapters::cache::write_atomic(&path, &bytes)?;
+                }
+                ("file", hex, bytes.len() as u64)
+            }
+        };
+        record.entries.push(RecordEntry {
+            path: e.path.as_str().to_string(),
+            kind: kind.to_string(),
+            mode: e.mode,
+            uid: e.owner.uid,
+            gid: e.owner.gid,
+            data,
+            size,
+        });
+    }
+    crate::adapters::cache::write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
+    from_record(&files, record).with_context(|| {
+        format!(
+            "package {}: reading back {}",
+            pkg.name,
+            record_path.display()
+        )
+    })
+}
+
+/// Entries of a record; `None` when it is damaged or a content file is gone
+/// (the package is then unpacked again).
+fn from_record(files: &Path, r: UnpackRecord) -> Option<Vec<Entry>> {
+    r.entries
+        .into_iter()
+        .map(|e| {
+            let kind = match e.kind.as_str() {
+                "dir" => EntryKind::Dir,
+                "symlink" => EntryKind::Symlink { target: e.data },
+                "file" => {
+                    let path = files.join(&e.data);
+                    if fs::metadata(&path).ok()?.len() != e.size {
+                        return None;
+                    }
+                    EntryKind::File {
+                        source: path.to_string_lossy().into_owned(),
+                        size: e.size,
+                    }
+                }
+                _ => return None,
+            };
+            Some(Entry {
+                path: ImagePath::parse(&format!("/{}", e.path)).ok()?,
+                kind,
+                mode: e.mode,
+                owner: Owner {
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+            })
+        })
+        .collect()
+}
+
+/// What `build --dry-run` shows for the `[debian]` layer: one line per
+/// locked package (status file path, archive path and digest).
+pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
+    Ok(locked_packages(root, spec)?
+        .into_iter()
+        .map(|p| {
+            (
+                format!("/var/lib/dpkg/status.d/{}", p.name),
+                format!("{} {} {}", p.filename, p.size, p.sha256),
+            )
+        })
+        .collect())
+}
