@@ -240,7 +240,7 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
         ("warn", &raw.gates.warn),
         ("skip", &raw.gates.skip),
     ] {
-        for name in names {
+        if let Some(name) = names.iter().next() {
             if BUILT_IN.contains(&name.as_str()) {
                 bail!(
                     "{path}: gates.{key} lists {name:?}, a built-in required gate; the policy can add gates but cannot make a built-in gate optional, warn-only or skipped"
