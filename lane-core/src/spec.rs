@@ -495,16 +495,18 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         exposed_ports.push(format!("{num}/{proto}"));
     }
     if let Some(w) = &c.workdir
-        && !w.get_ref().starts_with('/') {
-            src.err(
-                w.span(),
-                "workdir must be an absolute path inside the image",
-            )?;
-        }
+        && !w.get_ref().starts_with('/')
+    {
+        src.err(
+            w.span(),
+            "workdir must be an absolute path inside the image",
+        )?;
+    }
     if let Some(u) = &c.user
-        && (u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace)) {
-            src.err(u.span(), "user must be \"NAME\", \"UID\" or \"UID:GID\"")?;
-        }
+        && (u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace))
+    {
+        src.err(u.span(), "user must be \"NAME\", \"UID\" or \"UID:GID\"")?;
+    }
     let config = RuntimeConfig {
         entrypoint: c.entrypoint,
         cmd: c.cmd,
@@ -524,12 +526,13 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
             )?;
         }
         if let Some(p) = &s.expect_output
-            && let Err(e) = regex::Regex::new(p.get_ref()) {
-                src.err(
-                    p.span(),
-                    format_args!("expect_output is not a valid regular expression: {e}"),
-                )?;
-            }
+            && let Err(e) = regex::Regex::new(p.get_ref())
+        {
+            src.err(
+                p.span(),
+                format_args!("expect_output is not a valid regular expression: {e}"),
+            )?;
+        }
         let timeout_secs = match &s.timeout_secs {
             None => 30,
             Some(t) if (1..=3600).contains(t.get_ref()) => *t.get_ref(),

@@ -4,3 +4,4 @@
 
 pub mod adapters;
 pub mod commands;
+pub mod report;

@@ -87,9 +87,7 @@ pub fn fetch(cache: &Cache, repository: &str, digest: &str, quiet: bool) -> Resu
             }
         }
         if remote.is_none() {
-            if !quiet {
-                eprintln!("pulling base {reference}");
-            }
+            crate::report::Reporter::new(quiet).say(format_args!("pulling base {reference}"));
             remote = Some(registry::preflight(&target, &[])?);
         }
         let r = remote.as_ref().expect("set above");

@@ -29,7 +29,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::adapters::layout::LayoutImage;
-use crate::commands::build::Progress;
+use crate::report::Reporter;
 use lane_core::layer::sha256;
 use lane_core::smoke::{
     self, CheckReport, EngineFacts, ImageStore, Isolation, Outcome, SmokeReport,
@@ -164,6 +164,7 @@ async fn cleanup(docker: &Docker, tracked: &Tracked, keep_image: bool) -> Vec<St
 /// the runtime); a normal run has already cleaned up and this does nothing.
 struct Guard {
     tracked: Tracked,
+    reporter: Reporter,
 }
 
 impl Drop for Guard {
@@ -176,10 +177,11 @@ impl Drop for Guard {
             return;
         }
         let tracked = self.tracked.clone();
+        let reporter = self.reporter;
         let _ = block_on(async move {
             if let Ok(c) = connect().await {
                 for e in cleanup(&c.docker, &tracked, false).await {
-                    eprintln!("warning: {e}");
+                    reporter.warn(e);
                 }
             }
         });
@@ -239,6 +241,7 @@ pub fn smoke(
     let tracked: Tracked = Arc::default();
     let _guard = Guard {
         tracked: tracked.clone(),
+        reporter: Reporter::new(opts.quiet),
     };
     let _signals = SignalHandlers::install();
     block_on(async {
@@ -275,7 +278,7 @@ async fn run(
     run_id: &str,
     tracked: &Tracked,
 ) -> Result<SmokeReport> {
-    let progress = Progress { quiet: opts.quiet };
+    let progress = Reporter { quiet: opts.quiet };
     let docker = &c.docker;
     let expected =
         smoke::expected_image_id(c.facts.store, &image.config_digest, &image.manifest_digest);

@@ -1061,22 +1061,8 @@ impl Session {
         self.oci
             .store_auth_if_needed(reference.resolve_registry(), &self.oci_auth())
             .await;
-        let bar = if quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(blob.size),
-                indicatif::ProgressDrawTarget::stderr(),
-            );
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_message(format!("uploading {}", short(&blob.digest)));
-            bar
-        };
+        let bar = crate::report::Reporter::new(quiet).bar(blob.size, 0, crate::report::BYTES_BAR);
+        bar.set_message(format!("uploading {}", short(&blob.digest)));
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1133,11 +1119,8 @@ impl Session {
             BlobStats, CrossCheck, Observed, TagCheck, check_digest, check_tag,
         };
         let host = self.host().to_string();
-        let say = |m: String| {
-            if !quiet {
-                eprintln!("{m}");
-            }
-        };
+        let reporter = crate::report::Reporter::new(quiet);
+        let say = |m: String| reporter.say(m);
         let mut stats = BlobStats::default();
         for blob in &image.blobs {
             match self.blob_size(repo, &blob.digest).await? {

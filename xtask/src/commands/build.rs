@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::adapters::cache::Cache;
 use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
+use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::BuiltLayer;
 use lane_core::distribution::CacheStats;
@@ -102,19 +103,6 @@ pub struct BuildReport {
     pub source: Option<SourceFacts>,
     #[serde(skip)]
     pub git: Option<GitFacts>,
-}
-
-/// Prints progress lines on stderr unless quiet.
-pub struct Progress {
-    pub quiet: bool,
-}
-
-impl Progress {
-    pub fn say(&self, msg: impl std::fmt::Display) {
-        if !self.quiet {
-            eprintln!("{msg}");
-        }
-    }
 }
 
 /// Loads the workspace's images, selects `names` (and their bases), checks
@@ -401,7 +389,7 @@ impl<R: Read> Read for Counting<'_, R> {
 
 /// Runs the plan: cargo, layers (through the cache), layouts.
 pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
-    let progress = Progress { quiet: opts.quiet };
+    let progress = Reporter { quiet: opts.quiet };
     if !plan.binaries.is_empty() {
         progress.say(format_args!(
             "cargo build --locked --release ({})",
@@ -533,7 +521,7 @@ fn build_layer(
     entries: &[Entry],
     mtime: u64,
     stats: &mut CacheStats,
-    progress: &Progress,
+    progress: &Reporter,
     image: &str,
     layer_name: &str,
 ) -> Result<LayerDigests> {
@@ -564,14 +552,8 @@ fn build_layer(
             }
         })
         .sum();
-    let bar = (!progress.quiet && total > 32 << 20 && io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+    let bar = (total > 32 << 20 && io::stderr().is_terminal()).then(|| {
+        let bar = progress.bar(total, 0, crate::report::BYTES_BAR);
         bar.set_message(format!("{image}: layer {layer_name}"));
         bar
     });

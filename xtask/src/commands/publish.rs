@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::commands::build::{self, BuildOptions, Progress};
+use crate::commands::build::{self, BuildOptions};
+use crate::report::Reporter;
 
 use crate::adapters::local_store::LocalStore;
 use crate::adapters::registry::{self, RegistryTarget};
@@ -78,7 +79,7 @@ impl Destination {
         ws: &Workspace,
         registry: Option<&RegistryTarget>,
         specs: &[lane_core::spec::ImageSpec],
-        progress: &Progress,
+        progress: &Reporter,
     ) -> Result<Destination> {
         match registry {
             Some(target) => {
@@ -112,7 +113,7 @@ impl Destination {
         &self,
         built: &BuiltImage,
         tags: &[String],
-        progress: &Progress,
+        progress: &Reporter,
     ) -> Result<PublishReport> {
         let image = crate::adapters::layout::read_image(&built.name, &built.layout)?;
         match self {
@@ -142,7 +143,7 @@ impl Destination {
 
 /// Preflight, build, publish.
 pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Result<PublishRun> {
-    let progress = Progress { quiet: opts.quiet };
+    let progress = Reporter { quiet: opts.quiet };
     if let Some(t) = &opts.tag
         && !lane_core::spec::valid_tag(t)
     {

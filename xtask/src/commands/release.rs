@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::adapters::workspace::{GitFacts, Workspace};
-use crate::commands::build::{self, BuildOptions, Progress};
+use crate::commands::build::{self, BuildOptions};
+use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::POLICY_PATH;
@@ -119,7 +120,7 @@ pub fn release(
     opts: &ReleaseOptions,
     store: &mut dyn Store,
 ) -> Result<ReleaseReport> {
-    let progress = Progress { quiet: opts.quiet };
+    let progress = Reporter { quiet: opts.quiet };
     let started_on = now();
     let mut stages = Stages::new();
     let (policy, policy_digest) = load_policy(ws)?;
@@ -144,9 +145,9 @@ pub fn release(
             "preflight: Docker Engine {} at {}",
             facts.version, facts.address
         )),
-        Err(e) => eprintln!(
-            "error: preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
-        ),
+        Err(e) => progress.error(format_args!(
+            "preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
+        )),
     }
 
     stages.end("preflight");
@@ -476,7 +477,7 @@ fn image_gates(
     spec: &lane_core::spec::ImageSpec,
     image: &BuiltImage,
     engine_error: Option<&anyhow::Error>,
-    progress: &Progress,
+    progress: &Reporter,
 ) -> Vec<GateResult> {
     let mut out = Vec::new();
     progress.say(format_args!("gates: drift of {}", image.name));

@@ -53,7 +53,7 @@ pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproRepor
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
-    let progress = build::Progress { quiet };
+    let progress = crate::report::Reporter::new(quiet);
     progress.say("repro: first build, from the checkout");
     let first_opts = options(&work.join("first"), quiet);
     let (plan, _) = build::plan(ws, names, &first_opts)?;
