@@ -254,7 +254,7 @@ fn crafted_debs_are_handled_as_documented() {
     let debs = f.path("target/lane-cache/debs");
     fs::create_dir_all(&debs).unwrap();
     for bytes in [&evil, &fine] {
-        let hex = &lane_core::layer::sha256(bytes)["sha256:".len()..];
+        let hex = lane_core::layer::sha256(bytes).hex().to_string();
         fs::write(debs.join(format!("{hex}.deb")), bytes).unwrap();
     }
 

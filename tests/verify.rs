@@ -552,9 +552,7 @@ fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     let tag = evidence::fallback_tag(digest);
     rewrite_referrers(&mut lane.store(), digest, artifacts, &mut |index| {
         fs::write(
-            layout
-                .join("blobs/sha256")
-                .join(index.digest.trim_start_matches("sha256:")),
+            layout.join("blobs/sha256").join(index.digest.hex()),
             &index.bytes,
         )
         .unwrap();
@@ -952,6 +950,57 @@ fn tampered_evidence_fails_verify_and_promote() {
     // Putting the lane's own evidence back makes it verify again.
     rewrite_local(&lane, &d, &lanes_own);
     assert!(lane.verify(&reference).0);
+}
+
+#[test]
+fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_read() {
+    let lane = Lane::new("traversal");
+    let (accepted, d) = lane.release(true);
+    assert!(accepted);
+    let reference = format!("{REPO}@{d}");
+    assert!(lane.verify(&reference).0, "the untampered release verifies");
+    // Where `blobs/sha256/../../x` of the repository would lead: a file an
+    // unparsed digest would read.
+    let layout = lane.f.path("target/local-registry").join(REPO);
+    fs::write(layout.join("x"), b"{}").unwrap();
+    // A referrers index (at the fallback tag) that names that path.
+    let tag = evidence::fallback_tag(&d);
+    let mut manifests = lane_core::store::referrers(&mut lane.store(), REPO, &d).unwrap();
+    manifests.push(json!({
+        "mediaType": lane_core::evidence::MEDIA_MANIFEST,
+        "digest": "sha256:../../x",
+        "size": 2,
+        "artifactType": MEDIA_DSSE,
+    }));
+    let index = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": evidence::MEDIA_INDEX,
+        "manifests": manifests,
+    }))
+    .unwrap();
+    fs::write(layout.join(index.digest.blob_path()), &index.bytes).unwrap();
+    let path = layout.join("index.json");
+    let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for m in top["manifests"].as_array_mut().unwrap() {
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
+            m["digest"] = json!(index.digest);
+            m["size"] = json!(index.size());
+        }
+    }
+    fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+
+    let (ok, out) = lane.verify(&reference);
+    assert!(
+        !ok,
+        "verify passed with a path in the referrers index:\n{out}"
+    );
+    assert!(
+        out.contains("sha256:../../x") && out.contains("is not a digest"),
+        "the Digest parser did not refuse it:\n{out}"
+    );
+    let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
+    assert!(!ok, "promote went ahead:\n{out}");
+    assert_eq!(lane.store().resolve_tag(REPO, "prod").unwrap(), None);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::id::Digest;
 use crate::layer::sha256;
 
 /// A blob the manifest names.
@@ -234,8 +235,8 @@ pub struct BuiltImage {
     pub name: String,
     pub repository: String,
     pub tags: Vec<String>,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
     pub layout: PathBuf,
     pub layers: Vec<BuiltLayer>,
     pub cache: CacheStats,
@@ -243,8 +244,8 @@ pub struct BuiltImage {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BuiltLayer {
-    pub digest: String,
-    pub diff_id: String,
+    pub digest: Digest,
+    pub diff_id: Digest,
     pub size: u64,
 }
 
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn cross_check_reports_every_failure() {
-        let good = sha256(b"m");
+        let good = sha256(b"m").to_string();
         let ok = Observed {
             pushed_digest_header: Some(good.clone()),
             fetched_digest_header: None,
@@ -282,9 +283,9 @@ mod tests {
         };
         assert!(check_digest(&good, &ok).is_empty());
         let bad = Observed {
-            pushed_digest_header: Some(sha256(b"lie")),
-            fetched_digest_header: Some(sha256(b"lie")),
-            fetched_sha256: sha256(b"other"),
+            pushed_digest_header: Some(sha256(b"lie").to_string()),
+            fetched_digest_header: Some(sha256(b"lie").to_string()),
+            fetched_sha256: sha256(b"other").to_string(),
             blobs: vec![(blob('a', 3), None), (blob('b', 3), Some(4))],
         };
         let f = check_digest(&good, &bad);
@@ -296,12 +297,12 @@ mod tests {
 
     #[test]
     fn tag_check_needs_the_digest() {
-        let good = sha256(b"m");
+        let good = sha256(b"m").to_string();
         let t = TagCheck {
             tag: "v1".into(),
             pushed_digest_header: None,
             fetched_digest_header: Some(good.clone()),
-            resolved_sha256: sha256(b"x"),
+            resolved_sha256: sha256(b"x").to_string(),
         };
         let f = check_tag(&good, &t);
         assert_eq!(f.len(), 1);

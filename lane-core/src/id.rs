@@ -341,6 +341,36 @@ macro_rules! string_identity {
 }
 string_identity!(Digest, Repository, Tag);
 
+impl PartialEq<Digest> for String {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<Digest> for str {
+    fn eq(&self, other: &Digest) -> bool {
+        self == other.0
+    }
+}
+
+impl PartialEq<Digest> for &str {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<String> for Digest {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

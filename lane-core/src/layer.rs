@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
 
+use crate::id::Digest;
 use crate::spec::{ImagePath, Owner};
 
 /// The compression level every layer uses. Part of every cache key.
@@ -60,9 +61,9 @@ pub trait Contents {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDigests {
     /// `sha256:` of the gzip blob (the layer digest).
-    pub digest: String,
+    pub digest: Digest,
     /// `sha256:` of the uncompressed tar (the diff_id).
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the gzip blob in bytes.
     pub size: u64,
     /// Size of the tar stream in bytes.
@@ -146,10 +147,10 @@ impl<W: Write> HashWriter<W> {
     }
 
     /// Returns the inner writer, `sha256:<hex>` and the byte count.
-    pub fn finish(self) -> (W, String, u64) {
+    pub fn finish(self) -> (W, Digest, u64) {
         (
             self.inner,
-            format!("sha256:{}", hex(&self.hasher.finalize())),
+            Digest::from_sha256(self.hasher.finalize().into()),
             self.count,
         )
     }
@@ -184,9 +185,9 @@ impl<R: Read> HashReader<R> {
         }
     }
 
-    pub fn finish(self) -> (String, u64) {
+    pub fn finish(self) -> (Digest, u64) {
         (
-            format!("sha256:{}", hex(&self.hasher.finalize())),
+            Digest::from_sha256(self.hasher.finalize().into()),
             self.count,
         )
     }
@@ -210,9 +211,9 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// `sha256:<hex>` of a byte slice.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+/// The digest (`sha256:<hex>`) of a byte slice.
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
 }
 
 /// Encodes `entries` (already [`normalise`]d) as a gzip-compressed tar into
@@ -223,7 +224,7 @@ pub fn encode<W: Write>(
     mtime: u64,
     contents: &mut dyn Contents,
     out: W,
-) -> Result<(LayerDigests, BTreeMap<String, String>)> {
+) -> Result<(LayerDigests, BTreeMap<String, Digest>)> {
     let compressed = HashWriter::new(out);
     let gz = flate2::GzBuilder::new()
         .mtime(0)

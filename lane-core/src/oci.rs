@@ -10,12 +10,13 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType,
-    Os, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest as OciDigest, HistoryBuilder,
+    ImageConfiguration, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifest,
+    ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use serde::Serialize;
 
+use crate::id::Digest;
 use crate::layer::{LayerDigests, sha256};
 use crate::spec::RuntimeConfig;
 
@@ -30,7 +31,7 @@ pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
     pub bytes: Vec<u8>,
-    pub digest: String,
+    pub digest: Digest,
 }
 
 impl Blob {
@@ -50,8 +51,8 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Result<Blob> {
 /// A layer as the manifest and the config see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerRecord {
-    pub digest: String,
-    pub diff_id: String,
+    pub digest: Digest,
+    pub diff_id: Digest,
     pub size: u64,
     /// `created_by` of the history entry (`lane layer app`).
     pub created_by: String,
@@ -155,19 +156,19 @@ pub fn arch_of_triple(triple: &str) -> &'static str {
     }
 }
 
-fn digest(s: &str) -> Result<Digest> {
-    Digest::from_str(s).with_context(|| format!("invalid digest {s:?}"))
+fn digest(s: &str) -> Result<OciDigest> {
+    OciDigest::from_str(s).with_context(|| format!("invalid digest {s:?}"))
 }
 
 fn descriptor(
     media: MediaType,
-    d: &str,
+    d: &Digest,
     size: u64,
     annotations: Option<HashMap<String, String>>,
 ) -> Result<Descriptor> {
     let mut b = DescriptorBuilder::default()
         .media_type(media)
-        .digest(digest(d)?)
+        .digest(digest(d.as_str())?)
         .size(size);
     if let Some(a) = annotations {
         b = b.annotations(a);
@@ -236,7 +237,12 @@ pub fn image_docs(inputs: &ImageInputs) -> Result<ImageDocs> {
         .rootfs(
             RootFsBuilder::default()
                 .typ("layers")
-                .diff_ids(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
+                .diff_ids(
+                    layers
+                        .iter()
+                        .map(|l| l.diff_id.to_string())
+                        .collect::<Vec<_>>(),
+                )
                 .build()?,
         )
         .history(history)
@@ -316,8 +322,8 @@ mod tests {
             ..Default::default()
         };
         let layers = vec![LayerRecord {
-            digest: format!("sha256:{}", "a".repeat(64)),
-            diff_id: format!("sha256:{}", "b".repeat(64)),
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+            diff_id: format!("sha256:{}", "b".repeat(64)).parse().unwrap(),
             size: 10,
             created_by: "lane layer app".into(),
         }];

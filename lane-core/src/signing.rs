@@ -76,9 +76,7 @@ fn keyid(key: &VerifyingKey) -> Result<String> {
     let der = key
         .to_public_key_der()
         .map_err(|e| anyhow::anyhow!("encoding a public key: {e}"))?;
-    Ok(crate::layer::sha256(der.as_bytes())
-        .trim_start_matches("sha256:")
-        .to_string())
+    Ok(crate::layer::sha256(der.as_bytes()).hex().to_string())
 }
 
 fn public_pem(key: &VerifyingKey) -> Result<String> {

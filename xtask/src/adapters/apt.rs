@@ -374,7 +374,7 @@ fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<
             DebKind::Symlink(target) => ("symlink", target, 0),
             DebKind::File(bytes) => {
                 let digest = layer::sha256(&bytes);
-                let hex = digest.trim_start_matches("sha256:").to_string();
+                let hex = digest.hex().to_string();
                 let path = files.join(&hex);
                 if !path.exists() {
                     crate::adapters::cache::write_atomic(&path, &bytes)?;

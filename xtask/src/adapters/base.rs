@@ -80,7 +80,7 @@ pub fn fetch(cache: &Cache, repository: &str, digest: &str, quiet: bool) -> Resu
     let mut remote = None;
     let (target, repo) = split(repository)?;
     let mut get = |d: &str, manifest: bool| -> Result<Vec<u8>> {
-        let path = cache.blob_path(d);
+        let path = cache.blob_path(&d.parse()?);
         if let Ok(bytes) = std::fs::read(&path) {
             if sha256(&bytes) == d {
                 return Ok(bytes);
@@ -140,8 +140,8 @@ pub fn fetch(cache: &Cache, repository: &str, digest: &str, quiet: bool) -> Resu
         let d = l["digest"].as_str().context("a base layer has no digest")?;
         let bytes = get(d, false)?;
         records.push(LayerRecord {
-            digest: d.to_string(),
-            diff_id,
+            digest: d.parse()?,
+            diff_id: diff_id.parse()?,
             size: bytes.len() as u64,
             created_by: format!("base {reference} layer {}", i + 1),
         });

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use lane_core::id::Digest;
 use lane_core::layer::LayerDigests;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,10 +109,8 @@ impl Cache {
         })
     }
 
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.dir
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.blob_path())
     }
 
     /// The content digest of `path` if its fingerprint is unchanged since it
@@ -162,7 +161,7 @@ impl Cache {
                 fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
             let (digest, extra) = write(&mut f)?;
             drop(f);
-            fs::rename(&tmp, self.blob_path(&digest))?;
+            fs::rename(&tmp, self.blob_path(&digest.parse()?))?;
             Ok((digest, extra))
         })();
         if result.is_err() {

@@ -665,5 +665,5 @@ pub fn run_id() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    sha256(seed.as_bytes())["sha256:".len()..][..12].to_string()
+    sha256(seed.as_bytes()).short().to_string()
 }

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use lane_core::distribution::LocalImage;
+use lane_core::id::Digest;
 use lane_core::layer::sha256;
 
 /// Where a layout keeps the blob `digest`.
-pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
+pub fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
+    layout.join(digest.blob_path())
 }
 
 /// Reads `target/images/<name>/` and checks every blob's size.
@@ -20,11 +19,11 @@ pub fn read_image(name: &str, layout: &Path) -> Result<LocalImage> {
     let index = fs::read(layout.join("index.json"))
         .with_context(|| format!("reading {}/index.json", layout.display()))?;
     let image = LocalImage::parse(name, layout, &index, &|d| {
-        fs::read(blob_path(layout, d))
+        fs::read(blob_path(layout, &d.parse()?))
             .with_context(|| format!("reading blob {d} from {}", layout.display()))
     })?;
     for b in &image.blobs {
-        let p = blob_path(layout, &b.digest);
+        let p = blob_path(layout, &b.digest.parse()?);
         let len = fs::metadata(&p)
             .with_context(|| format!("the layout {} lacks blob {}", layout.display(), b.digest))?
             .len();

@@ -16,6 +16,7 @@ use crate::adapters::cache::write_atomic;
 use lane_core::distribution::BlobStats;
 use lane_core::distribution::BuiltImage;
 use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
+use lane_core::id::{Digest, Repository};
 use lane_core::layer::{HashReader, sha256};
 use lane_core::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
 use lane_core::store::{
@@ -31,25 +32,31 @@ impl LocalStore {
         LocalStore { root }
     }
 
-    fn repo(&self, repository: &str) -> PathBuf {
-        self.root.join(repository)
+    /// The folder of `repository`; the name is parsed first, so it cannot
+    /// leave the store (`..`, absolute paths and the like are refused).
+    fn repo(&self, repository: &str) -> Result<PathBuf> {
+        let r: Repository = repository
+            .parse()
+            .with_context(|| format!("local store {}", self.root.display()))?;
+        Ok(self.root.join(r.as_str()))
     }
 
-    fn blob_path(&self, repository: &str, digest: &str) -> PathBuf {
-        self.repo(repository)
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    /// Where `digest` is kept; the digest is parsed first, so no path is
+    /// ever built from an unchecked string (a referrers index that names
+    /// `sha256:../../x` is refused here).
+    fn blob_path(&self, repository: &str, digest: &str) -> Result<PathBuf> {
+        let d: Digest = digest
+            .parse()
+            .with_context(|| format!("local store {}/{repository}", self.root.display()))?;
+        Ok(self.repo(repository)?.join(d.blob_path()))
     }
 
     fn index(&self, repository: &str) -> Result<Vec<Value>> {
-        match fs::read(self.repo(repository).join("index.json")) {
+        let path = self.repo(repository)?.join("index.json");
+        match fs::read(&path) {
             Ok(bytes) => {
-                let v: Value = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "{} is damaged",
-                        self.repo(repository).join("index.json").display()
-                    )
-                })?;
+                let v: Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is damaged", path.display()))?;
                 Ok(v["manifests"].as_array().cloned().unwrap_or_default())
             }
             Err(_) => Ok(Vec::new()),
@@ -57,7 +64,7 @@ impl LocalStore {
     }
 
     fn write_index(&self, repository: &str, manifests: Vec<Value>) -> Result<()> {
-        let dir = self.repo(repository);
+        let dir = self.repo(repository)?;
         write_atomic(&dir.join("oci-layout"), OCI_LAYOUT)?;
         let doc = json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests });
         write_atomic(&dir.join("index.json"), &serde_json::to_vec(&doc)?)
@@ -65,7 +72,7 @@ impl LocalStore {
 
     /// Stores bytes under their digest; returns whether they were new.
     fn put(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<bool> {
-        let path = self.blob_path(repository, digest);
+        let path = self.blob_path(repository, digest)?;
         if path.exists() {
             return Ok(false);
         }
@@ -74,7 +81,7 @@ impl LocalStore {
     }
 
     fn put_file(&self, repository: &str, digest: &str, from: &Path) -> Result<Option<u64>> {
-        let path = self.blob_path(repository, digest);
+        let path = self.blob_path(repository, digest)?;
         if path.exists() {
             return Ok(None);
         }
@@ -113,7 +120,7 @@ impl LocalStore {
 
     /// Reads a stored blob and checks it hashes to its name.
     pub fn read_verified(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
-        let bytes = fs::read(self.blob_path(repository, digest))
+        let bytes = fs::read(self.blob_path(repository, digest)?)
             .with_context(|| format!("{repository}@{digest} is not in the local store"))?;
         let actual = sha256(&bytes);
         if actual != digest {
@@ -128,7 +135,8 @@ impl LocalStore {
 fn hash_file(path: &Path) -> Result<(String, u64)> {
     let mut r = HashReader::new(fs::File::open(path)?);
     std::io::copy(&mut r, &mut std::io::sink())?;
-    Ok(r.finish())
+    let (d, n) = r.finish();
+    Ok((d.to_string(), n))
 }
 
 impl Store for LocalStore {
@@ -146,7 +154,7 @@ impl Store for LocalStore {
 
     fn preflight(&mut self, repositories: &[String]) -> Result<()> {
         for r in repositories {
-            let dir = self.repo(r);
+            let dir = self.repo(r)?;
             fs::create_dir_all(dir.join("blobs/sha256"))
                 .with_context(|| format!("local store {} is not writable", dir.display()))?;
         }
@@ -161,7 +169,7 @@ impl Store for LocalStore {
                 .join("blobs/sha256")
                 .join(d.trim_start_matches("sha256:"))
         };
-        let manifest = fs::read(src(&image.manifest_digest)).with_context(|| {
+        let manifest = fs::read(src(image.manifest_digest.as_str())).with_context(|| {
             format!(
                 "reading the manifest of {} from {}",
                 image.name,
@@ -190,10 +198,10 @@ impl Store for LocalStore {
             }
         }
         // Counted like a registry's blob uploads: the manifest is not a blob.
-        self.put(repo, &image.manifest_digest, &manifest)?;
+        self.put(repo, image.manifest_digest.as_str(), &manifest)?;
         self.add_entry(
             repo,
-            &image.manifest_digest,
+            image.manifest_digest.as_str(),
             manifest.len() as u64,
             MEDIA_MANIFEST,
             None,
@@ -201,7 +209,8 @@ impl Store for LocalStore {
 
         // Cross-check: re-read and re-hash everything that was stored.
         let mut checks = Vec::new();
-        let stored = fs::read(self.blob_path(repo, &image.manifest_digest)).unwrap_or_default();
+        let stored =
+            fs::read(self.blob_path(repo, image.manifest_digest.as_str())?).unwrap_or_default();
         let stored_digest = sha256(&stored);
         checks.push((
             "manifest re-hashed".to_string(),
@@ -209,7 +218,7 @@ impl Store for LocalStore {
             format!("stored manifest hashes to {stored_digest}"),
         ));
         for (d, size) in &blobs {
-            let (ok, what) = match hash_file(&self.blob_path(repo, d)) {
+            let (ok, what) = match hash_file(&self.blob_path(repo, d)?) {
                 Ok((actual, n)) => (actual == *d && n == *size, format!("{actual}, {n} bytes")),
                 Err(e) => (false, format!("unreadable: {e}")),
             };
@@ -222,7 +231,7 @@ impl Store for LocalStore {
             .collect();
         Ok(Published {
             ok: failures.is_empty(),
-            digest: stored_digest,
+            digest: stored_digest.to_string(),
             manifest_size: stored.len() as u64,
             failures,
             blobs: BlobStats {
@@ -242,11 +251,11 @@ impl Store for LocalStore {
         artifact: &Artifact,
     ) -> Result<String> {
         for (_, b) in &artifact.blobs {
-            self.put(repository, &b.digest, &b.bytes)?;
+            self.put(repository, b.digest.as_str(), &b.bytes)?;
         }
         self.put(
             repository,
-            &artifact.manifest.digest,
+            artifact.manifest.digest.as_str(),
             &artifact.manifest.bytes,
         )?;
         let tag = evidence::fallback_tag(subject_digest);
@@ -255,15 +264,15 @@ impl Store for LocalStore {
             None => None,
         };
         let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        self.put(repository, &index.digest, &index.bytes)?;
+        self.put(repository, index.digest.as_str(), &index.bytes)?;
         self.add_entry(
             repository,
-            &index.digest,
+            index.digest.as_str(),
             index.size(),
             MEDIA_INDEX,
             Some(&tag),
         )?;
-        Ok(artifact.manifest.digest.clone())
+        Ok(artifact.manifest.digest.to_string())
     }
 
     fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()> {
@@ -288,7 +297,7 @@ impl Store for LocalStore {
             self.resolve_tag(repository, reference)?
         };
         match digest {
-            Some(d) if self.blob_path(repository, &d).exists() => {
+            Some(d) if self.blob_path(repository, &d)?.exists() => {
                 Ok(Some(self.read_verified(repository, &d)?))
             }
             _ => Ok(None),
@@ -334,10 +343,10 @@ impl Store for LocalStore {
         }
         let existing = referrers(self, to_repository, digest)?;
         let index = merged_referrers(existing, attached)?;
-        self.put(to_repository, &index.digest, &index.bytes)?;
+        self.put(to_repository, index.digest.as_str(), &index.bytes)?;
         self.add_entry(
             to_repository,
-            &index.digest,
+            index.digest.as_str(),
             index.size(),
             MEDIA_INDEX,
             Some(&evidence::fallback_tag(digest)),

@@ -1182,7 +1182,7 @@ impl Session {
         let observed = Observed {
             pushed_digest_header: put_header,
             fetched_digest_header: get_header,
-            fetched_sha256: sha256(&fetched),
+            fetched_sha256: sha256(&fetched).to_string(),
             blobs: blob_sizes,
         };
         let failures = check_digest(digest, &observed);
@@ -1206,7 +1206,7 @@ impl Session {
                 tag: tag.clone(),
                 pushed_digest_header: put,
                 fetched_digest_header: header,
-                resolved_sha256: sha256(&bytes),
+                resolved_sha256: sha256(&bytes).to_string(),
             };
             let failures = check_tag(digest, &check);
             if !failures.is_empty() {

@@ -94,13 +94,13 @@ impl Store for RegistryStore {
         let remote = self.remote()?;
         let repo = remote.repo(repository);
         for (_, b) in &artifact.blobs {
-            remote.push_small_blob(&repo, &b.digest, &b.bytes)?;
+            remote.push_small_blob(&repo, b.digest.as_str(), &b.bytes)?;
         }
         let d = &artifact.manifest.digest;
         // Read back and hash: a registry's digest header is not trusted.
-        remote.put_manifest(&repo, d, MEDIA_MANIFEST, &artifact.manifest.bytes)?;
+        remote.put_manifest(&repo, d.as_str(), MEDIA_MANIFEST, &artifact.manifest.bytes)?;
         let back = remote
-            .fetch_manifest(&repo, d, MEDIA_MANIFEST)?
+            .fetch_manifest(&repo, d.as_str(), MEDIA_MANIFEST)?
             .unwrap_or_default();
         if sha256(&back) != *d {
             bail!("the evidence manifest {repo}@{d} reads back with other bytes");
@@ -116,7 +116,7 @@ impl Store for RegistryStore {
         if sha256(&back) != index.digest {
             bail!("the referrers index {repo}:{tag} reads back differently from what was pushed");
         }
-        Ok(d.clone())
+        Ok(d.to_string())
     }
 
     fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()> {
@@ -144,7 +144,7 @@ impl Store for RegistryStore {
         let repo = remote.repo(repository);
         Ok(remote
             .fetch_manifest(&repo, tag, MEDIA_MANIFEST)?
-            .map(|b| sha256(&b)))
+            .map(|b| sha256(&b).to_string()))
     }
 
     fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {

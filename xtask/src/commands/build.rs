@@ -503,7 +503,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
         ));
         let as_base = BaseImage {
             name: format!("workspace://{}", spec.name),
-            manifest_digest: docs.manifest.digest.clone(),
+            manifest_digest: docs.manifest.digest.to_string(),
             layers: docs.layers.clone(),
             config: docs.runtime.clone(),
         };
@@ -564,7 +564,7 @@ fn build_layer(
             Some(bar) => layer::encode(entries, mtime, &mut contents, bar.wrap_write(w))?,
             None => layer::encode(entries, mtime, &mut contents, w)?,
         };
-        Ok((d.digest.clone(), (d, file_digests)))
+        Ok((d.digest.to_string(), (d, file_digests)))
     })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -573,7 +573,7 @@ fn build_layer(
     stats.bytes_read += contents.bytes_read;
     stats.bytes_compressed += d.tar_size;
     for (src, digest) in file_digests {
-        cache.remember_digest(&src, &metas[&src], digest);
+        cache.remember_digest(&src, &metas[&src], digest.to_string());
     }
     // The key can now be computed from the digests just read.
     if let Some(key) = layer::cache_key(entries, mtime, &|src| cache.known_digest(src, &metas[src]))
@@ -592,7 +592,7 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
         fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
         for l in &docs.layers {
             let from = cache.blob_path(&l.digest);
-            let to = blobs.join(l.digest.trim_start_matches("sha256:"));
+            let to = blobs.join(l.digest.hex());
             if to.exists() {
                 continue;
             }
@@ -602,10 +602,7 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
             }
         }
         for blob in [&docs.config, &docs.manifest] {
-            fs::write(
-                blobs.join(blob.digest.trim_start_matches("sha256:")),
-                &blob.bytes,
-            )?;
+            fs::write(blobs.join(blob.digest.hex()), &blob.bytes)?;
         }
         fs::write(tmp.join("oci-layout"), oci::OCI_LAYOUT)?;
         fs::write(tmp.join("index.json"), &docs.index.bytes)?;

@@ -110,7 +110,10 @@ pub fn load_policy(ws: &Workspace) -> Result<(Policy, String)> {
     })?;
     let text =
         String::from_utf8(bytes.clone()).with_context(|| format!("{POLICY_PATH} is not UTF-8"))?;
-    Ok((gates::parse_policy(POLICY_PATH, &text)?, sha256(&bytes)))
+    Ok((
+        gates::parse_policy(POLICY_PATH, &text)?,
+        sha256(&bytes).to_string(),
+    ))
 }
 
 /// Runs the lane. Returns the report; the caller exits 0 only when every
@@ -256,15 +259,19 @@ pub fn release(
         let required = ctx.policy.required(store.is_registry());
         let decision = gates::decide(&required, &results);
         let policy_dep = Dependency::named(POLICY_PATH, "sha256", &ctx.policy_digest);
-        let gate_statement =
-            provenance::gate_statement(&subject, &image.manifest_digest, &decision, &policy_dep);
+        let gate_statement = provenance::gate_statement(
+            &subject,
+            image.manifest_digest.as_str(),
+            &decision,
+            &policy_dep,
+        );
 
         // One record per run: a later run of the same digest (another
         // store, a rejection) never overwrites an earlier record.
         let record_path = ws.root.join("target/releases").join(format!(
             "{}-{}-{}-{}.json",
             image.name,
-            &image.manifest_digest.trim_start_matches("sha256:")[..12],
+            image.manifest_digest.short(),
             if store.is_registry() {
                 "registry"
             } else {
@@ -276,7 +283,7 @@ pub fn release(
             image: image.name.clone(),
             repository: spec.repository.clone(),
             subject: subject.clone(),
-            digest: image.manifest_digest.clone(),
+            digest: image.manifest_digest.to_string(),
             tags: spec.tags.clone(),
             accepted: decision.accepted,
             decision,
@@ -302,11 +309,11 @@ pub fn release(
                     MEDIA_DSSE,
                     MEDIA_DSSE,
                     env,
-                    &image.manifest_digest,
+                    image.manifest_digest.as_str(),
                     manifest_size,
                     &[(ANNOTATION_PREDICATE, predicate)],
                 )?;
-                match store.attach(&spec.repository, &image.manifest_digest, &a) {
+                match store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
                     Ok(d) => release.evidence.push(d),
                     Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
                 }
@@ -318,7 +325,7 @@ pub fn release(
                     "accept: tag {}:{tag} -> {}",
                     spec.repository, image.manifest_digest
                 ));
-                match store.tag(&spec.repository, &image.manifest_digest, tag) {
+                match store.tag(&spec.repository, image.manifest_digest.as_str(), tag) {
                     Ok(()) => release.tagged.push(tag.clone()),
                     Err(e) => {
                         reject(&mut release, format!("tagging {tag} failed: {e:#}"));
@@ -333,11 +340,11 @@ pub fn release(
                 MEDIA_RELEASE_RECORD,
                 MEDIA_RELEASE_RECORD,
                 record.clone(),
-                &image.manifest_digest,
+                image.manifest_digest.as_str(),
                 cross.as_ref().map(|c| c.manifest_size).unwrap_or_default(),
                 &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
             )?;
-            if let Ok(d) = store.attach(&spec.repository, &image.manifest_digest, &a) {
+            if let Ok(d) = store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
                 release.evidence.push(d);
             }
         }
@@ -437,7 +444,7 @@ pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
                 let bytes = std::fs::read(e.path())?;
                 out.insert(
                     format!("lockfiles/{}", e.file_name().to_string_lossy()),
-                    sha256(&bytes),
+                    sha256(&bytes).to_string(),
                 );
             }
         }
@@ -551,7 +558,7 @@ fn image_gates(
         let loaded = crate::adapters::layout::read_smoke_image(
             &image.name,
             &image.layout,
-            &image.manifest_digest,
+            image.manifest_digest.as_str(),
         )?;
         let opts = crate::adapters::engine::SmokeOptions {
             quiet: true,
@@ -606,7 +613,11 @@ fn provenance_inputs(
         &ctx.git.revision,
     )];
     if let Ok(lock) = std::fs::read(ws.root.join("Cargo.lock")) {
-        deps.push(Dependency::named("Cargo.lock", "sha256", &sha256(&lock)));
+        deps.push(Dependency::named(
+            "Cargo.lock",
+            "sha256",
+            sha256(&lock).as_str(),
+        ));
     }
     for (path, digest) in lockfile_digests(ws)? {
         deps.push(Dependency::named(&path, "sha256", &digest));
@@ -617,7 +628,7 @@ fn provenance_inputs(
     let tc = crate::adapters::workspace::toolchain()?;
     Ok(ProvenanceInputs {
         subject_name: subject.to_string(),
-        manifest_digest: image.manifest_digest.clone(),
+        manifest_digest: image.manifest_digest.to_string(),
         image: image.name.clone(),
         tags: image.tags.clone(),
         source_repository: source,

@@ -89,8 +89,8 @@ pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproRepor
         let difference = if equal { None } else { Some(explain(a, b)?) };
         images.push(ReproImage {
             name: a.name.clone(),
-            first: a.manifest_digest.clone(),
-            second: b.manifest_digest.clone(),
+            first: a.manifest_digest.to_string(),
+            second: b.manifest_digest.to_string(),
             equal,
             difference,
         });
@@ -153,8 +153,8 @@ fn explain(a: &BuiltImage, b: &BuiltImage) -> Result<String> {
         if la.digest == lb.digest {
             continue;
         }
-        let ea = layer_files(&a.layout, &la.digest)?;
-        let eb = layer_files(&b.layout, &lb.digest)?;
+        let ea = layer_files(&a.layout, la.digest.as_str())?;
+        let eb = layer_files(&b.layout, lb.digest.as_str())?;
         let what = first_difference(&ea, &eb).unwrap_or_else(|| {
             "same files and metadata; the archive bytes differ (encoder)".into()
         });
@@ -168,9 +168,9 @@ fn explain(a: &BuiltImage, b: &BuiltImage) -> Result<String> {
     }
     if a.config_digest != b.config_digest {
         let ca: serde_json::Value =
-            serde_json::from_slice(&fs::read(blob(&a.layout, &a.config_digest))?)?;
+            serde_json::from_slice(&fs::read(blob(&a.layout, a.config_digest.as_str()))?)?;
         let cb: serde_json::Value =
-            serde_json::from_slice(&fs::read(blob(&b.layout, &b.config_digest))?)?;
+            serde_json::from_slice(&fs::read(blob(&b.layout, b.config_digest.as_str()))?)?;
         let key = json_difference("", &ca, &cb).unwrap_or_default();
         return Ok(format!(
             "image {name}: the layers are equal but the config differs at {key}"
@@ -304,7 +304,7 @@ pub fn layout_fingerprint(layout: &Path) -> Result<BTreeMap<String, String>> {
                     .strip_prefix(layout)?
                     .to_string_lossy()
                     .into_owned(),
-                sha256(&bytes),
+                sha256(&bytes).to_string(),
             );
         }
     }

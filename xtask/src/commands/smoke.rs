@@ -40,7 +40,10 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
         .iter()
         .find(|i| i.name == name)
         .with_context(|| format!("the build did not produce image {name}"))?;
-    let image =
-        crate::adapters::layout::read_smoke_image(name, &built.layout, &built.manifest_digest)?;
+    let image = crate::adapters::layout::read_smoke_image(
+        name,
+        &built.layout,
+        built.manifest_digest.as_str(),
+    )?;
     engine::smoke(&image, &spec.smoke, opts)
 }
