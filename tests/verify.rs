@@ -1004,6 +1004,43 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
 }
 
 #[test]
+fn promote_and_publish_accept_and_refuse_the_same_tags() {
+    let lane = Lane::new("same-tags");
+    let (accepted, d) = lane.release(true);
+    assert!(accepted);
+    let reference = format!("{REPO}@{d}");
+    for bad in [
+        "sha256-abc",
+        ".hidden",
+        "-dash",
+        "a/b",
+        "a:b",
+        &"x".repeat(129),
+    ] {
+        let flag = format!("--tag={bad}");
+        let publish = lane.f.fails(&["publish", &flag]);
+        let (ok, promote) = lane.promote(&[&reference, &flag]);
+        assert!(!ok, "promote accepted {bad:?}:\n{promote}");
+        let reason = |out: &str| {
+            out.lines()
+                .find(|l| l.contains("is not a valid tag") || l.contains("referrers fallback tag"))
+                .map(|l| l[l.find('"').unwrap_or(0)..].to_string())
+        };
+        assert!(reason(&publish).is_some(), "publish: {publish}");
+        assert_eq!(
+            reason(&publish),
+            reason(&promote),
+            "{bad:?}: {publish} / {promote}"
+        );
+    }
+    for good in ["v1.2.3", "_x", "Prod-2"] {
+        lane.f.ok(&["publish", "--tag", good]);
+        let (ok, out) = lane.promote(&[&reference, "--tag", good]);
+        assert!(ok, "promote refused {good:?}:\n{out}");
+    }
+}
+
+#[test]
 fn tag_only_references_are_refused_where_a_digest_is_needed() {
     let lane = Lane::new("tag-only");
     let (_, d) = lane.release(true);

@@ -378,14 +378,8 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
     }
     let mut tags = Vec::new();
     for tag in &raw.tags {
-        if !valid_tag(tag.get_ref()) {
-            src.err(
-                tag.span(),
-                format_args!(
-                    "tag {:?} is invalid; a tag is 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
-                    tag.get_ref()
-                ),
-            )?;
+        if let Err(e) = tag.get_ref().parse::<crate::id::Tag>() {
+            src.err(tag.span(), e)?;
         }
         tags.push(tag.get_ref().clone());
     }
@@ -704,14 +698,6 @@ fn valid_component(s: &str) -> bool {
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-}
-
-pub fn valid_tag(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with(['.', '-'])
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 #[cfg(test)]

@@ -338,6 +338,31 @@ fn open_store(
     })
 }
 
+/// The registry a reference names (`HOST[:PORT]/REPO@...`) must agree with
+/// `--registry` when both are given; `local/REPO@...` names the local store.
+fn registry_for(
+    location: lane_core::id::Location,
+    flag: Option<RegistryTarget>,
+) -> Result<Option<RegistryTarget>> {
+    use lane_core::id::Location;
+    match (location, flag) {
+        (Location::Unspecified, flag) => Ok(flag),
+        (Location::Local, None) => Ok(None),
+        (Location::Local, Some(r)) => anyhow::bail!(
+            "the reference names the local store (local/...), but --registry {r} was given; drop one of them"
+        ),
+        (Location::Registry(host), None) => {
+            Ok(Some(host.parse().map_err(|e: String| {
+                anyhow::anyhow!("registry {host}: {e}")
+            })?))
+        }
+        (Location::Registry(host), Some(r)) if r.host() == host => Ok(Some(r)),
+        (Location::Registry(host), Some(r)) => anyhow::bail!(
+            "the reference names registry {host}, but --registry is {r}; drop one of them or make them agree"
+        ),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.workspace.as_deref())?;
     match cli.command {
@@ -449,10 +474,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
             json,
         } => {
-            let (repository, digest) = verify::parse_digest_reference(&reference)?;
+            let (location, repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
+            let registry = registry_for(location, registry)?;
             let mut store = open_store(&ws, registry, json)?;
-            let repository = local_name(store.as_ref(), repository);
             let (_, verdict) = verify::verify(
                 store.as_mut(),
                 &repository,
@@ -482,10 +507,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
             json,
         } => {
-            let (repository, digest) = verify::parse_digest_reference(&reference)?;
+            let (location, repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
+            let registry = registry_for(location, registry)?;
             let mut store = open_store(&ws, registry, json)?;
-            let repository = local_name(store.as_ref(), repository);
             let opts = promote::PromoteOptions {
                 repository,
                 digest,
@@ -519,7 +544,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let (policy, _) = release::load_policy(&ws)?;
-            let mut store = open_store(&ws, registry, json)?;
+            let location = verify::parse_reference(&reference)?.location;
+            let mut store = open_store(&ws, registry_for(location, registry)?, json)?;
             let a = audit::audit(store.as_mut(), &policy, &reference, allow_local_builder)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
@@ -662,14 +688,5 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-    }
-}
-
-/// The local store names its images `local/REPOSITORY` in statements and
-/// summaries; accept that name where a repository is expected.
-fn local_name(store: &dyn Store, repository: String) -> String {
-    match repository.strip_prefix("local/") {
-        Some(rest) if !store.is_registry() => rest.to_string(),
-        _ => repository,
     }
 }

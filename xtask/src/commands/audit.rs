@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::commands::verify::{self, Reference};
+use crate::commands::verify::{self, local_name};
 use lane_core::gates::Policy;
+use lane_core::id::Target;
 use lane_core::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
 use lane_core::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
 use lane_core::store::Store;
@@ -75,10 +76,11 @@ pub fn audit(
     allow_local_builder: bool,
 ) -> Result<Audit> {
     let r = verify::parse_reference(reference)?;
-    let repository = r.repository().to_string();
-    let (digest, tag) = match &r {
-        Reference::Digest { digest, .. } => (digest.clone(), None),
-        Reference::Tag { tag, .. } => {
+    let repository = local_name(store, r.repository.to_string());
+    let (digest, tag) = match &r.target {
+        Target::Digest(digest) => (digest.to_string(), None),
+        Target::Tag(tag) => {
+            let tag = tag.as_str();
             let Some(d) = store.resolve_tag(&repository, tag)? else {
                 let known: Vec<String> = store
                     .list_tags(&repository)?
@@ -98,7 +100,7 @@ pub fn audit(
             (
                 d.clone(),
                 Some(TagState {
-                    name: tag.clone(),
+                    name: tag.to_string(),
                     resolves_to: d,
                 }),
             )

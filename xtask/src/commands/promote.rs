@@ -40,9 +40,13 @@ pub fn promote(
     policy: &Policy,
     opts: &PromoteOptions,
 ) -> Result<PromoteReport> {
-    verify::check_tag(&opts.tag)?;
+    opts.tag
+        .parse::<lane_core::id::Tag>()
+        .map_err(|e| anyhow::anyhow!("--tag: {e}"))?;
     let target = opts.to.clone().unwrap_or_else(|| opts.repository.clone());
-    verify::check_repository(&target)?;
+    target
+        .parse::<lane_core::id::Repository>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let refuse = |repo: &str, v: &Verdict| -> Result<()> {
         if !v.verified {
             bail!(

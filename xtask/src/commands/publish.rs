@@ -144,12 +144,9 @@ impl Destination {
 /// Preflight, build, publish.
 pub fn publish(ws: &Workspace, names: &[String], opts: &PublishOptions) -> Result<PublishRun> {
     let progress = Reporter { quiet: opts.quiet };
-    if let Some(t) = &opts.tag
-        && !lane_core::spec::valid_tag(t)
-    {
-        bail!(
-            "tag {t:?} is invalid; use up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-'"
-        );
+    if let Some(t) = &opts.tag {
+        t.parse::<lane_core::id::Tag>()
+            .map_err(|e| anyhow::anyhow!("--tag: {e}"))?;
     }
     // Preflight: before anything is built.
     let specs = workspace::select(&ws.load_images()?, names)?;

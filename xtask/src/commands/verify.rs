@@ -5,122 +5,35 @@
 //! attached envelopes and the policy in, every reason for refusal out. An
 //! empty list of reasons is the only way to `verified`.
 
-use std::fmt;
-
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use lane_core::evidence::{ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::Policy;
+use lane_core::id::{Location, Reference, Target};
 use lane_core::store::Store;
 pub use lane_core::verify::*;
 
-/// A parsed image reference: `REPO@sha256:<64 hex>` or `REPO:TAG`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
-    Digest { repository: String, digest: String },
-    Tag { repository: String, tag: String },
-}
-
-impl Reference {
-    pub fn repository(&self) -> &str {
-        match self {
-            Reference::Digest { repository, .. } | Reference::Tag { repository, .. } => repository,
-        }
-    }
-}
-
-impl fmt::Display for Reference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reference::Digest { repository, digest } => write!(f, "{repository}@{digest}"),
-            Reference::Tag { repository, tag } => write!(f, "{repository}:{tag}"),
-        }
-    }
-}
-
-fn repository_ok(r: &str) -> bool {
-    // The OCI distribution grammar of a repository name; it also keeps the
-    // local store's paths inside target/local-registry/.
-    let re = regex::Regex::new(
-        r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$",
-    )
-    .expect("valid regex");
-    re.is_match(r)
-}
-
-/// Checks a tag name against the OCI grammar; `sha256-...` names are the
-/// referrers fallback and cannot be moved by hand.
-pub fn check_tag(tag: &str) -> Result<()> {
-    let re = regex::Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$").expect("valid regex");
-    if !re.is_match(tag) {
-        bail!("{tag:?} is not a valid tag: use letters, digits, '_', '.', '-' (at most 128)");
-    }
-    if tag.starts_with("sha256-") {
-        bail!("{tag:?} is a referrers fallback tag (sha256-<hex>); pick another tag name");
-    }
-    Ok(())
-}
-
-/// Checks a repository name (e.g. the `--to` of promote).
-pub fn check_repository(repository: &str) -> Result<()> {
-    if !repository_ok(repository) {
-        bail!(
-            "{repository:?} is not a valid repository name: lowercase letters, digits and separators (., _, -), components joined by '/', as in image.toml"
-        );
-    }
-    Ok(())
-}
-
-/// Parses `REPO@sha256:<hex>` or `REPO:TAG`.
+/// Parses a reference (`lane_core::id::Reference`: `HOST[:PORT]/REPO@sha256:..`,
+/// `local/REPO@sha256:..`, `REPO@sha256:..`, `REPO[:TAG]`).
 pub fn parse_reference(text: &str) -> Result<Reference> {
-    let text = text.trim();
-    if let Some((repository, digest)) = text.split_once('@') {
-        check_repository(repository)?;
-        let hex = digest.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            bail!(
-                "{digest:?} is not a digest: write sha256: followed by 64 lowercase hex digits, as `cargo xtask release` prints it"
-            );
-        }
-        return Ok(Reference::Digest {
-            repository: repository.to_string(),
-            digest: digest.to_string(),
-        });
-    }
-    let slash = text.rfind('/').map_or(0, |i| i + 1);
-    match text[slash..].rfind(':') {
-        Some(i) => {
-            let (repository, tag) = (&text[..slash + i], &text[slash + i + 1..]);
-            check_repository(repository)?;
-            check_tag(tag)?;
-            Ok(Reference::Tag {
-                repository: repository.to_string(),
-                tag: tag.to_string(),
-            })
-        }
-        None => {
-            check_repository(text)?;
-            Ok(Reference::Tag {
-                repository: text.to_string(),
-                tag: "latest".into(),
-            })
-        }
-    }
+    text.parse::<Reference>()
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Parses a reference that must name a digest; a tag gets [`NEEDS_DIGEST`].
-pub fn parse_digest_reference(text: &str) -> Result<(String, String)> {
-    match parse_reference(text) {
-        Ok(Reference::Digest { repository, digest }) => Ok((repository, digest)),
-        Ok(Reference::Tag { .. }) => bail!("{NEEDS_DIGEST}"),
+/// Returns where it points, the repository and the digest.
+pub fn parse_digest_reference(text: &str) -> Result<(Location, String, String)> {
+    match text.parse::<Reference>() {
+        Ok(Reference {
+            location,
+            repository,
+            target: Target::Digest(d),
+        }) => Ok((location, repository.to_string(), d.to_string())),
+        Ok(_) => bail!("{NEEDS_DIGEST}"),
         // `repo:tag` with a bad tag is still a tag-only reference.
         Err(_) if !text.contains('@') => bail!("{NEEDS_DIGEST}"),
-        Err(e) => Err(e),
+        Err(e) => bail!("{e}"),
     }
 }
 
@@ -239,6 +152,15 @@ pub fn summary(reference: &str, v: &Verdict) -> String {
     out
 }
 
+/// The local store names its images `local/REPOSITORY` in statements and
+/// summaries; accept that name where a repository is expected.
+pub fn local_name(store: &dyn Store, repository: String) -> String {
+    match repository.strip_prefix("local/") {
+        Some(rest) if !store.is_registry() => rest.to_string(),
+        _ => repository,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,20 +168,17 @@ mod tests {
     #[test]
     fn references_parse_and_tags_are_refused_where_a_digest_is_needed() {
         let d = format!("sha256:{}", "a".repeat(64));
+        let (loc, repo, digest) = parse_digest_reference(&format!("platform/hello@{d}")).unwrap();
         assert_eq!(
-            parse_reference(&format!("platform/hello@{d}")).unwrap(),
-            Reference::Digest {
-                repository: "platform/hello".into(),
-                digest: d.clone()
-            }
+            (loc, repo.as_str(), digest.as_str()),
+            (Location::Unspecified, "platform/hello", d.as_str())
         );
-        assert_eq!(
-            parse_reference("platform/hello:v1").unwrap(),
-            Reference::Tag {
-                repository: "platform/hello".into(),
-                tag: "v1".into()
-            }
-        );
+        let (loc, repo, _) =
+            parse_digest_reference(&format!("127.0.0.1:5000/platform/hello@{d}")).unwrap();
+        assert_eq!(loc, Location::Registry("127.0.0.1:5000".into()));
+        assert_eq!(repo, "platform/hello");
+        let (loc, _, _) = parse_digest_reference(&format!("local/platform/hello@{d}")).unwrap();
+        assert_eq!(loc, Location::Local);
         for tag_only in ["platform/hello:v1", "platform/hello", "platform/hello:"] {
             assert_eq!(
                 parse_digest_reference(tag_only).unwrap_err().to_string(),
@@ -268,6 +187,5 @@ mod tests {
         }
         assert!(parse_digest_reference("platform/hello@sha256:abc").is_err());
         assert!(parse_reference(&format!("../etc@{d}")).is_err());
-        assert!(check_tag("sha256-abc").is_err());
     }
 }
