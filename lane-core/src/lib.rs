@@ -13,5 +13,8 @@ pub mod id;
 pub mod layer;
 pub mod oci;
 pub mod provenance;
+pub mod purl;
+pub mod sbom;
 pub mod signing;
+pub mod slsa;
 pub mod spec;
