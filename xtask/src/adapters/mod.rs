@@ -1,2 +1,3 @@
+pub mod cargo_deps;
 pub mod keys;
 pub mod validators;
