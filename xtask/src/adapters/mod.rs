@@ -1,13 +1,12 @@
-//! Adapters: the only code that touches the outside world (file system,
-//! processes, network, Docker Engine). Each wraps one component.
-
 pub mod apt;
 pub mod base;
 pub mod cache;
+pub mod cargo_deps;
 pub mod engine;
 pub mod keys;
 pub mod layout;
 pub mod local_store;
 pub mod registry;
 pub mod registry_store;
+pub mod validators;
 pub mod workspace;
