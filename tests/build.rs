@@ -404,7 +404,7 @@ fn unknown_cargo_package_or_binary_is_refused() {
         &f,
         &[
             "images/hello/image.toml: package \"nosuch\" is not a member of the cargo workspace",
-            "members: hello, xtask",
+            "members: hello, lane-core, xtask",
         ],
     );
     f.write(
