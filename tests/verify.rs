@@ -551,21 +551,23 @@ fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     let layout = lane.f.path("target/local-registry").join(REPO);
     let tag = evidence::fallback_tag(digest);
     rewrite_referrers(&mut lane.store(), digest, artifacts, &mut |index| {
-        fs::write(
-            layout.join("blobs/sha256").join(index.digest.hex()),
-            &index.bytes,
-        )
-        .unwrap();
-        let path = layout.join("index.json");
-        let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        for m in top["manifests"].as_array_mut().unwrap() {
-            if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
-                m["digest"] = json!(index.digest);
-                m["size"] = json!(index.size());
-            }
-        }
-        fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+        put_local_index(&layout, &tag, index)
     });
+}
+
+/// Stores `index` in the local store layout and points the fallback tag
+/// `tag` at it.
+fn put_local_index(layout: &Path, tag: &str, index: &lane_core::oci::Blob) {
+    fs::write(layout.join(index.digest.blob_path()), &index.bytes).unwrap();
+    let path = layout.join("index.json");
+    let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for m in top["manifests"].as_array_mut().unwrap() {
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag {
+            m["digest"] = json!(index.digest);
+            m["size"] = json!(index.size());
+        }
+    }
+    fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
 /// [`rewrite_referrers`] in a registry: a PUT of the index at the fallback tag.
@@ -978,16 +980,7 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
         "manifests": manifests,
     }))
     .unwrap();
-    fs::write(layout.join(index.digest.blob_path()), &index.bytes).unwrap();
-    let path = layout.join("index.json");
-    let mut top: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    for m in top["manifests"].as_array_mut().unwrap() {
-        if m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
-            m["digest"] = json!(index.digest);
-            m["size"] = json!(index.size());
-        }
-    }
-    fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+    put_local_index(&layout, &tag, &index);
 
     let (ok, out) = lane.verify(&reference);
     assert!(
