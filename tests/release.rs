@@ -95,8 +95,8 @@ fn a_dirty_tree_is_rejected_and_the_rejection_is_recorded() {
     );
     assert_eq!(
         h["evidence"].as_array().unwrap().len(),
-        3,
-        "provenance, gate statement, record"
+        4,
+        "provenance, gate statement, SBOM, record"
     );
 }
 
@@ -178,4 +178,46 @@ fn same_inputs_same_digest_and_decision_and_changed_inputs_show_in_provenance() 
         "{deps:?}"
     );
     assert!(deps.iter().any(|d| d["name"] == "Cargo.lock"), "{deps:?}");
+}
+
+/// The `sbom-complete` gate, fault injected: the image's dpkg database
+/// lists a package the SBOM (made from the Debian lock) does not carry, as
+/// when a layer smuggles a package past the lock. The release is rejected,
+/// naming the package, and no tag moves.
+#[test]
+fn a_package_left_out_of_the_sbom_rejects_the_release() {
+    let f = Fixture::copy_of_repo("rel-sbom");
+    f.write(
+        "images/hello/rootfs/var/lib/dpkg/status.d/smuggled",
+        "Package: smuggled\nVersion: 1.0\nArchitecture: amd64\n",
+    );
+    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    f.write(
+        "images/hello/image.toml",
+        &toml.replace(
+            "[config]",
+            "[[layer]]\nname = \"smuggled\"\nfiles = [{ src = \"rootfs/var/lib/dpkg/status.d/smuggled\", dest = \"/var/lib/dpkg/status.d/smuggled\" }]\n\n[config]",
+        ),
+    );
+    f.commit("a package outside the lock");
+    let (ok, report) = release_json(&f, &["hello"]);
+    assert!(!ok, "an incomplete SBOM must reject the release");
+    let h = hello(&report);
+    let g = gate(h, "sbom-complete");
+    assert_eq!(g["state"], "failed", "{g}");
+    assert!(g["summary"].as_str().unwrap().contains("smuggled"), "{g}");
+    assert_eq!(g["evidence"]["missing"], serde_json::json!(["smuggled"]));
+    assert_eq!(h["tagged"], serde_json::json!([]));
+    assert_eq!(local_tag(&f, "latest"), None, "no tag moves on rejection");
+    // Every other built-in gate passed: the SBOM alone rejected it.
+    for g in h["decision"]["gates"].as_array().unwrap() {
+        if g["gate"] != "sbom-complete"
+            && h["decision"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&g["gate"])
+        {
+            assert_eq!(g["state"], "passed", "{g}");
+        }
+    }
 }

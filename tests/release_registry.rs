@@ -182,11 +182,89 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
         .collect();
     for g in lane_core::gates::BUILT_IN
         .iter()
-        .chain(["authoritative-builder"].iter())
+        .chain([lane_core::gates::GateName::AuthoritativeBuilder].iter())
     {
-        assert!(passed.contains(g), "gate {g} not passed: {passed:?}");
+        assert!(
+            passed.contains(&g.as_str()),
+            "gate {g} not passed: {passed:?}"
+        );
     }
     assert_eq!(gates["predicate"]["failedTests"], serde_json::json!([]));
+
+    // Issue 15: every statement the release attached parses with the strict
+    // independent validators (in-toto Statement v1, SLSA Provenance v1,
+    // test-result v0.1; unknown fields rejected), and so does the SBOM.
+    let dir = f.path("target/conformance");
+    fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (i, s) in all.iter().filter(|s| s.get("_type").is_some()).enumerate() {
+        let p = dir.join(format!("statement-{i}.json"));
+        fs::write(&p, serde_json::to_vec(s).unwrap()).unwrap();
+        files.push(p);
+    }
+    assert_eq!(files.len(), 3, "provenance, gate statement, SBOM: {all:?}");
+    let root = support::repo_root();
+    let venv = xtask::adapters::validators::venv(&root, &|k| std::env::var(k).ok());
+    let checked = xtask::adapters::validators::check_statements(&root, &venv, &files).unwrap();
+    assert!(checked.accepted, "{}", checked.output);
+    let sbom = statement(&all, lane_core::sbom::PREDICATE_TYPE);
+    let sbom_file = dir.join("hello.spdx.json");
+    fs::write(&sbom_file, serde_json::to_vec(&sbom["predicate"]).unwrap()).unwrap();
+    let checked = xtask::adapters::validators::check_sbom(&root, &venv, &[sbom_file]).unwrap();
+    assert!(checked.accepted, "{}", checked.output);
+
+    // Every .deb of base-cc is a resolved dependency, with its purl and
+    // sha256, and an SPDX package of the SBOM.
+    let lock = lane_core::debian::parse_lock(
+        &fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap(),
+    )
+    .unwrap();
+    let debs = lock.packages_of("base-cc").expect("base-cc is locked");
+    assert!(debs.len() >= 6, "{debs:?}");
+    let packages = sbom["predicate"]["packages"].as_array().unwrap();
+    for p in debs {
+        let purl = lane_core::purl::deb(&p.name, &p.version, &p.architecture, None).unwrap();
+        let hex = p.sha256.trim_start_matches("sha256:");
+        assert!(
+            deps.iter()
+                .any(|d| d["uri"] == purl.as_str() && d["digest"]["sha256"] == hex),
+            "{purl} (sha256 {}) is not in resolvedDependencies: {deps:?}",
+            p.sha256
+        );
+        assert!(
+            packages.iter().any(|x| x["name"] == p.name.as_str()
+                && x["versionInfo"] == p.version.as_str()
+                && x["checksums"][0]["checksumValue"] == hex),
+            "{} {} is not in the SBOM",
+            p.name,
+            p.version
+        );
+    }
+    // Every crate compiled into the hello binary (as `cargo tree` sees it)
+    // is an SPDX package of the SBOM.
+    let tree = support::run(
+        std::process::Command::new("cargo")
+            .args([
+                "tree", "-p", "hello", "-e", "normal", "--prefix", "none", "-f", "{p}",
+            ])
+            .current_dir(&f.root),
+    );
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    let mut crates = 0;
+    for line in tree.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_whitespace();
+        let (name, version) = (words.next().unwrap(), words.next().unwrap());
+        let version = version.trim_start_matches('v');
+        assert!(
+            packages
+                .iter()
+                .any(|x| x["name"] == name && x["versionInfo"] == version),
+            "crate {name} {version} is not in the SBOM"
+        );
+        crates += 1;
+    }
+    assert!(crates >= 1, "{tree}");
+    assert_eq!(gate_state(h, "sbom-complete"), "passed");
 
     // No secret in the output, the files the lane wrote, or the evidence.
     let text = format!(

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
 use lane_core::gates::{self, GateResult, Policy};
 use lane_core::oci::canonical_json;
-use lane_core::provenance::{self, Builder, Dependency, ProvenanceInputs};
+use lane_core::provenance::{self, BuilderRun, Subject};
 use lane_core::signing::{self, Signer};
 use lane_core::store::Store;
 use serde_json::{Value, json};
@@ -62,47 +62,45 @@ fn digest(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
 }
 
-fn builder(id: &str) -> Builder {
-    Builder {
-        id: id.into(),
-        authoritative: id != "local",
+fn builder(id: &str) -> BuilderRun {
+    BuilderRun {
+        id: if id == "local" {
+            provenance::LOCAL_BUILDER_ID.into()
+        } else {
+            id.into()
+        },
+        version: Default::default(),
         invocation_id: format!("{id}/runs/1"),
     }
 }
 
-fn provenance_of(subject: &str, b: &Builder) -> Value {
-    provenance::provenance_statement(&ProvenanceInputs {
-        subject_name: "registry.test/test/files".into(),
-        manifest_digest: subject.into(),
-        image: "files".into(),
-        tags: vec!["v1".into()],
-        source_repository: "https://git.example.com/fixture".into(),
-        revision: "0".repeat(40),
-        tree_clean: true,
-        policy_path: "ci/release-policy.toml".into(),
-        policy_digest: digest('b'),
-        rustc: "rustc 1.0.0".into(),
-        lane_version: "0.1.0".into(),
-        encoder: "flate2".into(),
-        dependencies: vec![Dependency::named("Cargo.lock", "sha256", &digest('c'))],
-        builder: b.clone(),
-        started_on: "2026-01-01T00:00:00Z".into(),
-        finished_on: "2026-01-01T00:01:00Z".into(),
-    })
+fn subject(digest: &str) -> Subject {
+    Subject {
+        name: "registry.test/test/files".into(),
+        digest: digest.parse().unwrap(),
+    }
 }
 
-fn gates_of(subject: &str, failing: &[&str], registry: bool) -> Value {
+fn provenance_of(digest: &str, b: &BuilderRun) -> Value {
+    let mut i = lane_core::testing::provenance_inputs();
+    i.subject = subject(digest);
+    i.builder = b.clone();
+    provenance::provenance_statement(&i).unwrap()
+}
+
+fn gates_of(digest: &str, failing: &[&str], registry: bool) -> Value {
     let results: Vec<GateResult> = Policy::default()
         .required(registry)
         .iter()
-        .map(|g| GateResult::check(g, !failing.contains(&g.as_str()), "test", json!({})))
+        .map(|g| GateResult::check(*g, !failing.contains(&g.as_str()), "test", json!({})))
         .collect();
     let d = gates::decide(&Policy::default().required(registry), &results);
     provenance::gate_statement(
-        "registry.test/test/files",
-        subject,
+        &subject(digest),
         &d,
-        &Dependency::named("ci/release-policy.toml", "sha256", &digest('b')),
+        "ci/release-policy.toml",
+        &lane_core::id::Digest::of(b"policy"),
+        None,
     )
 }
 
@@ -283,7 +281,7 @@ fn core_trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
     let dir = TempDir::new("core-builder");
     let k = key(dir.path());
     let d = digest('a');
-    let ev = |b: &Builder, registry: bool| Evidence {
+    let ev = |b: &BuilderRun, registry: bool| Evidence {
         envelopes: vec![
             env(&provenance_of(&d, b), Some(&k), "p"),
             env(&gates_of(&d, &[], registry), Some(&k), "g"),
@@ -299,10 +297,23 @@ fn core_trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
     let v = verify::check(&d, &ev(&local, true), &p, opts(true, true));
     assert_eq!(
         v.reasons,
-        [
-            "built by a local run (builder \"local\"): a local build is never trusted for a registry; release from CI"
-        ]
+        [format!(
+            "built by a local run (builder {:?}): a local build is never trusted for a registry; release from CI",
+            provenance::LOCAL_BUILDER_ID
+        )]
     );
+    // A builder id that is not a URI (as the lane wrote before SLSA
+    // conformance) is never trusted, in either store.
+    let mut old = builder("x");
+    old.id = "local".into();
+    for registry in [true, false] {
+        let v = verify::check(&d, &ev(&old, registry), &p, opts(registry, true));
+        assert!(
+            v.reasons.iter().any(|r| r.contains("is not an https URI")),
+            "{:?}",
+            v.reasons
+        );
+    }
     let v = verify::check(&d, &ev(&local, false), &p, opts(false, false));
     assert!(
         v.reasons[0].contains("pass --allow-local-builder"),
@@ -424,6 +435,22 @@ impl Lane {
             out.status.success(),
             i["digest"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// A signed release; returns the reference `release --json` printed.
+    fn release_reference(&self) -> String {
+        let key = self.key.to_str().unwrap().to_string();
+        let out = self.f.xtask(&["release", "--json", "--signing-key", &key]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["images"][0]["reference"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Changes the image and makes its smoke check fail: the next release
@@ -732,6 +759,40 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
     );
 }
 
+/// Issue 15: what `release --json` prints is what verify, promote and audit
+/// take, unmodified (local store; the registry test below does the same).
+#[test]
+fn the_reference_release_prints_is_what_verify_promote_and_audit_take() {
+    let lane = Lane::new("reference");
+    let reference = lane.release_reference();
+    assert!(
+        reference.starts_with(&format!("local/{REPO}@sha256:")),
+        "{reference}"
+    );
+    let (ok, out) = lane.verify(&reference);
+    assert!(ok, "{out}");
+    let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
+    assert!(ok, "{out}");
+    let out = lane
+        .f
+        .xtask(&["audit", &reference, "--json", "--allow-local-builder"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        format!(
+            "local/{}@{}",
+            a["repository"].as_str().unwrap(),
+            a["image"]["digest"].as_str().unwrap()
+        ),
+        reference
+    );
+    assert_eq!(a["verification"]["verified"], true, "{a:#}");
+}
+
 #[test]
 fn unsigned_release_does_not_verify() {
     let lane = Lane::new("unsigned");
@@ -740,7 +801,11 @@ fn unsigned_release_does_not_verify() {
     let (ok, out) = lane.verify(&format!("{REPO}@{d}"));
     assert!(!ok);
     assert!(out.contains(": unsigned envelope"), "{out}");
-    assert_eq!(out.matches(": unsigned envelope").count(), 2, "{out}");
+    assert_eq!(
+        out.matches(": unsigned envelope").count(),
+        3,
+        "provenance, gate statement and SBOM: {out}"
+    );
     let (ok, out) = lane.promote(&[&format!("{REPO}@{d}"), "--tag", "prod"]);
     assert!(!ok && out.contains("unsigned envelope"), "{out}");
 }
@@ -899,7 +964,7 @@ fn check_audit(a: &Value, d: &str, repo: &str, revision: &str) {
     assert_eq!(a["image"]["name"], "files");
     assert_eq!(a["source"]["revision"], revision);
     assert_eq!(a["source"]["clean"], true);
-    assert_eq!(a["builder"]["id"], "local");
+    assert_eq!(a["builder"]["id"], lane_core::provenance::LOCAL_BUILDER_ID);
     assert_eq!(a["gate_result"], "PASSED");
     assert_eq!(a["verification"]["verified"], true, "{a:#}");
     assert_eq!(a["verification"]["reasons"], json!([]));
@@ -1254,6 +1319,17 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     let d = r["images"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
     let reference = format!("{REPO}@{d}");
+    // What release printed (HOST:PORT/REPO@sha256:...) is what verify and
+    // audit take as it is, with or without --registry.
+    let printed = r["images"][0]["reference"].as_str().unwrap().to_string();
+    assert_eq!(printed, format!("{host}/{REPO}@{d}"));
+    let out = plain.xtask(&lane.f, &["verify", &printed]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = x(&plain, &["audit", &printed, "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = plain.xtask(&lane.f, &["promote", &printed, "--tag", "stable"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(reg.tag_digest(REPO, "stable").as_deref(), Some(d.as_str()));
 
     // verify, with no flag: a CI builder, evidence through the fallback tag.
     let out = x(&plain, &["verify", &reference]);

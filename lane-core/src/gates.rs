@@ -12,28 +12,108 @@ use std::fmt;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+/// Every gate the lane knows. Serialised (and written in the policy) as its
+/// kebab-case name: `source-state`, `no-drift`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateName {
+    SourceState,
+    PinnedInputs,
+    Reproducible,
+    NoDrift,
+    Smoke,
+    PublishCrossCheck,
+    ProvenanceComplete,
+    SbomComplete,
+    AuthoritativeBuilder,
+    NoUnusedPackages,
+}
+
 /// Gates every release must pass, whatever the policy says.
-pub const BUILT_IN: &[&str] = &[
-    "source-state",
-    "pinned-inputs",
-    "reproducible",
-    "no-drift",
-    "smoke",
-    "publish-cross-check",
-    "provenance-complete",
+pub const BUILT_IN: &[GateName] = &[
+    GateName::SourceState,
+    GateName::PinnedInputs,
+    GateName::Reproducible,
+    GateName::NoDrift,
+    GateName::Smoke,
+    GateName::PublishCrossCheck,
+    GateName::ProvenanceComplete,
+    GateName::SbomComplete,
 ];
 
-/// Gates the lane knows that a policy may add.
-pub const OPTIONAL: &[(&str, &str)] = &[
+/// Gates the lane knows that a policy may add, with what each checks.
+pub const OPTIONAL: &[(GateName, &str)] = &[
     (
-        "authoritative-builder",
+        GateName::AuthoritativeBuilder,
         "the builder is a CI workflow, not a local run",
     ),
     (
-        "no-unused-packages",
+        GateName::NoUnusedPackages,
         "no curated package is unused (drift report)",
     ),
 ];
+
+impl GateName {
+    /// Every gate, built-in ones first.
+    pub fn all() -> impl Iterator<Item = GateName> {
+        BUILT_IN
+            .iter()
+            .copied()
+            .chain(OPTIONAL.iter().map(|(g, _)| *g))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateName::SourceState => "source-state",
+            GateName::PinnedInputs => "pinned-inputs",
+            GateName::Reproducible => "reproducible",
+            GateName::NoDrift => "no-drift",
+            GateName::Smoke => "smoke",
+            GateName::PublishCrossCheck => "publish-cross-check",
+            GateName::ProvenanceComplete => "provenance-complete",
+            GateName::SbomComplete => "sbom-complete",
+            GateName::AuthoritativeBuilder => "authoritative-builder",
+            GateName::NoUnusedPackages => "no-unused-packages",
+        }
+    }
+
+    pub fn is_built_in(self) -> bool {
+        BUILT_IN.contains(&self)
+    }
+}
+
+impl fmt::Display for GateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GateName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GateName, String> {
+        GateName::all().find(|g| g.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown gate {s:?}; known gates: {}",
+                GateName::all()
+                    .map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
+impl PartialEq<str> for GateName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for GateName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,7 +136,7 @@ impl fmt::Display for GateState {
 /// The outcome of one gate with its evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateResult {
-    pub gate: String,
+    pub gate: GateName,
     pub state: GateState,
     /// One line for humans.
     pub summary: String,
@@ -66,12 +146,12 @@ pub struct GateResult {
 
 impl GateResult {
     pub fn passed(
-        gate: &str,
+        gate: GateName,
         summary: impl Into<String>,
         evidence: serde_json::Value,
     ) -> GateResult {
         GateResult {
-            gate: gate.into(),
+            gate,
             state: GateState::Passed,
             summary: summary.into(),
             evidence,
@@ -79,12 +159,12 @@ impl GateResult {
     }
 
     pub fn failed(
-        gate: &str,
+        gate: GateName,
         summary: impl Into<String>,
         evidence: serde_json::Value,
     ) -> GateResult {
         GateResult {
-            gate: gate.into(),
+            gate,
             state: GateState::Failed,
             summary: summary.into(),
             evidence,
@@ -92,7 +172,7 @@ impl GateResult {
     }
 
     pub fn check(
-        gate: &str,
+        gate: GateName,
         ok: bool,
         summary: impl Into<String>,
         evidence: serde_json::Value,
@@ -110,7 +190,7 @@ impl GateResult {
 pub struct Decision {
     pub accepted: bool,
     /// The gates that had to pass; the others in `gates` are information.
-    pub required: Vec<String>,
+    pub required: Vec<GateName>,
     /// Every required gate with its final state (missing filled in).
     pub gates: Vec<GateResult>,
     /// Every reason for rejection, not only the first.
@@ -119,16 +199,15 @@ pub struct Decision {
 
 /// Decides over `results` for the `required` gates. Results for gates that
 /// are not required are kept as information and never reject.
-pub fn decide(required: &[String], results: &[GateResult]) -> Decision {
-    let by_gate: BTreeMap<&str, &GateResult> =
-        results.iter().map(|r| (r.gate.as_str(), r)).collect();
+pub fn decide(required: &[GateName], results: &[GateResult]) -> Decision {
+    let by_gate: BTreeMap<GateName, &GateResult> = results.iter().map(|r| (r.gate, r)).collect();
     let mut gates = Vec::new();
     let mut failures = Vec::new();
     for g in required {
-        let r = match by_gate.get(g.as_str()) {
+        let r = match by_gate.get(g) {
             Some(r) => (*r).clone(),
             None => GateResult {
-                gate: g.clone(),
+                gate: *g,
                 state: GateState::Missing,
                 summary: "the gate did not run".into(),
                 evidence: serde_json::Value::Null,
@@ -156,7 +235,7 @@ pub fn decide(required: &[String], results: &[GateResult]) -> Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     /// Gates required in addition to the built-in ones.
-    pub extra_required: Vec<String>,
+    pub extra_required: Vec<GateName>,
     /// Builder ids whose releases are authoritative (CI workflows).
     pub trusted_builders: Vec<String>,
     /// Whether a local (non-CI) run may be accepted into a registry.
@@ -241,7 +320,7 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
         ("skip", &raw.gates.skip),
     ] {
         if let Some(name) = names.iter().next() {
-            if BUILT_IN.contains(&name.as_str()) {
+            if BUILT_IN.iter().any(|g| g == name.as_str()) {
                 bail!(
                     "{path}: gates.{key} lists {name:?}, a built-in required gate; the policy can add gates but cannot make a built-in gate optional, warn-only or skipped"
                 );
@@ -253,22 +332,14 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
     }
     let mut extra_required = Vec::new();
     for name in raw.gates.require {
-        if BUILT_IN.contains(&name.as_str()) {
+        let gate: GateName = name
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{path}: gates.require lists {e}"))?;
+        if gate.is_built_in() {
             continue; // already required
         }
-        if !OPTIONAL.iter().any(|(n, _)| *n == name) {
-            bail!(
-                "{path}: gates.require lists unknown gate {name:?}; known gates: {}",
-                BUILT_IN
-                    .iter()
-                    .copied()
-                    .chain(OPTIONAL.iter().map(|(n, _)| *n))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        if !extra_required.contains(&name) {
-            extra_required.push(name);
+        if !extra_required.contains(&gate) {
+            extra_required.push(gate);
         }
     }
     if raw.builder.require_authoritative_for_registry == Some(false) {
@@ -287,14 +358,14 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
 impl Policy {
     /// The gates required for one release: the built-in ones, the policy's
     /// additions, and `authoritative-builder` when releasing to a registry.
-    pub fn required(&self, to_registry: bool) -> Vec<String> {
-        let mut r: Vec<String> = BUILT_IN.iter().map(|s| s.to_string()).collect();
-        r.extend(self.extra_required.iter().cloned());
+    pub fn required(&self, to_registry: bool) -> Vec<GateName> {
+        let mut r: Vec<GateName> = BUILT_IN.to_vec();
+        r.extend(self.extra_required.iter().copied());
         if to_registry
             && self.require_authoritative_for_registry
-            && !r.iter().any(|g| g == "authoritative-builder")
+            && !r.contains(&GateName::AuthoritativeBuilder)
         {
-            r.push("authoritative-builder".into());
+            r.push(GateName::AuthoritativeBuilder);
         }
         r
     }
@@ -310,7 +381,7 @@ mod tests {
     fn all_passed() -> Vec<GateResult> {
         BUILT_IN
             .iter()
-            .map(|g| GateResult::passed(g, "ok", json!({})))
+            .map(|g| GateResult::passed(*g, "ok", json!({})))
             .collect()
     }
 
@@ -324,15 +395,15 @@ mod tests {
     #[test]
     fn missing_counts_as_failed_and_every_failure_is_listed() {
         let mut results = all_passed();
-        results.retain(|r| r.gate != "smoke");
+        results.retain(|r| r.gate != GateName::Smoke);
         results
             .iter_mut()
-            .find(|r| r.gate == "no-drift")
+            .find(|r| r.gate == GateName::NoDrift)
             .unwrap()
             .state = GateState::Failed;
         results
             .iter_mut()
-            .find(|r| r.gate == "reproducible")
+            .find(|r| r.gate == GateName::Reproducible)
             .unwrap()
             .state = GateState::Failed;
         let d = decide(&Policy::default().required(false), &results);
@@ -346,7 +417,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            d.gates.iter().find(|g| g.gate == "smoke").unwrap().state,
+            d.gates
+                .iter()
+                .find(|g| g.gate == GateName::Smoke)
+                .unwrap()
+                .state,
             GateState::Missing
         );
     }
@@ -397,15 +472,22 @@ mod tests {
             "version = 1\n[gates]\nrequire = [\"no-unused-packages\", \"smoke\"]\n",
         )
         .unwrap();
-        assert_eq!(p.extra_required, ["no-unused-packages"]);
-        assert!(
-            p.required(false)
-                .contains(&"no-unused-packages".to_string())
-        );
+        assert_eq!(p.extra_required, [GateName::NoUnusedPackages]);
+        assert!(p.required(false).contains(&GateName::NoUnusedPackages));
         let e = parse_policy("p.toml", "version = 1\n[gates]\nrequire = [\"vibes\"]\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown gate \"vibes\""), "{e}");
+        assert!(e.contains("known gates: source-state,"), "{e}");
+        assert_eq!(
+            GateName::all().count(),
+            10,
+            "every gate is built-in or optional"
+        );
+        for g in GateName::all() {
+            assert_eq!(g.as_str().parse::<GateName>(), Ok(g));
+            assert_eq!(serde_json::to_value(g).unwrap(), json!(g.as_str()));
+        }
     }
 
     #[test]
@@ -415,9 +497,6 @@ mod tests {
             include_str!("../../ci/release-policy.toml"),
         )
         .unwrap();
-        assert!(
-            p.required(true)
-                .contains(&"authoritative-builder".to_string())
-        );
+        assert!(p.required(true).contains(&GateName::AuthoritativeBuilder));
     }
 }

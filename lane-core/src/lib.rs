@@ -19,8 +19,9 @@ pub mod provenance;
 pub mod purl;
 pub mod sbom;
 pub mod signing;
-pub mod slsa;
 pub mod smoke;
 pub mod spec;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;

@@ -1,34 +1,64 @@
-//! In-toto statements: SLSA Provenance v1 for the build, and a test-result
-//! statement for the gates. Pure: values in, JSON values out.
+//! Conforming in-toto statements: SLSA Provenance v1 for the build and
+//! in-toto test-result v0.1 for the gates, with only the fields those
+//! specifications define, so strict independent parsers (the in-toto
+//! project's protobuf bindings, unknown fields rejected) accept them.
 //!
-//! The statements are serialised once through [`crate::oci::canonical_json`]
-//! by the caller; those bytes are what is attached to the image digest.
+//! - the lane's own facts (image, tags, source, policy, rustc, encoder) live
+//!   in `externalParameters` / `internalParameters`, which SLSA leaves free;
+//!   nothing is added anywhere else (no extension fields at all, so even a
+//!   parser that rejects TypeURI-named extensions accepts the documents);
+//! - whether a builder is trusted is said by its id alone: a CI workflow's
+//!   URI, or [`LOCAL_BUILDER_ID`], which no policy may trust for a registry;
+//! - `resolvedDependencies` lists every input artifact as a
+//!   ResourceDescriptor with a package URL and a sha256 (each `.deb`, crate,
+//!   wheel and base image), the source commit as `git+URL@SHA`, and the
+//!   lockfiles by path and digest.
+//!
+//! Inputs are plain values; callers serialise the result once with
+//! [`crate::oci::canonical_json`].
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::gates::{Decision, GateState};
+use crate::id::Digest;
+use crate::purl;
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
 pub const TEST_RESULT_V01: &str = "https://in-toto.io/attestation/test-result/v0.1";
+/// The release lane project: the namespace of its build type and builder ids.
+pub const LANE_PROJECT: &str = "https://git.example.com/platform/release-lane";
 /// The build type of this lane; versioned with the shape of the parameters.
 pub const BUILD_TYPE: &str =
     "https://git.example.com/platform/release-lane/build-types/xtask-release/v1";
+/// The builder id of a run on a machine nobody vouches for (a developer's
+/// `cargo xtask release`). It lives in the lane project's namespace, not the
+/// user's, so one string means "local" in every repository that uses the
+/// lane and one policy rule can refuse it. Documented in
+/// docs/builders/local.md.
+pub const LOCAL_BUILDER_ID: &str =
+    "https://git.example.com/platform/release-lane/builders/local/v1";
 
-/// Who ran the lane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Builder {
+/// Who ran the lane: `runDetails.builder` plus the invocation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderRun {
+    /// A URI: the CI workflow (`SERVER/OWNER/REPO/.github/workflows/F@REF`) or
+    /// [`LOCAL_BUILDER_ID`].
     pub id: String,
-    /// True for a CI workflow identity; false for a local run.
-    pub authoritative: bool,
+    /// `builder.version`: component -> version (the lane's own version).
+    pub version: BTreeMap<String, String>,
     pub invocation_id: String,
 }
 
-impl Builder {
-    /// Reads the builder identity from a CI environment (GitHub Actions'
-    /// variables); anything else is a local, non-authoritative run.
-    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Builder {
+impl BuilderRun {
+    /// Reads the builder from a CI environment (GitHub Actions' variables);
+    /// anything else is the local builder.
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>, lane_version: &str) -> BuilderRun {
+        let version: BTreeMap<String, String> =
+            [("release-lane".to_string(), lane_version.to_string())].into();
         if get("GITHUB_ACTIONS").as_deref() == Some("true") {
             let server = get("GITHUB_SERVER_URL").unwrap_or_default();
             let workflow = get("GITHUB_WORKFLOW_REF").unwrap_or_default();
@@ -36,92 +66,173 @@ impl Builder {
             let run = get("GITHUB_RUN_ID").unwrap_or_default();
             let attempt = get("GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into());
             if !server.is_empty() && !workflow.is_empty() && !run.is_empty() {
-                return Builder {
+                return BuilderRun {
                     id: format!("{server}/{workflow}"),
-                    authoritative: true,
+                    version,
                     invocation_id: format!("{server}/{repo}/actions/runs/{run}/attempts/{attempt}"),
                 };
             }
         }
-        Builder {
-            id: "local".into(),
-            authoritative: false,
+        BuilderRun {
+            id: LOCAL_BUILDER_ID.into(),
+            version,
             invocation_id: format!(
                 "local:{}",
                 get("LANE_INVOCATION_ID").unwrap_or_else(|| "unrecorded".into())
             ),
         }
     }
+
+    /// True for the local builder (never trusted for a registry).
+    pub fn is_local(&self) -> bool {
+        self.id == LOCAL_BUILDER_ID
+    }
 }
 
-/// A resolved dependency (`ResourceDescriptor` of in-toto).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dependency {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// Algorithm -> hex (`sha256`, `gitCommit`).
-    pub digest: std::collections::BTreeMap<String, String>,
+/// One input artifact of a build, as `resolvedDependencies` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The source commit: `git+URL@SHA`, digest `gitCommit` (40 hex digits).
+    Source { url: String, commit: String },
+    /// A `.deb`, by its sha256 (the lock's).
+    Deb {
+        name: String,
+        version: String,
+        arch: String,
+        distro: Option<String>,
+        sha256: Digest,
+    },
+    /// A crate compiled into a binary of the image; sha256 of the `.crate`
+    /// (Cargo.lock's `checksum`). Workspace and path crates are covered by
+    /// the source commit and are not listed.
+    Crate {
+        name: String,
+        version: String,
+        sha256: Digest,
+    },
+    /// A Python wheel (python.lock's sha256).
+    Wheel {
+        name: String,
+        version: String,
+        sha256: Digest,
+    },
+    /// A base image by manifest digest: `repository` is
+    /// `HOST[:PORT]/PATH/NAME` for a pulled base, the bare name for a base
+    /// the lane built itself.
+    BaseImage {
+        repository: String,
+        digest: Digest,
+        tag: Option<String>,
+    },
+    /// A lockfile or policy file of the repository, by path.
+    File { path: String, sha256: Digest },
 }
 
-impl Dependency {
-    pub fn named(name: &str, algo: &str, hex: &str) -> Dependency {
-        Dependency {
-            name: Some(name.into()),
-            uri: None,
-            digest: [(
-                algo.to_string(),
-                hex.trim_start_matches("sha256:").to_string(),
-            )]
-            .into(),
-        }
+impl Input {
+    /// The ResourceDescriptor of this input.
+    pub fn descriptor(&self) -> Result<Value> {
+        let sha = |d: &Digest| json!({ "sha256": d.hex() });
+        Ok(match self {
+            Input::Source { url, commit } => {
+                if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!(
+                        "source commit {commit:?} is not a 40-digit git commit id; pass the full `git rev-parse HEAD`"
+                    );
+                }
+                json!({ "uri": format!("git+{url}@{commit}"), "digest": { "gitCommit": commit.to_ascii_lowercase() } })
+            }
+            Input::Deb {
+                name,
+                version,
+                arch,
+                distro,
+                sha256,
+            } => json!({
+                "name": format!("{name}_{version}_{arch}.deb"),
+                "uri": purl::deb(name, version, arch, distro.as_deref())?,
+                "digest": sha(sha256),
+            }),
+            Input::Crate {
+                name,
+                version,
+                sha256,
+            } => json!({
+                "name": format!("{name}-{version}.crate"),
+                "uri": purl::cargo(name, version, None)?,
+                "digest": sha(sha256),
+            }),
+            Input::Wheel {
+                name,
+                version,
+                sha256,
+            } => json!({
+                "uri": purl::pypi(name, version)?,
+                "digest": sha(sha256),
+            }),
+            Input::BaseImage {
+                repository,
+                digest,
+                tag,
+            } => json!({
+                "uri": purl::oci(repository, digest, tag.as_deref())?,
+                "digest": sha(digest),
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            }),
+            Input::File { path, sha256 } => json!({ "name": path, "digest": sha(sha256) }),
+        })
     }
+}
 
-    pub fn uri(uri: &str, algo: &str, hex: &str) -> Dependency {
-        Dependency {
-            name: None,
-            uri: Some(uri.into()),
-            digest: [(
-                algo.to_string(),
-                hex.trim_start_matches("sha256:").to_string(),
-            )]
-            .into(),
-        }
-    }
+/// The subject of a statement: the image's name and manifest digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// `REGISTRY/REPOSITORY` (or `local/REPOSITORY`).
+    pub name: String,
+    pub digest: Digest,
+}
+
+fn subject(s: &Subject) -> Value {
+    json!([{ "name": s.name, "digest": { "sha256": s.digest.hex() } }])
 }
 
 /// Everything the provenance of one image records.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProvenanceInputs {
-    /// `REGISTRY/REPOSITORY` (or `local/REPOSITORY`) of the image.
-    pub subject_name: String,
-    pub manifest_digest: String,
+    pub subject: Subject,
     pub image: String,
     pub tags: Vec<String>,
     pub source_repository: String,
     pub revision: String,
     pub tree_clean: bool,
     pub policy_path: String,
-    pub policy_digest: String,
+    pub policy_digest: Digest,
     pub rustc: String,
     pub lane_version: String,
     pub encoder: String,
-    pub dependencies: Vec<Dependency>,
-    pub builder: Builder,
+    /// Every input artifact; duplicates (same descriptor) are listed once.
+    pub inputs: Vec<Input>,
+    pub builder: BuilderRun,
+    /// RFC 3339 (`2026-01-01T00:00:00Z`).
     pub started_on: String,
     pub finished_on: String,
 }
 
-fn subject(name: &str, digest: &str) -> Value {
-    json!([{ "name": name, "digest": { "sha256": digest.trim_start_matches("sha256:") } }])
-}
-
 /// The SLSA Provenance v1 statement of one image.
-pub fn provenance_statement(i: &ProvenanceInputs) -> Value {
-    json!({
+pub fn provenance_statement(i: &ProvenanceInputs) -> Result<Value> {
+    let mut deps: Vec<Value> = Vec::with_capacity(i.inputs.len());
+    for input in &i.inputs {
+        let d = input.descriptor()?;
+        if !deps.contains(&d) {
+            deps.push(d);
+        }
+    }
+    let mut builder = json!({ "id": i.builder.id });
+    if !i.builder.version.is_empty() {
+        builder["version"] = json!(i.builder.version);
+    }
+    Ok(json!({
         "_type": STATEMENT_TYPE,
-        "subject": subject(&i.subject_name, &i.manifest_digest),
+        "subject": subject(&i.subject),
         "predicateType": SLSA_PROVENANCE_V1,
         "predicate": {
             "buildDefinition": {
@@ -130,17 +241,17 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Value {
                     "image": i.image,
                     "tags": i.tags,
                     "source": { "repository": i.source_repository, "revision": i.revision, "treeClean": i.tree_clean },
-                    "policy": { "path": i.policy_path, "digest": { "sha256": i.policy_digest.trim_start_matches("sha256:") } },
+                    "policy": { "path": i.policy_path, "digest": { "sha256": i.policy_digest.hex() } },
                 },
                 "internalParameters": {
                     "rustc": i.rustc,
                     "lane": { "version": i.lane_version, "revision": i.revision },
                     "layerEncoder": i.encoder,
                 },
-                "resolvedDependencies": i.dependencies,
+                "resolvedDependencies": deps,
             },
             "runDetails": {
-                "builder": { "id": i.builder.id, "authoritative": i.builder.authoritative },
+                "builder": builder,
                 "metadata": {
                     "invocationId": i.builder.invocation_id,
                     "startedOn": i.started_on,
@@ -148,50 +259,76 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Value {
                 },
             },
         },
+    }))
+}
+
+/// The gate results of one image as an in-toto test-result v0.1 statement.
+/// `configuration` is the release policy; `url` the CI run when the
+/// invocation id is one. Required gates that did not pass are `failedTests`;
+/// gates the policy does not require and that did not pass are `warnedTests`.
+pub fn gate_statement(
+    subject_: &Subject,
+    decision: &Decision,
+    policy_path: &str,
+    policy_digest: &Digest,
+    run_url: Option<&str>,
+) -> Value {
+    let pick = |f: &dyn Fn(&crate::gates::GateResult) -> bool| -> Vec<String> {
+        decision
+            .gates
+            .iter()
+            .filter(|g| f(g))
+            .map(|g| g.gate.to_string())
+            .collect()
+    };
+    let required = |g: &crate::gates::GateResult| decision.required.contains(&g.gate);
+    let mut predicate = json!({
+        "result": if decision.accepted { "PASSED" } else { "FAILED" },
+        "configuration": [{ "name": policy_path, "digest": { "sha256": policy_digest.hex() } }],
+        "passedTests": pick(&|g| g.state == GateState::Passed),
+        "warnedTests": pick(&|g| g.state != GateState::Passed && !required(g)),
+        "failedTests": pick(&|g| g.state != GateState::Passed && required(g)),
+    });
+    if let Some(u) = run_url.filter(|u| u.starts_with("https://")) {
+        predicate["url"] = json!(u);
+    }
+    json!({
+        "_type": STATEMENT_TYPE,
+        "subject": subject(subject_),
+        "predicateType": TEST_RESULT_V01,
+        "predicate": predicate,
     })
 }
 
-/// The gate results of one image as an in-toto test-result statement.
-pub fn gate_statement(
-    subject_name: &str,
-    manifest_digest: &str,
-    decision: &Decision,
-    policy: &Dependency,
-) -> Value {
-    let names = |state: GateState| -> Vec<String> {
-        decision
-            .gates
-            .iter()
-            .filter(|g| g.state == state)
-            .map(|g| g.gate.clone())
-            .collect()
-    };
-    // Required gates that did not pass failed the release; gates the policy
-    // does not require are information: "warned" when they did not pass.
-    let not_passed = |required: bool| -> Vec<String> {
-        decision
-            .gates
-            .iter()
-            .filter(|g| {
-                g.state != GateState::Passed && decision.required.contains(&g.gate) == required
-            })
-            .map(|g| g.gate.clone())
-            .collect()
-    };
-    let failed = not_passed(true);
-    let warned = not_passed(false);
-    json!({
-        "_type": STATEMENT_TYPE,
-        "subject": subject(subject_name, manifest_digest),
-        "predicateType": TEST_RESULT_V01,
-        "predicate": {
-            "result": if decision.accepted { "PASSED" } else { "FAILED" },
-            "configuration": [policy],
-            "passedTests": names(GateState::Passed),
-            "warnedTests": warned,
-            "failedTests": failed,
-        },
-    })
+/// Every input whose package URL (or name, for files) and sha256 are not in
+/// the statement's `resolvedDependencies`: for a gate that checks each
+/// `.deb` of the lock is declared.
+pub fn undeclared_inputs(statement: &Value, expected: &[Input]) -> Vec<String> {
+    let deps = statement
+        .pointer("/predicate/buildDefinition/resolvedDependencies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for input in expected {
+        match input.descriptor() {
+            Ok(d) => {
+                let key = d.get("uri").or_else(|| d.get("name")).cloned();
+                let found = deps.iter().any(|x| {
+                    (x.get("uri").or_else(|| x.get("name")).cloned() == key)
+                        && x["digest"] == d["digest"]
+                });
+                if !found {
+                    out.push(
+                        key.and_then(|k| k.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            Err(e) => out.push(format!("{e:#}")),
+        }
+    }
+    out
 }
 
 /// The `provenance-complete` check: every field a reviewer needs is present
@@ -246,76 +383,83 @@ pub fn missing_fields(statement: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gates::{GateResult, decide};
-
-    fn inputs() -> ProvenanceInputs {
-        ProvenanceInputs {
-            subject_name: "127.0.0.1:5000/platform/hello".into(),
-            manifest_digest: format!("sha256:{}", "a".repeat(64)),
-            image: "hello".into(),
-            tags: vec!["latest".into()],
-            source_repository: "https://git.example.com/x".into(),
-            revision: "0123".into(),
-            tree_clean: true,
-            policy_path: "ci/release-policy.toml".into(),
-            policy_digest: format!("sha256:{}", "b".repeat(64)),
-            rustc: "rustc 1.95.0".into(),
-            lane_version: "0.1.0".into(),
-            encoder: "lane-layer/format=1".into(),
-            dependencies: vec![
-                Dependency::uri("git+https://git.example.com/x@0123", "gitCommit", "0123"),
-                Dependency::named("Cargo.lock", "sha256", "cc"),
-            ],
-            builder: Builder {
-                id: "local".into(),
-                authoritative: false,
-                invocation_id: "local:1".into(),
-            },
-            started_on: "2026-01-01T00:00:00Z".into(),
-            finished_on: "2026-01-01T00:01:00Z".into(),
-        }
-    }
+    use crate::testing::{decision as sample_decision, provenance_inputs as sample_inputs};
+    use serde_json::json;
 
     #[test]
-    fn provenance_is_complete_and_bound_to_the_digest() {
-        let s = provenance_statement(&inputs());
-        assert_eq!(missing_fields(&s), Vec::<String>::new());
-        assert_eq!(s["subject"][0]["digest"]["sha256"], "a".repeat(64));
-        assert_eq!(s["predicateType"], SLSA_PROVENANCE_V1);
-    }
-
-    #[test]
-    fn incomplete_provenance_lists_every_gap() {
-        let mut i = inputs();
-        i.revision.clear();
-        i.dependencies.clear();
-        let missing = missing_fields(&provenance_statement(&i));
-        assert!(missing.contains(
-            &"/predicate/buildDefinition/externalParameters/source/revision".to_string()
-        ));
-        assert!(missing.contains(&"resolvedDependencies: Cargo.lock".to_string()));
-        assert!(missing.contains(&"resolvedDependencies: git+".to_string()));
-    }
-
-    #[test]
-    fn gate_statement_lists_missing_as_failed() {
-        let d = decide(
-            &["smoke".into(), "no-drift".into()],
-            &[GateResult::passed("no-drift", "ok", json!({}))],
+    fn provenance_lists_every_input_with_purl_and_digest() {
+        let i = sample_inputs();
+        let s = provenance_statement(&i).unwrap();
+        let deps = s["predicate"]["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        assert_eq!(deps.len(), i.inputs.len());
+        assert_eq!(
+            deps[3]["uri"],
+            "pkg:deb/debian/base-files@12.4%2Bdeb12u15?arch=amd64"
         );
+        assert_eq!(
+            deps[3]["digest"]["sha256"],
+            Digest::of(b"base-files.deb").hex()
+        );
+        assert_eq!(
+            deps[0]["uri"],
+            format!("git+{LANE_PROJECT}@0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(undeclared_inputs(&s, &i.inputs), Vec::<String>::new());
+        // No field outside what SLSA v1 defines on the builder.
+        let builder = s["predicate"]["runDetails"]["builder"].as_object().unwrap();
+        let mut keys: Vec<&str> = builder.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["id", "version"]);
+        assert_eq!(builder["id"], LOCAL_BUILDER_ID);
+    }
+
+    #[test]
+    fn a_missing_deb_is_named() {
+        let i = sample_inputs();
+        let mut fewer = i.clone();
+        fewer.inputs.remove(4);
+        let s = provenance_statement(&fewer).unwrap();
+        assert_eq!(
+            undeclared_inputs(&s, &i.inputs),
+            ["pkg:deb/debian/tzdata@2025b-0%2Bdeb12u2?arch=all"]
+        );
+    }
+
+    #[test]
+    fn a_short_commit_is_refused_with_the_fix() {
+        let mut i = sample_inputs();
+        i.inputs[0] = Input::Source {
+            url: "https://x".into(),
+            commit: "0123".into(),
+        };
+        let e = provenance_statement(&i).unwrap_err().to_string();
+        assert!(e.contains("git rev-parse HEAD"), "{e}");
+    }
+
+    #[test]
+    fn gate_statement_separates_failed_and_warned() {
         let s = gate_statement(
-            "r/x",
-            "sha256:00",
-            &d,
-            &Dependency::named("ci/release-policy.toml", "sha256", "bb"),
+            &sample_inputs().subject,
+            &sample_decision(),
+            "ci/release-policy.toml",
+            &Digest::of(b"policy"),
+            Some("https://ci.example.com/org/repo/actions/runs/42/attempts/1"),
         );
-        assert_eq!(s["predicate"]["result"], "FAILED");
-        assert_eq!(s["predicate"]["failedTests"], json!(["smoke"]));
-        assert_eq!(s["predicate"]["passedTests"], json!(["no-drift"]));
+        let p = &s["predicate"];
+        assert_eq!(p["result"], "FAILED");
+        assert_eq!(p["failedTests"], json!(["smoke"]));
+        assert_eq!(p["warnedTests"], json!(["no-unused-packages"]));
+        assert_eq!(p["passedTests"], json!(["no-drift"]));
+        assert_eq!(
+            p["url"],
+            "https://ci.example.com/org/repo/actions/runs/42/attempts/1"
+        );
     }
 
     #[test]
-    fn builder_identity_comes_from_ci() {
+    fn ci_builder_id_is_the_workflow_uri() {
         let env = |k: &str| -> Option<String> {
             match k {
                 "GITHUB_ACTIONS" => Some("true".into()),
@@ -328,18 +472,12 @@ mod tests {
                 _ => None,
             }
         };
-        let b = Builder::from_env(&env);
-        assert!(b.authoritative);
+        let b = BuilderRun::from_env(&env, "0.1.0");
+        assert!(!b.is_local());
         assert_eq!(
             b.id,
             "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
         );
-        assert_eq!(
-            b.invocation_id,
-            "https://ci.example.com/org/repo/actions/runs/42/attempts/1"
-        );
-        let local = Builder::from_env(&|_| None);
-        assert!(!local.authoritative);
-        assert_eq!(local.id, "local");
+        assert!(BuilderRun::from_env(&|_| None, "0.1.0").is_local());
     }
 }

@@ -29,6 +29,10 @@ use crate::id::Digest;
 use crate::purl;
 
 pub const MEDIA_TYPE: &str = "application/spdx+json";
+/// The in-toto predicate type of an SPDX 2.3 document (the in-toto
+/// attestation framework's registered SPDX predicate): the SBOM is attached
+/// as a signed in-toto statement with the document as its predicate.
+pub const PREDICATE_TYPE: &str = "https://spdx.dev/Document/v2.3";
 const NOASSERTION: &str = "NOASSERTION";
 
 /// A Debian package installed into the image (from the lock and status.d).
@@ -374,62 +378,9 @@ pub fn sbom_complete(sbom: &Value, expected: &[String]) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn sample() -> SbomInputs {
-        let d = |s: &[u8]| Digest::of(s);
-        let deb = |name: &str, version: &str, arch: &str| DebPackage {
-            name: name.into(),
-            version: version.into(),
-            arch: arch.into(),
-            sha256: d(name.as_bytes()),
-            license: None,
-        };
-        let krate = |name: &str, version: &str, license: &str| Crate {
-            name: name.into(),
-            version: version.into(),
-            source: Some("registry+https://github.com/rust-lang/crates.io-index".into()),
-            checksum: Some(d(name.as_bytes())),
-            license: Some(license.into()),
-        };
-        SbomInputs {
-            image: "hello".into(),
-            config_digest: d(b"config"),
-            manifest: Some(("127.0.0.1:5000/platform/hello".into(), d(b"manifest"))),
-            source_url: "https://git.example.com/platform/release-lane".into(),
-            source_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            source_date_epoch: 1_700_000_000,
-            lane_version: "0.1.0".into(),
-            debs: vec![
-                deb("libc6", "2.36-9+deb12u13", "amd64"),
-                deb("base-files", "12.4+deb12u15", "amd64"),
-                deb("libstdc++6", "12.2.0-14+deb12u1", "amd64"),
-                deb("tzdata", "2025b-0+deb12u2", "all"),
-            ],
-            binaries: vec![Binary {
-                file: PlacedFile::of("/usr/local/bin/hello", b"\x7fELF hello"),
-                package: "hello".into(),
-                crates: vec![
-                    Crate {
-                        name: "hello".into(),
-                        version: "0.1.0".into(),
-                        source: None,
-                        checksum: None,
-                        license: Some("Apache-2.0".into()),
-                    },
-                    krate("serde", "1.0.228", "MIT OR Apache-2.0"),
-                    krate("memchr", "2.7.4", "Unlicense/MIT"),
-                ],
-            }],
-            python: vec![PythonDist {
-                name: "Flask".into(),
-                version: "3.1.0".into(),
-                sha256: d(b"flask"),
-            }],
-            files: vec![PlacedFile::of("/etc/hello/hello.toml", b"greeting = 1\n")],
-        }
-    }
+    use crate::testing::sbom_inputs as sample;
 
     fn bytes(i: &SbomInputs) -> Vec<u8> {
         crate::oci::canonical_json(&sbom(i).unwrap()).unwrap().bytes

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::evidence;
+use crate::gates::GateName;
 use crate::gates::{POLICY_PATH, Policy};
-use crate::provenance::{SLSA_PROVENANCE_V1, STATEMENT_TYPE, TEST_RESULT_V01};
+use crate::provenance::{LOCAL_BUILDER_ID, SLSA_PROVENANCE_V1, STATEMENT_TYPE, TEST_RESULT_V01};
 use crate::signing::{self, SignatureCheck};
 
 /// The refusal of a tag where a digest is required (verify and promote).
@@ -17,7 +18,11 @@ pub const NEEDS_DIGEST: &str =
     "verify needs a digest: REPO@sha256:...; `cargo xtask audit` can resolve a tag for you";
 
 /// The predicate types the lane attaches, and only these.
-pub const EXPECTED_PREDICATES: &[&str] = &[SLSA_PROVENANCE_V1, TEST_RESULT_V01];
+pub const EXPECTED_PREDICATES: &[&str] = &[
+    SLSA_PROVENANCE_V1,
+    TEST_RESULT_V01,
+    crate::sbom::PREDICATE_TYPE,
+];
 
 /// One DSSE envelope attached to the digest.
 #[derive(Debug, Clone, Serialize)]
@@ -222,11 +227,10 @@ pub fn check(digest: &str, evidence: &Evidence, policy: &Policy, opts: VerifyOpt
 fn builder_reasons(provenance: &Value, policy: &Policy, opts: VerifyOptions) -> Vec<String> {
     let b = &provenance["predicate"]["runDetails"]["builder"];
     let id = b["id"].as_str().unwrap_or_default();
-    let local = id.is_empty() || id == "local" || b["authoritative"] != true;
     if id.is_empty() {
         return vec!["the provenance names no builder".into()];
     }
-    if local {
+    if id == LOCAL_BUILDER_ID {
         if opts.registry {
             return vec![format!(
                 "built by a local run (builder {id:?}): a local build is never trusted for a registry; release from CI"
@@ -239,6 +243,11 @@ fn builder_reasons(provenance: &Value, policy: &Policy, opts: VerifyOptions) -> 
         }
         return Vec::new();
     }
+    if !id.starts_with("https://") {
+        return vec![format!(
+            "builder id {id:?} is not an https URI: SLSA v1 builder ids are URIs, and only a CI workflow's URI can be trusted"
+        )];
+    }
     if !policy.trusted_builders.is_empty() && !policy.trusted_builders.iter().any(|t| t == id) {
         return vec![format!(
             "builder {id:?} is not trusted: it is not in [builder] trusted of {POLICY_PATH}"
@@ -247,7 +256,7 @@ fn builder_reasons(provenance: &Value, policy: &Policy, opts: VerifyOptions) -> 
     Vec::new()
 }
 
-fn gate_reasons(statement: &Value, required: &[String]) -> Vec<String> {
+fn gate_reasons(statement: &Value, required: &[GateName]) -> Vec<String> {
     let p = &statement["predicate"];
     let names = |k: &str| -> Vec<String> {
         p[k].as_array()
@@ -266,9 +275,9 @@ fn gate_reasons(statement: &Value, required: &[String]) -> Vec<String> {
     }
     // Gates the policy does not require are information, as in the lane.
     for r in required {
-        if failed.contains(r) {
+        if failed.iter().any(|f| r == f.as_str()) {
             out.push(format!("required gate {r} failed or did not run"));
-        } else if !passed.contains(r) {
+        } else if !passed.iter().any(|p| r == p.as_str()) {
             out.push(format!("required gate {r} has no passing result"));
         }
     }

@@ -75,13 +75,10 @@ pub fn check_sbom(root: &Path, venv: &Path, files: &[PathBuf]) -> Result<Outcome
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lane_core::gates::{GateResult, decide};
-    use lane_core::id::Digest;
     use lane_core::oci::canonical_json;
-    use lane_core::{provenance, sbom, signing, slsa};
+    use lane_core::testing::{decision, provenance_inputs as inputs, sbom_inputs as sample_sbom};
+    use lane_core::{provenance, sbom, signing};
     use serde_json::{Value, json};
-
-    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
     struct Fixture {
         root: PathBuf,
@@ -124,82 +121,6 @@ mod tests {
         }
     }
 
-    fn d(s: &str) -> Digest {
-        Digest::of(s.as_bytes())
-    }
-
-    fn inputs() -> slsa::ProvenanceInputs {
-        let deb = |name: &str, version: &str, arch: &str| slsa::Input::Deb {
-            name: name.into(),
-            version: version.into(),
-            arch: arch.into(),
-            distro: Some("bookworm".into()),
-            sha256: d(name),
-        };
-        slsa::ProvenanceInputs {
-            subject: slsa::Subject {
-                name: "127.0.0.1:5000/platform/hello".into(),
-                digest: d("manifest"),
-            },
-            image: "hello".into(),
-            tags: vec!["latest".into()],
-            source_repository: slsa::LANE_PROJECT.into(),
-            revision: COMMIT.into(),
-            tree_clean: true,
-            policy_path: "ci/release-policy.toml".into(),
-            policy_digest: d("policy"),
-            rustc: "rustc 1.95.0".into(),
-            lane_version: "0.1.0".into(),
-            encoder: "lane-layer/format=1".into(),
-            inputs: vec![
-                slsa::Input::Source {
-                    url: slsa::LANE_PROJECT.into(),
-                    commit: COMMIT.into(),
-                },
-                slsa::Input::File {
-                    path: "Cargo.lock".into(),
-                    sha256: d("Cargo.lock"),
-                },
-                slsa::Input::File {
-                    path: "lockfiles/debian.lock".into(),
-                    sha256: d("debian.lock"),
-                },
-                deb("base-files", "12.4+deb12u15", "amd64"),
-                deb("libc6", "2.36-9+deb12u13", "amd64"),
-                deb("ca-certificates", "20250419~deb12u2", "all"),
-                slsa::Input::Crate {
-                    name: "serde".into(),
-                    version: "1.0.228".into(),
-                    sha256: d("serde"),
-                },
-                slsa::Input::Wheel {
-                    name: "Flask".into(),
-                    version: "3.1.0".into(),
-                    sha256: d("flask"),
-                },
-                slsa::Input::BaseImage {
-                    repository: "127.0.0.1:5000/platform/base-cc".into(),
-                    digest: d("base"),
-                    tag: Some("latest".into()),
-                },
-            ],
-            builder: slsa::BuilderRun::from_env(&|_| None, "0.1.0"),
-            started_on: "2026-01-01T00:00:00Z".into(),
-            finished_on: "2026-01-01T00:01:00Z".into(),
-        }
-    }
-
-    fn decision() -> lane_core::gates::Decision {
-        decide(
-            &["smoke".into(), "no-drift".into()],
-            &[
-                GateResult::passed("no-drift", "ok", json!({})),
-                GateResult::passed("smoke", "ok", json!({})),
-                GateResult::failed("bench", "slow", json!({})),
-            ],
-        )
-    }
-
     fn signed(statement: &Value) -> Value {
         let key = signing::generate().unwrap();
         let signer = signing::Signer::from_pem(&key.private_pem, "test key").unwrap();
@@ -209,22 +130,22 @@ mod tests {
     #[test]
     fn conforming_statements_pass_the_strict_validators() {
         let f = Fixture::new("conforming");
-        let prov = slsa::provenance_statement(&inputs()).unwrap();
+        let prov = provenance::provenance_statement(&inputs()).unwrap();
         let ci = {
             let mut i = inputs();
-            i.builder = slsa::BuilderRun {
+            i.builder = provenance::BuilderRun {
                 id: "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
                     .into(),
                 version: Default::default(),
                 invocation_id: "https://ci.example.com/org/repo/actions/runs/42/attempts/1".into(),
             };
-            slsa::provenance_statement(&i).unwrap()
+            provenance::provenance_statement(&i).unwrap()
         };
-        let gates = slsa::gate_statement(
+        let gates = provenance::gate_statement(
             &inputs().subject,
             &decision(),
             "ci/release-policy.toml",
-            &d("policy"),
+            &lane_core::id::Digest::of(b"policy"),
             Some("https://ci.example.com/org/repo/actions/runs/42/attempts/1"),
         );
         let files = [
@@ -247,12 +168,12 @@ mod tests {
     #[test]
     fn unknown_fields_and_non_uris_are_rejected() {
         let f = Fixture::new("unknown");
-        let prov = slsa::provenance_statement(&inputs()).unwrap();
-        let gates = slsa::gate_statement(
+        let prov = provenance::provenance_statement(&inputs()).unwrap();
+        let gates = provenance::gate_statement(
             &inputs().subject,
             &decision(),
             "ci/release-policy.toml",
-            &d("policy"),
+            &lane_core::id::Digest::of(b"policy"),
             None,
         );
         let cases: Vec<(&str, Value, &str)> = vec![
@@ -303,136 +224,6 @@ mod tests {
         );
     }
 
-    /// Today's provenance (lane_core::provenance) fails a strict parser for
-    /// the reasons issue 15 names; its gate statement already conforms.
-    #[test]
-    fn todays_provenance_is_rejected_for_the_reasons_issue_15_names() {
-        let f = Fixture::new("today");
-        let today = provenance::ProvenanceInputs {
-            subject_name: "127.0.0.1:5000/platform/hello".into(),
-            manifest_digest: d("manifest").to_string(),
-            image: "hello".into(),
-            tags: vec!["latest".into()],
-            source_repository: slsa::LANE_PROJECT.into(),
-            revision: COMMIT.into(),
-            tree_clean: true,
-            policy_path: "ci/release-policy.toml".into(),
-            policy_digest: d("policy").to_string(),
-            rustc: "rustc 1.95.0".into(),
-            lane_version: "0.1.0".into(),
-            encoder: "lane-layer/format=1".into(),
-            dependencies: vec![
-                provenance::Dependency::uri(
-                    &format!("git+{}@{COMMIT}", slsa::LANE_PROJECT),
-                    "gitCommit",
-                    COMMIT,
-                ),
-                provenance::Dependency::named("Cargo.lock", "sha256", d("lock").hex()),
-            ],
-            builder: provenance::Builder::from_env(&|_| None),
-            started_on: "2026-01-01T00:00:00Z".into(),
-            finished_on: "2026-01-01T00:01:00Z".into(),
-        };
-        let stmt = provenance::provenance_statement(&today);
-        let out = f.statements(&[f.write("today.json", &stmt)]);
-        assert!(!out.accepted, "{}", out.output);
-        assert!(
-            out.output
-                .contains("Builder\" has no field named \"authoritative\""),
-            "{}",
-            out.output
-        );
-        // Without the extra field, the local builder's id is not a URI.
-        let mut s = stmt.clone();
-        s["predicate"]["runDetails"]["builder"]
-            .as_object_mut()
-            .unwrap()
-            .remove("authoritative");
-        let out = f.statements(&[f.write("today-no-flag.json", &s)]);
-        assert!(!out.accepted, "{}", out.output);
-        assert!(
-            out.output
-                .contains("runDetails.builder.id 'local' is not a URI"),
-            "{}",
-            out.output
-        );
-        // And its resolvedDependencies name no package: no purl at all.
-        let deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
-            .as_array()
-            .unwrap();
-        assert!(
-            !deps
-                .iter()
-                .any(|x| x["uri"].as_str().is_some_and(|u| u.starts_with("pkg:")))
-        );
-        let gates = provenance::gate_statement(
-            "127.0.0.1:5000/platform/hello",
-            d("manifest").as_str(),
-            &decision(),
-            &provenance::Dependency::named("ci/release-policy.toml", "sha256", d("policy").hex()),
-        );
-        let out = f.statements(&[f.write("today-gates.json", &gates)]);
-        assert!(out.accepted, "{}", out.output);
-    }
-
-    fn sample_sbom() -> sbom::SbomInputs {
-        let deb = |name: &str, version: &str, arch: &str| sbom::DebPackage {
-            name: name.into(),
-            version: version.into(),
-            arch: arch.into(),
-            sha256: d(name),
-            license: None,
-        };
-        let krate = |name: &str, version: &str, license: &str| sbom::Crate {
-            name: name.into(),
-            version: version.into(),
-            source: Some("registry+https://github.com/rust-lang/crates.io-index".into()),
-            checksum: Some(d(name)),
-            license: Some(license.into()),
-        };
-        sbom::SbomInputs {
-            image: "hello".into(),
-            config_digest: d("config"),
-            manifest: Some(("127.0.0.1:5000/platform/hello".into(), d("manifest"))),
-            source_url: slsa::LANE_PROJECT.into(),
-            source_commit: COMMIT.into(),
-            source_date_epoch: 1_700_000_000,
-            lane_version: "0.1.0".into(),
-            debs: vec![
-                deb("base-files", "12.4+deb12u15", "amd64"),
-                deb("libc6", "2.36-9+deb12u13", "amd64"),
-                deb("libstdc++6", "12.2.0-14+deb12u1", "amd64"),
-                deb("tzdata", "2025b-0+deb12u2", "all"),
-            ],
-            binaries: vec![sbom::Binary {
-                file: sbom::PlacedFile::of("/usr/local/bin/hello", b"\x7fELF"),
-                package: "hello".into(),
-                crates: vec![
-                    sbom::Crate {
-                        name: "hello".into(),
-                        version: "0.1.0".into(),
-                        source: None,
-                        checksum: None,
-                        license: Some("Apache-2.0".into()),
-                    },
-                    krate("serde", "1.0.228", "MIT OR Apache-2.0"),
-                    krate("memchr", "2.7.4", "Unlicense/MIT"),
-                    krate(
-                        "unicode-ident",
-                        "1.0.18",
-                        "(MIT OR Apache-2.0) AND Unicode-3.0",
-                    ),
-                ],
-            }],
-            python: vec![sbom::PythonDist {
-                name: "Flask".into(),
-                version: "3.1.0".into(),
-                sha256: d("flask"),
-            }],
-            files: vec![sbom::PlacedFile::of("/etc/hello", b"greeting\n")],
-        }
-    }
-
     #[test]
     fn sbom_validates_with_spdx_tools_and_is_reproducible() {
         let f = Fixture::new("sbom");
@@ -464,9 +255,9 @@ mod tests {
         // Signed as the other statements are: an in-toto statement with the
         // SPDX predicate, in a DSSE envelope, passes check-statement.
         let statement = json!({
-            "_type": slsa::STATEMENT_TYPE,
-            "subject": [{ "name": "127.0.0.1:5000/platform/hello", "digest": { "sha256": d("manifest").hex() } }],
-            "predicateType": "https://spdx.dev/Document/v2.3",
+            "_type": provenance::STATEMENT_TYPE,
+            "subject": [{ "name": "127.0.0.1:5000/platform/hello", "digest": { "sha256": lane_core::id::Digest::of(b"manifest").hex() } }],
+            "predicateType": sbom::PREDICATE_TYPE,
             "predicate": doc,
         });
         let out = f.statements(&[f.write("sbom.dsse.json", &signed(&statement))]);

@@ -12,7 +12,7 @@ use crate::commands::verify::{self, local_name};
 use lane_core::gates::Policy;
 use lane_core::id::Target;
 use lane_core::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
-use lane_core::provenance::{SLSA_PROVENANCE_V1, TEST_RESULT_V01};
+use lane_core::provenance::{LOCAL_BUILDER_ID, SLSA_PROVENANCE_V1, TEST_RESULT_V01};
 use lane_core::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,7 +186,10 @@ pub fn audit(
         }),
         builder: json!({
             "id": run["builder"]["id"],
-            "authoritative": run["builder"]["authoritative"],
+            // A CI workflow's URI; the local builder is never authoritative.
+            "authoritative": run["builder"]["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("https://") && id != LOCAL_BUILDER_ID),
             "invocation": run["metadata"]["invocationId"],
             "startedOn": run["metadata"]["startedOn"],
             "finishedOn": run["metadata"]["finishedOn"],

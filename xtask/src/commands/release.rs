@@ -6,27 +6,30 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::adapters::workspace::{GitFacts, Workspace};
-use crate::commands::build::{self, BuildOptions};
+use crate::adapters::workspace::{GitFacts, Toolchain, Workspace};
+use crate::commands::build::{self, BuildOptions, BuildReport};
+use crate::commands::repro::ReproReport;
 use crate::report::Reporter;
+use lane_core::debian::{LOCK_PATH, LockedPackage};
 use lane_core::distribution::BuiltImage;
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
-use lane_core::gates::POLICY_PATH;
-use lane_core::gates::{self, Decision, GateResult, Policy};
-use lane_core::layer::sha256;
+use lane_core::gates::{self, Decision, GateName, GateResult, POLICY_PATH, Policy};
+use lane_core::id::Digest;
 use lane_core::oci::{Blob, canonical_json};
-use lane_core::provenance::{self, Builder, Dependency, ProvenanceInputs};
-use lane_core::store::Store;
+use lane_core::provenance::{self, BuilderRun, Input, ProvenanceInputs, Subject};
+use lane_core::sbom::{self, Binary, DebPackage, PlacedFile, SbomInputs};
+use lane_core::spec::{BaseRef, ImageSpec};
+use lane_core::store::{Published, Store};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseOptions {
     pub images: Vec<String>,
     pub quiet: bool,
-    /// Signs the provenance and gate statements; `None` leaves them
+    /// Signs the provenance, gate and SBOM statements; `None` leaves them
     /// unsigned (and `cargo xtask verify` then refuses them).
     pub signer: Option<lane_core::signing::Signer>,
 }
@@ -39,6 +42,9 @@ pub struct ImageRelease {
     pub repository: String,
     pub subject: String,
     pub digest: String,
+    /// `SUBJECT@DIGEST`: what `verify`, `promote` and `audit` take as it is
+    /// (`HOST[:PORT]/PATH/REPO@sha256:...` or `local/REPO@sha256:...`).
+    pub reference: String,
     pub tags: Vec<String>,
     pub accepted: bool,
     pub decision: Decision,
@@ -50,10 +56,20 @@ pub struct ImageRelease {
     pub provenance: Value,
 }
 
+/// Who ran the lane, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuilderView {
+    /// A CI workflow's URI, or the local builder's URI.
+    pub id: String,
+    /// False for the local builder: never accepted into a registry.
+    pub authoritative: bool,
+    pub invocation_id: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseReport {
     pub store: String,
-    pub builder: Builder,
+    pub builder: BuilderView,
     /// Keyid of the key that signed the evidence; null when unsigned.
     pub signing_key: Option<String>,
     /// Whether the policy's `[signing] trusted_keys` holds that key (if not,
@@ -66,13 +82,13 @@ pub struct ReleaseReport {
 }
 
 /// Accumulates the time spent in each stage.
-struct Stages {
+pub struct Stages {
     mark: std::time::Instant,
     spent: Vec<(String, f64)>,
 }
 
 impl Stages {
-    fn new() -> Stages {
+    pub fn new() -> Stages {
         Stages {
             mark: std::time::Instant::now(),
             spent: Vec::new(),
@@ -80,7 +96,7 @@ impl Stages {
     }
 
     /// Charges the time since the last mark to `name`.
-    fn end(&mut self, name: &str) {
+    pub fn end(&mut self, name: &str) {
         let secs = self.mark.elapsed().as_secs_f64();
         self.mark = std::time::Instant::now();
         match self.spent.iter_mut().find(|(n, _)| n == name) {
@@ -90,275 +106,112 @@ impl Stages {
     }
 }
 
-/// The facts every gate and the provenance share.
-struct Context_ {
-    git: GitFacts,
-    policy: Policy,
-    policy_digest: String,
-    builder: Builder,
-    started_on: String,
+impl Default for Stages {
+    fn default() -> Stages {
+        Stages::new()
+    }
+}
+
+/// Step 1 of the lane: every fact the gates and the provenance share,
+/// gathered once. Preflight (store and engine) comes first, before any
+/// build work; then the build, the independent second build and the lock
+/// freshness check.
+pub struct Facts {
+    pub git: GitFacts,
+    pub policy: Policy,
+    pub policy_digest: Digest,
+    pub builder: BuilderRun,
+    pub started_on: String,
+    /// Every image of the workspace, and the ones being released.
+    pub all: Vec<ImageSpec>,
+    pub selected: Vec<ImageSpec>,
+    /// The engine's preflight: an error fails the smoke gate (the lane goes
+    /// on, so the rejection is recorded and attached to the candidate).
+    pub engine: std::result::Result<(), String>,
+    pub built: BuildReport,
+    pub repro: std::result::Result<ReproReport, String>,
+    /// Differences `lock --check` found (empty: fresh).
+    pub stale: Vec<String>,
+    pub source_url: String,
+    pub toolchain: Toolchain,
+    /// `lockfiles/*` and Cargo.lock with their sha256.
+    pub lockfiles: BTreeMap<String, Digest>,
+}
+
+/// Step 2's output for one image: the candidate in the store (when the
+/// publish worked), the statements made about it, every gate result.
+pub struct Candidate {
+    pub image: BuiltImage,
+    pub spec: ImageSpec,
+    pub subject: Subject,
+    pub published: Option<Published>,
+    pub provenance: Value,
+    /// The SPDX document; `None` when it could not be made (then the
+    /// sbom-complete gate failed, saying why).
+    pub sbom: Option<Value>,
+    pub results: Vec<GateResult>,
 }
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-pub fn load_policy(ws: &Workspace) -> Result<(Policy, String)> {
+pub fn load_policy(ws: &Workspace) -> Result<(Policy, Digest)> {
     let path = ws.root.join(POLICY_PATH);
     let bytes = std::fs::read(&path).with_context(|| {
         format!("reading {POLICY_PATH}; every release needs a policy file (see README.md)")
     })?;
     let text =
         String::from_utf8(bytes.clone()).with_context(|| format!("{POLICY_PATH} is not UTF-8"))?;
-    Ok((
-        gates::parse_policy(POLICY_PATH, &text)?,
-        sha256(&bytes).to_string(),
-    ))
+    Ok((gates::parse_policy(POLICY_PATH, &text)?, Digest::of(&bytes)))
 }
 
-/// Runs the lane. Returns the report; the caller exits 0 only when every
-/// image was accepted.
+/// Runs the lane: collect the facts, then per released image run the gates,
+/// decide, and apply the decision. Returns the report; the caller exits 0
+/// only when every image was accepted.
 pub fn release(
     ws: &Workspace,
     opts: &ReleaseOptions,
     store: &mut dyn Store,
 ) -> Result<ReleaseReport> {
     let progress = Reporter { quiet: opts.quiet };
-    let started_on = now();
     let mut stages = Stages::new();
-    let (policy, policy_digest) = load_policy(ws)?;
-    let builder = Builder::from_env(&|k| std::env::var(k).ok());
-
-    // Preflight: before any build work.
-    let all = ws.load_images()?;
-    let selected = crate::adapters::workspace::select(&all, &opts.images)?;
-    let repositories: Vec<String> = selected
-        .iter()
-        .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
-        .map(|i| i.repository.clone())
-        .collect();
-    progress.say(format_args!("preflight: {}", store.describe()));
-    store.preflight(&repositories)?;
-    // The engine is checked now too. Without it the smoke gate fails, but the
-    // lane goes on to build and publish the candidate, so that the rejection
-    // is recorded and attached to the candidate digest.
-    let engine = crate::adapters::engine::probe();
-    match &engine {
-        Ok(facts) => progress.say(format_args!(
-            "preflight: Docker Engine {} at {}",
-            facts.version, facts.address
-        )),
-        Err(e) => progress.error(format_args!(
-            "preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
-        )),
-    }
-
-    stages.end("preflight");
-    let git = crate::adapters::workspace::git_facts(&ws.root)?;
-    let ctx = Context_ {
-        git,
-        policy,
-        policy_digest,
-        builder,
-        started_on,
-    };
-
-    progress.say("build");
-    let mut build_opts = BuildOptions::for_workspace(ws);
-    build_opts.quiet = opts.quiet;
-    let report = build::build(ws, &opts.images, &build_opts)?;
-    stages.end("build");
-
-    progress.say("gates: reproducible (second build from a copy)");
-    let repro = crate::commands::repro::repro(ws, &opts.images, true);
-    stages.end("gate: reproducible");
-    progress.say("gates: lockfiles fresh (lock --check)");
-    let stale = lock_freshness(ws, &all)?;
-    stages.end("gate: pinned inputs");
-
+    let facts = collect(ws, &opts.images, store, &progress, &mut stages)?;
     let mut images = Vec::new();
     // Named images are released; their workspace bases are built (their
     // layers are part of the image) but not released on their own.
-    let released = report
+    let released: Vec<BuiltImage> = facts
+        .built
         .images
         .iter()
-        .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name));
+        .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
+        .cloned()
+        .collect();
     for image in released {
-        let spec = selected
-            .iter()
-            .find(|s| s.name == image.name)
-            .context("built image not selected")?;
-        let mut results = Vec::new();
-        results.push(source_state(&ctx.git));
-        results.push(pinned_inputs(ws, spec, &stale)?);
-        results.push(reproducible(&repro, &image.name));
-        results.extend(image_gates(
+        let candidate = run_gates(ws, &facts, image, store, &progress, &mut stages)?;
+        let decision = decide(&facts.policy, store.is_registry(), &candidate.results);
+        images.push(apply(
             ws,
-            spec,
-            image,
-            engine.as_ref().err(),
-            &progress,
-        ));
-        stages.end("gates: image checks");
-
-        progress.say(format_args!(
-            "publish {} by digest to {}",
-            image.name,
-            store.describe()
-        ));
-        let cross = store.publish_candidate(image);
-        let published = cross.is_ok();
-        results.push(match &cross {
-            Ok(c) => GateResult::check(
-                "publish-cross-check",
-                c.ok,
-                if c.ok {
-                    "the store holds exactly the built digest".to_string()
-                } else {
-                    c.failures.join("; ")
-                },
-                serde_json::to_value(c)?,
-            ),
-            Err(e) => GateResult::failed("publish-cross-check", format!("{e:#}"), Value::Null),
-        });
-
-        stages.end("publish and cross-check");
-        let subject = store.subject_name(&spec.repository);
-        let statement =
-            provenance::provenance_statement(&provenance_inputs(ws, &ctx, image, &subject)?);
-        let missing = provenance::missing_fields(&statement);
-        results.push(GateResult::check(
-            "provenance-complete",
-            missing.is_empty(),
-            if missing.is_empty() {
-                "every field present".to_string()
-            } else {
-                format!("missing: {}", missing.join(", "))
-            },
-            json!({ "missing": missing }),
-        ));
-        let trusted = ctx.policy.trusted_builders.is_empty()
-            || ctx.policy.trusted_builders.contains(&ctx.builder.id);
-        results.push(GateResult::check(
-            "authoritative-builder",
-            ctx.builder.authoritative && trusted,
-            format!(
-                "builder {} ({})",
-                ctx.builder.id,
-                if !ctx.builder.authoritative {
-                    "a local run, not a CI workflow: release to a registry from CI, or omit --registry to release into the local store"
-                } else if trusted {
-                    "a trusted CI workflow"
-                } else {
-                    "a CI workflow the policy does not trust: add its id to [builder] trusted in ci/release-policy.toml"
-                }
-            ),
-            serde_json::to_value(&ctx.builder)?,
-        ));
-
-        let required = ctx.policy.required(store.is_registry());
-        let decision = gates::decide(&required, &results);
-        let policy_dep = Dependency::named(POLICY_PATH, "sha256", &ctx.policy_digest);
-        let gate_statement = provenance::gate_statement(
-            &subject,
-            image.manifest_digest.as_str(),
-            &decision,
-            &policy_dep,
-        );
-
-        // One record per run: a later run of the same digest (another
-        // store, a rejection) never overwrites an earlier record.
-        let record_path = ws.root.join("target/releases").join(format!(
-            "{}-{}-{}-{}.json",
-            image.name,
-            image.manifest_digest.short(),
-            if store.is_registry() {
-                "registry"
-            } else {
-                "local"
-            },
-            ctx.started_on.replace([':', '-'], "")
-        ));
-        let mut release = ImageRelease {
-            image: image.name.clone(),
-            repository: spec.repository.clone(),
-            subject: subject.clone(),
-            digest: image.manifest_digest.to_string(),
-            tags: spec.tags.clone(),
-            accepted: decision.accepted,
+            &facts,
+            candidate,
             decision,
-            tagged: Vec::new(),
-            evidence: Vec::new(),
-            record: record_path.clone(),
-            provenance: statement.clone(),
-        };
-
-        // Evidence goes to the candidate digest, accepted or not, when the
-        // candidate is in the store.
-        if published {
-            let manifest_size = cross.as_ref().map(|c| c.manifest_size).unwrap_or_default();
-            for (predicate, st) in [
-                (provenance::SLSA_PROVENANCE_V1, &statement),
-                (provenance::TEST_RESULT_V01, &gate_statement),
-            ] {
-                let env = canonical_json(&lane_core::signing::envelope(
-                    &canonical_json(st)?.bytes,
-                    opts.signer.as_ref(),
-                ))?;
-                let a = evidence::artifact(
-                    MEDIA_DSSE,
-                    MEDIA_DSSE,
-                    env,
-                    image.manifest_digest.as_str(),
-                    manifest_size,
-                    &[(ANNOTATION_PREDICATE, predicate)],
-                )?;
-                match store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
-                    Ok(d) => release.evidence.push(d),
-                    Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
-                }
-            }
-        }
-        if release.accepted {
-            for tag in &spec.tags {
-                progress.say(format_args!(
-                    "accept: tag {}:{tag} -> {}",
-                    spec.repository, image.manifest_digest
-                ));
-                match store.tag(&spec.repository, image.manifest_digest.as_str(), tag) {
-                    Ok(()) => release.tagged.push(tag.clone()),
-                    Err(e) => {
-                        reject(&mut release, format!("tagging {tag} failed: {e:#}"));
-                        break;
-                    }
-                }
-            }
-        }
-        let record = record_json(&release, &gate_statement, &ctx)?;
-        if published {
-            let a = evidence::artifact(
-                MEDIA_RELEASE_RECORD,
-                MEDIA_RELEASE_RECORD,
-                record.clone(),
-                image.manifest_digest.as_str(),
-                cross.as_ref().map(|c| c.manifest_size).unwrap_or_default(),
-                &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
-            )?;
-            if let Ok(d) = store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
-                release.evidence.push(d);
-            }
-        }
-        crate::adapters::cache::write_atomic(&record_path, &record.bytes)?;
+            store,
+            opts.signer.as_ref(),
+            &progress,
+        )?);
         stages.end("provenance, evidence, accept/reject");
-        images.push(release);
     }
     let accepted = images.iter().all(|i| i.accepted);
     Ok(ReleaseReport {
         store: store.describe(),
-        builder: ctx.builder,
+        builder: BuilderView {
+            id: facts.builder.id.clone(),
+            authoritative: !facts.builder.is_local(),
+            invocation_id: facts.builder.invocation_id.clone(),
+        },
         signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
         signing_key_trusted: opts.signer.as_ref().is_some_and(|s| {
-            lane_core::signing::trusted_keys(&ctx.policy.trusted_keys)
+            lane_core::signing::trusted_keys(&facts.policy.trusted_keys)
                 .0
                 .iter()
                 .any(|k| k.keyid == s.keyid)
@@ -369,24 +222,330 @@ pub fn release(
     })
 }
 
+/// Step 1: preflight (store, then engine), build, second build, lock check.
+pub fn collect(
+    ws: &Workspace,
+    names: &[String],
+    store: &mut dyn Store,
+    progress: &Reporter,
+    stages: &mut Stages,
+) -> Result<Facts> {
+    let started_on = now();
+    let (policy, policy_digest) = load_policy(ws)?;
+    let builder = BuilderRun::from_env(&|k| std::env::var(k).ok(), env!("CARGO_PKG_VERSION"));
+
+    // Preflight: before any build work.
+    let all = ws.load_images()?;
+    let selected = crate::adapters::workspace::select(&all, names)?;
+    let repositories: Vec<String> = selected
+        .iter()
+        .filter(|i| names.is_empty() || names.contains(&i.name))
+        .map(|i| i.repository.clone())
+        .collect();
+    progress.say(format_args!("preflight: {}", store.describe()));
+    store.preflight(&repositories)?;
+    // The engine is checked now too. Without it the smoke gate fails, but the
+    // lane goes on to build and publish the candidate, so that the rejection
+    // is recorded and attached to the candidate digest.
+    let engine = match crate::adapters::engine::probe() {
+        Ok(facts) => {
+            progress.say(format_args!(
+                "preflight: Docker Engine {} at {}",
+                facts.version, facts.address
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            progress.error(format_args!(
+                "preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
+            ));
+            Err(format!("{e:#}"))
+        }
+    };
+    stages.end("preflight");
+    let git = crate::adapters::workspace::git_facts(&ws.root)?;
+
+    progress.say("build");
+    let mut build_opts = BuildOptions::for_workspace(ws);
+    build_opts.quiet = progress.quiet;
+    let built = build::build(ws, names, &build_opts)?;
+    stages.end("build");
+
+    progress.say("gates: reproducible (second build from a copy)");
+    let repro = crate::commands::repro::repro(ws, names, true).map_err(|e| format!("{e:#}"));
+    stages.end("gate: reproducible");
+    progress.say("gates: lockfiles fresh (lock --check)");
+    let stale = lock_freshness(ws, &all)?;
+    stages.end("gate: pinned inputs");
+    Ok(Facts {
+        git,
+        policy,
+        policy_digest,
+        builder,
+        started_on,
+        all,
+        selected,
+        engine,
+        built,
+        repro,
+        stale,
+        source_url: ws.source_url()?,
+        toolchain: crate::adapters::workspace::toolchain()?,
+        lockfiles: lockfile_digests(ws)?,
+    })
+}
+
+/// Step 2 for one image: the image checks, the candidate published by
+/// digest and cross-checked, the provenance and SBOM made and checked.
+pub fn run_gates(
+    ws: &Workspace,
+    facts: &Facts,
+    image: BuiltImage,
+    store: &mut dyn Store,
+    progress: &Reporter,
+    stages: &mut Stages,
+) -> Result<Candidate> {
+    let spec = facts
+        .selected
+        .iter()
+        .find(|s| s.name == image.name)
+        .context("built image not selected")?
+        .clone();
+    let mut results = vec![
+        source_state(&facts.git),
+        pinned_inputs(&spec, &facts.stale, &facts.lockfiles),
+        reproducible(&facts.repro, &image.name),
+    ];
+    let checks = image_gates(ws, &spec, &image, facts.engine.as_ref().err(), progress);
+    results.extend(checks.results);
+    stages.end("gates: image checks");
+
+    progress.say(format_args!(
+        "publish {} by digest to {}",
+        image.name,
+        store.describe()
+    ));
+    let published = match store.publish_candidate(&image) {
+        Ok(c) => {
+            results.push(GateResult::check(
+                GateName::PublishCrossCheck,
+                c.ok,
+                if c.ok {
+                    "the store holds exactly the built digest".to_string()
+                } else {
+                    c.failures.join("; ")
+                },
+                serde_json::to_value(&c)?,
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            results.push(GateResult::failed(
+                GateName::PublishCrossCheck,
+                format!("{e:#}"),
+                Value::Null,
+            ));
+            None
+        }
+    };
+    stages.end("publish and cross-check");
+
+    let subject = Subject {
+        name: store.subject_name(&spec.repository),
+        digest: image.manifest_digest.clone(),
+    };
+    let debs = image_debs(ws, &facts.all, &spec);
+    let provenance = match &debs {
+        Ok(debs) => provenance::provenance_statement(&provenance_inputs(
+            facts, &spec, &image, &subject, debs,
+        )?),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    let (provenance, missing) = match provenance {
+        Ok(p) => {
+            let missing = provenance::missing_fields(&p);
+            (p, missing)
+        }
+        Err(e) => (Value::Null, vec![format!("{e:#}")]),
+    };
+    results.push(GateResult::check(
+        GateName::ProvenanceComplete,
+        missing.is_empty(),
+        if missing.is_empty() {
+            "every field present".to_string()
+        } else {
+            format!("missing: {}", missing.join(", "))
+        },
+        json!({ "missing": missing }),
+    ));
+    results.push(authoritative_builder(&facts.policy, &facts.builder));
+
+    let sbom = debs.and_then(|debs| {
+        let inputs = sbom_inputs(ws, facts, &spec, &image, &subject, &debs, &checks.binaries)?;
+        sbom::sbom(&inputs)
+    });
+    results.push(sbom_complete(&sbom, &checks.curated));
+    Ok(Candidate {
+        image,
+        spec,
+        subject,
+        published,
+        provenance,
+        sbom: sbom.ok(),
+        results,
+    })
+}
+
+/// Step 3: the policy's required gates over the results. Pure.
+pub fn decide(policy: &Policy, to_registry: bool, results: &[GateResult]) -> Decision {
+    gates::decide(&policy.required(to_registry), results)
+}
+
+/// Step 4: attach the evidence to the candidate digest (accepted or not,
+/// when the candidate is in the store), move the tags only when accepted,
+/// and write the release record.
+pub fn apply(
+    ws: &Workspace,
+    facts: &Facts,
+    candidate: Candidate,
+    decision: Decision,
+    store: &mut dyn Store,
+    signer: Option<&lane_core::signing::Signer>,
+    progress: &Reporter,
+) -> Result<ImageRelease> {
+    let Candidate {
+        image,
+        spec,
+        subject,
+        published,
+        provenance,
+        sbom,
+        ..
+    } = candidate;
+    let gate_statement = provenance::gate_statement(
+        &subject,
+        &decision,
+        POLICY_PATH,
+        &facts.policy_digest,
+        Some(facts.builder.invocation_id.as_str()),
+    );
+    // One record per run: a later run of the same digest (another store, a
+    // rejection) never overwrites an earlier record.
+    let record_path = ws.root.join("target/releases").join(format!(
+        "{}-{}-{}-{}.json",
+        image.name,
+        image.manifest_digest.short(),
+        if store.is_registry() {
+            "registry"
+        } else {
+            "local"
+        },
+        facts.started_on.replace([':', '-'], "")
+    ));
+    let mut release = ImageRelease {
+        image: image.name.clone(),
+        repository: spec.repository.clone(),
+        subject: subject.name.clone(),
+        digest: image.manifest_digest.to_string(),
+        reference: format!("{}@{}", subject.name, image.manifest_digest),
+        tags: spec.tags.clone(),
+        accepted: decision.accepted,
+        decision,
+        tagged: Vec::new(),
+        evidence: Vec::new(),
+        record: record_path.clone(),
+        provenance: provenance.clone(),
+    };
+
+    if let Some(p) = &published {
+        let sbom_statement = sbom.map(|doc| {
+            json!({
+                "_type": provenance::STATEMENT_TYPE,
+                "subject": [{ "name": subject.name, "digest": { "sha256": subject.digest.hex() } }],
+                "predicateType": sbom::PREDICATE_TYPE,
+                "predicate": doc,
+            })
+        });
+        let mut signed = vec![
+            (MEDIA_DSSE, provenance::SLSA_PROVENANCE_V1, &provenance),
+            (MEDIA_DSSE, provenance::TEST_RESULT_V01, &gate_statement),
+        ];
+        if let Some(st) = &sbom_statement {
+            signed.push((sbom::MEDIA_TYPE, sbom::PREDICATE_TYPE, st));
+        }
+        for (artifact_type, predicate, st) in signed {
+            if st.is_null() {
+                continue;
+            }
+            let env = canonical_json(&lane_core::signing::envelope(
+                &canonical_json(st)?.bytes,
+                signer,
+            ))?;
+            let a = evidence::artifact(
+                artifact_type,
+                MEDIA_DSSE,
+                env,
+                image.manifest_digest.as_str(),
+                p.manifest_size,
+                &[(ANNOTATION_PREDICATE, predicate)],
+            )?;
+            match store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
+                Ok(d) => release.evidence.push(d),
+                Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
+            }
+        }
+    }
+    if release.accepted {
+        for tag in &spec.tags {
+            progress.say(format_args!(
+                "accept: tag {}:{tag} -> {}",
+                spec.repository, image.manifest_digest
+            ));
+            match store.tag(&spec.repository, image.manifest_digest.as_str(), tag) {
+                Ok(()) => release.tagged.push(tag.clone()),
+                Err(e) => {
+                    reject(&mut release, format!("tagging {tag} failed: {e:#}"));
+                    break;
+                }
+            }
+        }
+    }
+    let record = record_json(&release, &gate_statement, facts)?;
+    if let Some(p) = &published {
+        let a = evidence::artifact(
+            MEDIA_RELEASE_RECORD,
+            MEDIA_RELEASE_RECORD,
+            record.clone(),
+            image.manifest_digest.as_str(),
+            p.manifest_size,
+            &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
+        )?;
+        if let Ok(d) = store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
+            release.evidence.push(d);
+        }
+    }
+    crate::adapters::cache::write_atomic(&record_path, &record.bytes)?;
+    Ok(release)
+}
+
 fn reject(release: &mut ImageRelease, why: String) {
     release.accepted = false;
     release.decision.accepted = false;
     release.decision.failures.push(why);
 }
 
-fn record_json(release: &ImageRelease, gate_statement: &Value, ctx: &Context_) -> Result<Blob> {
+fn record_json(release: &ImageRelease, gate_statement: &Value, facts: &Facts) -> Result<Blob> {
     canonical_json(&json!({
         "release": release,
         "gateStatement": gate_statement,
-        "startedOn": ctx.started_on,
+        "startedOn": facts.started_on,
         "finishedOn": now(),
     }))
 }
 
 fn source_state(git: &GitFacts) -> GateResult {
     GateResult::check(
-        "source-state",
+        GateName::SourceState,
         !git.dirty && !git.revision.is_empty(),
         if git.dirty {
             format!(
@@ -402,7 +561,7 @@ fn source_state(git: &GitFacts) -> GateResult {
 
 /// Whether the committed locks still match the image definitions and the
 /// machine's package index (`cargo xtask lock --check`): `Ok(changes)`.
-fn lock_freshness(ws: &Workspace, images: &[lane_core::spec::ImageSpec]) -> Result<Vec<String>> {
+fn lock_freshness(ws: &Workspace, images: &[ImageSpec]) -> Result<Vec<String>> {
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
@@ -413,16 +572,15 @@ fn lock_freshness(ws: &Workspace, images: &[lane_core::spec::ImageSpec]) -> Resu
 }
 
 fn pinned_inputs(
-    ws: &Workspace,
-    spec: &lane_core::spec::ImageSpec,
+    spec: &ImageSpec,
     stale: &[String],
-) -> Result<GateResult> {
+    lockfiles: &BTreeMap<String, Digest>,
+) -> GateResult {
     // Tag-only bases cannot be parsed (spec::parse_base), so every base is
     // scratch, a workspace image or pinned by digest; the locks must be fresh.
     let base = spec.base.to_string();
-    let lockfiles = lockfile_digests(ws)?;
-    Ok(GateResult::check(
-        "pinned-inputs",
+    GateResult::check(
+        GateName::PinnedInputs,
         stale.is_empty(),
         if stale.is_empty() {
             format!("base {base}; {} lockfile(s), fresh", lockfiles.len())
@@ -430,12 +588,15 @@ fn pinned_inputs(
             format!("stale lock: {}", stale.join("; "))
         },
         json!({ "base": base, "lockfiles": lockfiles, "stale": stale }),
-    ))
+    )
 }
 
-/// `lockfiles/*` with their sha256, sorted by path.
-pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
+/// `lockfiles/*` (and Cargo.lock) with their sha256, sorted by path.
+pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, Digest>> {
     let mut out = BTreeMap::new();
+    if let Ok(lock) = std::fs::read(ws.root.join("Cargo.lock")) {
+        out.insert("Cargo.lock".to_string(), Digest::of(&lock));
+    }
     let dir = ws.root.join("lockfiles");
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries {
@@ -444,7 +605,7 @@ pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
                 let bytes = std::fs::read(e.path())?;
                 out.insert(
                     format!("lockfiles/{}", e.file_name().to_string_lossy()),
-                    sha256(&bytes).to_string(),
+                    Digest::of(&bytes),
                 );
             }
         }
@@ -452,21 +613,18 @@ pub fn lockfile_digests(ws: &Workspace) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn reproducible(repro: &Result<crate::commands::repro::ReproReport>, name: &str) -> GateResult {
+fn reproducible(repro: &std::result::Result<ReproReport, String>, name: &str) -> GateResult {
+    let gate = GateName::Reproducible;
     match repro {
-        Err(e) => GateResult::failed(
-            "reproducible",
-            format!("the second build failed: {e:#}"),
-            Value::Null,
-        ),
+        Err(e) => GateResult::failed(gate, format!("the second build failed: {e}"), Value::Null),
         Ok(r) => match r.images.iter().find(|i| i.name == name) {
             None => GateResult::failed(
-                "reproducible",
+                gate,
                 "the second build did not produce this image",
                 Value::Null,
             ),
             Some(i) => GateResult::check(
-                "reproducible",
+                gate,
                 i.equal,
                 i.difference
                     .clone()
@@ -477,22 +635,92 @@ fn reproducible(repro: &Result<crate::commands::repro::ReproReport>, name: &str)
     }
 }
 
+fn authoritative_builder(policy: &Policy, builder: &BuilderRun) -> GateResult {
+    let trusted =
+        policy.trusted_builders.is_empty() || policy.trusted_builders.contains(&builder.id);
+    GateResult::check(
+        GateName::AuthoritativeBuilder,
+        !builder.is_local() && trusted,
+        format!(
+            "builder {} ({})",
+            builder.id,
+            if builder.is_local() {
+                "a local run, not a CI workflow: release to a registry from CI, or omit --registry to release into the local store"
+            } else if trusted {
+                "a trusted CI workflow"
+            } else {
+                "a CI workflow the policy does not trust: add its id to [builder] trusted in ci/release-policy.toml"
+            }
+        ),
+        json!({ "id": builder.id, "invocationId": builder.invocation_id, "version": builder.version }),
+    )
+}
+
+/// `sbom-complete`: every package the image's dpkg database lists (the
+/// drift manifest) is in the SBOM.
+fn sbom_complete(sbom: &Result<Value>, curated: &[String]) -> GateResult {
+    let gate = GateName::SbomComplete;
+    match sbom {
+        Err(e) => GateResult::failed(gate, format!("no SBOM: {e:#}"), Value::Null),
+        Ok(doc) => {
+            let missing = sbom::sbom_complete(doc, curated);
+            let packages = doc["packages"].as_array().map_or(0, Vec::len);
+            GateResult::check(
+                gate,
+                missing.is_empty(),
+                if missing.is_empty() {
+                    format!(
+                        "{packages} SPDX packages; every one of the {} curated packages is listed",
+                        curated.len()
+                    )
+                } else {
+                    format!(
+                        "the SBOM leaves out packages the image's dpkg database lists: {}",
+                        missing.join(", ")
+                    )
+                },
+                json!({ "missing": missing, "curated": curated, "packages": packages }),
+            )
+        }
+    }
+}
+
+/// What the image checks found, for the gates and for the SBOM.
+struct ImageChecks {
+    results: Vec<GateResult>,
+    /// Names of the packages in the image's dpkg database.
+    curated: Vec<String>,
+    /// Each workspace binary of the image's own layers, with its bytes' digests.
+    binaries: Vec<(lane_core::spec::BinarySpec, PlacedFile)>,
+}
+
 /// Gates that look at the built image itself: drift (and unused packages)
 /// over the merged file system, and the smoke commands in the engine.
 fn image_gates(
     ws: &Workspace,
-    spec: &lane_core::spec::ImageSpec,
+    spec: &ImageSpec,
     image: &BuiltImage,
-    engine_error: Option<&anyhow::Error>,
+    engine_error: Option<&String>,
     progress: &Reporter,
-) -> Vec<GateResult> {
-    let mut out = Vec::new();
+) -> ImageChecks {
+    let mut out = ImageChecks {
+        results: Vec::new(),
+        curated: Vec::new(),
+        binaries: Vec::new(),
+    };
     progress.say(format_args!("gates: drift of {}", image.name));
     let drift = (|| -> Result<lane_core::drift::ImageDrift> {
         let index =
             crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
         let (fs, runtime) = crate::commands::drift::read_layout(&image.layout)?;
         let manifest = lane_core::drift::CuratedManifest::from_image(&fs);
+        out.curated = manifest.packages.iter().map(|p| p.name.clone()).collect();
+        for b in spec.layers.iter().flat_map(|l| &l.binaries) {
+            if let Some(bytes) = fs.read(b.dest.as_str()) {
+                out.binaries
+                    .push((b.clone(), PlacedFile::of(b.dest.as_str(), bytes)));
+            }
+        }
         Ok(lane_core::drift::analyse(
             &image.name,
             &fs,
@@ -508,9 +736,8 @@ fn image_gates(
             };
             let failures =
                 lane_core::drift::failures(&report, &lane_core::drift::DriftPolicy::default());
-            let evidence = serde_json::to_value(&d).unwrap_or_default();
-            out.push(GateResult::check(
-                "no-drift",
+            out.results.push(GateResult::check(
+                GateName::NoDrift,
                 failures.is_empty(),
                 if failures.is_empty() {
                     format!(
@@ -520,10 +747,10 @@ fn image_gates(
                 } else {
                     failures.join("; ")
                 },
-                evidence.clone(),
+                serde_json::to_value(&d).unwrap_or_default(),
             ));
-            out.push(GateResult::check(
-                "no-unused-packages",
+            out.results.push(GateResult::check(
+                GateName::NoUnusedPackages,
                 d.unused_packages.is_empty(),
                 if d.unused_packages.is_empty() {
                     "every curated package is needed".to_string()
@@ -533,8 +760,8 @@ fn image_gates(
                 json!({ "unused_packages": d.unused_packages }),
             ));
         }
-        Err(e) => out.push(GateResult::failed(
-            "no-drift",
+        Err(e) => out.results.push(GateResult::failed(
+            GateName::NoDrift,
             format!("the drift analysis failed: {e:#}"),
             Value::Null,
         )),
@@ -546,7 +773,7 @@ fn image_gates(
     ));
     let smoke = (|| -> Result<lane_core::smoke::SmokeReport> {
         if let Some(e) = engine_error {
-            anyhow::bail!("{e:#}");
+            anyhow::bail!("{e}");
         }
         if spec.smoke.is_empty() {
             anyhow::bail!(
@@ -566,18 +793,13 @@ fn image_gates(
         };
         crate::adapters::engine::smoke(&loaded, &spec.smoke, &opts)
     })();
-    out.push(match smoke {
+    out.results.push(match smoke {
         Ok(r) => {
-            let failed: Vec<String> = r
-                .checks
-                .iter()
-                .filter(|c| !c.passed)
-                .map(|c| c.name.clone())
-                .collect();
+            let failed = r.checks.iter().filter(|c| !c.passed).count();
             GateResult::check(
-                "smoke",
-                failed.is_empty(),
-                if failed.is_empty() {
+                GateName::Smoke,
+                failed == 0,
+                if failed == 0 {
                     format!(
                         "{} command(s) passed in image {}",
                         r.checks.len(),
@@ -595,69 +817,154 @@ fn image_gates(
                 serde_json::to_value(&r).unwrap_or_default(),
             )
         }
-        Err(e) => GateResult::failed("smoke", format!("{e:#}"), Value::Null),
+        Err(e) => GateResult::failed(GateName::Smoke, format!("{e:#}"), Value::Null),
     });
     out
 }
 
+/// The locked `.deb`s in the image: its own `[debian]` packages and those of
+/// its workspace bases, base first.
+fn image_debs(ws: &Workspace, all: &[ImageSpec], spec: &ImageSpec) -> Result<Vec<LockedPackage>> {
+    let mut chain = vec![spec];
+    let mut cur = spec;
+    while let BaseRef::Workspace { image } = &cur.base {
+        cur = all
+            .iter()
+            .find(|s| &s.name == image)
+            .with_context(|| format!("image {}: base workspace://{image} not found", cur.name))?;
+        if chain.iter().any(|s| s.name == cur.name) {
+            bail!("image {}: its workspace bases form a cycle", spec.name);
+        }
+        chain.push(cur);
+    }
+    let mut out: Vec<LockedPackage> = Vec::new();
+    for s in chain.iter().rev() {
+        for p in crate::adapters::apt::locked_packages(&ws.root, s)? {
+            if !out
+                .iter()
+                .any(|o| o.name == p.name && o.version == p.version)
+            {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn deb_digest(p: &LockedPackage) -> Result<Digest> {
+    p.sha256
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{LOCK_PATH}: package {} sha256: {e}", p.name))
+}
+
 fn provenance_inputs(
-    ws: &Workspace,
-    ctx: &Context_,
+    facts: &Facts,
+    spec: &ImageSpec,
     image: &BuiltImage,
-    subject: &str,
+    subject: &Subject,
+    debs: &[LockedPackage],
 ) -> Result<ProvenanceInputs> {
-    let source = ws.source_url()?;
-    let mut deps = vec![Dependency::uri(
-        &format!("git+{source}@{}", ctx.git.revision),
-        "gitCommit",
-        &ctx.git.revision,
-    )];
-    if let Ok(lock) = std::fs::read(ws.root.join("Cargo.lock")) {
-        deps.push(Dependency::named(
-            "Cargo.lock",
-            "sha256",
-            sha256(&lock).as_str(),
-        ));
+    let mut inputs = vec![Input::Source {
+        url: facts.source_url.clone(),
+        commit: facts.git.revision.clone(),
+    }];
+    for (path, digest) in &facts.lockfiles {
+        inputs.push(Input::File {
+            path: path.clone(),
+            sha256: digest.clone(),
+        });
     }
-    for (path, digest) in lockfile_digests(ws)? {
-        deps.push(Dependency::named(&path, "sha256", &digest));
+    for p in debs {
+        inputs.push(Input::Deb {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            distro: None,
+            sha256: deb_digest(p)?,
+        });
     }
-    if let Some(base) = base_of(image) {
-        deps.push(Dependency::uri(&base.0, "sha256", &base.1));
+    if let Some((repository, digest)) = base_of(image) {
+        inputs.push(Input::BaseImage {
+            repository,
+            digest,
+            tag: None,
+        });
     }
-    let tc = crate::adapters::workspace::toolchain()?;
     Ok(ProvenanceInputs {
-        subject_name: subject.to_string(),
-        manifest_digest: image.manifest_digest.to_string(),
+        subject: subject.clone(),
         image: image.name.clone(),
-        tags: image.tags.clone(),
-        source_repository: source,
-        revision: ctx.git.revision.clone(),
-        tree_clean: !ctx.git.dirty,
+        tags: spec.tags.clone(),
+        source_repository: facts.source_url.clone(),
+        revision: facts.git.revision.clone(),
+        tree_clean: !facts.git.dirty,
         policy_path: POLICY_PATH.into(),
-        policy_digest: ctx.policy_digest.clone(),
-        rustc: tc.rustc,
+        policy_digest: facts.policy_digest.clone(),
+        rustc: facts.toolchain.rustc.clone(),
         lane_version: env!("CARGO_PKG_VERSION").into(),
         encoder: lane_core::layer::encoder_id(),
-        dependencies: deps,
-        builder: ctx.builder.clone(),
-        started_on: ctx.started_on.clone(),
+        inputs,
+        builder: facts.builder.clone(),
+        started_on: facts.started_on.clone(),
         finished_on: now(),
     })
 }
 
+fn sbom_inputs(
+    ws: &Workspace,
+    facts: &Facts,
+    spec: &ImageSpec,
+    image: &BuiltImage,
+    subject: &Subject,
+    debs: &[LockedPackage],
+    binaries: &[(lane_core::spec::BinarySpec, PlacedFile)],
+) -> Result<SbomInputs> {
+    let mut deb_packages = Vec::new();
+    for p in debs {
+        deb_packages.push(DebPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            sha256: deb_digest(p)?,
+            license: None,
+        });
+    }
+    let mut bins = Vec::new();
+    for (b, file) in binaries {
+        let crates = crate::adapters::cargo_deps::compiled_crates(
+            &ws.root,
+            &crate::adapters::cargo_deps::BinarySpec {
+                package: b.package.clone(),
+                bin: b.bin.clone(),
+                features: Vec::new(),
+                default_features: true,
+                target: facts.toolchain.triple.clone(),
+            },
+        )?;
+        bins.push(Binary {
+            file: file.clone(),
+            package: b.package.clone(),
+            crates,
+        });
+    }
+    Ok(SbomInputs {
+        image: spec.name.clone(),
+        config_digest: image.config_digest.clone(),
+        manifest: Some((subject.name.clone(), image.manifest_digest.clone())),
+        source_url: facts.source_url.clone(),
+        source_commit: facts.git.revision.clone(),
+        source_date_epoch: facts.git.commit_time,
+        lane_version: env!("CARGO_PKG_VERSION").into(),
+        debs: deb_packages,
+        binaries: bins,
+        python: Vec::new(),
+        files: Vec::new(),
+    })
+}
+
 /// The base name and digest recorded in the image's manifest annotations.
-fn base_of(image: &BuiltImage) -> Option<(String, String)> {
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(image.layout.join("index.json")).ok()?).ok()?;
-    let digest = index["manifests"][0]["digest"]
-        .as_str()?
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(image.layout.join("blobs/sha256").join(digest)).ok()?,
-    )
-    .ok()?;
+fn base_of(image: &BuiltImage) -> Option<(String, Digest)> {
+    let layout = crate::adapters::layout::read_image(&image.name, &image.layout).ok()?;
+    let manifest: Value = serde_json::from_slice(&layout.manifest).ok()?;
     let ann = &manifest["annotations"];
     Some((
         ann[lane_core::oci::ANNOTATION_BASE_NAME]
@@ -665,7 +972,8 @@ fn base_of(image: &BuiltImage) -> Option<(String, String)> {
             .to_string(),
         ann[lane_core::oci::ANNOTATION_BASE_DIGEST]
             .as_str()?
-            .to_string(),
+            .parse()
+            .ok()?,
     ))
 }
 
@@ -698,12 +1006,12 @@ pub fn summary(report: &ReleaseReport) -> String {
             out.push_str(&format!("  {:<22} {:<9} {}\n", g.gate, state, g.summary));
         }
         out.push_str("  (gates in parentheses are not required by the policy for this store)\n");
-        for f in i
-            .decision
-            .failures
-            .iter()
-            .filter(|f| !i.decision.gates.iter().any(|g| f.starts_with(&g.gate)))
-        {
+        for f in i.decision.failures.iter().filter(|f| {
+            !i.decision
+                .gates
+                .iter()
+                .any(|g| f.starts_with(g.gate.as_str()))
+        }) {
             out.push_str(&format!("  {f}\n"));
         }
         out.push_str(&format!("  record: {}\n", i.record.display()));

@@ -46,14 +46,17 @@ pub fn fetch_evidence(store: &mut dyn Store, repository: &str, digest: &str) -> 
     for r in lane_core::store::referrers(store, repository, digest)? {
         let artifact = r["digest"].as_str().unwrap_or_default().to_string();
         let kind = r["artifactType"].as_str().unwrap_or_default();
-        if kind != MEDIA_DSSE && kind != MEDIA_RELEASE_RECORD {
+        // Signed statements (DSSE) and the signed SBOM (an in-toto statement
+        // in a DSSE envelope, artifactType application/spdx+json).
+        let signed = kind == MEDIA_DSSE || kind == lane_core::sbom::MEDIA_TYPE;
+        if !signed && kind != MEDIA_RELEASE_RECORD {
             continue;
         }
         match read_artifact(store, repository, digest, &artifact) {
             Ok(bytes) => {
                 let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-                match (kind, parsed) {
-                    (MEDIA_DSSE, Ok(envelope)) => out.envelopes.push(Envelope {
+                match (signed, parsed) {
+                    (true, Ok(envelope)) => out.envelopes.push(Envelope {
                         artifact,
                         annotated_predicate: r["annotations"][ANNOTATION_PREDICATE]
                             .as_str()
