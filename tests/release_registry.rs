@@ -461,6 +461,21 @@ fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
     );
     assert_eq!(hello(&r1)["digest"], hello(&r2)["digest"]);
     assert_eq!(hello(&r1)["accepted"], hello(&r2)["accepted"]);
+    // The SBOM is reproducible: both runs attached the same artifact (the
+    // evidence is provenance, gate statement, SBOM, record, in that order;
+    // the provenance differs, it records when each run started).
+    let evidence = |r: &serde_json::Value| hello(r)["evidence"].as_array().unwrap().clone();
+    let (e1, e2) = (evidence(&r1), evidence(&r2));
+    assert_eq!(e1.len(), 4, "{e1:?}");
+    assert_eq!(e1[2], e2[2], "the same SBOM bytes from the same inputs");
+    assert_ne!(e1[0], e2[0], "each run's provenance records its own times");
+    let all = attached(
+        &reg,
+        "platform/hello",
+        hello(&r1)["digest"].as_str().unwrap(),
+    );
+    let sbom = statement(&all, lane_core::sbom::PREDICATE_TYPE);
+    assert_eq!(sbom["predicate"]["spdxVersion"], "SPDX-2.3");
 }
 
 #[test]
