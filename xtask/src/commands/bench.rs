@@ -287,9 +287,52 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     let work = ws.root.join("target/bench");
     fs::create_dir_all(&work)?;
     let runs = if quick { 1 } else { 3 };
-    let mut cases = Vec::new();
+    let mut cases = layer_assembly(&work, runs, quick)?;
+    let copy = work.join("ws");
+    copy_workspace(&ws.root, &copy)?;
+    let cws = Workspace {
+        root: copy.canonicalize()?,
+    };
+    let mut opts = BuildOptions::for_workspace(&cws);
+    opts.quiet = true;
+    cases.extend(rebuilds(&cws, &copy, &opts, runs)?);
+    cases.extend(whole_release(&cws, &copy, &opts, runs)?);
+    cases.extend(publish_vs_skopeo(&cws, &work, &opts, runs)?);
+    cases.extend(peak_memory(&work, runs, quick)?);
+    Ok(BenchReport {
+        quick,
+        machine: machine(),
+        cases,
+    })
+}
 
-    // 1. Layer assembly of the generated tree vs the GNU pipeline.
+/// The lane's layer encoder on `input`, in a child process: (seconds, peak KiB).
+fn lane_layer(input: &Path, out: &Path, work: &Path) -> Result<(f64, u64)> {
+    measure(
+        &self_exe()?,
+        &["bench-layer".as_ref(), input.as_ref(), out.as_ref()],
+        work,
+    )
+}
+
+/// The reference pipeline on the directory `input`: (seconds, peak KiB).
+fn gnu_layer(input: &Path, out: &Path, work: &Path) -> Result<(f64, u64)> {
+    measure(
+        Path::new("bash"),
+        &[
+            "-c".as_ref(),
+            GNU_PIPELINE.as_ref(),
+            "gnu".as_ref(),
+            input.as_ref(),
+            out.as_ref(),
+        ],
+        work,
+    )
+}
+
+/// Case 1: layer assembly of the generated tree vs the GNU pipeline.
+fn layer_assembly(work: &Path, runs: usize, quick: bool) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
     let tree = work.join("tree");
     let total = generate_tree(&tree, if quick { 1 } else { 10 })?;
     let mb = total as f64 / 1e6;
@@ -297,30 +340,16 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     let (mut lane_size, mut gnu_size) = (0, 0);
     for _ in 0..runs {
         let out = work.join("lane.tar.gz");
-        let (s, _) = measure(
-            &self_exe()?,
-            &["bench-layer".as_ref(), tree.as_ref(), out.as_ref()],
-            &work,
-        )?;
+        let (s, _) = lane_layer(&tree, &out, work)?;
         lane_t.push(mb / s);
         lane_size = fs::metadata(&out)?.len();
         let out = work.join("gnu.tar.gz");
-        let (s, _) = measure(
-            Path::new("bash"),
-            &[
-                "-c".as_ref(),
-                GNU_PIPELINE.as_ref(),
-                "gnu".as_ref(),
-                tree.as_ref(),
-                out.as_ref(),
-            ],
-            &work,
-        )?;
+        let (s, _) = gnu_layer(&tree, &out, work)?;
         gnu_t.push(mb / s);
         gnu_size = fs::metadata(&out)?.len();
     }
     let (lane, reference) = (Stat::of(lane_t), Stat::of(gnu_t));
-    cases.push(Case {
+    out.push(Case {
         name: format!("layer assembly, {mb:.0} MB tree (tar+gzip+both digests)"),
         unit: "MB/s (higher is better)".into(),
         ratio: Some(ratio(&lane, &reference)),
@@ -332,15 +361,12 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
             (lane_size as f64 / gnu_size as f64 - 1.0) * 100.0
         )],
     });
+    Ok(out)
+}
 
-    // 2. Cold build, warm rebuild, rebuild after one changed file.
-    let copy = work.join("ws");
-    copy_workspace(&ws.root, &copy)?;
-    let cws = Workspace {
-        root: copy.canonicalize()?,
-    };
-    let mut opts = BuildOptions::for_workspace(&cws);
-    opts.quiet = true;
+/// Case 2: cold build, warm rebuild, rebuild after one changed file.
+fn rebuilds(cws: &Workspace, copy: &Path, opts: &BuildOptions, runs: usize) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
     let (mut cold, mut warm, mut changed) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = Vec::new();
     for run in 0..runs {
@@ -382,7 +408,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
         ("rebuild after one changed file", changed, notes[1].clone()),
     ] {
         let s = Stat::of(v);
-        cases.push(Case {
+        out.push(Case {
             name: format!("{name} (all workspace images)"),
             unit: "seconds".into(),
             ratio: Some(ratio(&s, &cold)),
@@ -392,114 +418,131 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
             notes: vec![n],
         });
     }
+    Ok(out)
+}
 
-    // 4. The whole release lane on the sample service, by stage.
-    {
-        let sh = xshell::Shell::new()?;
-        sh.change_dir(&copy);
-        xshell::cmd!(sh, "git checkout -q -- .").quiet().run()?;
-        let (mut total, mut bare) = (Vec::new(), Vec::new());
-        let mut stage_notes = Vec::new();
-        for _ in 0..runs {
-            let _ = fs::remove_dir_all(copy.join("target"));
-            let t = Instant::now();
-            build::build(&cws, &["hello".to_string()], &opts)?;
-            bare.push(t.elapsed().as_secs_f64());
-            let _ = fs::remove_dir_all(copy.join("target"));
-            let mut store =
-                crate::adapters::local_store::LocalStore::new(copy.join("target/local-registry"));
-            let ropts = crate::commands::release::ReleaseOptions {
-                images: vec!["hello".into()],
-                quiet: true,
-                ..Default::default()
-            };
-            let t = Instant::now();
-            let r = crate::commands::release::release(&cws, &ropts, &mut store)?;
-            total.push(t.elapsed().as_secs_f64());
-            stage_notes = r
-                .stages
-                .iter()
-                .map(|(n, s)| format!("{n} {s:.2} s"))
-                .collect();
+/// Case 3: the whole release lane on the sample service, by stage.
+fn whole_release(
+    cws: &Workspace,
+    copy: &Path,
+    opts: &BuildOptions,
+    runs: usize,
+) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(&copy);
+    xshell::cmd!(sh, "git checkout -q -- .").quiet().run()?;
+    let (mut total, mut bare) = (Vec::new(), Vec::new());
+    let mut stage_notes = Vec::new();
+    for _ in 0..runs {
+        let _ = fs::remove_dir_all(copy.join("target"));
+        let t = Instant::now();
+        build::build(&cws, &["hello".to_string()], &opts)?;
+        bare.push(t.elapsed().as_secs_f64());
+        let _ = fs::remove_dir_all(copy.join("target"));
+        let mut store =
+            crate::adapters::local_store::LocalStore::new(copy.join("target/local-registry"));
+        let ropts = crate::commands::release::ReleaseOptions {
+            images: vec!["hello".into()],
+            quiet: true,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let r = crate::commands::release::release(&cws, &ropts, &mut store)?;
+        total.push(t.elapsed().as_secs_f64());
+        stage_notes = r
+            .stages
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.2} s"))
+            .collect();
+    }
+    let (lane, reference) = (Stat::of(total), Stat::of(bare));
+    out.push(Case {
+        name: "whole release lane, sample service (local store)".into(),
+        unit: "seconds".into(),
+        ratio: Some(ratio(&lane, &reference)),
+        lane,
+        reference_tool: "a bare cold build of the same image".into(),
+        reference: Some(reference),
+        notes: vec![format!("stages: {}", stage_notes.join(", "))],
+    });
+    Ok(out)
+}
+
+/// Case 4: publishing to a real registry vs skopeo copy of the same layout.
+fn publish_vs_skopeo(
+    cws: &Workspace,
+    work: &Path,
+    opts: &BuildOptions,
+    runs: usize,
+) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
+    let registry = BenchRegistry::start(&work.join("registry"))?;
+    let built = build::build(&cws, &["hello".to_string()], &opts)?;
+    let hello = built
+        .images
+        .iter()
+        .find(|i| i.name == "hello")
+        .context("hello was not built")?;
+    let image = crate::adapters::layout::read_image(&hello.name, &hello.layout)?;
+    let target: crate::adapters::registry::RegistryTarget = registry
+        .host()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let (mut first, mut again, mut sk) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut first_bytes, mut again_bytes, mut sk_bytes) = (0, 0, 0);
+    for run in 0..runs {
+        let repo = format!("bench/lane-{run}");
+        let remote = crate::adapters::registry::preflight(&target, std::slice::from_ref(&repo))?;
+        let t = Instant::now();
+        let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+        first.push(t.elapsed().as_secs_f64());
+        first_bytes = r.blobs.bytes_uploaded;
+        let t = Instant::now();
+        let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+        again.push(t.elapsed().as_secs_f64());
+        again_bytes = r.blobs.bytes_uploaded;
+        let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());
+        let t = Instant::now();
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", hello.layout.display()))
+            .arg(&dest)
+            .output()
+            .context("running skopeo copy")?;
+        sk.push(t.elapsed().as_secs_f64());
+        if !out.status.success() {
+            bail!(
+                "skopeo copy failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        let (lane, reference) = (Stat::of(total), Stat::of(bare));
-        cases.push(Case {
-            name: "whole release lane, sample service (local store)".into(),
+        sk_bytes = image.blobs.iter().map(|b| b.size).sum::<u64>();
+    }
+    let skopeo = Stat::of(sk);
+    for (name, v, bytes) in [
+        ("publish to a fresh repository", first, first_bytes),
+        ("publish again, unchanged", again, again_bytes),
+    ] {
+        let lane = Stat::of(v);
+        out.push(Case {
+            name: format!("{name} (sample service, {} blobs)", image.blobs.len()),
             unit: "seconds".into(),
-            ratio: Some(ratio(&lane, &reference)),
+            ratio: Some(ratio(&lane, &skopeo)),
             lane,
-            reference_tool: "a bare cold build of the same image".into(),
-            reference: Some(reference),
-            notes: vec![format!("stages: {}", stage_notes.join(", "))],
+            reference_tool: "skopeo copy oci:LAYOUT docker://... to a fresh repository".into(),
+            reference: Some(skopeo.clone()),
+            notes: vec![format!(
+                "blob bytes uploaded: lane {bytes}, skopeo {sk_bytes}"
+            )],
         });
     }
+    Ok(out)
+}
 
-    // 3. Publishing to a real registry vs skopeo copy of the same layout.
-    {
-        let registry = BenchRegistry::start(&work.join("registry"))?;
-        let built = build::build(&cws, &["hello".to_string()], &opts)?;
-        let hello = built
-            .images
-            .iter()
-            .find(|i| i.name == "hello")
-            .context("hello was not built")?;
-        let image = crate::adapters::layout::read_image(&hello.name, &hello.layout)?;
-        let target: crate::adapters::registry::RegistryTarget = registry
-            .host()
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?;
-        let (mut first, mut again, mut sk) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut first_bytes, mut again_bytes, mut sk_bytes) = (0, 0, 0);
-        for run in 0..runs {
-            let repo = format!("bench/lane-{run}");
-            let remote =
-                crate::adapters::registry::preflight(&target, std::slice::from_ref(&repo))?;
-            let t = Instant::now();
-            let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
-            first.push(t.elapsed().as_secs_f64());
-            first_bytes = r.blobs.bytes_uploaded;
-            let t = Instant::now();
-            let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
-            again.push(t.elapsed().as_secs_f64());
-            again_bytes = r.blobs.bytes_uploaded;
-            let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());
-            let t = Instant::now();
-            let out = Command::new("skopeo")
-                .args(["copy", "--quiet", "--dest-tls-verify=false"])
-                .arg(format!("oci:{}", hello.layout.display()))
-                .arg(&dest)
-                .output()
-                .context("running skopeo copy")?;
-            sk.push(t.elapsed().as_secs_f64());
-            if !out.status.success() {
-                bail!(
-                    "skopeo copy failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            sk_bytes = image.blobs.iter().map(|b| b.size).sum::<u64>();
-        }
-        let skopeo = Stat::of(sk);
-        for (name, v, bytes) in [
-            ("publish to a fresh repository", first, first_bytes),
-            ("publish again, unchanged", again, again_bytes),
-        ] {
-            let lane = Stat::of(v);
-            cases.push(Case {
-                name: format!("{name} (sample service, {} blobs)", image.blobs.len()),
-                unit: "seconds".into(),
-                ratio: Some(ratio(&lane, &skopeo)),
-                lane,
-                reference_tool: "skopeo copy oci:LAYOUT docker://... to a fresh repository".into(),
-                reference: Some(skopeo.clone()),
-                notes: vec![format!(
-                    "blob bytes uploaded: lane {bytes}, skopeo {sk_bytes}"
-                )],
-            });
-        }
-    }
-
-    // 5. Peak memory while encoding one large layer.
+/// Case 5: peak memory while encoding one large layer.
+fn peak_memory(work: &Path, runs: usize, quick: bool) -> Result<Vec<Case>> {
+    let mut out = Vec::new();
     let big = work.join("big.bin");
     let big_size: u64 = if quick { 64 << 20 } else { 1 << 30 };
     {
@@ -515,28 +558,14 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     fs::hard_link(&big, &linked).or_else(|_| fs::copy(&big, &linked).map(|_| ()))?;
     for _ in 0..runs {
         let out = work.join("big.tar.gz");
-        let (_, kb) = measure(
-            &self_exe()?,
-            &["bench-layer".as_ref(), big.as_ref(), out.as_ref()],
-            &work,
-        )?;
+        let (_, kb) = lane_layer(&big, &out, work)?;
         lane_m.push(kb as f64 / 1024.0);
         let out = work.join("big-gnu.tar.gz");
-        let (_, kb) = measure(
-            Path::new("bash"),
-            &[
-                "-c".as_ref(),
-                GNU_PIPELINE.as_ref(),
-                "gnu".as_ref(),
-                single.as_ref(),
-                out.as_ref(),
-            ],
-            &work,
-        )?;
+        let (_, kb) = gnu_layer(&single, &out, work)?;
         gnu_m.push(kb as f64 / 1024.0);
     }
     let (lane, reference) = (Stat::of(lane_m), Stat::of(gnu_m));
-    cases.push(Case {
+    out.push(Case {
         name: format!("peak memory, one {} MiB layer", big_size >> 20),
         unit: "MiB RSS (lower is better)".into(),
         ratio: Some(ratio(&lane, &reference)),
@@ -547,8 +576,12 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     });
     let _ = fs::remove_file(&big);
     let _ = fs::remove_dir_all(&single);
+    Ok(out)
+}
 
-    let machine = format!(
+/// Cores and CPU model, for the report.
+fn machine() -> String {
+    format!(
         "{} cores, {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -564,12 +597,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
                     .to_string())
             )
             .unwrap_or_default()
-    );
-    Ok(BenchReport {
-        quick,
-        machine,
-        cases,
-    })
+    )
 }
 
 fn copy_workspace(from: &Path, to: &Path) -> Result<()> {
