@@ -535,12 +535,9 @@ fn load_error_in_the_engine_stream_is_a_failure() {
         .arg("other.txt"));
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let image = xtask::adapters::layout::read_smoke_image(
-        "hello",
-        &layout,
-        built["manifest_digest"].as_str().unwrap(),
-    )
-    .unwrap();
+    let image = xtask::adapters::layout::Layout::at("hello", &layout)
+        .smoke_image(built["manifest_digest"].as_str().unwrap())
+        .unwrap();
     let spec = lane_core::spec::SmokeSpec {
         name: "version".into(),
         command: vec!["/usr/local/bin/hello".into(), "--version".into()],

@@ -297,7 +297,7 @@ pub fn cache_key(
     entries: &[Entry],
     mtime: u64,
     content_digest: &dyn Fn(&str) -> Option<String>,
-) -> Option<String> {
+) -> Option<Digest> {
     let mut h = Sha256::new();
     h.update(encoder_id().as_bytes());
     h.update(format!("\nmtime={mtime}\n").as_bytes());
@@ -318,7 +318,7 @@ pub fn cache_key(
             .as_bytes(),
         );
     }
-    Some(format!("sha256:{}", hex(&h.finalize())))
+    Some(Digest::from_sha256(h.finalize().into()))
 }
 
 #[cfg(test)]

@@ -188,18 +188,18 @@ pub fn fetch_verified(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<Ve
     Ok(found.into_iter().flatten().collect())
 }
 
+/// The lock's sha256 of a package, parsed by the one digest parser.
+pub fn locked_digest(pkg: &LockedPackage) -> Result<lane_core::id::Digest> {
+    pkg.sha256.parse().with_context(|| {
+        format!(
+            "{LOCK_PATH}: package {} has an invalid sha256 {:?}; run cargo xtask lock",
+            pkg.name, pkg.sha256
+        )
+    })
+}
+
 fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
-    let hex = pkg
-        .sha256
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .with_context(|| {
-            format!(
-                "{LOCK_PATH}: package {} has an invalid sha256 {:?}; run cargo xtask lock",
-                pkg.name, pkg.sha256
-            )
-        })?;
-    Ok(debs.join(format!("{hex}.deb")))
+    Ok(debs.join(format!("{}.deb", locked_digest(pkg)?.hex())))
 }
 
 /// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
@@ -327,7 +327,7 @@ fn unpack_cached(cache_dir: &Path, pkg: &LockedPackage, bytes: &[u8]) -> Result<
     let files = cache_dir.join("debian/files");
     let record_path = cache_dir.join(format!(
         "debian/unpacked/{}.json",
-        pkg.sha256.trim_start_matches("sha256:")
+        locked_digest(pkg)?.hex()
     ));
     if let Some(entries) = fs::read(&record_path)
         .ok()

@@ -132,21 +132,19 @@ impl Cache {
     }
 
     /// A cached layer for `key`, if its blob is still there with its size.
-    pub fn lookup(&self, key: &str) -> Option<LayerDigests> {
+    pub fn lookup(&self, key: &Digest) -> Option<LayerDigests> {
         let bytes = fs::read(self.action_path(key)).ok()?;
         let d: LayerDigests = serde_json::from_slice(&bytes).ok()?;
         let meta = fs::metadata(self.blob_path(&d.digest)).ok()?;
         (meta.len() == d.size).then_some(d)
     }
 
-    pub fn record(&self, key: &str, d: &LayerDigests) -> Result<()> {
+    pub fn record(&self, key: &Digest, d: &LayerDigests) -> Result<()> {
         write_atomic(&self.action_path(key), &serde_json::to_vec(d)?)
     }
 
-    fn action_path(&self, key: &str) -> PathBuf {
-        self.dir
-            .join("actions")
-            .join(format!("{}.json", key.trim_start_matches("sha256:")))
+    fn action_path(&self, key: &Digest) -> PathBuf {
+        self.dir.join("actions").join(format!("{}.json", key.hex()))
     }
 
     /// Streams a new blob into the cache: `write` gets a temporary file and

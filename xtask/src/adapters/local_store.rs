@@ -163,13 +163,9 @@ impl Store for LocalStore {
 
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
         let repo = &image.repository;
-        let src = |d: &str| {
-            image
-                .layout
-                .join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:"))
-        };
-        let manifest = fs::read(src(image.manifest_digest.as_str())).with_context(|| {
+        let layout = crate::adapters::layout::Layout::at(&image.name, &image.layout);
+        let src = |d: &str| -> Result<std::path::PathBuf> { Ok(layout.blob_path(&d.parse()?)) };
+        let manifest = fs::read(layout.blob_path(&image.manifest_digest)).with_context(|| {
             format!(
                 "reading the manifest of {} from {}",
                 image.name,
@@ -192,7 +188,7 @@ impl Store for LocalStore {
             ));
         }
         for (d, _) in &blobs {
-            if let Some(n) = self.put_file(repo, d, &src(d))? {
+            if let Some(n) = self.put_file(repo, d, &src(d)?)? {
                 uploaded.0 += 1;
                 uploaded.1 += n;
             }

@@ -68,7 +68,7 @@ impl Store for RegistryStore {
     }
 
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
-        let local = crate::adapters::layout::read_image(&image.name, &image.layout)?;
+        let local = crate::adapters::layout::Layout::at(&image.name, &image.layout).image()?;
         let quiet = self.quiet;
         let remote = self.remote()?;
         let repo = remote.repo(&image.repository);

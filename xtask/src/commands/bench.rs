@@ -484,7 +484,7 @@ fn publish_vs_skopeo(
         .iter()
         .find(|i| i.name == "hello")
         .context("hello was not built")?;
-    let image = crate::adapters::layout::read_image(&hello.name, &hello.layout)?;
+    let image = crate::adapters::layout::Layout::at(&hello.name, &hello.layout).image()?;
     let target: crate::adapters::registry::RegistryTarget = registry
         .host()
         .parse()

@@ -4,15 +4,14 @@
 //! See docs/drift.md.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use crate::adapters::layout::Layout;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
-use lane_core::drift::{
-    CuratedManifest, DriftReport, ImageFs, ProviderIndex, RuntimeFacts, analyse,
-};
+use lane_core::drift::{CuratedManifest, DriftReport, ProviderIndex, analyse};
 
 /// The human-readable report: one block per image.
 pub fn render(report: &DriftReport) -> String {
@@ -70,73 +69,6 @@ pub fn render(report: &DriftReport) -> String {
     out
 }
 
-/// Reads an OCI image layout (first manifest of index.json) into the merged
-/// file system and the runtime facts of its config.
-pub fn read_layout(layout: &Path) -> Result<(ImageFs, RuntimeFacts)> {
-    let json = |digest: &str| -> Result<serde_json::Value> {
-        let path = blob(layout, digest);
-        let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
-    };
-    let index_path = layout.join("index.json");
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(&index_path).with_context(|| {
-            format!(
-                "reading {}; build the image first (cargo xtask build)",
-                index_path.display()
-            )
-        })?)
-        .with_context(|| format!("parsing {}", index_path.display()))?;
-    let Some(mdigest) = index["manifests"][0]["digest"].as_str() else {
-        bail!("{} lists no manifest", index_path.display());
-    };
-    let manifest = json(mdigest)?;
-    let config = match manifest["config"]["digest"].as_str() {
-        Some(d) => json(d)?,
-        None => serde_json::Value::Null,
-    };
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let c = &config["config"];
-    let runtime = RuntimeFacts::from_config(
-        &strings(&c["Entrypoint"]),
-        &strings(&c["Cmd"]),
-        &strings(&c["Env"]),
-    );
-    let mut image = ImageFs::new();
-    for layer in manifest["layers"].as_array().into_iter().flatten() {
-        let digest = layer["digest"].as_str().unwrap_or_default();
-        let media = layer["mediaType"].as_str().unwrap_or_default();
-        let path = blob(layout, digest);
-        let f = fs::File::open(&path).with_context(|| format!("opening layer {digest}"))?;
-        let applied = if media.ends_with("+gzip") || media.ends_with(".gzip") {
-            image.apply_layer(flate2::read::GzDecoder::new(f))
-        } else if media.ends_with(".tar") || media.ends_with("tar") {
-            image.apply_layer(f)
-        } else {
-            bail!(
-                "layer {digest} has media type {media}, which drift cannot read (gzip or plain tar)"
-            );
-        };
-        applied.with_context(|| format!("reading layer {digest} of {}", layout.display()))?;
-    }
-    Ok((image, runtime))
-}
-
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs")
-        .join(digest.split(':').next().unwrap_or("sha256"))
-        .join(digest.split(':').nth(1).unwrap_or(digest))
-}
-
 /// The provider index of the workspace (`lockfiles/library-index.toml`), or
 /// an empty one when there is none.
 pub fn read_index(path: &Path) -> Result<ProviderIndex> {
@@ -172,7 +104,7 @@ pub fn drift(
         if !names.is_empty() && !names.contains(&b.name) {
             continue; // a base built for the requested image
         }
-        let (image_fs, runtime) = read_layout(&b.layout)?;
+        let (image_fs, runtime) = Layout::at(&b.name, &b.layout).file_system()?;
         let manifest = CuratedManifest::from_image(&image_fs);
         images.push(analyse(&b.name, &image_fs, &manifest, &index, &runtime));
     }

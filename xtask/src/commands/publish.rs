@@ -115,7 +115,7 @@ impl Destination {
         tags: &[String],
         progress: &Reporter,
     ) -> Result<PublishReport> {
-        let image = crate::adapters::layout::read_image(&built.name, &built.layout)?;
+        let image = crate::adapters::layout::Layout::at(&built.name, &built.layout).image()?;
         match self {
             Destination::Registry(remote) => {
                 let repo = remote.target().repository(&built.repository);

@@ -14,7 +14,7 @@ use crate::adapters::workspace::{GitFacts, Toolchain, Workspace};
 use crate::commands::build::{self, BuildOptions, BuildReport};
 use crate::commands::repro::ReproReport;
 use crate::report::Reporter;
-use lane_core::debian::{LOCK_PATH, LockedPackage};
+use lane_core::debian::LockedPackage;
 use lane_core::distribution::BuiltImage;
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::{self, Decision, GateName, GateResult, POLICY_PATH, Policy};
@@ -712,7 +712,8 @@ fn image_gates(
     let drift = (|| -> Result<lane_core::drift::ImageDrift> {
         let index =
             crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
-        let (fs, runtime) = crate::commands::drift::read_layout(&image.layout)?;
+        let (fs, runtime) =
+            crate::adapters::layout::Layout::at(&image.name, &image.layout).file_system()?;
         let manifest = lane_core::drift::CuratedManifest::from_image(&fs);
         out.curated = manifest.packages.iter().map(|p| p.name.clone()).collect();
         for b in spec.layers.iter().flat_map(|l| &l.binaries) {
@@ -782,11 +783,8 @@ fn image_gates(
                 spec.dir
             );
         }
-        let loaded = crate::adapters::layout::read_smoke_image(
-            &image.name,
-            &image.layout,
-            image.manifest_digest.as_str(),
-        )?;
+        let loaded = crate::adapters::layout::Layout::at(&image.name, &image.layout)
+            .smoke_image(image.manifest_digest.as_str())?;
         let opts = crate::adapters::engine::SmokeOptions {
             quiet: true,
             ..crate::adapters::engine::SmokeOptions::default()
@@ -851,12 +849,6 @@ fn image_debs(ws: &Workspace, all: &[ImageSpec], spec: &ImageSpec) -> Result<Vec
     Ok(out)
 }
 
-fn deb_digest(p: &LockedPackage) -> Result<Digest> {
-    p.sha256
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{LOCK_PATH}: package {} sha256: {e}", p.name))
-}
-
 fn provenance_inputs(
     facts: &Facts,
     spec: &ImageSpec,
@@ -880,7 +872,7 @@ fn provenance_inputs(
             version: p.version.clone(),
             arch: p.architecture.clone(),
             distro: None,
-            sha256: deb_digest(p)?,
+            sha256: crate::adapters::apt::locked_digest(p)?,
         });
     }
     if let Some((repository, digest)) = base_of(image) {
@@ -924,7 +916,7 @@ fn sbom_inputs(
             name: p.name.clone(),
             version: p.version.clone(),
             arch: p.architecture.clone(),
-            sha256: deb_digest(p)?,
+            sha256: crate::adapters::apt::locked_digest(p)?,
             license: None,
         });
     }
@@ -963,8 +955,9 @@ fn sbom_inputs(
 
 /// The base name and digest recorded in the image's manifest annotations.
 fn base_of(image: &BuiltImage) -> Option<(String, Digest)> {
-    let layout = crate::adapters::layout::read_image(&image.name, &image.layout).ok()?;
-    let manifest: Value = serde_json::from_slice(&layout.manifest).ok()?;
+    let (_, manifest) = crate::adapters::layout::Layout::at(&image.name, &image.layout)
+        .manifest()
+        .ok()?;
     let ann = &manifest["annotations"];
     Some((
         ann[lane_core::oci::ANNOTATION_BASE_NAME]

@@ -168,9 +168,9 @@ fn explain(a: &BuiltImage, b: &BuiltImage) -> Result<String> {
     }
     if a.config_digest != b.config_digest {
         let ca: serde_json::Value =
-            serde_json::from_slice(&fs::read(blob(&a.layout, a.config_digest.as_str()))?)?;
+            serde_json::from_slice(&fs::read(blob(&a.layout, a.config_digest.as_str())?)?)?;
         let cb: serde_json::Value =
-            serde_json::from_slice(&fs::read(blob(&b.layout, b.config_digest.as_str()))?)?;
+            serde_json::from_slice(&fs::read(blob(&b.layout, b.config_digest.as_str())?)?)?;
         let key = json_difference("", &ca, &cb).unwrap_or_default();
         return Ok(format!(
             "image {name}: the layers are equal but the config differs at {key}"
@@ -181,16 +181,14 @@ fn explain(a: &BuiltImage, b: &BuiltImage) -> Result<String> {
     ))
 }
 
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
+fn blob(layout: &Path, digest: &str) -> Result<PathBuf> {
+    Ok(crate::adapters::layout::Layout::at("", layout).blob_path(&digest.parse()?))
 }
 
 /// Path -> "type mode uid:gid mtime size content" for each entry of a layer.
 fn layer_files(layout: &Path, digest: &str) -> Result<Vec<(String, String)>> {
     let f =
-        fs::File::open(blob(layout, digest)).with_context(|| format!("opening layer {digest}"))?;
+        fs::File::open(blob(layout, digest)?).with_context(|| format!("opening layer {digest}"))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let mut out = Vec::new();
     for entry in archive.entries()? {

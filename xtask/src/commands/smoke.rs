@@ -2,7 +2,7 @@
 //! Engine, with its `[[smoke]]` commands from `image.toml`.
 //!
 //! This module is the pure part plus the file-system side: reading an OCI
-//! layout back ([`crate::adapters::layout::read_smoke_image`], which re-hashes the manifest and config),
+//! layout back ([`crate::adapters::layout::Layout::smoke_image`], which re-hashes the manifest and config),
 //! the `manifest.json` that lets engines without OCI-layout support load it
 //! ([`archive_manifest`]), the identity rule ([`check_identity`]) and the
 //! evaluation of one command's outcome ([`evaluate`]). The engine adapter
@@ -40,10 +40,7 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
         .iter()
         .find(|i| i.name == name)
         .with_context(|| format!("the build did not produce image {name}"))?;
-    let image = crate::adapters::layout::read_smoke_image(
-        name,
-        &built.layout,
-        built.manifest_digest.as_str(),
-    )?;
+    let image = crate::adapters::layout::Layout::at(name, &built.layout)
+        .smoke_image(built.manifest_digest.as_str())?;
     engine::smoke(&image, &spec.smoke, opts)
 }
