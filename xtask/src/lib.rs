@@ -60,4 +60,163 @@ mod tidy {
             "lane-core depends on I/O crates {found:?}: move that code to xtask/src/adapters"
         );
     }
+
+    /// Module `path` (`adapters::registry`, `release`) -> the modules of the
+    /// same crate its non-test code names through `crate::`.
+    fn module_graph(
+        src: &Path,
+        groups: &[&str],
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut graph = std::collections::BTreeMap::new();
+        let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for group in groups {
+            let dir = if group.is_empty() {
+                src.to_path_buf()
+            } else {
+                src.join(group)
+            };
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                if p.extension().is_some_and(|x| x == "rs")
+                    && !["mod", "lib", "main"].contains(&stem)
+                {
+                    let name = if group.is_empty() {
+                        stem.to_string()
+                    } else {
+                        format!("{group}::{stem}")
+                    };
+                    files.push((name, p));
+                }
+            }
+        }
+        let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        for (name, path) in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let mut deps: Vec<String> = Vec::new();
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                let line = &expand_groups(line);
+                for (i, _) in line.match_indices("crate::") {
+                    let rest = &line[i + "crate::".len()..];
+                    // The longest module name that the reference starts with.
+                    if let Some(m) = names
+                        .iter()
+                        .filter(|m| {
+                            rest.starts_with(m.as_str())
+                                && !rest[m.len()..]
+                                    .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                        })
+                        .max_by_key(|m| m.len())
+                    {
+                        if m != name && !deps.contains(m) {
+                            deps.push(m.clone());
+                        }
+                    }
+                }
+            }
+            graph.insert(name.clone(), deps);
+        }
+        graph
+    }
+
+    /// `crate::a::{b, c::d}` -> `crate::a::b crate::a::c::d` (one level).
+    fn expand_groups(line: &str) -> String {
+        let mut out = String::new();
+        let mut rest = line;
+        while let Some(i) = rest.find("crate::") {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i..];
+            let path_end = tail
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(tail.len());
+            let (path, after) = tail.split_at(path_end);
+            match after.strip_prefix('{').and_then(|a| a.split_once('}')) {
+                Some((inner, next)) => {
+                    for item in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        out.push_str(&format!(" {path}{item} "));
+                    }
+                    rest = next;
+                }
+                None => {
+                    out.push_str(path);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// A cycle in `graph`, if any, as the list of modules along it.
+    fn find_cycle(graph: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+        fn visit(
+            n: &str,
+            graph: &std::collections::BTreeMap<String, Vec<String>>,
+            stack: &mut Vec<String>,
+            done: &mut std::collections::BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(i) = stack.iter().position(|s| s == n) {
+                let mut cycle = stack[i..].to_vec();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            if !done.insert(n.to_string()) {
+                return None;
+            }
+            stack.push(n.to_string());
+            for d in graph.get(n).into_iter().flatten() {
+                if let Some(c) = visit(d, graph, stack, done) {
+                    return Some(c);
+                }
+            }
+            stack.pop();
+            None
+        }
+        let mut done = std::collections::BTreeSet::new();
+        graph
+            .keys()
+            .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn no_import_cycles_among_modules() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let xtask = module_graph(&root.join("xtask/src"), &["adapters", "commands", ""]);
+        assert!(
+            xtask.contains_key("commands::release") && xtask.contains_key("adapters::registry")
+        );
+        let core = module_graph(&root.join("lane-core/src"), &[""]);
+        assert!(core.contains_key("provenance"));
+        for graph in [&xtask, &core] {
+            if let Some(c) = find_cycle(graph) {
+                panic!("import cycle: {}", c.join(" -> "));
+            }
+        }
+        // Adapters never import a command.
+        for (m, deps) in &xtask {
+            if m.starts_with("adapters::") {
+                let commands: Vec<&String> = deps
+                    .iter()
+                    .filter(|d| d.starts_with("commands::"))
+                    .collect();
+                assert!(commands.is_empty(), "{m} imports {commands:?}");
+            }
+        }
+        assert_eq!(
+            expand_groups("use crate::adapters::{layout, registry::X};"),
+            "use  crate::adapters::layout  crate::adapters::registry::X ;"
+        );
+        // The cycle finder finds one.
+        let mut g = xtask.clone();
+        g.get_mut("adapters::registry")
+            .unwrap()
+            .push("commands::release".into());
+        g.get_mut("commands::release")
+            .unwrap()
+            .push("adapters::registry".into());
+        assert!(find_cycle(&g).is_some());
+    }
 }
