@@ -50,6 +50,18 @@ expect_output = "^ldconfig "
 
 const REPO: &str = "test/files";
 
+fn r(s: &str) -> lane_core::id::Repository {
+    s.parse().unwrap()
+}
+
+fn dg(s: impl AsRef<str>) -> lane_core::id::Digest {
+    s.as_ref().parse().unwrap()
+}
+
+fn t(s: &str) -> lane_core::id::Tag {
+    s.parse().unwrap()
+}
+
 // ---------------------------------------------------------------------------
 // The pure core: statements built and signed here.
 
@@ -505,7 +517,7 @@ impl Lane {
 
     /// The DSSE envelopes attached to `digest`, as the store holds them.
     fn envelopes(&self, repo: &str, digest: &str) -> Evidence {
-        verify::fetch_evidence(&mut self.store(), repo, digest).unwrap()
+        verify::fetch_evidence(&mut self.store(), &r(repo), &dg(digest)).unwrap()
     }
 }
 
@@ -541,16 +553,16 @@ fn rewrite_referrers(
     artifacts: &[Artifact],
     put_index: &mut dyn FnMut(&lane_core::oci::Blob),
 ) {
-    let keep: Vec<Value> = lane_core::store::referrers(store, REPO, digest)
+    let keep: Vec<Value> = lane_core::store::referrers(store, &r(REPO), &dg(digest))
         .unwrap()
         .into_iter()
         .filter(|r| r["artifactType"] != MEDIA_DSSE)
         .collect();
     for a in artifacts {
-        store.attach(REPO, digest, a).unwrap();
+        store.attach(&r(REPO), &dg(digest), a).unwrap();
     }
     let mut manifests = keep;
-    for r in lane_core::store::referrers(store, REPO, digest).unwrap() {
+    for r in lane_core::store::referrers(store, &r(REPO), &dg(digest)).unwrap() {
         if artifacts
             .iter()
             .any(|a| r["digest"] == a.manifest.digest.as_str())
@@ -566,7 +578,7 @@ fn rewrite_referrers(
     .unwrap();
     put_index(&index);
     assert_eq!(
-        lane_core::store::referrers(store, REPO, digest).unwrap(),
+        lane_core::store::referrers(store, &r(REPO), &dg(digest)).unwrap(),
         manifests,
         "the rewritten index is in place"
     );
@@ -576,7 +588,7 @@ fn rewrite_referrers(
 /// the fallback tag of the OCI layout moved.
 fn rewrite_local(lane: &Lane, digest: &str, artifacts: &[Artifact]) {
     let layout = lane.f.path("target/local-registry").join(REPO);
-    let tag = evidence::fallback_tag(digest);
+    let tag = dg(digest).fallback_tag().to_string();
     rewrite_referrers(&mut lane.store(), digest, artifacts, &mut |index| {
         put_local_index(&layout, &tag, index)
     });
@@ -601,7 +613,7 @@ fn put_local_index(layout: &Path, tag: &str, index: &lane_core::oci::Blob) {
 fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
     let target: xtask::adapters::registry::RegistryTarget = host.parse().unwrap();
     let remote = xtask::adapters::registry::preflight(&target, &[]).unwrap();
-    let tag = evidence::fallback_tag(digest);
+    let tag = dg(digest).fallback_tag().to_string();
     let mut store = xtask::adapters::registry_store::RegistryStore::new(target, true);
     rewrite_referrers(&mut store, digest, artifacts, &mut |index| {
         remote
@@ -619,8 +631,10 @@ fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
 /// tamperings of acceptance point 2 with the reason verify must give.
 type Case = (&'static str, Vec<Artifact>, String);
 fn tamper_cases(lane: &Lane, store: &mut dyn Store, d: &str) -> (Vec<Artifact>, Vec<Case>) {
-    let good = verify::fetch_evidence(store, REPO, d).unwrap();
-    let size = verify::fetch_manifest(store, REPO, d).unwrap().len() as u64;
+    let good = verify::fetch_evidence(store, &r(REPO), &dg(d)).unwrap();
+    let size = verify::fetch_manifest(store, &r(REPO), &dg(d))
+        .unwrap()
+        .len() as u64;
     let by = |p: &str| {
         good.envelopes
             .iter()
@@ -733,7 +747,7 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
         out.contains("required gate smoke failed or did not run"),
         "{out}"
     );
-    assert_eq!(lane.store().resolve_tag(REPO, "v1").unwrap(), None);
+    assert_eq!(lane.store().resolve_tag(&r(REPO), &t("v1")).unwrap(), None);
 
     // Without --allow-local-builder, the local builder is one more reason.
     let out = lane.f.xtask(&["verify", &reference]);
@@ -818,7 +832,11 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     let reference = format!("{REPO}@{d}");
     // The release itself moved its tag.
     assert_eq!(
-        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        lane.store()
+            .resolve_tag(&r(REPO), &t("v1"))
+            .unwrap()
+            .map(|d| d.to_string())
+            .as_deref(),
         Some(d.as_str())
     );
 
@@ -840,7 +858,11 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(p["resolves_to"], d.as_str());
     assert_eq!(p["previous"], Value::Null);
     assert_eq!(
-        lane.store().resolve_tag(REPO, "prod").unwrap().as_deref(),
+        lane.store()
+            .resolve_tag(&r(REPO), &t("prod"))
+            .unwrap()
+            .map(|d| d.to_string())
+            .as_deref(),
         Some(d.as_str())
     );
 
@@ -872,8 +894,8 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     // Copied by digest: the same manifest and layer bytes.
     assert_eq!(a2["image"]["layers"], a["image"]["layers"]);
     assert_eq!(
-        verify::fetch_manifest(&mut lane.store(), "prod/files", &d).unwrap(),
-        verify::fetch_manifest(&mut lane.store(), REPO, &d).unwrap()
+        verify::fetch_manifest(&mut lane.store(), &r("prod/files"), &dg(&d)).unwrap(),
+        verify::fetch_manifest(&mut lane.store(), &r(REPO), &dg(&d)).unwrap()
     );
 
     // 4. Re-tagging v1 to another digest behind the lane's back: a
@@ -883,11 +905,15 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert!(!accepted);
     assert_ne!(other, d);
     assert_eq!(
-        lane.store().resolve_tag(REPO, "v1").unwrap().as_deref(),
+        lane.store()
+            .resolve_tag(&r(REPO), &t("v1"))
+            .unwrap()
+            .map(|d| d.to_string())
+            .as_deref(),
         Some(d.as_str()),
         "a rejected release moves no tag"
     );
-    lane.store().tag(REPO, &other, "v1").unwrap(); // not through promote
+    lane.store().tag(&r(REPO), &dg(&other), &t("v1")).unwrap(); // not through promote
     let drifted = lane.audit(&format!("{REPO}:v1"));
     assert_eq!(drifted["tag"]["resolves_to"], other.as_str());
     assert_eq!(drifted["image"]["digest"], other.as_str());
@@ -1009,7 +1035,7 @@ fn tampered_evidence_fails_verify_and_promote() {
             "{what}: {out}"
         );
         assert_eq!(
-            lane.store().resolve_tag(REPO, "prod").unwrap(),
+            lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
             None,
             "{what}"
         );
@@ -1031,8 +1057,8 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
     let layout = lane.f.path("target/local-registry").join(REPO);
     fs::write(layout.join("x"), b"{}").unwrap();
     // A referrers index (at the fallback tag) that names that path.
-    let tag = evidence::fallback_tag(&d);
-    let mut manifests = lane_core::store::referrers(&mut lane.store(), REPO, &d).unwrap();
+    let tag = dg(&d).fallback_tag().to_string();
+    let mut manifests = lane_core::store::referrers(&mut lane.store(), &r(REPO), &dg(&d)).unwrap();
     manifests.push(json!({
         "mediaType": lane_core::evidence::MEDIA_MANIFEST,
         "digest": "sha256:../../x",
@@ -1058,7 +1084,10 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
     );
     let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
     assert!(!ok, "promote went ahead:\n{out}");
-    assert_eq!(lane.store().resolve_tag(REPO, "prod").unwrap(), None);
+    assert_eq!(
+        lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
+        None
+    );
 }
 
 #[test]

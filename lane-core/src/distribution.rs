@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::id::Digest;
+use crate::id::{Digest, Repository, Tag};
 use crate::layer::sha256;
 
 /// A blob the manifest names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlobRef {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub media_type: String,
 }
@@ -27,14 +27,14 @@ pub struct LocalImage {
     pub name: String,
     pub layout: PathBuf,
     pub manifest: Vec<u8>,
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub manifest_media_type: String,
     pub blobs: Vec<BlobRef>,
 }
 
 impl LocalImage {
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        blob_path(&self.layout, digest)
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.layout.join(digest.blob_path())
     }
 
     /// Pure: from `index.json` and a reader of blobs by digest.
@@ -42,7 +42,7 @@ impl LocalImage {
         name: &str,
         layout: &Path,
         index: &[u8],
-        read_blob: &dyn Fn(&str) -> Result<Vec<u8>>,
+        read_blob: &dyn Fn(&Digest) -> Result<Vec<u8>>,
     ) -> Result<LocalImage> {
         let index: serde_json::Value =
             serde_json::from_slice(index).context("index.json is not JSON")?;
@@ -50,19 +50,20 @@ impl LocalImage {
             .as_array()
             .and_then(|m| m.first())
             .ok_or_else(|| anyhow!("index.json lists no manifest"))?;
-        let digest = entry["digest"]
+        let digest: Digest = entry["digest"]
             .as_str()
             .ok_or_else(|| anyhow!("index.json's manifest has no digest"))?
-            .to_string();
+            .parse()
+            .context("index.json's manifest")?;
         let media_type = entry["mediaType"]
             .as_str()
             .unwrap_or("application/vnd.oci.image.manifest.v1+json")
             .to_string();
         let manifest = read_blob(&digest)?;
-        let actual = sha256(&manifest);
-        if actual != digest {
+        if !digest.matches(&manifest) {
             bail!(
-                "the layout's manifest blob hashes to {actual}, not {digest}; rebuild with cargo xtask build {name}"
+                "the layout's manifest blob hashes to {}, not {digest}; rebuild with cargo xtask build {name}",
+                sha256(&manifest)
             );
         }
         let m: serde_json::Value =
@@ -71,9 +72,9 @@ impl LocalImage {
             Ok(BlobRef {
                 digest: d["digest"]
                     .as_str()
-                    .filter(|s| is_sha256(s))
-                    .ok_or_else(|| anyhow!("the manifest names a blob without a sha256 digest"))?
-                    .to_string(),
+                    .unwrap_or_default()
+                    .parse()
+                    .context("the manifest names a blob without a valid sha256 digest")?,
                 size: d["size"]
                     .as_u64()
                     .ok_or_else(|| anyhow!("the manifest names a blob without a size"))?,
@@ -94,17 +95,6 @@ impl LocalImage {
             blobs,
         })
     }
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
 }
 
 /// What moved.
@@ -152,7 +142,7 @@ pub struct CrossCheck {
 /// Every failed identity check of a manifest pushed as `digest`; empty
 /// when all hold. A missing header is not trusted: the fetched bytes are
 /// hashed instead, and that hash must equal `digest`.
-pub fn check_digest(digest: &str, o: &Observed) -> Vec<String> {
+pub fn check_digest(digest: &Digest, o: &Observed) -> Vec<String> {
     let mut failures = Vec::new();
     if let Some(h) = &o.pushed_digest_header
         && h != digest
@@ -168,7 +158,7 @@ pub fn check_digest(digest: &str, o: &Observed) -> Vec<String> {
             "the manifest fetched by digest came with Docker-Content-Digest {h}, not {digest}"
         ));
     }
-    if o.fetched_sha256 != digest {
+    if o.fetched_sha256 != *digest {
         failures.push(format!(
             "the manifest fetched by digest hashes to {}, not {digest} (the registry serves other bytes than were pushed)",
             o.fetched_sha256
@@ -190,8 +180,17 @@ pub fn check_digest(digest: &str, o: &Observed) -> Vec<String> {
     failures
 }
 
+/// The refusal of a tag that did not read back as `digest` (`location` is
+/// `HOST/REPO:TAG` or `local/REPO:TAG`), with every failed check.
+pub fn tag_refusal(location: &str, digest: &Digest, failures: &[String]) -> String {
+    format!(
+        "identity cross-check failed for tag {location}:\n  - {}\n(the tag was written with the bytes of {digest}, which passed the check by digest, but reads back differently; another writer may have moved it: check the store and publish again)",
+        failures.join("\n  - ")
+    )
+}
+
 /// Every failed check of a tag that should resolve to `digest`.
-pub fn check_tag(digest: &str, t: &TagCheck) -> Vec<String> {
+pub fn check_tag(digest: &Digest, t: &TagCheck) -> Vec<String> {
     let mut failures = Vec::new();
     for (what, h) in [
         ("the tag's PUT", &t.pushed_digest_header),
@@ -205,7 +204,7 @@ pub fn check_tag(digest: &str, t: &TagCheck) -> Vec<String> {
             ));
         }
     }
-    if t.resolved_sha256 != digest {
+    if t.resolved_sha256 != *digest {
         failures.push(format!(
             "tag {} resolves to {}, not {digest}",
             t.tag, t.resolved_sha256
@@ -223,8 +222,8 @@ pub struct PublishReport {
     pub repository: String,
     /// Where the digest can be fetched: `host/repo@digest` or `DIR@digest`.
     pub reference: String,
-    pub digest: String,
-    pub tags: Vec<String>,
+    pub digest: Digest,
+    pub tags: Vec<Tag>,
     pub blobs: BlobStats,
     pub cross_check: CrossCheck,
 }
@@ -233,8 +232,8 @@ pub struct PublishReport {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BuiltImage {
     pub name: String,
-    pub repository: String,
-    pub tags: Vec<String>,
+    pub repository: Repository,
+    pub tags: Vec<Tag>,
     pub manifest_digest: Digest,
     pub config_digest: Digest,
     pub layout: PathBuf,
@@ -266,7 +265,9 @@ mod tests {
 
     fn blob(d: char, size: u64) -> BlobRef {
         BlobRef {
-            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            digest: format!("sha256:{}", d.to_string().repeat(64))
+                .parse()
+                .unwrap(),
             size,
             media_type: String::new(),
         }
@@ -281,14 +282,14 @@ mod tests {
             fetched_sha256: good.clone(),
             blobs: vec![(blob('a', 3), Some(3))],
         };
-        assert!(check_digest(&good, &ok).is_empty());
+        assert!(check_digest(&sha256(b"m"), &ok).is_empty());
         let bad = Observed {
             pushed_digest_header: Some(sha256(b"lie").to_string()),
             fetched_digest_header: Some(sha256(b"lie").to_string()),
             fetched_sha256: sha256(b"other").to_string(),
             blobs: vec![(blob('a', 3), None), (blob('b', 3), Some(4))],
         };
-        let f = check_digest(&good, &bad);
+        let f = check_digest(&sha256(b"m"), &bad);
         assert_eq!(f.len(), 5, "{f:#?}");
         assert!(f[0].contains("reported Docker-Content-Digest"));
         assert!(f[2].contains("hashes to"));
@@ -304,7 +305,7 @@ mod tests {
             fetched_digest_header: Some(good.clone()),
             resolved_sha256: sha256(b"x").to_string(),
         };
-        let f = check_tag(&good, &t);
+        let f = check_tag(&sha256(b"m"), &t);
         assert_eq!(f.len(), 1);
         assert!(f[0].starts_with("tag v1 resolves to"));
     }
@@ -330,5 +331,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("hashes to"));
+        // A blob digest in uppercase hex is refused by the one parser.
+        let upper = String::from_utf8(manifest)
+            .unwrap()
+            .replace(&"a".repeat(64), &"A".repeat(64))
+            .into_bytes();
+        let d = sha256(&upper);
+        let index = format!(r#"{{"manifests":[{{"digest":"{d}"}}]}}"#);
+        let err = LocalImage::parse("x", Path::new("/l"), index.as_bytes(), &move |_| {
+            Ok(upper.clone())
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("lowercase hex"), "{err:#}");
     }
 }

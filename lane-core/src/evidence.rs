@@ -99,11 +99,6 @@ pub fn artifact(
     })
 }
 
-/// The referrers fallback tag of a subject digest (`sha256-<hex>`).
-pub fn fallback_tag(subject_digest: &str) -> String {
-    subject_digest.replacen(':', "-", 1)
-}
-
 /// The referrers index with `artifact` added (replacing an entry with the
 /// same digest). `existing` is the current index at the fallback tag, if any.
 pub fn add_referrer(existing: Option<&[u8]>, artifact: &Artifact) -> anyhow::Result<Blob> {
@@ -192,7 +187,14 @@ mod tests {
         let again = add_referrer(Some(&i2.bytes), &b).unwrap();
         let idx: Value = serde_json::from_slice(&again.bytes).unwrap();
         assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
-        assert_eq!(fallback_tag(&subject), format!("sha256-{}", "c".repeat(64)));
+        assert_eq!(
+            subject
+                .parse::<crate::id::Digest>()
+                .unwrap()
+                .fallback_tag()
+                .as_str(),
+            format!("sha256-{}", "c".repeat(64))
+        );
         assert_eq!(
             empty_config().digest,
             "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::id::{Repository, Tag};
 use anyhow::{Result, bail};
 use serde::Deserialize;
 use toml::Spanned;
@@ -18,8 +19,8 @@ pub struct ImageSpec {
     pub name: String,
     /// Folder of the image, relative to the workspace root (`images/hello`).
     pub dir: String,
-    pub repository: String,
-    pub tags: Vec<String>,
+    pub repository: Repository,
+    pub tags: Vec<Tag>,
     pub base: BaseRef,
     pub layers: Vec<LayerSpec>,
     pub config: RuntimeConfig,
@@ -367,24 +368,22 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
             ),
         )?;
     }
-    let repository = raw.repository.get_ref().clone();
-    if repository.is_empty() || !repository.split('/').all(valid_component) {
-        src.err(
+    let repository: Repository = match raw.repository.get_ref().parse() {
+        Ok(r) => r,
+        Err(e) => src.err(
             raw.repository.span(),
-            format_args!(
-                "repository {repository:?} is invalid; use slash-separated lowercase components such as \"platform/hello\" (the registry host is given by --registry)"
-            ),
-        )?;
-    }
+            format_args!("{e} (the registry host is given by --registry)"),
+        )?,
+    };
     let mut tags = Vec::new();
     for tag in &raw.tags {
-        if let Err(e) = tag.get_ref().parse::<crate::id::Tag>() {
-            src.err(tag.span(), e)?;
+        match tag.get_ref().parse::<Tag>() {
+            Ok(t) => tags.push(t),
+            Err(e) => src.err(tag.span(), e)?,
         }
-        tags.push(tag.get_ref().clone());
     }
     if tags.is_empty() {
-        tags.push("latest".to_string());
+        tags.push(Tag::latest());
     }
 
     let base = match &raw.base {

@@ -6,22 +6,23 @@
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::distribution::{BlobStats, BuiltImage};
-use crate::evidence::{self, Artifact, MEDIA_INDEX};
-use crate::layer::sha256;
+use crate::distribution::{BlobStats, BuiltImage, CrossCheck};
+use crate::evidence::{Artifact, MEDIA_INDEX};
+use crate::id::{Digest, Repository, Tag, Target};
 
 /// An image pushed by digest and cross-checked (no tag moved).
 #[derive(Debug, Clone, Serialize)]
 pub struct Published {
     /// Every identity check held.
     pub ok: bool,
-    pub digest: String,
+    pub digest: Digest,
     pub manifest_size: u64,
     /// Each failed check, in words; empty when `ok`.
     pub failures: Vec<String>,
     pub blobs: BlobStats,
-    /// The store's own account (headers seen, hashes computed).
-    pub detail: serde_json::Value,
+    /// The store's own account: headers seen, hashes computed (its `tags`
+    /// stay empty: no tag moves here).
+    pub cross_check: CrossCheck,
 }
 
 pub trait Store {
@@ -30,9 +31,9 @@ pub trait Store {
     /// True for a real registry (the release tag then needs an authoritative builder).
     fn is_registry(&self) -> bool;
     /// `HOST[:PORT]/[PREFIX/]REPOSITORY`: the subject name in statements.
-    fn subject_name(&self, repository: &str) -> String;
+    fn subject_name(&self, repository: &Repository) -> String;
     /// Checks, before any build work, that pushing to these repositories will work.
-    fn preflight(&mut self, repositories: &[String]) -> Result<()>;
+    fn preflight(&mut self, repositories: &[Repository]) -> Result<()>;
     /// Pushes an image by digest, without a tag, and cross-checks what the
     /// store holds. A failed identity check is `ok: false`, not an error.
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published>;
@@ -40,33 +41,38 @@ pub trait Store {
     /// referrers of its subject. Returns the artifact manifest digest.
     fn attach(
         &mut self,
-        repository: &str,
-        subject_digest: &str,
+        repository: &Repository,
+        subject: &Digest,
         artifact: &Artifact,
-    ) -> Result<String>;
+    ) -> Result<Digest>;
     /// Points `tag` at `digest` and reads it back.
-    fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()>;
+    fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()>;
     /// What `tag` points at now.
-    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>>;
+    fn resolve_tag(&mut self, repository: &Repository, tag: &Tag) -> Result<Option<Digest>>;
     /// A manifest's (or index's) bytes by digest or tag, `None` when absent.
-    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>>;
+    fn manifest(&mut self, repository: &Repository, reference: &Target) -> Result<Option<Vec<u8>>>;
     /// A blob's bytes, checked against its digest.
-    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>>;
+    fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>>;
     /// Copies the image manifest `digest`, every blob it names, and every
     /// artifact attached to it (with the referrers index) from `repository`
     /// to `to_repository`, byte for byte and by digest (`promote --to`).
     /// Moves no tag other than the referrers fallback tag.
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()>;
+    fn copy_to(
+        &mut self,
+        repository: &Repository,
+        digest: &Digest,
+        to_repository: &Repository,
+    ) -> Result<()>;
     /// Every tag of the repository (including `sha256-<hex>` fallback tags),
     /// sorted; empty for a repository that does not exist.
-    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>>;
+    fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>>;
 }
 
 /// One manifest to copy, with the blobs it names (config and layers).
 pub struct CopyItem {
-    pub digest: String,
+    pub digest: Digest,
     pub bytes: Vec<u8>,
-    pub blobs: Vec<String>,
+    pub blobs: Vec<Digest>,
 }
 
 /// What `promote --to` copies: the image, then each artifact attached to
@@ -76,29 +82,34 @@ pub struct CopyPlan {
     pub referrers: Vec<serde_json::Value>,
 }
 
-/// Reads the image `digest` and its attached artifacts for a copy.
-pub fn copy_plan(store: &mut dyn Store, repository: &str, digest: &str) -> Result<CopyPlan> {
+/// Reads the image `digest` and its attached artifacts for a copy. Every
+/// digest read from a referrers index or a manifest is parsed before use.
+pub fn copy_plan(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<CopyPlan> {
     let attached = referrers(store, repository, digest)?;
-    let mut digests = vec![digest.to_string()];
-    digests.extend(
-        attached
-            .iter()
-            .filter_map(|r| r["digest"].as_str().map(str::to_string)),
-    );
+    let mut digests = vec![digest.clone()];
+    for r in &attached {
+        digests.push(parse_digest(&r["digest"], "a referrers index entry")?);
+    }
     let mut out = Vec::new();
     for m in digests {
         let bytes = store
-            .manifest(repository, &m)?
+            .manifest(repository, &Target::Digest(m.clone()))?
             .with_context(|| format!("{repository}@{m} is not in {}", store.describe()))?;
-        if sha256(&bytes) != m {
+        if !m.matches(&bytes) {
             bail!("{repository}@{m} is served with other bytes; not copying");
         }
         let doc: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{repository}@{m} is not a JSON manifest"))?;
-        let mut blobs: Vec<String> = Vec::new();
-        blobs.extend(doc["config"]["digest"].as_str().map(str::to_string));
+        let mut blobs = vec![parse_digest(
+            &doc["config"]["digest"],
+            "the manifest's config",
+        )?];
         for l in doc["layers"].as_array().into_iter().flatten() {
-            blobs.extend(l["digest"].as_str().map(str::to_string));
+            blobs.push(parse_digest(&l["digest"], "a manifest layer")?);
         }
         out.push(CopyItem {
             digest: m,
@@ -110,6 +121,14 @@ pub fn copy_plan(store: &mut dyn Store, repository: &str, digest: &str) -> Resul
         manifests: out,
         referrers: attached,
     })
+}
+
+/// A digest found in a document read from a store, parsed by the one parser.
+pub fn parse_digest(v: &serde_json::Value, what: &str) -> Result<Digest> {
+    v.as_str()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("{what} names no valid digest"))
 }
 
 /// The referrers index of the target: its own entries plus `attached`.
@@ -131,10 +150,10 @@ pub fn merged_referrers(
 /// The referrers of `subject` listed by the fallback tag index.
 pub fn referrers(
     store: &mut dyn Store,
-    repository: &str,
-    subject: &str,
+    repository: &Repository,
+    subject: &Digest,
 ) -> Result<Vec<serde_json::Value>> {
-    let Some(bytes) = store.manifest(repository, &evidence::fallback_tag(subject))? else {
+    let Some(bytes) = store.manifest(repository, &Target::Tag(subject.fallback_tag()))? else {
         return Ok(Vec::new());
     };
     let index: serde_json::Value =

@@ -8,11 +8,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use lane_core::drift::DriftPolicy;
-use lane_core::store::Store;
 use xtask::adapters::engine::SmokeOptions;
-use xtask::adapters::local_store::LocalStore;
 use xtask::adapters::registry::RegistryTarget;
-use xtask::adapters::registry_store::RegistryStore;
 use xtask::adapters::workspace::Workspace;
 use xtask::commands::build::{self, BuildOptions};
 use xtask::commands::drift;
@@ -321,23 +318,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The store to read: `--registry`, else $LANE_REGISTRY, else the embedded
-/// local store under target/local-registry/.
-fn open_store(
-    ws: &Workspace,
-    registry: Option<RegistryTarget>,
-    quiet: bool,
-) -> Result<Box<dyn Store>> {
-    let registry = match registry {
-        Some(r) => Some(r),
-        None => publish::registry_from_env()?,
-    };
-    Ok(match registry {
-        Some(target) => Box::new(RegistryStore::new(target, quiet)),
-        None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
-    })
-}
-
 /// The registry a reference names (`HOST[:PORT]/REPO@...`) must agree with
 /// `--registry` when both are given; `local/REPO@...` names the local store.
 fn registry_for(
@@ -400,17 +380,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             signing_key,
         } => {
-            let registry = match registry {
-                Some(r) => Some(r),
-                None => publish::registry_from_env()?,
-            };
             let signer = xtask::adapters::keys::load_signer(signing_key.as_deref(), &|k| {
                 std::env::var(k).ok()
             })?;
-            let mut store: Box<dyn Store> = match registry {
-                Some(target) => Box::new(RegistryStore::new(target, json)),
-                None => Box::new(LocalStore::new(ws.root.join("target/local-registry"))),
-            };
+            let mut store = publish::open_store(&ws, registry, json)?;
             let opts = ReleaseOptions {
                 images,
                 quiet: json,
@@ -477,7 +450,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (location, repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
             let registry = registry_for(location, registry)?;
-            let mut store = open_store(&ws, registry, json)?;
+            let mut store = publish::open_store(&ws, registry, json)?;
             let (_, verdict) = verify::verify(
                 store.as_mut(),
                 &repository,
@@ -510,12 +483,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (location, repository, digest) = verify::parse_digest_reference(&reference)?;
             let (policy, _) = release::load_policy(&ws)?;
             let registry = registry_for(location, registry)?;
-            let mut store = open_store(&ws, registry, json)?;
+            let mut store = publish::open_store(&ws, registry, json)?;
             let opts = promote::PromoteOptions {
                 repository,
                 digest,
-                tag,
-                to,
+                tag: tag.parse().map_err(|e| anyhow::anyhow!("--tag: {e}"))?,
+                to: match to {
+                    Some(t) => Some(t.parse().map_err(|e| anyhow::anyhow!("--to: {e}"))?),
+                    None => None,
+                },
                 allow_local_builder,
             };
             let r = promote::promote(store.as_mut(), &policy, &opts)?;
@@ -528,7 +504,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.digest,
                     r.repository,
                     r.tag,
-                    r.previous.as_deref().unwrap_or("unset"),
+                    r.previous
+                        .as_ref()
+                        .map_or("unset".to_string(), |d| d.to_string()),
                     r.resolves_to
                 );
             }
@@ -545,7 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (policy, _) = release::load_policy(&ws)?;
             let location = verify::parse_reference(&reference)?.location;
-            let mut store = open_store(&ws, registry_for(location, registry)?, json)?;
+            let mut store = publish::open_store(&ws, registry_for(location, registry)?, json)?;
             let a = audit::audit(store.as_mut(), &policy, &reference, allow_local_builder)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
@@ -614,7 +592,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "{}\t{}\ttags {}\t{} blobs uploaded ({} bytes), {} skipped, {} mounted\tcross-check ok",
                         i.image,
                         i.reference,
-                        i.tags.join(","),
+                        i.tags
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
                         i.blobs.uploaded,
                         i.blobs.bytes_uploaded,
                         i.blobs.skipped,

@@ -93,11 +93,11 @@ impl Layout {
         let (name, layout) = (&self.name, &self.dir);
         let index = self.read("index.json")?;
         let image = LocalImage::parse(name, layout, &index, &|d| {
-            fs::read(self.blob_path(&d.parse()?))
+            fs::read(self.blob_path(d))
                 .with_context(|| format!("reading blob {d} from {}", layout.display()))
         })?;
         for b in &image.blobs {
-            let p = self.blob_path(&b.digest.parse()?);
+            let p = self.blob_path(&b.digest);
             let len = fs::metadata(&p)
                 .with_context(|| {
                     format!("the layout {} lacks blob {}", layout.display(), b.digest)

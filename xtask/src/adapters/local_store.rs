@@ -13,14 +13,14 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::cache::write_atomic;
-use lane_core::distribution::BlobStats;
 use lane_core::distribution::BuiltImage;
+use lane_core::distribution::{BlobStats, CrossCheck};
 use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
-use lane_core::id::{Digest, Repository};
+use lane_core::id::{Digest, Repository, Tag, Target};
 use lane_core::layer::{HashReader, sha256};
 use lane_core::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
 use lane_core::store::{
-    CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, referrers,
+    CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, parse_digest, referrers,
 };
 
 pub struct LocalStore {
@@ -32,27 +32,20 @@ impl LocalStore {
         LocalStore { root }
     }
 
-    /// The folder of `repository`; the name is parsed first, so it cannot
-    /// leave the store (`..`, absolute paths and the like are refused).
-    fn repo(&self, repository: &str) -> Result<PathBuf> {
-        let r: Repository = repository
-            .parse()
-            .with_context(|| format!("local store {}", self.root.display()))?;
-        Ok(self.root.join(r.as_str()))
+    /// The folder of `repository`: a parsed [`Repository`] cannot leave the
+    /// store (`..`, absolute paths and the like never parse).
+    fn repo(&self, repository: &Repository) -> PathBuf {
+        self.root.join(repository.as_str())
     }
 
-    /// Where `digest` is kept; the digest is parsed first, so no path is
-    /// ever built from an unchecked string (a referrers index that names
-    /// `sha256:../../x` is refused here).
-    fn blob_path(&self, repository: &str, digest: &str) -> Result<PathBuf> {
-        let d: Digest = digest
-            .parse()
-            .with_context(|| format!("local store {}/{repository}", self.root.display()))?;
-        Ok(self.repo(repository)?.join(d.blob_path()))
+    /// Where `digest` is kept; only a parsed [`Digest`] names a path, so a
+    /// referrers index that names `sha256:../../x` is refused before this.
+    fn blob_path(&self, repository: &Repository, digest: &Digest) -> PathBuf {
+        self.repo(repository).join(digest.blob_path())
     }
 
-    fn index(&self, repository: &str) -> Result<Vec<Value>> {
-        let path = self.repo(repository)?.join("index.json");
+    fn index(&self, repository: &Repository) -> Result<Vec<Value>> {
+        let path = self.repo(repository).join("index.json");
         match fs::read(&path) {
             Ok(bytes) => {
                 let v: Value = serde_json::from_slice(&bytes)
@@ -63,16 +56,16 @@ impl LocalStore {
         }
     }
 
-    fn write_index(&self, repository: &str, manifests: Vec<Value>) -> Result<()> {
-        let dir = self.repo(repository)?;
+    fn write_index(&self, repository: &Repository, manifests: Vec<Value>) -> Result<()> {
+        let dir = self.repo(repository);
         write_atomic(&dir.join("oci-layout"), OCI_LAYOUT)?;
         let doc = json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests });
         write_atomic(&dir.join("index.json"), &serde_json::to_vec(&doc)?)
     }
 
     /// Stores bytes under their digest; returns whether they were new.
-    fn put(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<bool> {
-        let path = self.blob_path(repository, digest)?;
+    fn put(&self, repository: &Repository, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(false);
         }
@@ -80,8 +73,13 @@ impl LocalStore {
         Ok(true)
     }
 
-    fn put_file(&self, repository: &str, digest: &str, from: &Path) -> Result<Option<u64>> {
-        let path = self.blob_path(repository, digest)?;
+    fn put_file(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        from: &Path,
+    ) -> Result<Option<u64>> {
+        let path = self.blob_path(repository, digest);
         if path.exists() {
             return Ok(None);
         }
@@ -93,19 +91,21 @@ impl LocalStore {
         Ok(Some(fs::metadata(&path)?.len()))
     }
 
+    /// Adds `digest` to the repository's index: under `tag` (replacing what
+    /// the tag named), or untagged (once).
     fn add_entry(
         &self,
-        repository: &str,
-        digest: &str,
+        repository: &Repository,
+        digest: &Digest,
         size: u64,
         media: &str,
-        tag: Option<&str>,
+        tag: Option<&Tag>,
     ) -> Result<()> {
         let mut manifests = self.index(repository)?;
         match tag {
-            Some(t) => manifests.retain(|m| m["annotations"][ANNOTATION_REF_NAME] != t),
+            Some(t) => manifests.retain(|m| m["annotations"][ANNOTATION_REF_NAME] != t.as_str()),
             None => {
-                if manifests.iter().any(|m| m["digest"] == digest) {
+                if manifests.iter().any(|m| m["digest"] == digest.as_str()) {
                     return Ok(());
                 }
             }
@@ -119,24 +119,23 @@ impl LocalStore {
     }
 
     /// Reads a stored blob and checks it hashes to its name.
-    pub fn read_verified(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
-        let bytes = fs::read(self.blob_path(repository, digest)?)
+    pub fn read_verified(&self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>> {
+        let bytes = fs::read(self.blob_path(repository, digest))
             .with_context(|| format!("{repository}@{digest} is not in the local store"))?;
-        let actual = sha256(&bytes);
-        if actual != digest {
+        if !digest.matches(&bytes) {
             bail!(
-                "local store blob {repository}@{digest} hashes to {actual}: the store is damaged"
+                "local store blob {repository}@{digest} hashes to {}: the store is damaged",
+                sha256(&bytes)
             );
         }
         Ok(bytes)
     }
 }
 
-fn hash_file(path: &Path) -> Result<(String, u64)> {
+fn hash_file(path: &Path) -> Result<(Digest, u64)> {
     let mut r = HashReader::new(fs::File::open(path)?);
     std::io::copy(&mut r, &mut std::io::sink())?;
-    let (d, n) = r.finish();
-    Ok((d.to_string(), n))
+    Ok(r.finish())
 }
 
 impl Store for LocalStore {
@@ -148,13 +147,13 @@ impl Store for LocalStore {
         false
     }
 
-    fn subject_name(&self, repository: &str) -> String {
+    fn subject_name(&self, repository: &Repository) -> String {
         format!("local/{repository}")
     }
 
-    fn preflight(&mut self, repositories: &[String]) -> Result<()> {
+    fn preflight(&mut self, repositories: &[Repository]) -> Result<()> {
         for r in repositories {
-            let dir = self.repo(r)?;
+            let dir = self.repo(r);
             fs::create_dir_all(dir.join("blobs/sha256"))
                 .with_context(|| format!("local store {} is not writable", dir.display()))?;
         }
@@ -164,7 +163,6 @@ impl Store for LocalStore {
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
         let repo = &image.repository;
         let layout = crate::adapters::layout::Layout::at(&image.name, &image.layout);
-        let src = |d: &str| -> Result<std::path::PathBuf> { Ok(layout.blob_path(&d.parse()?)) };
         let manifest = fs::read(layout.blob_path(&image.manifest_digest)).with_context(|| {
             format!(
                 "reading the manifest of {} from {}",
@@ -174,30 +172,27 @@ impl Store for LocalStore {
         })?;
         let mut uploaded = (0u64, 0u64);
         let doc: Value = serde_json::from_slice(&manifest)?;
-        let mut blobs: Vec<(String, u64)> = vec![(
-            doc["config"]["digest"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+        let mut blobs: Vec<(Digest, u64)> = vec![(
+            parse_digest(&doc["config"]["digest"], "the manifest's config")?,
             doc["config"]["size"].as_u64().unwrap_or_default(),
         )];
         for l in doc["layers"].as_array().into_iter().flatten() {
             blobs.push((
-                l["digest"].as_str().unwrap_or_default().to_string(),
+                parse_digest(&l["digest"], "a manifest layer")?,
                 l["size"].as_u64().unwrap_or_default(),
             ));
         }
         for (d, _) in &blobs {
-            if let Some(n) = self.put_file(repo, d, &src(d)?)? {
+            if let Some(n) = self.put_file(repo, d, &layout.blob_path(d))? {
                 uploaded.0 += 1;
                 uploaded.1 += n;
             }
         }
         // Counted like a registry's blob uploads: the manifest is not a blob.
-        self.put(repo, image.manifest_digest.as_str(), &manifest)?;
+        self.put(repo, &image.manifest_digest, &manifest)?;
         self.add_entry(
             repo,
-            image.manifest_digest.as_str(),
+            &image.manifest_digest,
             manifest.len() as u64,
             MEDIA_MANIFEST,
             None,
@@ -205,8 +200,7 @@ impl Store for LocalStore {
 
         // Cross-check: re-read and re-hash everything that was stored.
         let mut checks = Vec::new();
-        let stored =
-            fs::read(self.blob_path(repo, image.manifest_digest.as_str())?).unwrap_or_default();
+        let stored = fs::read(self.blob_path(repo, &image.manifest_digest)).unwrap_or_default();
         let stored_digest = sha256(&stored);
         checks.push((
             "manifest re-hashed".to_string(),
@@ -214,7 +208,7 @@ impl Store for LocalStore {
             format!("stored manifest hashes to {stored_digest}"),
         ));
         for (d, size) in &blobs {
-            let (ok, what) = match hash_file(&self.blob_path(repo, d)?) {
+            let (ok, what) = match hash_file(&self.blob_path(repo, d)) {
                 Ok((actual, n)) => (actual == *d && n == *size, format!("{actual}, {n} bytes")),
                 Err(e) => (false, format!("unreadable: {e}")),
             };
@@ -225,9 +219,18 @@ impl Store for LocalStore {
             .filter(|c| !c.1)
             .map(|(what, _, got)| format!("{what}: {got}"))
             .collect();
+        let ok = failures.is_empty();
         Ok(Published {
-            ok: failures.is_empty(),
-            digest: stored_digest.to_string(),
+            ok,
+            cross_check: CrossCheck {
+                ok,
+                pushed_digest_header: None,
+                fetched_digest_header: None,
+                fetched_sha256: stored_digest.to_string(),
+                blobs_verified: blobs.len() as u64,
+                tags: Vec::new(),
+            },
+            digest: stored_digest,
             manifest_size: stored.len() as u64,
             failures,
             blobs: BlobStats {
@@ -236,42 +239,41 @@ impl Store for LocalStore {
                 mounted: 0,
                 bytes_uploaded: uploaded.1,
             },
-            detail: serde_json::to_value(&checks)?,
         })
     }
 
     fn attach(
         &mut self,
-        repository: &str,
-        subject_digest: &str,
+        repository: &Repository,
+        subject: &Digest,
         artifact: &Artifact,
-    ) -> Result<String> {
+    ) -> Result<Digest> {
         for (_, b) in &artifact.blobs {
-            self.put(repository, b.digest.as_str(), &b.bytes)?;
+            self.put(repository, &b.digest, &b.bytes)?;
         }
         self.put(
             repository,
-            artifact.manifest.digest.as_str(),
+            &artifact.manifest.digest,
             &artifact.manifest.bytes,
         )?;
-        let tag = evidence::fallback_tag(subject_digest);
+        let tag = subject.fallback_tag();
         let existing = match self.resolve_tag(repository, &tag)? {
             Some(d) => Some(self.read_verified(repository, &d)?),
             None => None,
         };
         let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        self.put(repository, index.digest.as_str(), &index.bytes)?;
+        self.put(repository, &index.digest, &index.bytes)?;
         self.add_entry(
             repository,
-            index.digest.as_str(),
+            &index.digest,
             index.size(),
             MEDIA_INDEX,
             Some(&tag),
         )?;
-        Ok(artifact.manifest.digest.to_string())
+        Ok(artifact.manifest.digest.clone())
     }
 
-    fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()> {
+    fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
         let bytes = self.read_verified(repository, digest)?;
         self.add_entry(
             repository,
@@ -281,42 +283,49 @@ impl Store for LocalStore {
             Some(tag),
         )?;
         match self.resolve_tag(repository, tag)? {
-            Some(d) if d == digest => Ok(()),
+            Some(d) if d == *digest => Ok(()),
             other => bail!("tag {repository}:{tag} reads back as {other:?}, not {digest}"),
         }
     }
 
-    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {
-        let digest = if reference.starts_with("sha256:") {
-            Some(reference.to_string())
-        } else {
-            self.resolve_tag(repository, reference)?
+    fn manifest(&mut self, repository: &Repository, reference: &Target) -> Result<Option<Vec<u8>>> {
+        let digest = match reference {
+            Target::Digest(d) => Some(d.clone()),
+            Target::Tag(t) => self.resolve_tag(repository, t)?,
         };
         match digest {
-            Some(d) if self.blob_path(repository, &d)?.exists() => {
+            Some(d) if self.blob_path(repository, &d).exists() => {
                 Ok(Some(self.read_verified(repository, &d)?))
             }
             _ => Ok(None),
         }
     }
 
-    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+    fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>> {
         self.read_verified(repository, digest)
     }
 
-    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
-        Ok(self
-            .index(repository)?
+    fn resolve_tag(&mut self, repository: &Repository, tag: &Tag) -> Result<Option<Digest>> {
+        self.index(repository)?
             .iter()
-            .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag)
-            .and_then(|m| m["digest"].as_str().map(str::to_string)))
+            .find(|m| m["annotations"][ANNOTATION_REF_NAME] == tag.as_str())
+            .map(|m| {
+                parse_digest(&m["digest"], "an index.json entry")
+                    .with_context(|| format!("local store {}/{repository}", self.root.display()))
+            })
+            .transpose()
     }
 
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+    fn copy_to(
+        &mut self,
+        repository: &Repository,
+        digest: &Digest,
+        to_repository: &Repository,
+    ) -> Result<()> {
         if repository == to_repository {
             return Ok(());
         }
-        self.preflight(&[to_repository.to_string()])?;
+        self.preflight(std::slice::from_ref(to_repository))?;
         let CopyPlan {
             manifests,
             referrers: attached,
@@ -339,17 +348,17 @@ impl Store for LocalStore {
         }
         let existing = referrers(self, to_repository, digest)?;
         let index = merged_referrers(existing, attached)?;
-        self.put(to_repository, index.digest.as_str(), &index.bytes)?;
+        self.put(to_repository, &index.digest, &index.bytes)?;
         self.add_entry(
             to_repository,
-            index.digest.as_str(),
+            &index.digest,
             index.size(),
             MEDIA_INDEX,
-            Some(&evidence::fallback_tag(digest)),
+            Some(&digest.fallback_tag()),
         )
     }
 
-    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
+    fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {
         let mut tags: Vec<String> = self
             .index(repository)?
             .iter()

@@ -33,6 +33,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCAT
 
 use lane_core::distribution::PublishReport;
 use lane_core::distribution::{BlobRef, LocalImage};
+use lane_core::id::Tag;
 use lane_core::layer::sha256;
 
 /// Environment variable naming the registry user (CI).
@@ -566,7 +567,7 @@ impl Remote {
         &self,
         image: &LocalImage,
         repo: &str,
-        tags: &[String],
+        tags: &[Tag],
         quiet: bool,
     ) -> Result<PublishReport> {
         self.rt
@@ -1057,12 +1058,12 @@ impl Session {
         path: &Path,
         quiet: bool,
     ) -> Result<u64> {
-        let reference = self.reference(repo, &blob.digest);
+        let reference = self.reference(repo, blob.digest.as_str());
         self.oci
             .store_auth_if_needed(reference.resolve_registry(), &self.oci_auth())
             .await;
         let bar = crate::report::Reporter::new(quiet).bar(blob.size, 0, crate::report::BYTES_BAR);
-        bar.set_message(format!("uploading {}", short(&blob.digest)));
+        bar.set_message(format!("uploading {}", short(blob.digest.as_str())));
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1093,7 +1094,7 @@ impl Session {
         };
         let result = self
             .oci
-            .push_blob_stream(&reference, stream, &blob.digest, Some(blob.size))
+            .push_blob_stream(&reference, stream, blob.digest.as_str(), Some(blob.size))
             .await;
         bar.finish_and_clear();
         result.map_err(|e| {
@@ -1112,7 +1113,7 @@ impl Session {
         &self,
         image: &LocalImage,
         repo: &str,
-        tags: &[String],
+        tags: &[Tag],
         quiet: bool,
     ) -> Result<PublishReport> {
         use lane_core::distribution::{
@@ -1123,7 +1124,7 @@ impl Session {
         let say = |m: String| reporter.say(m);
         let mut stats = BlobStats::default();
         for blob in &image.blobs {
-            match self.blob_size(repo, &blob.digest).await? {
+            match self.blob_size(repo, blob.digest.as_str()).await? {
                 Some(size) if size == blob.size => {
                     stats.skipped += 1;
                     continue;
@@ -1136,17 +1137,30 @@ impl Session {
                 None => {}
             }
             // Cross-repository mount when this run already has the blob elsewhere.
-            let source = self.known.lock().unwrap().get(&blob.digest).cloned();
+            let source = self
+                .known
+                .lock()
+                .unwrap()
+                .get(blob.digest.as_str())
+                .cloned();
             if let Some(from) = source.filter(|f| f != repo) {
-                let src = Reference::with_digest(host.clone(), from.clone(), blob.digest.clone());
+                let src =
+                    Reference::with_digest(host.clone(), from.clone(), blob.digest.to_string());
                 self.oci.store_auth_if_needed(&host, &self.oci_auth()).await;
                 if self
                     .oci
-                    .mount_blob(&self.reference(repo, &blob.digest), &src, &blob.digest)
+                    .mount_blob(
+                        &self.reference(repo, blob.digest.as_str()),
+                        &src,
+                        blob.digest.as_str(),
+                    )
                     .await
                     .is_ok()
                 {
-                    say(format!("  mounted {} from {from}", short(&blob.digest)));
+                    say(format!(
+                        "  mounted {} from {from}",
+                        short(blob.digest.as_str())
+                    ));
                     stats.mounted += 1;
                     continue;
                 }
@@ -1154,7 +1168,7 @@ impl Session {
             let path = image.blob_path(&blob.digest);
             say(format!(
                 "  uploading {} ({} bytes)",
-                short(&blob.digest),
+                short(blob.digest.as_str()),
                 blob.size
             ));
             let n = self.upload_blob(repo, blob, &path, quiet).await?;
@@ -1165,19 +1179,27 @@ impl Session {
             self.known
                 .lock()
                 .unwrap()
-                .insert(blob.digest.clone(), repo.to_string());
+                .insert(blob.digest.to_string(), repo.to_string());
         }
         // The manifest, by digest, exactly as built.
         let digest = &image.manifest_digest;
         let put_header = self
-            .put_manifest(repo, digest, &image.manifest_media_type, &image.manifest)
+            .put_manifest(
+                repo,
+                digest.as_str(),
+                &image.manifest_media_type,
+                &image.manifest,
+            )
             .await?;
         let (fetched, get_header) = self
-            .get_manifest(repo, digest, &image.manifest_media_type)
+            .get_manifest(repo, digest.as_str(), &image.manifest_media_type)
             .await?;
         let mut blob_sizes = Vec::new();
         for blob in &image.blobs {
-            blob_sizes.push((blob.clone(), self.blob_size(repo, &blob.digest).await?));
+            blob_sizes.push((
+                blob.clone(),
+                self.blob_size(repo, blob.digest.as_str()).await?,
+            ));
         }
         let observed = Observed {
             pushed_digest_header: put_header,
@@ -1197,13 +1219,18 @@ impl Session {
         let mut tag_checks = Vec::new();
         for tag in tags {
             let put = self
-                .put_manifest(repo, tag, &image.manifest_media_type, &image.manifest)
+                .put_manifest(
+                    repo,
+                    tag.as_str(),
+                    &image.manifest_media_type,
+                    &image.manifest,
+                )
                 .await?;
             let (bytes, header) = self
-                .get_manifest(repo, tag, &image.manifest_media_type)
+                .get_manifest(repo, tag.as_str(), &image.manifest_media_type)
                 .await?;
             let check = TagCheck {
-                tag: tag.clone(),
+                tag: tag.to_string(),
                 pushed_digest_header: put,
                 fetched_digest_header: header,
                 resolved_sha256: sha256(&bytes).to_string(),
@@ -1211,8 +1238,12 @@ impl Session {
             let failures = check_tag(digest, &check);
             if !failures.is_empty() {
                 bail!(
-                    "identity cross-check failed for tag {host}/{repo}:{tag}:\n  - {}\n(the tag was written with the bytes of {digest}, which passed the check by digest, but reads back differently; another writer may have moved it: check the registry and publish again)",
-                    failures.join("\n  - ")
+                    "{}",
+                    lane_core::distribution::tag_refusal(
+                        &format!("{host}/{repo}:{tag}"),
+                        digest,
+                        &failures
+                    )
                 );
             }
             tag_checks.push(check);

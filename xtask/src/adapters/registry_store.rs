@@ -7,9 +7,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::adapters::registry::{self, RegistryTarget, Remote};
 use lane_core::distribution::BuiltImage;
-use lane_core::distribution::{BlobStats, PublishReport};
+use lane_core::distribution::{
+    BlobStats, CrossCheck, PublishReport, TagCheck, check_tag, tag_refusal,
+};
 use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
+use lane_core::id::{Digest, Repository, Tag, Target};
 use lane_core::layer::sha256;
+use lane_core::oci::Blob;
 use lane_core::store::CopyItem;
 use lane_core::store::CopyPlan;
 use lane_core::store::Published;
@@ -50,18 +54,18 @@ impl Store for RegistryStore {
         true
     }
 
-    fn subject_name(&self, repository: &str) -> String {
+    fn subject_name(&self, repository: &Repository) -> String {
         format!(
             "{}/{}",
             self.target.host(),
-            self.target.repository(repository)
+            self.target.repository(repository.as_str())
         )
     }
 
-    fn preflight(&mut self, repositories: &[String]) -> Result<()> {
+    fn preflight(&mut self, repositories: &[Repository]) -> Result<()> {
         let repos: Vec<String> = repositories
             .iter()
-            .map(|r| self.target.repository(r))
+            .map(|r| self.target.repository(r.as_str()))
             .collect();
         self.remote = Some(registry::preflight(&self.target, &repos)?);
         Ok(())
@@ -71,7 +75,7 @@ impl Store for RegistryStore {
         let local = crate::adapters::layout::Layout::at(&image.name, &image.layout).image()?;
         let quiet = self.quiet;
         let remote = self.remote()?;
-        let repo = remote.repo(&image.repository);
+        let repo = remote.repo(image.repository.as_str());
         Ok(match remote.publish(&local, &repo, &[], quiet) {
             Ok(report) => published(report, local.manifest.len() as u64),
             Err(e) => Published {
@@ -80,19 +84,26 @@ impl Store for RegistryStore {
                 manifest_size: local.manifest.len() as u64,
                 failures: vec![format!("{e:#}")],
                 blobs: BlobStats::default(),
-                detail: serde_json::Value::Null,
+                cross_check: CrossCheck {
+                    ok: false,
+                    pushed_digest_header: None,
+                    fetched_digest_header: None,
+                    fetched_sha256: String::new(),
+                    blobs_verified: 0,
+                    tags: Vec::new(),
+                },
             },
         })
     }
 
     fn attach(
         &mut self,
-        repository: &str,
-        subject_digest: &str,
+        repository: &Repository,
+        subject: &Digest,
         artifact: &Artifact,
-    ) -> Result<String> {
+    ) -> Result<Digest> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
+        let repo = remote.repo(repository.as_str());
         for (_, b) in &artifact.blobs {
             remote.push_small_blob(&repo, b.digest.as_str(), &b.bytes)?;
         }
@@ -102,69 +113,82 @@ impl Store for RegistryStore {
         let back = remote
             .fetch_manifest(&repo, d.as_str(), MEDIA_MANIFEST)?
             .unwrap_or_default();
-        if sha256(&back) != *d {
+        if !d.matches(&back) {
             bail!("the evidence manifest {repo}@{d} reads back with other bytes");
         }
         // Referrers tag fallback (the Distribution registry has no referrers API).
-        let tag = evidence::fallback_tag(subject_digest);
-        let existing = remote.fetch_manifest(&repo, &tag, MEDIA_INDEX)?;
+        let tag = subject.fallback_tag();
+        let existing = remote.fetch_manifest(&repo, tag.as_str(), MEDIA_INDEX)?;
         let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        remote.put_manifest(&repo, &tag, MEDIA_INDEX, &index.bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, &tag, MEDIA_INDEX)?
-            .unwrap_or_default();
-        if sha256(&back) != index.digest {
-            bail!("the referrers index {repo}:{tag} reads back differently from what was pushed");
-        }
-        Ok(d.to_string())
+        put_index(remote, &repo, &tag, &index)?;
+        Ok(d.clone())
     }
 
-    fn tag(&mut self, repository: &str, digest: &str, tag: &str) -> Result<()> {
+    fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
+        let repo = remote.repo(repository.as_str());
         let bytes = remote
-            .fetch_manifest(&repo, digest, MEDIA_MANIFEST)?
+            .fetch_manifest(&repo, digest.as_str(), MEDIA_MANIFEST)?
             .with_context(|| format!("{repo}@{digest} is not in the registry"))?;
-        if sha256(&bytes) != digest {
+        if !digest.matches(&bytes) {
             bail!("{repo}@{digest} is served with other bytes; not tagging");
         }
-        remote.put_manifest(&repo, tag, MEDIA_MANIFEST, &bytes)?;
+        let pushed = remote.put_manifest(&repo, tag.as_str(), MEDIA_MANIFEST, &bytes)?;
         let back = remote
-            .fetch_manifest(&repo, tag, MEDIA_MANIFEST)?
+            .fetch_manifest(&repo, tag.as_str(), MEDIA_MANIFEST)?
             .unwrap_or_default();
-        let got = sha256(&back);
-        if got != digest {
-            bail!("tag {repo}:{tag} reads back as {got}, not {digest}");
+        let check = TagCheck {
+            tag: tag.to_string(),
+            pushed_digest_header: pushed,
+            fetched_digest_header: None,
+            resolved_sha256: sha256(&back).to_string(),
+        };
+        let failures = check_tag(digest, &check);
+        if !failures.is_empty() {
+            bail!(
+                "{}",
+                tag_refusal(
+                    &format!("{}/{repo}:{tag}", self.target.host()),
+                    digest,
+                    &failures
+                )
+            );
         }
         Ok(())
     }
 
-    fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
+    fn resolve_tag(&mut self, repository: &Repository, tag: &Tag) -> Result<Option<Digest>> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
+        let repo = remote.repo(repository.as_str());
         Ok(remote
-            .fetch_manifest(&repo, tag, MEDIA_MANIFEST)?
-            .map(|b| sha256(&b).to_string()))
+            .fetch_manifest(&repo, tag.as_str(), MEDIA_MANIFEST)?
+            .map(|b| sha256(&b)))
     }
 
-    fn manifest(&mut self, repository: &str, reference: &str) -> Result<Option<Vec<u8>>> {
+    fn manifest(&mut self, repository: &Repository, reference: &Target) -> Result<Option<Vec<u8>>> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
-        let accept = if reference.starts_with("sha256-") {
-            MEDIA_INDEX
-        } else {
-            MEDIA_MANIFEST
+        let repo = remote.repo(repository.as_str());
+        let (reference, accept) = match reference {
+            Target::Digest(d) => (d.as_str(), MEDIA_MANIFEST),
+            // The referrers fallback tag names an index.
+            Target::Tag(t) if t.as_str().starts_with("sha256-") => (t.as_str(), MEDIA_INDEX),
+            Target::Tag(t) => (t.as_str(), MEDIA_MANIFEST),
         };
         remote.fetch_manifest(&repo, reference, accept)
     }
 
-    fn blob(&mut self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+    fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
-        remote.fetch_blob(&repo, digest)
+        let repo = remote.repo(repository.as_str());
+        remote.fetch_blob(&repo, digest.as_str())
     }
 
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+    fn copy_to(
+        &mut self,
+        repository: &Repository,
+        digest: &Digest,
+        to_repository: &Repository,
+    ) -> Result<()> {
         if repository == to_repository {
             return Ok(());
         }
@@ -173,7 +197,10 @@ impl Store for RegistryStore {
             referrers: attached,
         } = copy_plan(self, repository, digest)?;
         let remote = self.remote()?;
-        let (from, to) = (remote.repo(repository), remote.repo(to_repository));
+        let (from, to) = (
+            remote.repo(repository.as_str()),
+            remote.repo(to_repository.as_str()),
+        );
         for CopyItem {
             digest: m,
             bytes,
@@ -183,10 +210,10 @@ impl Store for RegistryStore {
             for b in blobs {
                 // Whole blobs in memory: images of this lane are small; a
                 // cross-repository mount would avoid the copy.
-                let data = remote.fetch_blob(&from, b)?;
-                remote.push_small_blob(&to, b, &data)?;
+                let data = remote.fetch_blob(&from, b.as_str())?;
+                remote.push_small_blob(&to, b.as_str(), &data)?;
             }
-            let reported = remote.put_manifest(&to, m, MEDIA_MANIFEST, bytes)?;
+            let reported = remote.put_manifest(&to, m.as_str(), MEDIA_MANIFEST, bytes)?;
             if let Some(h) = reported.filter(|h| h != m) {
                 bail!("the registry reported {h} for {to}@{m}");
             }
@@ -194,8 +221,8 @@ impl Store for RegistryStore {
         if attached.is_empty() {
             return Ok(());
         }
-        let tag = evidence::fallback_tag(digest);
-        let existing = match remote.fetch_manifest(&to, &tag, MEDIA_INDEX)? {
+        let tag = digest.fallback_tag();
+        let existing = match remote.fetch_manifest(&to, tag.as_str(), MEDIA_INDEX)? {
             Some(b) => serde_json::from_slice::<serde_json::Value>(&b)
                 .ok()
                 .and_then(|v| v["manifests"].as_array().cloned())
@@ -203,21 +230,26 @@ impl Store for RegistryStore {
             None => Vec::new(),
         };
         let index = merged_referrers(existing, attached)?;
-        remote.put_manifest(&to, &tag, MEDIA_INDEX, &index.bytes)?;
-        let back = remote
-            .fetch_manifest(&to, &tag, MEDIA_INDEX)?
-            .unwrap_or_default();
-        if sha256(&back) != index.digest {
-            bail!("the referrers index {to}:{tag} reads back differently from what was pushed");
-        }
-        Ok(())
+        put_index(remote, &to, &tag, &index)
     }
 
-    fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
+    fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {
         let remote = self.remote()?;
-        let repo = remote.repo(repository);
+        let repo = remote.repo(repository.as_str());
         remote.list_tags(&repo)
     }
+}
+
+/// Pushes a referrers index under its fallback tag and reads it back.
+fn put_index(remote: &Remote, repo: &str, tag: &Tag, index: &Blob) -> Result<()> {
+    remote.put_manifest(repo, tag.as_str(), MEDIA_INDEX, &index.bytes)?;
+    let back = remote
+        .fetch_manifest(repo, tag.as_str(), MEDIA_INDEX)?
+        .unwrap_or_default();
+    if !index.digest.matches(&back) {
+        bail!("the referrers index {repo}:{tag} reads back differently from what was pushed");
+    }
+    Ok(())
 }
 
 fn published(report: PublishReport, manifest_size: u64) -> Published {
@@ -227,6 +259,6 @@ fn published(report: PublishReport, manifest_size: u64) -> Published {
         manifest_size,
         failures: Vec::new(),
         blobs: report.blobs.clone(),
-        detail: serde_json::to_value(&report.cross_check).unwrap_or_default(),
+        cross_check: report.cross_check,
     }
 }

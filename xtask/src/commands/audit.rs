@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::commands::verify::{self, local_name};
+use crate::commands::verify;
 use lane_core::gates::Policy;
-use lane_core::id::Target;
+use lane_core::id::{Digest, Repository, Target};
 use lane_core::oci::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
 use lane_core::provenance::{LOCAL_BUILDER_ID, SLSA_PROVENANCE_V1, TEST_RESULT_V01};
 use lane_core::store::Store;
@@ -18,7 +18,7 @@ use lane_core::store::Store;
 #[derive(Debug, Clone, Serialize)]
 pub struct Audit {
     pub reference: String,
-    pub repository: String,
+    pub repository: Repository,
     /// Set when a tag was given: the tag and the digest it resolves to now.
     pub tag: Option<TagState>,
     pub image: Image,
@@ -44,7 +44,7 @@ pub struct TagState {
 pub struct Image {
     pub name: Value,
     pub subject: Value,
-    pub digest: String,
+    pub digest: Digest,
     pub config: Value,
     pub layers: Vec<Value>,
     pub base: Value,
@@ -76,11 +76,10 @@ pub fn audit(
     allow_local_builder: bool,
 ) -> Result<Audit> {
     let r = verify::parse_reference(reference)?;
-    let repository = local_name(store, r.repository.to_string());
+    let repository = r.repository.clone();
     let (digest, tag) = match &r.target {
-        Target::Digest(digest) => (digest.to_string(), None),
+        Target::Digest(digest) => (digest.clone(), None),
         Target::Tag(tag) => {
-            let tag = tag.as_str();
             let Some(d) = store.resolve_tag(&repository, tag)? else {
                 let known: Vec<String> = store
                     .list_tags(&repository)?
@@ -101,7 +100,7 @@ pub fn audit(
                 d.clone(),
                 Some(TagState {
                     name: tag.to_string(),
-                    resolves_to: d,
+                    resolves_to: d.to_string(),
                 }),
             )
         }
@@ -114,10 +113,11 @@ pub fn audit(
 
     let mut tags = Vec::new();
     for t in store.list_tags(&repository)? {
-        if t.starts_with("sha256-") {
+        // Fallback tags (sha256-...) do not parse as tags a user moves.
+        let Ok(tag) = t.parse::<lane_core::id::Tag>() else {
             continue;
-        }
-        if store.resolve_tag(&repository, &t)?.as_deref() == Some(digest.as_str()) {
+        };
+        if store.resolve_tag(&repository, &tag)?.as_ref() == Some(&digest) {
             tags.push(t);
         }
     }

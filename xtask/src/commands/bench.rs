@@ -440,8 +440,9 @@ fn whole_release(
         build::build(&cws, &["hello".to_string()], &opts)?;
         bare.push(t.elapsed().as_secs_f64());
         let _ = fs::remove_dir_all(copy.join("target"));
-        let mut store =
-            crate::adapters::local_store::LocalStore::new(copy.join("target/local-registry"));
+        let mut store = crate::adapters::local_store::LocalStore::new(
+            copy.join(crate::commands::publish::LOCAL_STORE),
+        );
         let ropts = crate::commands::release::ReleaseOptions {
             images: vec!["hello".into()],
             quiet: true,
@@ -495,11 +496,11 @@ fn publish_vs_skopeo(
         let repo = format!("bench/lane-{run}");
         let remote = crate::adapters::registry::preflight(&target, std::slice::from_ref(&repo))?;
         let t = Instant::now();
-        let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+        let r = remote.publish(&image, &repo, &["v1".parse()?], true)?;
         first.push(t.elapsed().as_secs_f64());
         first_bytes = r.blobs.bytes_uploaded;
         let t = Instant::now();
-        let r = remote.publish(&image, &repo, &["v1".to_string()], true)?;
+        let r = remote.publish(&image, &repo, &["v1".parse()?], true)?;
         again.push(t.elapsed().as_secs_f64());
         again_bytes = r.blobs.bytes_uploaded;
         let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());

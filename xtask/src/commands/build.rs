@@ -471,7 +471,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
             base,
             layers: &records,
             source: &plan.source,
-            ref_name: &spec.tags[0],
+            ref_name: spec.tags[0].as_str(),
         })?;
         let layout = opts.images_dir.join(&spec.name);
         write_layout(&cache, &layout, &docs)?;

@@ -9,27 +9,28 @@ use serde::Serialize;
 
 use crate::commands::verify::{self, Verdict};
 use lane_core::gates::Policy;
+use lane_core::id::{Digest, Repository, Tag};
 use lane_core::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct PromoteOptions {
-    pub repository: String,
-    pub digest: String,
-    pub tag: String,
-    pub to: Option<String>,
+    pub repository: Repository,
+    pub digest: Digest,
+    pub tag: Tag,
+    pub to: Option<Repository>,
     pub allow_local_builder: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PromoteReport {
-    pub digest: String,
-    pub from: String,
-    pub repository: String,
-    pub tag: String,
+    pub digest: Digest,
+    pub from: Repository,
+    pub repository: Repository,
+    pub tag: Tag,
     /// What the tag pointed at before (None: a new tag).
-    pub previous: Option<String>,
+    pub previous: Option<Digest>,
     /// What the tag resolves to after the move, read back from the store.
-    pub resolves_to: String,
+    pub resolves_to: Digest,
     pub copied: bool,
 }
 
@@ -40,14 +41,8 @@ pub fn promote(
     policy: &Policy,
     opts: &PromoteOptions,
 ) -> Result<PromoteReport> {
-    opts.tag
-        .parse::<lane_core::id::Tag>()
-        .map_err(|e| anyhow::anyhow!("--tag: {e}"))?;
     let target = opts.to.clone().unwrap_or_else(|| opts.repository.clone());
-    target
-        .parse::<lane_core::id::Repository>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let refuse = |repo: &str, v: &Verdict| -> Result<()> {
+    let refuse = |repo: &Repository, v: &Verdict| -> Result<()> {
         if !v.verified {
             bail!(
                 "refusing to promote {repo}@{}: it does not verify as an accepted release:\n  - {}",
@@ -80,7 +75,7 @@ pub fn promote(
     let previous = store.resolve_tag(&target, &opts.tag)?;
     store.tag(&target, &opts.digest, &opts.tag)?;
     let resolves_to = store.resolve_tag(&target, &opts.tag)?;
-    if resolves_to.as_deref() != Some(opts.digest.as_str()) {
+    if resolves_to.as_ref() != Some(&opts.digest) {
         bail!(
             "tag {target}:{} reads back as {resolves_to:?}, not {}: someone moved it concurrently; run audit {target}:{}",
             opts.tag,

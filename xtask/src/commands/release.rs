@@ -18,7 +18,7 @@ use lane_core::debian::LockedPackage;
 use lane_core::distribution::BuiltImage;
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::{self, Decision, GateName, GateResult, POLICY_PATH, Policy};
-use lane_core::id::Digest;
+use lane_core::id::{Digest, Repository, Tag};
 use lane_core::oci::{Blob, canonical_json};
 use lane_core::provenance::{self, BuilderRun, Input, ProvenanceInputs, Subject};
 use lane_core::sbom::{self, Binary, DebPackage, PlacedFile, SbomInputs};
@@ -39,19 +39,19 @@ pub struct ReleaseOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRelease {
     pub image: String,
-    pub repository: String,
+    pub repository: Repository,
     pub subject: String,
-    pub digest: String,
+    pub digest: Digest,
     /// `SUBJECT@DIGEST`: what `verify`, `promote` and `audit` take as it is
     /// (`HOST[:PORT]/PATH/REPO@sha256:...` or `local/REPO@sha256:...`).
     pub reference: String,
-    pub tags: Vec<String>,
+    pub tags: Vec<Tag>,
     pub accepted: bool,
     pub decision: Decision,
     /// Tags moved (empty on rejection).
-    pub tagged: Vec<String>,
+    pub tagged: Vec<Tag>,
     /// Digests of the attached evidence artifacts.
-    pub evidence: Vec<String>,
+    pub evidence: Vec<Digest>,
     pub record: PathBuf,
     pub provenance: Value,
 }
@@ -237,7 +237,7 @@ pub fn collect(
     // Preflight: before any build work.
     let all = ws.load_images()?;
     let selected = crate::adapters::workspace::select(&all, names)?;
-    let repositories: Vec<String> = selected
+    let repositories: Vec<Repository> = selected
         .iter()
         .filter(|i| names.is_empty() || names.contains(&i.name))
         .map(|i| i.repository.clone())
@@ -446,7 +446,7 @@ pub fn apply(
         image: image.name.clone(),
         repository: spec.repository.clone(),
         subject: subject.name.clone(),
-        digest: image.manifest_digest.to_string(),
+        digest: image.manifest_digest.clone(),
         reference: format!("{}@{}", subject.name, image.manifest_digest),
         tags: spec.tags.clone(),
         accepted: decision.accepted,
@@ -489,7 +489,7 @@ pub fn apply(
                 p.manifest_size,
                 &[(ANNOTATION_PREDICATE, predicate)],
             )?;
-            match store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
+            match store.attach(&spec.repository, &image.manifest_digest, &a) {
                 Ok(d) => release.evidence.push(d),
                 Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
             }
@@ -501,7 +501,7 @@ pub fn apply(
                 "accept: tag {}:{tag} -> {}",
                 spec.repository, image.manifest_digest
             ));
-            match store.tag(&spec.repository, image.manifest_digest.as_str(), tag) {
+            match store.tag(&spec.repository, &image.manifest_digest, tag) {
                 Ok(()) => release.tagged.push(tag.clone()),
                 Err(e) => {
                     reject(&mut release, format!("tagging {tag} failed: {e:#}"));
@@ -520,7 +520,7 @@ pub fn apply(
             p.manifest_size,
             &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
         )?;
-        if let Ok(d) = store.attach(&spec.repository, image.manifest_digest.as_str(), &a) {
+        if let Ok(d) = store.attach(&spec.repository, &image.manifest_digest, &a) {
             release.evidence.push(d);
         }
     }
@@ -885,7 +885,7 @@ fn provenance_inputs(
     Ok(ProvenanceInputs {
         subject: subject.clone(),
         image: image.name.clone(),
-        tags: spec.tags.clone(),
+        tags: spec.tags.iter().map(Tag::to_string).collect(),
         source_repository: facts.source_url.clone(),
         revision: facts.git.revision.clone(),
         tree_clean: !facts.git.dirty,
@@ -980,7 +980,14 @@ pub fn summary(report: &ReleaseReport) -> String {
             i.subject,
             i.digest,
             if i.accepted {
-                format!("ACCEPTED, tagged {}", i.tagged.join(", "))
+                format!(
+                    "ACCEPTED, tagged {}",
+                    i.tagged
+                        .iter()
+                        .map(Tag::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             } else {
                 "REJECTED, no tag moved".into()
             }

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use lane_core::evidence::{ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::Policy;
-use lane_core::id::{Location, Reference, Target};
-use lane_core::store::Store;
+use lane_core::id::{Digest, Location, Reference, Repository, Target};
+use lane_core::store::{Store, parse_digest};
 pub use lane_core::verify::*;
 
 /// Parses a reference (`lane_core::id::Reference`: `HOST[:PORT]/REPO@sha256:..`,
@@ -23,13 +23,13 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
 
 /// Parses a reference that must name a digest; a tag gets [`NEEDS_DIGEST`].
 /// Returns where it points, the repository and the digest.
-pub fn parse_digest_reference(text: &str) -> Result<(Location, String, String)> {
+pub fn parse_digest_reference(text: &str) -> Result<(Location, Repository, Digest)> {
     match text.parse::<Reference>() {
         Ok(Reference {
             location,
             repository,
             target: Target::Digest(d),
-        }) => Ok((location, repository.to_string(), d.to_string())),
+        }) => Ok((location, repository, d)),
         Ok(_) => bail!("{NEEDS_DIGEST}"),
         // `repo:tag` with a bad tag is still a tag-only reference.
         Err(_) if !text.contains('@') => bail!("{NEEDS_DIGEST}"),
@@ -40,11 +40,22 @@ pub fn parse_digest_reference(text: &str) -> Result<(Location, String, String)> 
 /// Reads the evidence attached to `digest` in `repository`. Errors only when
 /// the store cannot be read at all; a damaged artifact is a problem listed
 /// in the result (and a reason for [`check`] to refuse).
-pub fn fetch_evidence(store: &mut dyn Store, repository: &str, digest: &str) -> Result<Evidence> {
+pub fn fetch_evidence(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Evidence> {
     fetch_manifest(store, repository, digest)?;
     let mut out = Evidence::default();
     for r in lane_core::store::referrers(store, repository, digest)? {
         let artifact = r["digest"].as_str().unwrap_or_default().to_string();
+        let artifact_digest = match parse_digest(&r["digest"], "a referrers index entry") {
+            Ok(d) => d,
+            Err(e) => {
+                out.problems.push(format!("artifact {artifact:?}: {e:#}"));
+                continue;
+            }
+        };
         let kind = r["artifactType"].as_str().unwrap_or_default();
         // Signed statements (DSSE) and the signed SBOM (an in-toto statement
         // in a DSSE envelope, artifactType application/spdx+json).
@@ -52,7 +63,7 @@ pub fn fetch_evidence(store: &mut dyn Store, repository: &str, digest: &str) -> 
         if !signed && kind != MEDIA_RELEASE_RECORD {
             continue;
         }
-        match read_artifact(store, repository, digest, &artifact) {
+        match read_artifact(store, repository, digest, &artifact_digest) {
             Ok(bytes) => {
                 let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
                 match (signed, parsed) {
@@ -78,34 +89,39 @@ pub fn fetch_evidence(store: &mut dyn Store, repository: &str, digest: &str) -> 
 /// The single layer of an artifact manifest whose subject is `subject`.
 fn read_artifact(
     store: &mut dyn Store,
-    repository: &str,
-    subject: &str,
-    artifact: &str,
+    repository: &Repository,
+    subject: &Digest,
+    artifact: &Digest,
 ) -> Result<Vec<u8>> {
     let manifest: Value = serde_json::from_slice(&fetch_manifest(store, repository, artifact)?)
         .context("the artifact manifest is not JSON")?;
-    if manifest["subject"]["digest"] != subject {
+    if manifest["subject"]["digest"] != subject.as_str() {
         bail!(
             "its manifest names subject {}, not {subject}",
             manifest["subject"]["digest"]
         );
     }
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .context("the artifact manifest has no layer")?;
-    store.blob(repository, layer)
+    let layer = parse_digest(
+        &manifest["layers"][0]["digest"],
+        "the artifact manifest's layer",
+    )?;
+    store.blob(repository, &layer)
 }
 
 /// The manifest stored under `digest`, checked to hash to it.
-pub fn fetch_manifest(store: &mut dyn Store, repository: &str, digest: &str) -> Result<Vec<u8>> {
+pub fn fetch_manifest(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Vec<u8>> {
     let bytes = store
-        .manifest(repository, digest)?
+        .manifest(repository, &Target::Digest(digest.clone()))?
         .with_context(|| format!("{repository}@{digest} is not in {}", store.describe()))?;
-    let actual = lane_core::layer::sha256(&bytes);
-    if actual != digest {
+    if !digest.matches(&bytes) {
         bail!(
-            "{} serves {repository}@{digest} with bytes that hash to {actual}",
-            store.describe()
+            "{} serves {repository}@{digest} with bytes that hash to {}",
+            store.describe(),
+            lane_core::layer::sha256(&bytes)
         );
     }
     Ok(bytes)
@@ -114,14 +130,14 @@ pub fn fetch_manifest(store: &mut dyn Store, repository: &str, digest: &str) -> 
 /// Fetches and checks: the whole of `cargo xtask verify`.
 pub fn verify(
     store: &mut dyn Store,
-    repository: &str,
-    digest: &str,
+    repository: &Repository,
+    digest: &Digest,
     policy: &Policy,
     allow_local_builder: bool,
 ) -> Result<(Evidence, Verdict)> {
     let evidence = fetch_evidence(store, repository, digest)?;
     let verdict = check(
-        digest,
+        digest.as_str(),
         &evidence,
         policy,
         VerifyOptions {
@@ -153,15 +169,6 @@ pub fn summary(reference: &str, v: &Verdict) -> String {
         ));
     }
     out
-}
-
-/// The local store names its images `local/REPOSITORY` in statements and
-/// summaries; accept that name where a repository is expected.
-pub fn local_name(store: &dyn Store, repository: String) -> String {
-    match repository.strip_prefix("local/") {
-        Some(rest) if !store.is_registry() => rest.to_string(),
-        _ => repository,
-    }
 }
 
 #[cfg(test)]
