@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use xshell::{Shell, cmd};
 
+use lane_core::contents::{ContentsQuery, Providers};
 use lane_core::debian::*;
 use lane_core::layer::{self, Entry, EntryKind};
 use lane_core::spec::{ImagePath, ImageSpec, Owner};
@@ -61,6 +62,70 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
         stanzas.extend(parse_stanzas(&text).with_context(|| format!("parsing the apt index {f}"))?);
     }
     Index::from_stanzas(&stanzas, arch)
+}
+
+/// Which packages ship the queried files, from Debian's Contents index as
+/// apt keeps it: the `Contents-deb` targets of `arch` that apt-file's
+/// configuration makes `apt-get update` download (`apt-get indextargets`
+/// finds them, `apt-helper cat-file` decompresses them). Each file is
+/// streamed through [`ContentsQuery::scan`]; only the queried paths are
+/// kept. `None` when apt keeps no Contents index for `arch` (apt-file not
+/// installed, `apt-get update` not run since, or no apt at all).
+pub fn contents_providers(arch: &str, query: &ContentsQuery) -> Result<Option<Providers>> {
+    let sh = Shell::new()?;
+    let format = "$(FILENAME)";
+    let identifier = "Identifier: Contents-deb";
+    let architecture = format!("Architecture: {arch}");
+    let Ok(files) = cmd!(
+        sh,
+        "apt-get indextargets --format {format} {identifier} {architecture}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .read() else {
+        return Ok(None);
+    };
+    let files: Vec<&str> = files
+        .lines()
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && Path::new(f).is_file())
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut found = Providers::new();
+    for f in files {
+        let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
+            .args(["cat-file", f])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running /usr/lib/apt/apt-helper cat-file {f}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("apt-helper cat-file has no standard output")?;
+        let scanned = query.scan(io::BufReader::with_capacity(1 << 20, stdout), f);
+        if scanned.is_err() {
+            let _ = child.kill();
+        }
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for apt-helper cat-file {f}"))?;
+        let answer = scanned?;
+        if !out.status.success() {
+            bail!(
+                "reading Debian's Contents index {f} failed ({}: {}); refresh it with apt-get update",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for (name, packages) in answer {
+            found.entry(name).or_default().extend(packages);
+        }
+    }
+    Ok(Some(found))
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -3,15 +3,20 @@
 //! (the curated dependency manifest against what the binaries really load).
 //! See docs/drift.md.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::adapters::apt;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
+use crate::report::Reporter;
+use lane_core::contents::ContentsQuery;
 use lane_core::drift::{
-    CuratedManifest, DriftReport, ImageFs, ProviderIndex, RuntimeFacts, analyse,
+    ContentsState, CuratedManifest, DriftReport, ImageFs, ProviderIndex, RuntimeFacts, analyse,
+    contents_query, name_providers,
 };
 
 /// The human-readable report: one block per image.
@@ -60,6 +65,12 @@ pub fn render(report: &DriftReport) -> String {
                 m.binary, m.library, m.needed_by, m.reason
             );
         }
+        if i.contents_index == ContentsState::Absent {
+            let _ = writeln!(
+                out,
+                "  (Debian's Contents index is not on this machine: `apt-get install apt-file && apt-get update` lets drift name the packages)"
+            );
+        }
         for m in &i.malformed {
             let _ = writeln!(out, "  malformed ELF: {}: {}", m.path, m.error);
         }
@@ -73,6 +84,12 @@ pub fn render(report: &DriftReport) -> String {
 /// Reads an OCI image layout (first manifest of index.json) into the merged
 /// file system and the runtime facts of its config.
 pub fn read_layout(layout: &Path) -> Result<(ImageFs, RuntimeFacts)> {
+    let (image, runtime, _) = read_layout_with_arch(layout)?;
+    Ok((image, runtime))
+}
+
+/// As [`read_layout`], plus the config's `architecture` (`amd64`).
+fn read_layout_with_arch(layout: &Path) -> Result<(ImageFs, RuntimeFacts, String)> {
     let json = |digest: &str| -> Result<serde_json::Value> {
         let path = blob(layout, digest);
         let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -127,7 +144,11 @@ pub fn read_layout(layout: &Path) -> Result<(ImageFs, RuntimeFacts)> {
         };
         applied.with_context(|| format!("reading layer {digest} of {}", layout.display()))?;
     }
-    Ok((image, runtime))
+    let arch = config["architecture"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((image, runtime, arch))
 }
 
 fn blob(layout: &Path, digest: &str) -> PathBuf {
@@ -147,7 +168,9 @@ pub fn read_index(path: &Path) -> Result<ProviderIndex> {
     }
 }
 
-/// Builds the images and analyses each one.
+/// Builds the images and analyses each one. What is missing is looked up
+/// in Debian's Contents index (once for all images of one architecture),
+/// unless the hand-kept index names its package.
 pub fn drift(
     ws: &Workspace,
     names: &[String],
@@ -167,14 +190,45 @@ pub fn drift(
     let mut opts = BuildOptions::for_workspace(ws);
     opts.quiet = quiet;
     let built = build::build(ws, names, &opts)?;
-    let mut images = Vec::new();
+    // (drift, curated manifest, architecture) of each image.
+    let mut analysed = Vec::new();
     for b in &built.images {
         if !names.is_empty() && !names.contains(&b.name) {
             continue; // a base built for the requested image
         }
-        let (image_fs, runtime) = read_layout(&b.layout)?;
+        let (image_fs, runtime, arch) = read_layout_with_arch(&b.layout)?;
         let manifest = CuratedManifest::from_image(&image_fs);
-        images.push(analyse(&b.name, &image_fs, &manifest, &index, &runtime));
+        let drift = analyse(&b.name, &image_fs, &manifest, &index, &runtime);
+        analysed.push((drift, manifest, arch));
     }
-    Ok(DriftReport { images })
+    let mut queries: BTreeMap<String, ContentsQuery> = BTreeMap::new();
+    for (drift, _, arch) in &analysed {
+        queries
+            .entry(arch.clone())
+            .or_default()
+            .extend(contents_query(drift, &index));
+    }
+    let progress = Reporter::new(quiet);
+    for (arch, query) in queries.iter().filter(|(_, q)| !q.is_empty()) {
+        progress.say(format_args!(
+            "drift: looking up {} in Debian's Contents index ({arch})",
+            query.names().into_iter().collect::<Vec<_>>().join(", ")
+        ));
+        let mut with_contents = index.clone();
+        match apt::contents_providers(arch, query)? {
+            Some(found) => {
+                with_contents.contents = found;
+                with_contents.contents_state = ContentsState::Consulted;
+            }
+            None => with_contents.contents_state = ContentsState::Absent,
+        }
+        for (drift, manifest, _) in analysed.iter_mut().filter(|(_, _, a)| a == arch) {
+            if !drift.ok {
+                name_providers(drift, manifest, &with_contents);
+            }
+        }
+    }
+    Ok(DriftReport {
+        images: analysed.into_iter().map(|(d, _, _)| d).collect(),
+    })
 }
