@@ -316,9 +316,15 @@ impl Store for LocalStore {
             .and_then(|m| m["digest"].as_str().map(str::to_string)))
     }
 
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+    fn copy_to(
+        &mut self,
+        repository: &str,
+        digest: &str,
+        to_repository: &str,
+    ) -> Result<BlobStats> {
+        let mut stats = BlobStats::default();
         if repository == to_repository {
-            return Ok(());
+            return Ok(stats);
         }
         self.preflight(&[to_repository.to_string()])?;
         let CopyPlan {
@@ -333,13 +339,18 @@ impl Store for LocalStore {
         {
             for b in blobs {
                 let data = self.read_verified(repository, b)?;
-                self.put(to_repository, b, &data)?;
+                if self.put(to_repository, b, &data)? {
+                    stats.uploaded += 1;
+                    stats.bytes_uploaded += data.len() as u64;
+                } else {
+                    stats.skipped += 1;
+                }
             }
             self.put(to_repository, m, bytes)?;
             self.add_entry(to_repository, m, bytes.len() as u64, MEDIA_MANIFEST, None)?;
         }
         if attached.is_empty() {
-            return Ok(());
+            return Ok(stats);
         }
         let existing = referrers(self, to_repository, digest)?;
         let index = merged_referrers(existing, attached)?;
@@ -350,7 +361,8 @@ impl Store for LocalStore {
             index.size(),
             MEDIA_INDEX,
             Some(&evidence::fallback_tag(digest)),
-        )
+        )?;
+        Ok(stats)
     }
 
     fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {

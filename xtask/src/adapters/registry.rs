@@ -5,12 +5,14 @@
 //! runtime and keeps it in the [`Remote`] it returns, so every later call on
 //! that `Remote` runs on the runtime that owns its connections.
 //!
-//! Blob uploads and cross-repository mounts go through oci-client. A few
-//! calls go straight through reqwest because oci-client does not expose what
-//! the lane must see: the `Docker-Content-Digest` response header of a
-//! manifest PUT or GET (oci-client returns only the Location or a digest it
-//! already validated), the size a blob HEAD reports (`blob_exists` returns a
-//! bool), and cancelling an upload session (no DELETE in its API).
+//! Blob uploads go through oci-client. A few calls go straight through
+//! reqwest because oci-client does not expose what the lane must see: the
+//! `Docker-Content-Digest` response header of a manifest PUT or GET
+//! (oci-client returns only the Location or a digest it already validated),
+//! the size a blob HEAD reports (`blob_exists` returns a bool), cancelling
+//! an upload session (no DELETE in its API), and a cross-repository mount's
+//! answer (its `mount_blob` treats 202 as an error and leaves the upload
+//! session the registry opened behind).
 //!
 //! No secret is ever printed: [`Secret`] and [`Credential`] redact themselves
 //! in `Debug`, and error messages name the user and the credential source,
@@ -693,6 +695,27 @@ impl Remote {
     }
 }
 
+/// The outcome of a cross-repository blob mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// 201 Created: the blob is in the target repository, no byte moved.
+    Mounted,
+    /// Not mounted (why, in words): the caller uploads the blob.
+    NotMounted(String),
+}
+
+impl Remote {
+    /// Mounts blob `digest` of repository `from` into `to` (same registry).
+    pub fn mount_blob(&self, to: &str, from: &str, digest: &str) -> Result<Mount> {
+        self.rt.block_on(self.s.mount_blob(to, from, digest))
+    }
+
+    /// The size of blob `digest` in `repo`, `None` when it is not there.
+    pub fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
+        self.rt.block_on(self.s.blob_size(repo, digest))
+    }
+}
+
 impl Session {
     /// Sends an authorised GET; `what` names the request in errors.
     async fn get(
@@ -796,14 +819,28 @@ impl Session {
 
     /// A bearer token with pull,push scope on `repo`, fetched once.
     async fn token(&self, repo: &str) -> Result<String> {
-        if let Some(t) = self.tokens.lock().unwrap().get(repo) {
+        self.token_for(repo, None).await
+    }
+
+    /// A bearer token with pull,push scope on `repo` and, for a
+    /// cross-repository mount, pull scope on `mount_from`; fetched once.
+    async fn token_for(&self, repo: &str, mount_from: Option<&str>) -> Result<String> {
+        let key = match mount_from {
+            Some(from) => format!("{repo} from {from}"),
+            None => repo.to_string(),
+        };
+        if let Some(t) = self.tokens.lock().unwrap().get(&key) {
             return Ok(t.clone());
         }
         let Challenge::Bearer { realm, service } = &self.challenge else {
             bail!("the registry did not ask for a bearer token");
         };
         let scope = format!("repository:{repo}:pull,push");
+        let from_scope = mount_from.map(|f| format!("repository:{f}:pull"));
         let mut query = vec![("scope", scope.as_str())];
+        if let Some(f) = &from_scope {
+            query.push(("scope", f.as_str()));
+        }
         if let Some(s) = service {
             query.push(("service", s.as_str()));
         }
@@ -834,10 +871,7 @@ impl Session {
             .token
             .or(t.access_token)
             .ok_or_else(|| anyhow!("the token service {realm} sent no token"))?;
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(repo.to_string(), t.clone());
+        self.tokens.lock().unwrap().insert(key, t.clone());
         Ok(t)
     }
 
@@ -897,6 +931,51 @@ impl Session {
         let req = self.authorise(self.http.delete(&location), repo).await?;
         let _ = req.send().await;
         Ok(())
+    }
+
+    /// Cross-repository blob mount (OCI distribution spec):
+    /// `POST /v2/<to>/blobs/uploads/?mount=<digest>&from=<from>`. 201: the
+    /// registry linked the blob it already holds into `to`, no byte moved.
+    /// 202: it started an upload session instead (it cannot or will not
+    /// mount); the session is cancelled and the caller uploads. Any other
+    /// answer is not a mount either, with the status as the reason.
+    async fn mount_blob(&self, to: &str, from: &str, digest: &str) -> Result<Mount> {
+        let host = self.host();
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/v2/{to}/blobs/uploads/", self.base),
+            &[("mount", digest), ("from", from)],
+        )
+        .map_err(|e| anyhow!("mounting blob {digest} into {host}/{to}: {e}"))?;
+        let req = self.http.post(url).header(CONTENT_LENGTH, "0");
+        // A token service must grant pull on the source as well.
+        let req = if matches!(self.challenge, Challenge::Bearer { .. }) {
+            let t = self.token_for(to, Some(from)).await?;
+            req.header(AUTHORIZATION, format!("Bearer {t}"))
+        } else {
+            self.authorise(req, to).await?
+        };
+        let res = req.send().await.map_err(|e| {
+            anyhow!(
+                "mounting blob {digest} from {from} into {host}/{to}: {}",
+                error_chain(&e)
+            )
+        })?;
+        match res.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => {
+                // An upload session we will not use: cancel it (a registry
+                // that cannot only keeps it until it purges stale uploads).
+                if let Some(location) = res.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                    let location = self.absolute(location);
+                    let req = self.authorise(self.http.delete(&location), to).await?;
+                    let _ = req.send().await;
+                }
+                Ok(Mount::NotMounted(
+                    "the registry answered 202 (an upload session, not a mount)".into(),
+                ))
+            }
+            s => Ok(Mount::NotMounted(format!("the registry answered {s}"))),
+        }
     }
 
     fn absolute(&self, location: &str) -> String {
@@ -1137,19 +1216,12 @@ impl Session {
             }
             // Cross-repository mount when this run already has the blob elsewhere.
             let source = self.known.lock().unwrap().get(&blob.digest).cloned();
-            if let Some(from) = source.filter(|f| f != repo) {
-                let src = Reference::with_digest(host.clone(), from.clone(), blob.digest.clone());
-                self.oci.store_auth_if_needed(&host, &self.oci_auth()).await;
-                if self
-                    .oci
-                    .mount_blob(&self.reference(repo, &blob.digest), &src, &blob.digest)
-                    .await
-                    .is_ok()
-                {
-                    say(format!("  mounted {} from {from}", short(&blob.digest)));
-                    stats.mounted += 1;
-                    continue;
-                }
+            if let Some(from) = source.filter(|f| f != repo)
+                && self.mount_blob(repo, &from, &blob.digest).await? == Mount::Mounted
+            {
+                say(format!("  mounted {} from {from}", short(&blob.digest)));
+                stats.mounted += 1;
+                continue;
             }
             let path = image.blob_path(&blob.digest);
             say(format!(

@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::adapters::registry::{self, RegistryTarget, Remote};
+use crate::adapters::registry::{self, Mount, RegistryTarget, Remote};
+use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::{BlobStats, PublishReport};
 use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
@@ -164,14 +165,21 @@ impl Store for RegistryStore {
         remote.fetch_blob(&repo, digest)
     }
 
-    fn copy_to(&mut self, repository: &str, digest: &str, to_repository: &str) -> Result<()> {
+    fn copy_to(
+        &mut self,
+        repository: &str,
+        digest: &str,
+        to_repository: &str,
+    ) -> Result<BlobStats> {
+        let mut stats = BlobStats::default();
         if repository == to_repository {
-            return Ok(());
+            return Ok(stats);
         }
         let CopyPlan {
             manifests,
             referrers: attached,
         } = copy_plan(self, repository, digest)?;
+        let progress = Reporter::new(self.quiet);
         let remote = self.remote()?;
         let (from, to) = (remote.repo(repository), remote.repo(to_repository));
         for CopyItem {
@@ -181,10 +189,28 @@ impl Store for RegistryStore {
         } in &manifests
         {
             for b in blobs {
-                // Whole blobs in memory: images of this lane are small; a
-                // cross-repository mount would avoid the copy.
-                let data = remote.fetch_blob(&from, b)?;
-                remote.push_small_blob(&to, b, &data)?;
+                if remote.blob_size(&to, b)?.is_some() {
+                    stats.skipped += 1;
+                    continue;
+                }
+                // Same registry: the registry links the blob it holds.
+                match remote.mount_blob(&to, &from, b)? {
+                    Mount::Mounted => {
+                        progress.say(format_args!("  mounted {} from {from}", registry::short(b)));
+                        stats.mounted += 1;
+                    }
+                    Mount::NotMounted(why) => {
+                        // Through memory: images of this lane are small.
+                        progress.say(format_args!(
+                            "  copying {} from {from} ({why})",
+                            registry::short(b)
+                        ));
+                        let data = remote.fetch_blob(&from, b)?;
+                        remote.push_small_blob(&to, b, &data)?;
+                        stats.uploaded += 1;
+                        stats.bytes_uploaded += data.len() as u64;
+                    }
+                }
             }
             let reported = remote.put_manifest(&to, m, MEDIA_MANIFEST, bytes)?;
             if let Some(h) = reported.filter(|h| h != m) {
@@ -192,7 +218,7 @@ impl Store for RegistryStore {
             }
         }
         if attached.is_empty() {
-            return Ok(());
+            return Ok(stats);
         }
         let tag = evidence::fallback_tag(digest);
         let existing = match remote.fetch_manifest(&to, &tag, MEDIA_INDEX)? {
@@ -210,7 +236,7 @@ impl Store for RegistryStore {
         if sha256(&back) != index.digest {
             bail!("the referrers index {to}:{tag} reads back differently from what was pushed");
         }
-        Ok(())
+        Ok(stats)
     }
 
     fn list_tags(&mut self, repository: &str) -> Result<Vec<String>> {
