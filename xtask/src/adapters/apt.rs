@@ -34,22 +34,31 @@ pub fn machine_target(sh: &Shell) -> Result<(String, String)> {
     Ok((arch.trim().to_string(), suite))
 }
 
-/// The machine's apt `Packages` indexes for `arch`, parsed.
-pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+/// The index files of one kind (`Packages`, `Contents-deb`) for `arch` that
+/// apt keeps on this machine (`apt-get indextargets`; a target whose file
+/// was never downloaded is left out).
+fn index_files(sh: &Shell, identifier: &str, arch: &str) -> Result<Vec<String>> {
     let format = "$(FILENAME)";
-    let identifier = "Identifier: Packages";
+    let identifier = format!("Identifier: {identifier}");
     let architecture = format!("Architecture: {arch}");
     let files = cmd!(
         sh,
         "apt-get indextargets --format {format} {identifier} {architecture}"
     )
+    .quiet()
     .read()
-    .context("asking apt for its package indexes (apt-get indextargets)")?;
-    let files: Vec<&str> = files
+    .context("asking apt for its indexes (apt-get indextargets)")?;
+    Ok(files
         .lines()
         .map(str::trim)
-        .filter(|f| !f.is_empty() && Path::new(f).exists())
-        .collect();
+        .filter(|f| !f.is_empty() && Path::new(f).is_file())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The machine's apt `Packages` indexes for `arch`, parsed.
+pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+    let files = index_files(sh, "Packages", arch)?;
     if files.is_empty() {
         bail!("apt has no package index for {arch} on this machine; run apt-get update");
     }
@@ -73,30 +82,15 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
 /// installed, `apt-get update` not run since, or no apt at all).
 pub fn contents_providers(arch: &str, query: &ContentsQuery) -> Result<Option<Providers>> {
     let sh = Shell::new()?;
-    let format = "$(FILENAME)";
-    let identifier = "Identifier: Contents-deb";
-    let architecture = format!("Architecture: {arch}");
-    let Ok(files) = cmd!(
-        sh,
-        "apt-get indextargets --format {format} {identifier} {architecture}"
-    )
-    .quiet()
-    .ignore_stderr()
-    .read() else {
-        return Ok(None);
-    };
-    let files: Vec<&str> = files
-        .lines()
-        .map(str::trim)
-        .filter(|f| !f.is_empty() && Path::new(f).is_file())
-        .collect();
+    // No apt at all is the same as no Contents index: nothing can be named.
+    let files = index_files(&sh, "Contents-deb", arch).unwrap_or_default();
     if files.is_empty() {
         return Ok(None);
     }
     let mut found = Providers::new();
     for f in files {
         let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
-            .args(["cat-file", f])
+            .args(["cat-file", f.as_str()])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -106,7 +100,7 @@ pub fn contents_providers(arch: &str, query: &ContentsQuery) -> Result<Option<Pr
             .stdout
             .take()
             .context("apt-helper cat-file has no standard output")?;
-        let scanned = query.scan(io::BufReader::with_capacity(1 << 20, stdout), f);
+        let scanned = query.scan(io::BufReader::with_capacity(1 << 20, stdout), &f);
         if scanned.is_err() {
             let _ = child.kill();
         }

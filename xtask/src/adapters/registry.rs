@@ -623,6 +623,30 @@ impl Remote {
             .block_on(self.s.put_manifest(repo, reference, media_type, bytes))
     }
 
+    /// PUT of exact manifest bytes under `reference`, then a GET whose bytes
+    /// are hashed: a registry's digest header is never trusted on its own.
+    /// `what` names the document in the error (`the referrers index`).
+    pub fn put_manifest_read_back(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        let back = self
+            .rt
+            .block_on(self.s.put_read_back(repo, reference, media_type, bytes))?;
+        let (pushed, got) = (sha256(bytes).to_string(), back.sha256);
+        if got != pushed {
+            bail!(
+                "{what} {}/{repo}:{reference} reads back as {got}, not the {pushed} that was pushed",
+                self.s.host()
+            );
+        }
+        Ok(())
+    }
+
     /// GET of a manifest's exact bytes, `None` when the registry has no such
     /// reference.
     pub fn fetch_manifest(
@@ -695,6 +719,16 @@ impl Remote {
     }
 }
 
+/// A manifest PUT and the GET after it (`Session::put_read_back`).
+struct ReadBack {
+    /// `Docker-Content-Digest` of the PUT response.
+    put_header: Option<String>,
+    /// `Docker-Content-Digest` of the GET response.
+    get_header: Option<String>,
+    /// sha256 of the bytes the GET returned.
+    sha256: String,
+}
+
 /// The outcome of a cross-repository blob mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mount {
@@ -729,11 +763,39 @@ impl Session {
         if let Some(a) = accept {
             req = req.header(ACCEPT, a);
         }
-        self.authorise(req, repo)
+        self.send(req, repo, None, what).await
+    }
+
+    /// The one way a request reaches the registry: authorised for `repo`
+    /// (for a mount, with pull on `mount_from` too) and sent; a transport
+    /// failure reads `{what} HOST/REPO: cause`.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        repo: &str,
+        mount_from: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        self.authorise(req, repo, mount_from)
             .await?
             .send()
             .await
             .map_err(|e| anyhow!("{what} {}/{repo}: {}", self.host(), error_chain(&e)))
+    }
+
+    /// Cancels an upload session the lane will not use. A registry that
+    /// cannot cancel only keeps an empty session until it purges stale
+    /// uploads, so a failed DELETE is not an error.
+    async fn cancel_upload(&self, repo: &str, location: &str) {
+        let location = self.absolute(location);
+        let _ = self
+            .send(
+                self.http.delete(&location),
+                repo,
+                None,
+                "cancelling an upload to",
+            )
+            .await;
     }
 
     fn host(&self) -> &str {
@@ -801,7 +863,7 @@ impl Session {
                 }
                 Challenge::Bearer { .. } => {
                     if let Some(repo) = repositories.first() {
-                        self.token(repo).await.map_err(|e| {
+                        self.token_for(repo, None).await.map_err(|e| {
                             anyhow!(
                                 "authentication failed for user {user} at {host} ({hint}): {e:#}"
                             )
@@ -815,11 +877,6 @@ impl Session {
             self.check_push(repo).await?;
         }
         Ok(())
-    }
-
-    /// A bearer token with pull,push scope on `repo`, fetched once.
-    async fn token(&self, repo: &str) -> Result<String> {
-        self.token_for(repo, None).await
     }
 
     /// A bearer token with pull,push scope on `repo` and, for a
@@ -875,18 +932,20 @@ impl Session {
         Ok(t)
     }
 
-    /// Adds the registry's authorisation for `repo` to a request.
+    /// Adds the registry's authorisation for `repo` to a request; a token
+    /// for a mount also grants pull on `mount_from`.
     async fn authorise(
         &self,
         req: reqwest::RequestBuilder,
         repo: &str,
+        mount_from: Option<&str>,
     ) -> Result<reqwest::RequestBuilder> {
         Ok(match (&self.challenge, &self.credential) {
             (Challenge::None, _) => req,
             (Challenge::Basic, Some(c)) => req.basic_auth(&c.user, Some(c.secret.expose())),
             (Challenge::Basic, None) => req,
             (Challenge::Bearer { .. }, _) => {
-                let t = self.token(repo).await?;
+                let t = self.token_for(repo, mount_from).await?;
                 req.header(AUTHORIZATION, format!("Bearer {t}"))
             }
         })
@@ -902,13 +961,8 @@ impl Session {
     async fn check_push(&self, repo: &str) -> Result<()> {
         let host = self.host();
         let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-        let req = self
-            .authorise(self.http.post(&url).header(CONTENT_LENGTH, "0"), repo)
-            .await?;
-        let res = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("registry {host} unreachable: {}", error_chain(&e)))?;
+        let req = self.http.post(&url).header(CONTENT_LENGTH, "0");
+        let res = self.send(req, repo, None, "starting an upload to").await?;
         match res.status() {
             StatusCode::ACCEPTED => {}
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => bail!(
@@ -924,12 +978,8 @@ impl Session {
             .ok_or_else(|| {
                 anyhow!("registry {host} started an upload to {repo} without a Location header")
             })?;
-        let location = self.absolute(location);
-        // Cancel the session so the probe leaves nothing behind. A registry
-        // that cannot cancel only keeps an empty session until it purges
-        // stale uploads, so a failed DELETE is not a preflight failure.
-        let req = self.authorise(self.http.delete(&location), repo).await?;
-        let _ = req.send().await;
+        // Cancel the session so the probe leaves nothing behind.
+        self.cancel_upload(repo, location).await;
         Ok(())
     }
 
@@ -947,28 +997,14 @@ impl Session {
         )
         .map_err(|e| anyhow!("mounting blob {digest} into {host}/{to}: {e}"))?;
         let req = self.http.post(url).header(CONTENT_LENGTH, "0");
-        // A token service must grant pull on the source as well.
-        let req = if matches!(self.challenge, Challenge::Bearer { .. }) {
-            let t = self.token_for(to, Some(from)).await?;
-            req.header(AUTHORIZATION, format!("Bearer {t}"))
-        } else {
-            self.authorise(req, to).await?
-        };
-        let res = req.send().await.map_err(|e| {
-            anyhow!(
-                "mounting blob {digest} from {from} into {host}/{to}: {}",
-                error_chain(&e)
-            )
-        })?;
+        let what = format!("mounting blob {digest} from {from} into");
+        let res = self.send(req, to, Some(from), &what).await?;
         match res.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => {
-                // An upload session we will not use: cancel it (a registry
-                // that cannot only keeps it until it purges stale uploads).
+                // An upload session we will not use.
                 if let Some(location) = res.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                    let location = self.absolute(location);
-                    let req = self.authorise(self.http.delete(&location), to).await?;
-                    let _ = req.send().await;
+                    self.cancel_upload(to, location).await;
                 }
                 Ok(Mount::NotMounted(
                     "the registry answered 202 (an upload session, not a mount)".into(),
@@ -1006,18 +1042,8 @@ impl Session {
     /// HEAD of a blob: its size if present.
     async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let res = self
-            .authorise(self.http.head(&url), repo)
-            .await?
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "checking blob {digest} in {}/{repo}: {}",
-                    self.host(),
-                    error_chain(&e)
-                )
-            })?;
+        let what = format!("checking blob {digest} in");
+        let res = self.send(self.http.head(&url), repo, None, &what).await?;
         match res.status() {
             StatusCode::OK => Ok(Some(
                 res.headers()
@@ -1048,24 +1074,13 @@ impl Session {
         bytes: &[u8],
     ) -> Result<Option<String>> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
-        let res = self
-            .authorise(
-                self.http
-                    .put(&url)
-                    .header(CONTENT_TYPE, media_type)
-                    .body(bytes.to_vec()),
-                repo,
-            )
-            .await?
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "pushing the manifest to {}/{repo}:{reference}: {}",
-                    self.host(),
-                    error_chain(&e)
-                )
-            })?;
+        let req = self
+            .http
+            .put(&url)
+            .header(CONTENT_TYPE, media_type)
+            .body(bytes.to_vec());
+        let what = format!("pushing the manifest {reference} to");
+        let res = self.send(req, repo, None, &what).await?;
         let status = res.status();
         let header = digest_header(res.headers());
         if status != StatusCode::CREATED {
@@ -1077,6 +1092,26 @@ impl Session {
             );
         }
         Ok(header)
+    }
+
+    /// PUT of exact manifest bytes under `reference`, then the GET of the
+    /// same reference: what each reported and the hash of what came back.
+    async fn put_read_back(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<ReadBack> {
+        let put_header = self
+            .put_manifest(repo, reference, media_type, bytes)
+            .await?;
+        let (fetched, get_header) = self.get_manifest(repo, reference, media_type).await?;
+        Ok(ReadBack {
+            put_header,
+            get_header,
+            sha256: sha256(&fetched).to_string(),
+        })
     }
 
     /// GET of a manifest: the exact bytes and the reported digest header.
@@ -1241,20 +1276,18 @@ impl Session {
         }
         // The manifest, by digest, exactly as built.
         let digest = &image.manifest_digest;
-        let put_header = self
-            .put_manifest(repo, digest, &image.manifest_media_type, &image.manifest)
-            .await?;
-        let (fetched, get_header) = self
-            .get_manifest(repo, digest, &image.manifest_media_type)
+        let media_type = &image.manifest_media_type;
+        let back = self
+            .put_read_back(repo, digest, media_type, &image.manifest)
             .await?;
         let mut blob_sizes = Vec::new();
         for blob in &image.blobs {
             blob_sizes.push((blob.clone(), self.blob_size(repo, &blob.digest).await?));
         }
         let observed = Observed {
-            pushed_digest_header: put_header,
-            fetched_digest_header: get_header,
-            fetched_sha256: sha256(&fetched).to_string(),
+            pushed_digest_header: back.put_header,
+            fetched_digest_header: back.get_header,
+            fetched_sha256: back.sha256,
             blobs: blob_sizes,
         };
         let failures = check_digest(digest, &observed);
@@ -1268,17 +1301,14 @@ impl Session {
         // Only now: the tags, each read back and checked.
         let mut tag_checks = Vec::new();
         for tag in tags {
-            let put = self
-                .put_manifest(repo, tag, &image.manifest_media_type, &image.manifest)
-                .await?;
-            let (bytes, header) = self
-                .get_manifest(repo, tag, &image.manifest_media_type)
+            let back = self
+                .put_read_back(repo, tag, media_type, &image.manifest)
                 .await?;
             let check = TagCheck {
                 tag: tag.clone(),
-                pushed_digest_header: put,
-                fetched_digest_header: header,
-                resolved_sha256: sha256(&bytes).to_string(),
+                pushed_digest_header: back.put_header,
+                fetched_digest_header: back.get_header,
+                resolved_sha256: back.sha256,
             };
             let failures = check_tag(digest, &check);
             if !failures.is_empty() {

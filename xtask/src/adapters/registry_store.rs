@@ -98,25 +98,24 @@ impl Store for RegistryStore {
             remote.push_small_blob(&repo, b.digest.as_str(), &b.bytes)?;
         }
         let d = &artifact.manifest.digest;
-        // Read back and hash: a registry's digest header is not trusted.
-        remote.put_manifest(&repo, d.as_str(), MEDIA_MANIFEST, &artifact.manifest.bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, d.as_str(), MEDIA_MANIFEST)?
-            .unwrap_or_default();
-        if sha256(&back) != *d {
-            bail!("the evidence manifest {repo}@{d} reads back with other bytes");
-        }
+        remote.put_manifest_read_back(
+            &repo,
+            d.as_str(),
+            MEDIA_MANIFEST,
+            &artifact.manifest.bytes,
+            "the evidence manifest",
+        )?;
         // Referrers tag fallback (the Distribution registry has no referrers API).
         let tag = evidence::fallback_tag(subject_digest);
         let existing = remote.fetch_manifest(&repo, &tag, MEDIA_INDEX)?;
         let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        remote.put_manifest(&repo, &tag, MEDIA_INDEX, &index.bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, &tag, MEDIA_INDEX)?
-            .unwrap_or_default();
-        if sha256(&back) != index.digest {
-            bail!("the referrers index {repo}:{tag} reads back differently from what was pushed");
-        }
+        remote.put_manifest_read_back(
+            &repo,
+            &tag,
+            MEDIA_INDEX,
+            &index.bytes,
+            "the referrers index",
+        )?;
         Ok(d.to_string())
     }
 
@@ -129,15 +128,7 @@ impl Store for RegistryStore {
         if sha256(&bytes) != digest {
             bail!("{repo}@{digest} is served with other bytes; not tagging");
         }
-        remote.put_manifest(&repo, tag, MEDIA_MANIFEST, &bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, tag, MEDIA_MANIFEST)?
-            .unwrap_or_default();
-        let got = sha256(&back);
-        if got != digest {
-            bail!("tag {repo}:{tag} reads back as {got}, not {digest}");
-        }
-        Ok(())
+        remote.put_manifest_read_back(&repo, tag, MEDIA_MANIFEST, &bytes, "the tag")
     }
 
     fn resolve_tag(&mut self, repository: &str, tag: &str) -> Result<Option<String>> {
@@ -229,13 +220,13 @@ impl Store for RegistryStore {
             None => Vec::new(),
         };
         let index = merged_referrers(existing, attached)?;
-        remote.put_manifest(&to, &tag, MEDIA_INDEX, &index.bytes)?;
-        let back = remote
-            .fetch_manifest(&to, &tag, MEDIA_INDEX)?
-            .unwrap_or_default();
-        if sha256(&back) != index.digest {
-            bail!("the referrers index {to}:{tag} reads back differently from what was pushed");
-        }
+        remote.put_manifest_read_back(
+            &to,
+            &tag,
+            MEDIA_INDEX,
+            &index.bytes,
+            "the referrers index",
+        )?;
         Ok(stats)
     }
 
