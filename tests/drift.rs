@@ -683,3 +683,100 @@ fn malformed_elf_files_are_reported_by_path() {
     );
     assert!(stderr.contains("/usr/bin/git needs libz.so.1"), "{stderr}");
 }
+
+/// Issue 15: in a repository with no hand-kept provider index, a binary
+/// that needs libraries nothing curated provides makes drift name each
+/// library and the Debian package that ships it, from Debian's Contents
+/// index as this machine's apt keeps it (apt-file's data); the hand-kept
+/// index still overrides; without the Contents index the error says how to
+/// get it.
+#[test]
+fn missing_libraries_are_named_from_debians_contents_index() {
+    let binary = "/usr/bin/git";
+    let left_out = ["libz.so.1", "libpcre2-8.so.0"];
+    let libraries = ldd(binary);
+    // The answer, from this machine's dpkg database (not the Contents index).
+    let expected: Vec<(String, String)> = left_out
+        .iter()
+        .map(|name| {
+            let (_, path) = libraries
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{binary} must need {name}: {libraries:?}"));
+            (name.to_string(), package_of(path))
+        })
+        .collect();
+
+    let f = Fixture::with_files("drift-contents", &[]);
+    let mut img = Image::new(&f, "tool");
+    img.entrypoint = Some(binary.into());
+    img.binary_with_libraries(binary, &left_out);
+    img.curate("git");
+    img.curate("libc6");
+    img.finish();
+    f.commit("git without zlib1g and libpcre2");
+    assert!(!f.path("lockfiles/library-index.toml").exists());
+
+    let (ok, report, stderr) = drift_json(&f, &["tool"]);
+    assert!(!ok, "drift must fail:\n{report:#}");
+    let tool = image_report(&report, "tool");
+    assert_eq!(tool["contents_index"], "consulted", "{tool}");
+    let missing = tool["missing_libraries"].as_array().unwrap();
+    for (library, package) in &expected {
+        let m = missing
+            .iter()
+            .find(|m| m["binary"] == binary && m["library"] == library.as_str())
+            .unwrap_or_else(|| panic!("{library} not among missing: {missing:?}"));
+        assert_eq!(strings(&m["providers"]), [package.as_str()], "{m}");
+        assert!(
+            stderr.contains(&format!(
+                "{binary} needs {library}: not found; it is provided by package {package}: add it to the image's curated package list"
+            )),
+            "the error names binary, library and package:\n{stderr}"
+        );
+    }
+
+    // The hand-kept index overrides the Contents index for what it names.
+    let (library, _) = &expected[0];
+    f.write(
+        "lockfiles/library-index.toml",
+        &format!("[libraries]\n\"{library}\" = [\"our-own-build\"]\n"),
+    );
+    f.commit("hand-kept provider");
+    let (ok, report, _) = drift_json(&f, &["tool"]);
+    assert!(!ok);
+    let missing = image_report(&report, "tool")["missing_libraries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let providers =
+        |name: &str| strings(&missing.iter().find(|m| m["library"] == name).unwrap()["providers"]);
+    assert_eq!(providers(library), ["our-own-build"]);
+    assert_eq!(providers(&expected[1].0), [expected[1].1.clone()]);
+
+    // A machine whose apt keeps no Contents index (its lists folder is
+    // empty): the error says how to get one.
+    let lists = TempDir::new("apt-lists");
+    let conf = lists.path().join("apt.conf");
+    fs::write(
+        &conf,
+        format!("Dir::State::Lists \"{}\";\n", lists.path().display()),
+    )
+    .unwrap();
+    let out = f.xtask_env(
+        &["drift", "--json", "tool"],
+        &[("APT_CONFIG", conf.to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tool = image_report(&report, "tool");
+    assert_eq!(tool["contents_index"], "absent", "{tool}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "needs {}: not found; the package that ships it cannot be named: Debian's Contents index is not on this machine (get it with `apt-get install apt-file && apt-get update`",
+            expected[1].0
+        )),
+        "{stderr}"
+    );
+}

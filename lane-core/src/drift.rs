@@ -5,12 +5,15 @@
 //! [`ImageFs`] (the merged root file system, built from layer tar streams with
 //! OCI whiteouts applied), [`CuratedManifest`] (the packages the image
 //! declares and their files), [`ProviderIndex`] (which package ships which
-//! library file name) and [`RuntimeFacts`] (entrypoint, `LD_LIBRARY_PATH`)
-//! go in; [`ImageDrift`] comes out. The dynamic loader is emulated inside the
-//! image only: the host file system is never consulted.
+//! library file name: the hand-kept index over Debian's Contents index) and
+//! [`RuntimeFacts`] (entrypoint, `LD_LIBRARY_PATH`) go in; [`ImageDrift`]
+//! comes out. The dynamic loader is emulated inside the image only: the
+//! host file system is never consulted.
 //!
-//! The adapter ([`drift`]) builds the images, reads their OCI layouts and the
-//! provider index file, and calls [`analyse`]. See docs/drift.md.
+//! The adapter (`xtask::commands::drift`) builds the images, reads their OCI
+//! layouts and the hand-kept index, calls [`analyse`], then asks Debian's
+//! Contents index ([`contents_query`], `crate::contents`) about what is
+//! missing and names the providers ([`name_providers`]). See docs/drift.md.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -20,6 +23,8 @@ use object::Endianness;
 use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use serde::{Deserialize, Serialize};
+
+use crate::contents::{ContentsQuery, Providers};
 
 // ---------------------------------------------------------------------------
 // The merged file system
@@ -707,10 +712,35 @@ impl CuratedManifest {
 
 /// Which packages ship a library, by file name (`libz.so.1` -> `zlib1g`):
 /// names the package that would provide a missing library.
+///
+/// Two sources: the hand-kept `libraries` (`lockfiles/library-index.toml`),
+/// which overrides, and Debian's Contents index (`contents`, filled by the
+/// adapter for the names [`contents_query`] asks about). The file lists of
+/// the curated manifest are consulted as well.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderIndex {
     #[serde(default)]
     pub libraries: BTreeMap<String, BTreeSet<String>>,
+    /// What Debian's Contents index says ships each file name.
+    #[serde(skip)]
+    pub contents: Providers,
+    /// Whether Debian's Contents index was read.
+    #[serde(skip)]
+    pub contents_state: ContentsState,
+}
+
+/// Whether Debian's Contents index named the providers of an image's
+/// missing files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentsState {
+    /// Not consulted (nothing was missing, or the caller did not ask).
+    #[default]
+    NotConsulted,
+    /// apt keeps no Contents index for the image's architecture.
+    Absent,
+    /// Read.
+    Consulted,
 }
 
 impl ProviderIndex {
@@ -725,7 +755,10 @@ impl ProviderIndex {
     }
 
     fn providers(&self, manifest: &CuratedManifest, library: &str) -> Vec<String> {
-        let mut out: BTreeSet<String> = self.libraries.get(library).cloned().unwrap_or_default();
+        let mut out: BTreeSet<String> = match self.libraries.get(library) {
+            Some(hand_kept) => hand_kept.clone(),
+            None => self.contents.get(library).cloned().unwrap_or_default(),
+        };
         for p in &manifest.packages {
             if p.files.iter().any(|f| file_name(f) == library) {
                 out.insert(p.name.clone());
@@ -733,6 +766,45 @@ impl ProviderIndex {
         }
         out.into_iter().collect()
     }
+}
+
+/// The paths to look up in Debian's Contents index for what `drift` found
+/// missing: every missing library in each directory the loader searched
+/// (a name with a `/` at that path), every missing interpreter at its path.
+/// Names the hand-kept index lists are not asked for (it overrides).
+pub fn contents_query(drift: &ImageDrift, index: &ProviderIndex) -> ContentsQuery {
+    let mut q = ContentsQuery::new();
+    for m in &drift.missing_libraries {
+        if index.libraries.contains_key(&m.library) {
+            continue;
+        }
+        if m.library.contains('/') {
+            q.want(file_name(&m.library), &normalise(&m.library));
+            continue;
+        }
+        for dir in &m.searched {
+            q.want(&m.library, &join(&normalise(dir), &m.library));
+        }
+    }
+    for m in &drift.missing_interpreters {
+        let name = file_name(&m.interpreter);
+        if !index.libraries.contains_key(name) {
+            q.want(name, &normalise(&m.interpreter));
+        }
+    }
+    q
+}
+
+/// Names the packages that would provide what is missing, again, from
+/// `index` (after the adapter filled in Debian's Contents index).
+pub fn name_providers(drift: &mut ImageDrift, manifest: &CuratedManifest, index: &ProviderIndex) {
+    for m in &mut drift.missing_libraries {
+        m.providers = index.providers(manifest, &m.library);
+    }
+    for m in &mut drift.missing_interpreters {
+        m.providers = index.providers(manifest, file_name(&m.interpreter));
+    }
+    drift.contents_index = index.contents_state;
 }
 
 /// What the image configuration tells the loader.
@@ -790,6 +862,9 @@ pub struct ImageDrift {
     pub packages: Vec<PackageUse>,
     /// Curated packages nothing needs.
     pub unused_packages: Vec<String>,
+    /// Whether Debian's Contents index named the `providers` above.
+    #[serde(default)]
+    pub contents_index: ContentsState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1331,6 +1406,7 @@ pub fn analyse(
         });
     }
     drift.ok = drift.missing_libraries.is_empty() && drift.missing_interpreters.is_empty();
+    drift.contents_index = index.contents_state;
     drift
 }
 
@@ -1356,7 +1432,7 @@ pub fn failures(report: &DriftReport, policy: &DriftPolicy) -> Vec<String> {
                 i.image,
                 m.binary,
                 m.interpreter,
-                provided_by(&m.providers)
+                provided_by(&m.providers, i.contents_index)
             ));
         }
         for m in &i.missing_libraries {
@@ -1371,7 +1447,7 @@ pub fn failures(report: &DriftReport, policy: &DriftPolicy) -> Vec<String> {
                 m.binary,
                 m.library,
                 m.reason,
-                provided_by(&m.providers)
+                provided_by(&m.providers, i.contents_index)
             ));
         }
         if policy.fail_on_unused {
@@ -1388,9 +1464,20 @@ pub fn failures(report: &DriftReport, policy: &DriftPolicy) -> Vec<String> {
     out
 }
 
-pub fn provided_by(providers: &[String]) -> String {
+/// The end of a finding's line: the package to add, or why none is named.
+pub fn provided_by(providers: &[String], contents: ContentsState) -> String {
     if providers.is_empty() {
-        "; no known package provides it, add the file to the image".into()
+        match contents {
+            ContentsState::NotConsulted => {
+                "; no known package provides it, add the file to the image".into()
+            }
+            ContentsState::Consulted => {
+                "; no Debian package of this machine's apt sources ships it where the loader looks (Contents index), add the file to the image".into()
+            }
+            ContentsState::Absent => {
+                "; the package that ships it cannot be named: Debian's Contents index is not on this machine (get it with `apt-get install apt-file && apt-get update`, or name the package in lockfiles/library-index.toml)".into()
+            }
+        }
     } else {
         format!(
             "; it is provided by package {}: add it to the image's curated package list",
@@ -1566,6 +1653,132 @@ mod tests {
                     },
                 ]
             }
+        );
+    }
+
+    fn missing(library: &str, searched: &[&str]) -> MissingLibrary {
+        MissingLibrary {
+            binary: "/usr/bin/tool".into(),
+            needed_by: "/usr/bin/tool".into(),
+            library: library.into(),
+            reason: "not found".into(),
+            providers: vec![],
+            searched: searched.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn contents_name_what_the_hand_kept_index_does_not() {
+        let mut drift = ImageDrift {
+            image: "tool".into(),
+            missing_libraries: vec![
+                missing(
+                    "libz.so.1",
+                    &["/lib/x86_64-linux-gnu", "/usr/lib//x86_64-linux-gnu/"],
+                ),
+                missing("libpinned.so.1", &["/lib"]),
+                missing("/opt/libabs.so", &[]),
+            ],
+            missing_interpreters: vec![MissingInterpreter {
+                binary: "/usr/bin/tool".into(),
+                interpreter: "/lib64/ld-linux-x86-64.so.2".into(),
+                providers: vec![],
+            }],
+            ..ImageDrift::default()
+        };
+        let mut index = ProviderIndex::parse(
+            "[libraries]\n\"libpinned.so.1\" = [\"our-build\"]\n",
+            "library-index.toml",
+        )
+        .unwrap();
+        // Only what the override does not name is looked up, where the
+        // loader looked.
+        let contents = "\
+lib/x86_64-linux-gnu/libz.so.1 libs/zlib1g
+usr/lib/x86_64-linux-gnu/libz.so.1 libs/zlib-ng-compat
+lib/libpinned.so.1 libs/debian-build
+opt/libabs.so misc/absolute
+lib64/ld-linux-x86-64.so.2 libs/libc6
+usr/lib/x86_64-linux-gnu/elsewhere/libz.so.1 libs/not-searched
+";
+        let q = contents_query(&drift, &index);
+        assert_eq!(
+            q.names(),
+            BTreeSet::from(["ld-linux-x86-64.so.2", "libabs.so", "libz.so.1"])
+        );
+        index.contents = q.scan(contents.as_bytes(), "Contents-amd64").unwrap();
+        index.contents_state = ContentsState::Consulted;
+        name_providers(&mut drift, &CuratedManifest::default(), &index);
+        let providers: Vec<Vec<String>> = drift
+            .missing_libraries
+            .iter()
+            .map(|m| m.providers.clone())
+            .collect();
+        assert_eq!(
+            providers,
+            [
+                vec!["zlib-ng-compat".to_string(), "zlib1g".to_string()],
+                vec!["our-build".to_string()],
+                vec![],
+            ]
+        );
+        assert_eq!(drift.missing_interpreters[0].providers, ["libc6"]);
+        assert_eq!(drift.contents_index, ContentsState::Consulted);
+        let report = DriftReport {
+            images: vec![drift.clone()],
+        };
+        let f = failures(&report, &DriftPolicy::default()).join("\n");
+        assert!(
+            f.contains(
+                "needs libz.so.1: not found; it is provided by package zlib-ng-compat or zlib1g"
+            ),
+            "{f}"
+        );
+        assert!(
+            f.contains("needs libpinned.so.1: not found; it is provided by package our-build"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn without_a_contents_index_the_message_says_how_to_get_it() {
+        let drift = ImageDrift {
+            image: "tool".into(),
+            missing_libraries: vec![missing("libz.so.1", &["/lib"])],
+            contents_index: ContentsState::Absent,
+            ..ImageDrift::default()
+        };
+        let f = failures(
+            &DriftReport {
+                images: vec![drift.clone()],
+            },
+            &DriftPolicy::default(),
+        );
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].contains("Debian's Contents index is not on this machine"),
+            "{}",
+            f[0]
+        );
+        assert!(
+            f[0].contains("apt-get install apt-file && apt-get update"),
+            "{}",
+            f[0]
+        );
+        let consulted = ImageDrift {
+            contents_index: ContentsState::Consulted,
+            ..drift
+        };
+        let f = failures(
+            &DriftReport {
+                images: vec![consulted],
+            },
+            &DriftPolicy::default(),
+        );
+        assert!(
+            f[0].contains("no Debian package of this machine's apt sources ships it"),
+            "{}",
+            f[0]
         );
     }
 }

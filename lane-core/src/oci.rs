@@ -94,13 +94,18 @@ pub struct ImageInputs<'a> {
     pub layers: &'a [LayerRecord],
     pub source: &'a SourceFacts,
     pub ref_name: &'a str,
+    /// The names `docker load` gives the image (`REPOSITORY:TAG`).
+    pub repo_tags: &'a [String],
 }
 
-/// The three documents of one image.
+/// The documents of one image: the three OCI ones and Docker's
+/// `manifest.json` of the same layout.
 pub struct ImageDocs {
     pub config: Blob,
     pub manifest: Blob,
     pub index: Blob,
+    /// Docker's `manifest.json` ([`docker_manifest`]); never pushed.
+    pub docker_manifest: Blob,
     /// Base layers followed by the image's own layers.
     pub layers: Vec<LayerRecord>,
     /// The effective runtime config (base merged with the image's own).
@@ -297,10 +302,13 @@ pub fn image_docs(inputs: &ImageInputs) -> Result<ImageDocs> {
         )?])
         .build()?;
     let index = canonical_json(&index)?;
+    let layer_digests: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
+    let docker_manifest = docker_manifest(&config.digest, &layer_digests, inputs.repo_tags)?;
     Ok(ImageDocs {
         config,
         manifest,
         index,
+        docker_manifest,
         layers,
         runtime,
     })
@@ -308,6 +316,36 @@ pub fn image_docs(inputs: &ImageInputs) -> Result<ImageDocs> {
 
 /// The `oci-layout` file of an OCI image layout.
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// The file name of Docker's image-archive manifest in a layout.
+pub const DOCKER_MANIFEST: &str = "manifest.json";
+
+/// One entry of Docker's `manifest.json` (the `docker save` format).
+#[derive(Serialize)]
+struct DockerArchiveEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// Docker's `manifest.json` for one image whose blobs sit in an OCI layout:
+/// `[{"Config":"blobs/sha256/HEX","RepoTags":[..],"Layers":["blobs/sha256/HEX",..]}]`.
+///
+/// `docker save` on Engine 25+ writes it next to `index.json`; with it,
+/// `docker load` of a tar of the layout works on engines that cannot read an
+/// OCI layout (Docker 20.10, which also takes the gzip layer blobs as they
+/// are) and the image ID is the config digest. Engines that read OCI
+/// layouts use `index.json`. Canonical bytes: a function of its arguments.
+pub fn docker_manifest(config: &Digest, layers: &[Digest], repo_tags: &[String]) -> Result<Blob> {
+    canonical_json(&[DockerArchiveEntry {
+        config: config.blob_path(),
+        repo_tags: repo_tags.to_vec(),
+        layers: layers.iter().map(Digest::blob_path).collect(),
+    }])
+}
 
 #[cfg(test)]
 mod tests {
@@ -339,8 +377,23 @@ mod tests {
             layers: &layers,
             source: &source,
             ref_name: "latest",
+            repo_tags: &["platform/x:latest".to_string()],
         })
         .unwrap()
+    }
+
+    #[test]
+    fn docker_manifest_names_the_layout_blobs() {
+        let docs = inputs_docs(BTreeMap::new());
+        let text = String::from_utf8(docs.docker_manifest.bytes).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"[{{"Config":"blobs/sha256/{}","Layers":["blobs/sha256/{}"],"RepoTags":["platform/x:latest"]}}]"#,
+                docs.config.digest.hex(),
+                "a".repeat(64)
+            )
+        );
     }
 
     #[test]

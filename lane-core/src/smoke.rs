@@ -122,21 +122,6 @@ pub struct SmokeReport {
     pub passed: bool,
 }
 
-/// The docker-archive `manifest.json` for one image of an OCI layout.
-///
-/// Added next to `index.json` in the tar sent to `POST /images/load`, it
-/// lets engines that cannot read an OCI layout (Docker 20.10) load the same
-/// blobs; engines that can (containerd image store) read `index.json`.
-pub fn archive_manifest(config_digest: &str, layers: &[String], repo_tag: &str) -> Vec<u8> {
-    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
-    let value = serde_json::json!([{
-        "Config": blob(config_digest),
-        "RepoTags": [repo_tag],
-        "Layers": layers.iter().map(|l| blob(l)).collect::<Vec<_>>(),
-    }]);
-    serde_json::to_vec(&value).unwrap_or_default()
-}
-
 /// The image ID the engine must report for our image.
 pub fn expected_image_id(store: ImageStore, config_digest: &str, manifest_digest: &str) -> String {
     match store {
@@ -307,15 +292,6 @@ mod tests {
         let e = check_identity(ImageStore::Classic, m, c, m).unwrap_err();
         assert!(format!("{e}").contains("expected our config digest"), "{e}");
         assert!(check_identity(ImageStore::Containerd, c, c, m).is_err());
-    }
-
-    #[test]
-    fn archive_manifest_names_blobs_by_digest() {
-        let m = archive_manifest("sha256:ab", &["sha256:l1".into()], "lane-smoke/x:1");
-        assert_eq!(
-            String::from_utf8(m).unwrap(),
-            r#"[{"Config":"blobs/sha256/ab","Layers":["blobs/sha256/l1"],"RepoTags":["lane-smoke/x:1"]}]"#
-        );
     }
 
     #[test]

@@ -56,13 +56,15 @@ pub trait Store {
     /// Copies the image manifest `digest`, every blob it names, and every
     /// artifact attached to it (with the referrers index) from `repository`
     /// to `to_repository`, byte for byte and by digest (`promote --to`).
-    /// Moves no tag other than the referrers fallback tag.
+    /// Moves no tag other than the referrers fallback tag. Returns how the
+    /// blobs got there: already present (`skipped`), mounted by the
+    /// registry (`mounted`), or copied (`uploaded`, `bytes_uploaded`).
     fn copy_to(
         &mut self,
         repository: &Repository,
         digest: &Digest,
         to_repository: &Repository,
-    ) -> Result<()>;
+    ) -> Result<BlobStats>;
     /// Every tag of the repository (including `sha256-<hex>` fallback tags),
     /// sorted; empty for a repository that does not exist.
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>>;

@@ -219,4 +219,44 @@ mod tidy {
             .push("adapters::registry".into());
         assert!(find_cycle(&g).is_some());
     }
+
+    /// The README's test command is the one a fresh machine needs: it is
+    /// `bash .ci/run`, which installs what is missing (ci/setup.sh) before
+    /// it runs the tests, and CI runs exactly it.
+    #[test]
+    fn the_readme_test_command_installs_before_it_tests() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |rel: &str| std::fs::read_to_string(root.join(rel)).expect(rel);
+        let readme = read("README.md");
+        let block = readme
+            .split("```sh\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("README.md starts with a sh block of commands");
+        let tests: Vec<&str> = block
+            .lines()
+            .filter(|l| l.contains("# the tests"))
+            .collect();
+        assert_eq!(tests.len(), 1, "one test command in README.md: {block}");
+        let command = tests[0].split('#').next().unwrap().trim();
+        assert_eq!(command, "bash .ci/run", "README.md's test command");
+        let run = read(".ci/run");
+        let lines: Vec<&str> = run
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!(".ci/run does not run {prefix}: {lines:?}"))
+        };
+        assert!(
+            at("bash ci/setup.sh") < at("cargo nextest run --workspace --no-fail-fast"),
+            ".ci/run installs before it tests: {lines:?}"
+        );
+        let workflow = read(".github/workflows/release.yml");
+        assert!(workflow.contains("run: bash .ci/run"), "CI runs .ci/run");
+    }
 }

@@ -266,7 +266,8 @@ enum Command {
     /// /lib, /usr/lib. The host is never consulted.
     ///
     /// The curated packages come from the image's /var/lib/dpkg/status.d/
-    /// (PKG stanza + PKG.list file list); lockfiles/library-index.toml names
+    /// (PKG stanza + PKG.list file list); Debian's Contents index (apt-file's
+    /// data, through apt; lockfiles/library-index.toml overrides it) names
     /// the package that would provide a missing library. Exits non-zero when
     /// a library or interpreter is missing, and with --fail-on-unused when a
     /// curated package is needed by nothing. See docs/drift.md.

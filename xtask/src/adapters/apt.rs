@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use xshell::{Shell, cmd};
 
+use lane_core::contents::{ContentsQuery, Providers};
 use lane_core::debian::*;
 use lane_core::layer::{self, Entry, EntryKind};
 use lane_core::spec::{ImagePath, ImageSpec, Owner};
@@ -33,22 +34,31 @@ pub fn machine_target(sh: &Shell) -> Result<(String, String)> {
     Ok((arch.trim().to_string(), suite))
 }
 
-/// The machine's apt `Packages` indexes for `arch`, parsed.
-pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+/// The index files of one kind (`Packages`, `Contents-deb`) for `arch` that
+/// apt keeps on this machine (`apt-get indextargets`; a target whose file
+/// was never downloaded is left out).
+fn index_files(sh: &Shell, identifier: &str, arch: &str) -> Result<Vec<String>> {
     let format = "$(FILENAME)";
-    let identifier = "Identifier: Packages";
+    let identifier = format!("Identifier: {identifier}");
     let architecture = format!("Architecture: {arch}");
     let files = cmd!(
         sh,
         "apt-get indextargets --format {format} {identifier} {architecture}"
     )
+    .quiet()
     .read()
-    .context("asking apt for its package indexes (apt-get indextargets)")?;
-    let files: Vec<&str> = files
+    .context("asking apt for its indexes (apt-get indextargets)")?;
+    Ok(files
         .lines()
         .map(str::trim)
-        .filter(|f| !f.is_empty() && Path::new(f).exists())
-        .collect();
+        .filter(|f| !f.is_empty() && Path::new(f).is_file())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The machine's apt `Packages` indexes for `arch`, parsed.
+pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
+    let files = index_files(sh, "Packages", arch)?;
     if files.is_empty() {
         bail!("apt has no package index for {arch} on this machine; run apt-get update");
     }
@@ -61,6 +71,55 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
         stanzas.extend(parse_stanzas(&text).with_context(|| format!("parsing the apt index {f}"))?);
     }
     Index::from_stanzas(&stanzas, arch)
+}
+
+/// Which packages ship the queried files, from Debian's Contents index as
+/// apt keeps it: the `Contents-deb` targets of `arch` that apt-file's
+/// configuration makes `apt-get update` download (`apt-get indextargets`
+/// finds them, `apt-helper cat-file` decompresses them). Each file is
+/// streamed through [`ContentsQuery::scan`]; only the queried paths are
+/// kept. `None` when apt keeps no Contents index for `arch` (apt-file not
+/// installed, `apt-get update` not run since, or no apt at all).
+pub fn contents_providers(arch: &str, query: &ContentsQuery) -> Result<Option<Providers>> {
+    let sh = Shell::new()?;
+    // No apt at all is the same as no Contents index: nothing can be named.
+    let files = index_files(&sh, "Contents-deb", arch).unwrap_or_default();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut found = Providers::new();
+    for f in files {
+        let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
+            .args(["cat-file", f.as_str()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running /usr/lib/apt/apt-helper cat-file {f}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("apt-helper cat-file has no standard output")?;
+        let scanned = query.scan(io::BufReader::with_capacity(1 << 20, stdout), &f);
+        if scanned.is_err() {
+            let _ = child.kill();
+        }
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for apt-helper cat-file {f}"))?;
+        let answer = scanned?;
+        if !out.status.success() {
+            bail!(
+                "reading Debian's Contents index {f} failed ({}: {}); refresh it with apt-get update",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for (name, packages) in answer {
+            found.entry(name).or_default().extend(packages);
+        }
+    }
+    Ok(Some(found))
 }
 
 #[derive(Debug, Clone, Serialize)]

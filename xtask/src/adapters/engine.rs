@@ -30,7 +30,9 @@ use futures_util::StreamExt;
 
 use crate::adapters::layout::LayoutImage;
 use crate::report::Reporter;
+use lane_core::id::Digest;
 use lane_core::layer::sha256;
+use lane_core::oci;
 use lane_core::smoke::{
     self, CheckReport, EngineFacts, ImageStore, Isolation, Outcome, SmokeReport,
 };
@@ -414,11 +416,18 @@ fn write_archive(image: &LayoutImage, tag: &str, out: impl Write) -> Result<()> 
             .with_context(|| format!("reading {}", image.dir.join(rel).display()))?;
         add(rel, bytes.len() as u64, &mut bytes.as_slice())?;
     }
-    let manifest = smoke::archive_manifest(&image.config_digest, &image.layers, tag);
+    // Our own manifest.json (not the layout's): it names the run's tag.
+    let layers = image
+        .layers
+        .iter()
+        .map(|l| l.parse())
+        .collect::<Result<Vec<Digest>, _>>()?;
+    let manifest =
+        oci::docker_manifest(&image.config_digest.parse()?, &layers, &[tag.to_string()])?;
     add(
-        "manifest.json",
-        manifest.len() as u64,
-        &mut manifest.as_slice(),
+        oci::DOCKER_MANIFEST,
+        manifest.size(),
+        &mut manifest.bytes.as_slice(),
     )?;
     for rel in &image.blobs {
         let path = image.dir.join(rel);

@@ -115,6 +115,18 @@ impl Layout {
         Ok(image)
     }
 
+    /// The image config's `architecture` (`amd64`).
+    pub fn architecture(&self) -> Result<String> {
+        let (_, manifest) = self.manifest()?;
+        let d = self.digest_at(&manifest["config"]["digest"], "the config digest")?;
+        let config: serde_json::Value = serde_json::from_slice(&self.blob(&d)?)
+            .with_context(|| format!("parsing config {d}"))?;
+        config["architecture"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("config {d} of {} names no architecture", self.dir.display()))
+    }
+
     /// The merged file system of the image's layers (whiteouts applied) and
     /// the runtime facts of its config, for drift.
     pub fn file_system(&self) -> Result<(ImageFs, RuntimeFacts)> {

@@ -321,9 +321,10 @@ impl Store for LocalStore {
         repository: &Repository,
         digest: &Digest,
         to_repository: &Repository,
-    ) -> Result<()> {
+    ) -> Result<BlobStats> {
+        let mut stats = BlobStats::default();
         if repository == to_repository {
-            return Ok(());
+            return Ok(stats);
         }
         self.preflight(std::slice::from_ref(to_repository))?;
         let CopyPlan {
@@ -338,13 +339,18 @@ impl Store for LocalStore {
         {
             for b in blobs {
                 let data = self.read_verified(repository, b)?;
-                self.put(to_repository, b, &data)?;
+                if self.put(to_repository, b, &data)? {
+                    stats.uploaded += 1;
+                    stats.bytes_uploaded += data.len() as u64;
+                } else {
+                    stats.skipped += 1;
+                }
             }
             self.put(to_repository, m, bytes)?;
             self.add_entry(to_repository, m, bytes.len() as u64, MEDIA_MANIFEST, None)?;
         }
         if attached.is_empty() {
-            return Ok(());
+            return Ok(stats);
         }
         let existing = referrers(self, to_repository, digest)?;
         let index = merged_referrers(existing, attached)?;
@@ -355,7 +361,8 @@ impl Store for LocalStore {
             index.size(),
             MEDIA_INDEX,
             Some(&digest.fallback_tag()),
-        )
+        )?;
+        Ok(stats)
     }
 
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {

@@ -5,12 +5,14 @@
 //! runtime and keeps it in the [`Remote`] it returns, so every later call on
 //! that `Remote` runs on the runtime that owns its connections.
 //!
-//! Blob uploads and cross-repository mounts go through oci-client. A few
-//! calls go straight through reqwest because oci-client does not expose what
-//! the lane must see: the `Docker-Content-Digest` response header of a
-//! manifest PUT or GET (oci-client returns only the Location or a digest it
-//! already validated), the size a blob HEAD reports (`blob_exists` returns a
-//! bool), and cancelling an upload session (no DELETE in its API).
+//! Blob uploads go through oci-client. A few calls go straight through
+//! reqwest because oci-client does not expose what the lane must see: the
+//! `Docker-Content-Digest` response header of a manifest PUT or GET
+//! (oci-client returns only the Location or a digest it already validated),
+//! the size a blob HEAD reports (`blob_exists` returns a bool), cancelling
+//! an upload session (no DELETE in its API), and a cross-repository mount's
+//! answer (its `mount_blob` treats 202 as an error and leaves the upload
+//! session the registry opened behind).
 //!
 //! No secret is ever printed: [`Secret`] and [`Credential`] redact themselves
 //! in `Debug`, and error messages name the user and the credential source,
@@ -622,6 +624,30 @@ impl Remote {
             .block_on(self.s.put_manifest(repo, reference, media_type, bytes))
     }
 
+    /// PUT of exact manifest bytes under `reference`, then a GET whose bytes
+    /// are hashed: a registry's digest header is never trusted on its own.
+    /// `what` names the document in the error (`the referrers index`).
+    pub fn put_manifest_read_back(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        let back = self
+            .rt
+            .block_on(self.s.put_read_back(repo, reference, media_type, bytes))?;
+        let (pushed, got) = (sha256(bytes).to_string(), back.sha256);
+        if got != pushed {
+            bail!(
+                "{what} {}/{repo}:{reference} reads back as {got}, not the {pushed} that was pushed",
+                self.s.host()
+            );
+        }
+        Ok(())
+    }
+
     /// GET of a manifest's exact bytes, `None` when the registry has no such
     /// reference.
     pub fn fetch_manifest(
@@ -694,6 +720,37 @@ impl Remote {
     }
 }
 
+/// A manifest PUT and the GET after it (`Session::put_read_back`).
+struct ReadBack {
+    /// `Docker-Content-Digest` of the PUT response.
+    put_header: Option<String>,
+    /// `Docker-Content-Digest` of the GET response.
+    get_header: Option<String>,
+    /// sha256 of the bytes the GET returned.
+    sha256: String,
+}
+
+/// The outcome of a cross-repository blob mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// 201 Created: the blob is in the target repository, no byte moved.
+    Mounted,
+    /// Not mounted (why, in words): the caller uploads the blob.
+    NotMounted(String),
+}
+
+impl Remote {
+    /// Mounts blob `digest` of repository `from` into `to` (same registry).
+    pub fn mount_blob(&self, to: &str, from: &str, digest: &str) -> Result<Mount> {
+        self.rt.block_on(self.s.mount_blob(to, from, digest))
+    }
+
+    /// The size of blob `digest` in `repo`, `None` when it is not there.
+    pub fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
+        self.rt.block_on(self.s.blob_size(repo, digest))
+    }
+}
+
 impl Session {
     /// Sends an authorised GET; `what` names the request in errors.
     async fn get(
@@ -707,11 +764,39 @@ impl Session {
         if let Some(a) = accept {
             req = req.header(ACCEPT, a);
         }
-        self.authorise(req, repo)
+        self.send(req, repo, None, what).await
+    }
+
+    /// The one way a request reaches the registry: authorised for `repo`
+    /// (for a mount, with pull on `mount_from` too) and sent; a transport
+    /// failure reads `{what} HOST/REPO: cause`.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        repo: &str,
+        mount_from: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        self.authorise(req, repo, mount_from)
             .await?
             .send()
             .await
             .map_err(|e| anyhow!("{what} {}/{repo}: {}", self.host(), error_chain(&e)))
+    }
+
+    /// Cancels an upload session the lane will not use. A registry that
+    /// cannot cancel only keeps an empty session until it purges stale
+    /// uploads, so a failed DELETE is not an error.
+    async fn cancel_upload(&self, repo: &str, location: &str) {
+        let location = self.absolute(location);
+        let _ = self
+            .send(
+                self.http.delete(&location),
+                repo,
+                None,
+                "cancelling an upload to",
+            )
+            .await;
     }
 
     fn host(&self) -> &str {
@@ -779,7 +864,7 @@ impl Session {
                 }
                 Challenge::Bearer { .. } => {
                     if let Some(repo) = repositories.first() {
-                        self.token(repo).await.map_err(|e| {
+                        self.token_for(repo, None).await.map_err(|e| {
                             anyhow!(
                                 "authentication failed for user {user} at {host} ({hint}): {e:#}"
                             )
@@ -795,16 +880,25 @@ impl Session {
         Ok(())
     }
 
-    /// A bearer token with pull,push scope on `repo`, fetched once.
-    async fn token(&self, repo: &str) -> Result<String> {
-        if let Some(t) = self.tokens.lock().unwrap().get(repo) {
+    /// A bearer token with pull,push scope on `repo` and, for a
+    /// cross-repository mount, pull scope on `mount_from`; fetched once.
+    async fn token_for(&self, repo: &str, mount_from: Option<&str>) -> Result<String> {
+        let key = match mount_from {
+            Some(from) => format!("{repo} from {from}"),
+            None => repo.to_string(),
+        };
+        if let Some(t) = self.tokens.lock().unwrap().get(&key) {
             return Ok(t.clone());
         }
         let Challenge::Bearer { realm, service } = &self.challenge else {
             bail!("the registry did not ask for a bearer token");
         };
         let scope = format!("repository:{repo}:pull,push");
+        let from_scope = mount_from.map(|f| format!("repository:{f}:pull"));
         let mut query = vec![("scope", scope.as_str())];
+        if let Some(f) = &from_scope {
+            query.push(("scope", f.as_str()));
+        }
         if let Some(s) = service {
             query.push(("service", s.as_str()));
         }
@@ -835,25 +929,24 @@ impl Session {
             .token
             .or(t.access_token)
             .ok_or_else(|| anyhow!("the token service {realm} sent no token"))?;
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(repo.to_string(), t.clone());
+        self.tokens.lock().unwrap().insert(key, t.clone());
         Ok(t)
     }
 
-    /// Adds the registry's authorisation for `repo` to a request.
+    /// Adds the registry's authorisation for `repo` to a request; a token
+    /// for a mount also grants pull on `mount_from`.
     async fn authorise(
         &self,
         req: reqwest::RequestBuilder,
         repo: &str,
+        mount_from: Option<&str>,
     ) -> Result<reqwest::RequestBuilder> {
         Ok(match (&self.challenge, &self.credential) {
             (Challenge::None, _) => req,
             (Challenge::Basic, Some(c)) => req.basic_auth(&c.user, Some(c.secret.expose())),
             (Challenge::Basic, None) => req,
             (Challenge::Bearer { .. }, _) => {
-                let t = self.token(repo).await?;
+                let t = self.token_for(repo, mount_from).await?;
                 req.header(AUTHORIZATION, format!("Bearer {t}"))
             }
         })
@@ -869,13 +962,8 @@ impl Session {
     async fn check_push(&self, repo: &str) -> Result<()> {
         let host = self.host();
         let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-        let req = self
-            .authorise(self.http.post(&url).header(CONTENT_LENGTH, "0"), repo)
-            .await?;
-        let res = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("registry {host} unreachable: {}", error_chain(&e)))?;
+        let req = self.http.post(&url).header(CONTENT_LENGTH, "0");
+        let res = self.send(req, repo, None, "starting an upload to").await?;
         match res.status() {
             StatusCode::ACCEPTED => {}
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => bail!(
@@ -891,13 +979,40 @@ impl Session {
             .ok_or_else(|| {
                 anyhow!("registry {host} started an upload to {repo} without a Location header")
             })?;
-        let location = self.absolute(location);
-        // Cancel the session so the probe leaves nothing behind. A registry
-        // that cannot cancel only keeps an empty session until it purges
-        // stale uploads, so a failed DELETE is not a preflight failure.
-        let req = self.authorise(self.http.delete(&location), repo).await?;
-        let _ = req.send().await;
+        // Cancel the session so the probe leaves nothing behind.
+        self.cancel_upload(repo, location).await;
         Ok(())
+    }
+
+    /// Cross-repository blob mount (OCI distribution spec):
+    /// `POST /v2/<to>/blobs/uploads/?mount=<digest>&from=<from>`. 201: the
+    /// registry linked the blob it already holds into `to`, no byte moved.
+    /// 202: it started an upload session instead (it cannot or will not
+    /// mount); the session is cancelled and the caller uploads. Any other
+    /// answer is not a mount either, with the status as the reason.
+    async fn mount_blob(&self, to: &str, from: &str, digest: &str) -> Result<Mount> {
+        let host = self.host();
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/v2/{to}/blobs/uploads/", self.base),
+            &[("mount", digest), ("from", from)],
+        )
+        .map_err(|e| anyhow!("mounting blob {digest} into {host}/{to}: {e}"))?;
+        let req = self.http.post(url).header(CONTENT_LENGTH, "0");
+        let what = format!("mounting blob {digest} from {from} into");
+        let res = self.send(req, to, Some(from), &what).await?;
+        match res.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => {
+                // An upload session we will not use.
+                if let Some(location) = res.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                    self.cancel_upload(to, location).await;
+                }
+                Ok(Mount::NotMounted(
+                    "the registry answered 202 (an upload session, not a mount)".into(),
+                ))
+            }
+            s => Ok(Mount::NotMounted(format!("the registry answered {s}"))),
+        }
     }
 
     fn absolute(&self, location: &str) -> String {
@@ -928,18 +1043,8 @@ impl Session {
     /// HEAD of a blob: its size if present.
     async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let res = self
-            .authorise(self.http.head(&url), repo)
-            .await?
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "checking blob {digest} in {}/{repo}: {}",
-                    self.host(),
-                    error_chain(&e)
-                )
-            })?;
+        let what = format!("checking blob {digest} in");
+        let res = self.send(self.http.head(&url), repo, None, &what).await?;
         match res.status() {
             StatusCode::OK => Ok(Some(
                 res.headers()
@@ -970,24 +1075,13 @@ impl Session {
         bytes: &[u8],
     ) -> Result<Option<String>> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
-        let res = self
-            .authorise(
-                self.http
-                    .put(&url)
-                    .header(CONTENT_TYPE, media_type)
-                    .body(bytes.to_vec()),
-                repo,
-            )
-            .await?
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "pushing the manifest to {}/{repo}:{reference}: {}",
-                    self.host(),
-                    error_chain(&e)
-                )
-            })?;
+        let req = self
+            .http
+            .put(&url)
+            .header(CONTENT_TYPE, media_type)
+            .body(bytes.to_vec());
+        let what = format!("pushing the manifest {reference} to");
+        let res = self.send(req, repo, None, &what).await?;
         let status = res.status();
         let header = digest_header(res.headers());
         if status != StatusCode::CREATED {
@@ -999,6 +1093,26 @@ impl Session {
             );
         }
         Ok(header)
+    }
+
+    /// PUT of exact manifest bytes under `reference`, then the GET of the
+    /// same reference: what each reported and the hash of what came back.
+    async fn put_read_back(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<ReadBack> {
+        let put_header = self
+            .put_manifest(repo, reference, media_type, bytes)
+            .await?;
+        let (fetched, get_header) = self.get_manifest(repo, reference, media_type).await?;
+        Ok(ReadBack {
+            put_header,
+            get_header,
+            sha256: sha256(&fetched).to_string(),
+        })
     }
 
     /// GET of a manifest: the exact bytes and the reported digest header.
@@ -1143,27 +1257,12 @@ impl Session {
                 .unwrap()
                 .get(blob.digest.as_str())
                 .cloned();
-            if let Some(from) = source.filter(|f| f != repo) {
-                let src =
-                    Reference::with_digest(host.clone(), from.clone(), blob.digest.to_string());
-                self.oci.store_auth_if_needed(&host, &self.oci_auth()).await;
-                if self
-                    .oci
-                    .mount_blob(
-                        &self.reference(repo, blob.digest.as_str()),
-                        &src,
-                        blob.digest.as_str(),
-                    )
-                    .await
-                    .is_ok()
-                {
-                    say(format!(
-                        "  mounted {} from {from}",
-                        short(blob.digest.as_str())
-                    ));
-                    stats.mounted += 1;
-                    continue;
-                }
+            if let Some(from) = source.filter(|f| f != repo)
+                && self.mount_blob(repo, &from, blob.digest.as_str()).await? == Mount::Mounted
+            {
+                say(format!("  mounted {} from {from}", blob.digest.short()));
+                stats.mounted += 1;
+                continue;
             }
             let path = image.blob_path(&blob.digest);
             say(format!(
@@ -1183,16 +1282,9 @@ impl Session {
         }
         // The manifest, by digest, exactly as built.
         let digest = &image.manifest_digest;
-        let put_header = self
-            .put_manifest(
-                repo,
-                digest.as_str(),
-                &image.manifest_media_type,
-                &image.manifest,
-            )
-            .await?;
-        let (fetched, get_header) = self
-            .get_manifest(repo, digest.as_str(), &image.manifest_media_type)
+        let media_type = &image.manifest_media_type;
+        let back = self
+            .put_read_back(repo, digest.as_str(), media_type, &image.manifest)
             .await?;
         let mut blob_sizes = Vec::new();
         for blob in &image.blobs {
@@ -1202,9 +1294,9 @@ impl Session {
             ));
         }
         let observed = Observed {
-            pushed_digest_header: put_header,
-            fetched_digest_header: get_header,
-            fetched_sha256: sha256(&fetched).to_string(),
+            pushed_digest_header: back.put_header,
+            fetched_digest_header: back.get_header,
+            fetched_sha256: back.sha256,
             blobs: blob_sizes,
         };
         let failures = check_digest(digest, &observed);
@@ -1218,22 +1310,14 @@ impl Session {
         // Only now: the tags, each read back and checked.
         let mut tag_checks = Vec::new();
         for tag in tags {
-            let put = self
-                .put_manifest(
-                    repo,
-                    tag.as_str(),
-                    &image.manifest_media_type,
-                    &image.manifest,
-                )
-                .await?;
-            let (bytes, header) = self
-                .get_manifest(repo, tag.as_str(), &image.manifest_media_type)
+            let back = self
+                .put_read_back(repo, tag.as_str(), media_type, &image.manifest)
                 .await?;
             let check = TagCheck {
                 tag: tag.to_string(),
-                pushed_digest_header: put,
-                fetched_digest_header: header,
-                resolved_sha256: sha256(&bytes).to_string(),
+                pushed_digest_header: back.put_header,
+                fetched_digest_header: back.get_header,
+                resolved_sha256: back.sha256,
             };
             let failures = check_tag(digest, &check);
             if !failures.is_empty() {

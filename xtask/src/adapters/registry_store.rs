@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::adapters::registry::{self, RegistryTarget, Remote};
+use crate::adapters::registry::{self, Mount, RegistryTarget, Remote};
+use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::{
     BlobStats, CrossCheck, PublishReport, TagCheck, check_tag, tag_refusal,
@@ -13,7 +14,6 @@ use lane_core::distribution::{
 use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
 use lane_core::id::{Digest, Repository, Tag, Target};
 use lane_core::layer::sha256;
-use lane_core::oci::Blob;
 use lane_core::store::CopyItem;
 use lane_core::store::CopyPlan;
 use lane_core::store::Published;
@@ -108,19 +108,24 @@ impl Store for RegistryStore {
             remote.push_small_blob(&repo, b.digest.as_str(), &b.bytes)?;
         }
         let d = &artifact.manifest.digest;
-        // Read back and hash: a registry's digest header is not trusted.
-        remote.put_manifest(&repo, d.as_str(), MEDIA_MANIFEST, &artifact.manifest.bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, d.as_str(), MEDIA_MANIFEST)?
-            .unwrap_or_default();
-        if !d.matches(&back) {
-            bail!("the evidence manifest {repo}@{d} reads back with other bytes");
-        }
+        remote.put_manifest_read_back(
+            &repo,
+            d.as_str(),
+            MEDIA_MANIFEST,
+            &artifact.manifest.bytes,
+            "the evidence manifest",
+        )?;
         // Referrers tag fallback (the Distribution registry has no referrers API).
         let tag = subject.fallback_tag();
         let existing = remote.fetch_manifest(&repo, tag.as_str(), MEDIA_INDEX)?;
         let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        put_index(remote, &repo, &tag, &index)?;
+        remote.put_manifest_read_back(
+            &repo,
+            tag.as_str(),
+            MEDIA_INDEX,
+            &index.bytes,
+            "the referrers index",
+        )?;
         Ok(d.clone())
     }
 
@@ -188,14 +193,16 @@ impl Store for RegistryStore {
         repository: &Repository,
         digest: &Digest,
         to_repository: &Repository,
-    ) -> Result<()> {
+    ) -> Result<BlobStats> {
+        let mut stats = BlobStats::default();
         if repository == to_repository {
-            return Ok(());
+            return Ok(stats);
         }
         let CopyPlan {
             manifests,
             referrers: attached,
         } = copy_plan(self, repository, digest)?;
+        let progress = Reporter::new(self.quiet);
         let remote = self.remote()?;
         let (from, to) = (
             remote.repo(repository.as_str()),
@@ -208,10 +215,25 @@ impl Store for RegistryStore {
         } in &manifests
         {
             for b in blobs {
-                // Whole blobs in memory: images of this lane are small; a
-                // cross-repository mount would avoid the copy.
-                let data = remote.fetch_blob(&from, b.as_str())?;
-                remote.push_small_blob(&to, b.as_str(), &data)?;
+                if remote.blob_size(&to, b.as_str())?.is_some() {
+                    stats.skipped += 1;
+                    continue;
+                }
+                // Same registry: the registry links the blob it holds.
+                match remote.mount_blob(&to, &from, b.as_str())? {
+                    Mount::Mounted => {
+                        progress.say(format_args!("  mounted {} from {from}", b.short()));
+                        stats.mounted += 1;
+                    }
+                    Mount::NotMounted(why) => {
+                        // Through memory: images of this lane are small.
+                        progress.say(format_args!("  copying {} from {from} ({why})", b.short()));
+                        let data = remote.fetch_blob(&from, b.as_str())?;
+                        remote.push_small_blob(&to, b.as_str(), &data)?;
+                        stats.uploaded += 1;
+                        stats.bytes_uploaded += data.len() as u64;
+                    }
+                }
             }
             let reported = remote.put_manifest(&to, m.as_str(), MEDIA_MANIFEST, bytes)?;
             if let Some(h) = reported.filter(|h| h != m) {
@@ -219,7 +241,7 @@ impl Store for RegistryStore {
             }
         }
         if attached.is_empty() {
-            return Ok(());
+            return Ok(stats);
         }
         let tag = digest.fallback_tag();
         let existing = match remote.fetch_manifest(&to, tag.as_str(), MEDIA_INDEX)? {
@@ -230,7 +252,14 @@ impl Store for RegistryStore {
             None => Vec::new(),
         };
         let index = merged_referrers(existing, attached)?;
-        put_index(remote, &to, &tag, &index)
+        remote.put_manifest_read_back(
+            &to,
+            tag.as_str(),
+            MEDIA_INDEX,
+            &index.bytes,
+            "the referrers index",
+        )?;
+        Ok(stats)
     }
 
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {
@@ -238,18 +267,6 @@ impl Store for RegistryStore {
         let repo = remote.repo(repository.as_str());
         remote.list_tags(&repo)
     }
-}
-
-/// Pushes a referrers index under its fallback tag and reads it back.
-fn put_index(remote: &Remote, repo: &str, tag: &Tag, index: &Blob) -> Result<()> {
-    remote.put_manifest(repo, tag.as_str(), MEDIA_INDEX, &index.bytes)?;
-    let back = remote
-        .fetch_manifest(repo, tag.as_str(), MEDIA_INDEX)?
-        .unwrap_or_default();
-    if !index.digest.matches(&back) {
-        bail!("the referrers index {repo}:{tag} reads back differently from what was pushed");
-    }
-    Ok(())
 }
 
 fn published(report: PublishReport, manifest_size: u64) -> Published {

@@ -465,6 +465,11 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
             }
             BaseRef::Scratch => None,
         };
+        let repo_tags: Vec<String> = spec
+            .tags
+            .iter()
+            .map(|t| format!("{}:{t}", spec.repository))
+            .collect();
         let docs = oci::image_docs(&ImageInputs {
             arch,
             runtime: &spec.config,
@@ -472,6 +477,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
             layers: &records,
             source: &plan.source,
             ref_name: spec.tags[0].as_str(),
+            repo_tags: &repo_tags,
         })?;
         let layout = opts.images_dir.join(&spec.name);
         write_layout(&cache, &layout, &docs)?;
@@ -606,6 +612,8 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
         }
         fs::write(tmp.join("oci-layout"), oci::OCI_LAYOUT)?;
         fs::write(tmp.join("index.json"), &docs.index.bytes)?;
+        // Docker's manifest.json too, so `docker load` reads the layout.
+        fs::write(tmp.join(oci::DOCKER_MANIFEST), &docs.docker_manifest.bytes)?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -3,15 +3,23 @@
 //! (the curated dependency manifest against what the binaries really load).
 //! See docs/drift.md.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use crate::adapters::apt;
 use crate::adapters::layout::Layout;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
-use lane_core::drift::{CuratedManifest, DriftReport, ProviderIndex, analyse};
+use crate::report::Reporter;
+use lane_core::contents::ContentsQuery;
+use lane_core::distribution::BuiltImage;
+use lane_core::drift::{
+    ContentsState, CuratedManifest, DriftReport, ImageDrift, ImageFs, ProviderIndex, analyse,
+    contents_query, name_providers,
+};
 
 /// The human-readable report: one block per image.
 pub fn render(report: &DriftReport) -> String {
@@ -59,6 +67,12 @@ pub fn render(report: &DriftReport) -> String {
                 m.binary, m.library, m.needed_by, m.reason
             );
         }
+        if i.contents_index == ContentsState::Absent {
+            let _ = writeln!(
+                out,
+                "  (Debian's Contents index is not on this machine: `apt-get install apt-file && apt-get update` lets drift name the packages)"
+            );
+        }
         for m in &i.malformed {
             let _ = writeln!(out, "  malformed ELF: {}: {}", m.path, m.error);
         }
@@ -79,13 +93,32 @@ pub fn read_index(path: &Path) -> Result<ProviderIndex> {
     }
 }
 
-/// Builds the images and analyses each one.
+/// Builds the images and analyses each one (see [`analyse_built`]).
 pub fn drift(
     ws: &Workspace,
     names: &[String],
     index_file: Option<&Path>,
     quiet: bool,
 ) -> Result<DriftReport> {
+    let index = provider_index(ws, index_file)?;
+    let mut opts = BuildOptions::for_workspace(ws);
+    opts.quiet = quiet;
+    let built = build::build(ws, names, &opts)?;
+    let images: Vec<&BuiltImage> = built
+        .images
+        .iter()
+        // Bases built for the requested images are not analysed on their own.
+        .filter(|b| names.is_empty() || names.contains(&b.name))
+        .collect();
+    let analysed = analyse_built(&index, &images, &Reporter::new(quiet))?;
+    Ok(DriftReport {
+        images: analysed.into_iter().map(|a| a.drift).collect(),
+    })
+}
+
+/// The hand-kept provider index: `--index FILE` (which must exist), else
+/// lockfiles/library-index.toml when present.
+pub fn provider_index(ws: &Workspace, index_file: Option<&Path>) -> Result<ProviderIndex> {
     let index_path = index_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| ws.root.join("lockfiles/library-index.toml"));
@@ -95,18 +128,64 @@ pub fn drift(
             index_path.display()
         );
     }
-    let index = read_index(&index_path)?;
-    let mut opts = BuildOptions::for_workspace(ws);
-    opts.quiet = quiet;
-    let built = build::build(ws, names, &opts)?;
-    let mut images = Vec::new();
-    for b in &built.images {
-        if !names.is_empty() && !names.contains(&b.name) {
-            continue; // a base built for the requested image
-        }
-        let (image_fs, runtime) = Layout::at(&b.name, &b.layout).file_system()?;
-        let manifest = CuratedManifest::from_image(&image_fs);
-        images.push(analyse(&b.name, &image_fs, &manifest, &index, &runtime));
+    read_index(&index_path)
+}
+
+/// One analysed image: its drift, the curated manifest (the image's dpkg
+/// database) and its merged file system.
+pub struct Analysed {
+    pub drift: ImageDrift,
+    pub manifest: CuratedManifest,
+    pub fs: ImageFs,
+}
+
+/// Analyses built images. What is missing is looked up in Debian's
+/// Contents index (once for all images of one architecture), unless the
+/// hand-kept index names its package.
+pub fn analyse_built(
+    index: &ProviderIndex,
+    images: &[&BuiltImage],
+    progress: &Reporter,
+) -> Result<Vec<Analysed>> {
+    let mut analysed = Vec::new();
+    let mut arches = Vec::new();
+    for b in images {
+        let layout = Layout::at(&b.name, &b.layout);
+        let (fs, runtime) = layout.file_system()?;
+        let manifest = CuratedManifest::from_image(&fs);
+        let drift = analyse(&b.name, &fs, &manifest, index, &runtime);
+        arches.push(layout.architecture()?);
+        analysed.push(Analysed {
+            drift,
+            manifest,
+            fs,
+        });
     }
-    Ok(DriftReport { images })
+    let mut queries: BTreeMap<String, ContentsQuery> = BTreeMap::new();
+    for (a, arch) in analysed.iter().zip(&arches) {
+        queries
+            .entry(arch.clone())
+            .or_default()
+            .extend(contents_query(&a.drift, index));
+    }
+    for (arch, query) in queries.iter().filter(|(_, q)| !q.is_empty()) {
+        progress.say(format_args!(
+            "drift: looking up {} in Debian's Contents index ({arch})",
+            query.names().into_iter().collect::<Vec<_>>().join(", ")
+        ));
+        let mut with_contents = index.clone();
+        match apt::contents_providers(arch, query)? {
+            Some(found) => {
+                with_contents.contents = found;
+                with_contents.contents_state = ContentsState::Consulted;
+            }
+            None => with_contents.contents_state = ContentsState::Absent,
+        }
+        for (a, _) in analysed.iter_mut().zip(&arches).filter(|(_, a)| *a == arch) {
+            if !a.drift.ok {
+                name_providers(&mut a.drift, &a.manifest, &with_contents);
+            }
+        }
+    }
+    Ok(analysed)
 }

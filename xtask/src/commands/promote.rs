@@ -1,13 +1,15 @@
 //! `cargo xtask promote REPO@sha256:... --tag TAG [--to OTHER_REPO]`: move a
 //! tag to a verified digest, never re-building. The digest is verified in its
 //! repository; with `--to` the image, its blobs and its evidence are copied
-//! by digest and verified again in the target before the tag moves; the tag
-//! is then read back and must resolve to exactly that digest.
+//! by digest (a registry mounts the blobs, see `Store::copy_to`) and
+//! verified again in the target before the tag moves; the tag is then read
+//! back and must resolve to exactly that digest.
 
 use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::commands::verify::{self, Verdict};
+use lane_core::distribution::BlobStats;
 use lane_core::gates::Policy;
 use lane_core::id::{Digest, Repository, Tag};
 use lane_core::store::Store;
@@ -32,6 +34,10 @@ pub struct PromoteReport {
     /// What the tag resolves to after the move, read back from the store.
     pub resolves_to: Digest,
     pub copied: bool,
+    /// With `--to`: how each blob got into the target repository (a
+    /// registry mounts them; `uploaded` counts blobs copied through memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<BlobStats>,
 }
 
 /// Verifies, copies (with `--to`), tags and reads back. A digest that does
@@ -61,8 +67,9 @@ pub fn promote(
     )?;
     refuse(&opts.repository, &v)?;
     let copied = target != opts.repository;
+    let mut blobs = None;
     if copied {
-        store.copy_to(&opts.repository, &opts.digest, &target)?;
+        blobs = Some(store.copy_to(&opts.repository, &opts.digest, &target)?);
         let (_, v) = verify::verify(
             store,
             &target,
@@ -91,5 +98,6 @@ pub fn promote(
         previous,
         resolves_to: opts.digest.clone(),
         copied,
+        blobs,
     })
 }

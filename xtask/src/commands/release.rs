@@ -710,25 +710,19 @@ fn image_gates(
     };
     progress.say(format_args!("gates: drift of {}", image.name));
     let drift = (|| -> Result<lane_core::drift::ImageDrift> {
-        let index =
-            crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
-        let (fs, runtime) =
-            crate::adapters::layout::Layout::at(&image.name, &image.layout).file_system()?;
-        let manifest = lane_core::drift::CuratedManifest::from_image(&fs);
-        out.curated = manifest.packages.iter().map(|p| p.name.clone()).collect();
+        let index = crate::commands::drift::provider_index(ws, None)?;
+        let mut analysed = crate::commands::drift::analyse_built(&index, &[image], progress)?;
+        let a = analysed
+            .pop()
+            .context("the drift analysis returned no image")?;
+        out.curated = a.manifest.packages.iter().map(|p| p.name.clone()).collect();
         for b in spec.layers.iter().flat_map(|l| &l.binaries) {
-            if let Some(bytes) = fs.read(b.dest.as_str()) {
+            if let Some(bytes) = a.fs.read(b.dest.as_str()) {
                 out.binaries
                     .push((b.clone(), PlacedFile::of(b.dest.as_str(), bytes)));
             }
         }
-        Ok(lane_core::drift::analyse(
-            &image.name,
-            &fs,
-            &manifest,
-            &index,
-            &runtime,
-        ))
+        Ok(a.drift)
     })();
     match drift {
         Ok(d) => {

@@ -4,7 +4,7 @@
 //! This module is the pure part plus the file-system side: reading an OCI
 //! layout back ([`crate::adapters::layout::Layout::smoke_image`], which re-hashes the manifest and config),
 //! the `manifest.json` that lets engines without OCI-layout support load it
-//! ([`archive_manifest`]), the identity rule ([`check_identity`]) and the
+//! (`lane_core::oci::docker_manifest`), the identity rule ([`check_identity`]) and the
 //! evaluation of one command's outcome ([`evaluate`]). The engine adapter
 //! (bollard, async) is [`crate::adapters::engine`].
 
