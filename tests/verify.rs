@@ -559,7 +559,7 @@ fn rewrite_referrers(
         .filter(|r| r["artifactType"] != MEDIA_DSSE)
         .collect();
     for a in artifacts {
-        store.attach(&r(REPO), &dg(digest), a).unwrap();
+        lane_core::store::attach(store, &r(REPO), &dg(digest), a).unwrap();
     }
     let mut manifests = keep;
     for r in lane_core::store::referrers(store, &r(REPO), &dg(digest)).unwrap() {
@@ -616,13 +616,15 @@ fn rewrite_registry(host: &str, digest: &str, artifacts: &[Artifact]) {
     let tag = dg(digest).fallback_tag().to_string();
     let mut store = xtask::adapters::registry_store::RegistryStore::new(target, true);
     rewrite_referrers(&mut store, digest, artifacts, &mut |index| {
+        let repo = remote.repo(REPO);
+        let put = xtask::adapters::registry::ManifestPut {
+            repo: &repo,
+            reference: &tag,
+            media_type: evidence::MEDIA_INDEX,
+            bytes: &index.bytes,
+        };
         remote
-            .put_manifest(
-                &remote.repo(REPO),
-                &tag,
-                evidence::MEDIA_INDEX,
-                &index.bytes,
-            )
+            .put_manifest_read_back(&put, "the test's index")
             .unwrap();
     });
 }

@@ -270,12 +270,8 @@ pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>> {
 /// One installable package of the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub filename: String,
-    pub size: u64,
-    pub sha256: String,
+    /// What the lock records of it (`required_by` empty: resolution fills it).
+    pub deb: LockedPackage,
     pub priority: String,
     /// Pre-Depends then Depends.
     pub depends: Vec<Vec<Dep>>,
@@ -313,23 +309,26 @@ impl Index {
             depends.extend(parse_deps(s.get("Depends").unwrap_or(""))?);
             let sha = field("SHA256")?;
             let c = Candidate {
-                version: field("Version")?,
-                architecture: a,
-                filename: field("Filename")?,
-                size: field("Size")?
-                    .parse()
-                    .with_context(|| format!("package {name:?}: Size is not a number"))?,
-                sha256: format!("sha256:{sha}"),
+                deb: LockedPackage {
+                    name: name.clone(),
+                    version: field("Version")?,
+                    architecture: a,
+                    filename: field("Filename")?,
+                    size: field("Size")?
+                        .parse()
+                        .with_context(|| format!("package {name:?}: Size is not a number"))?,
+                    sha256: format!("sha256:{sha}"),
+                    required_by: Vec::new(),
+                },
                 priority: s.get("Priority").unwrap_or("optional").to_string(),
                 depends,
                 provides: parse_deps(s.get("Provides").unwrap_or(""))?
                     .into_iter()
                     .flatten()
                     .collect(),
-                name: name.clone(),
             };
             match packages.get(&name) {
-                Some(prev) if version_cmp(&prev.version, &c.version) != Ordering::Less => {}
+                Some(prev) if version_cmp(&prev.deb.version, &c.deb.version) != Ordering::Less => {}
                 _ => {
                     packages.insert(name, c);
                 }
@@ -341,7 +340,7 @@ impl Index {
                 providers
                     .entry(p.name.clone())
                     .or_default()
-                    .insert(c.name.clone());
+                    .insert(c.deb.name.clone());
             }
         }
         Ok(Index {
@@ -352,10 +351,11 @@ impl Index {
 
     /// The package that satisfies one alternative, if any.
     fn satisfy(&self, dep: &Dep) -> Option<&Candidate> {
-        let real = self
-            .packages
-            .get(&dep.name)
-            .filter(|c| dep.constraint.as_ref().is_none_or(|k| k.allows(&c.version)));
+        let real = self.packages.get(&dep.name).filter(|c| {
+            dep.constraint
+                .as_ref()
+                .is_none_or(|k| k.allows(&c.deb.version))
+        });
         if real.is_some() {
             return real;
         }
@@ -375,7 +375,7 @@ impl Index {
                 })
             })
             .collect();
-        providers.sort_by_key(|c| (priority_rank(&c.priority), c.name.clone()));
+        providers.sort_by_key(|c| (priority_rank(&c.priority), c.deb.name.clone()));
         providers.first().copied()
     }
 }
@@ -465,10 +465,10 @@ pub fn resolve(
                 let c = &index.packages[&name];
                 for group in &c.depends {
                     match group.iter().find_map(|d| index.satisfy(d)) {
-                        Some(dep) => todo.push(dep.name.clone()),
+                        Some(dep) => todo.push(dep.deb.name.clone()),
                         None => errors.push(format!(
                             "package {name} {} depends on {}, which no package in the apt index satisfies (requested by {root} in image {image}); run apt-get update or change the package list",
-                            c.version,
+                            c.deb.version,
                             group
                                 .iter()
                                 .map(ToString::to_string)
@@ -495,12 +495,8 @@ pub fn resolve(
             let c = &index.packages[&name];
             LockedPackage {
                 name,
-                version: c.version.clone(),
-                architecture: c.architecture.clone(),
-                filename: c.filename.clone(),
-                size: c.size,
-                sha256: c.sha256.clone(),
                 required_by: by.into_iter().collect(),
+                ..c.deb.clone()
             }
         })
         .collect();

@@ -11,6 +11,7 @@ use std::fmt;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Every gate the lane knows. Serialised (and written in the policy) as its
 /// kebab-case name: `source-state`, `no-drift`, ...
@@ -145,30 +146,21 @@ pub struct GateResult {
 }
 
 impl GateResult {
-    pub fn passed(
-        gate: GateName,
-        summary: impl Into<String>,
-        evidence: serde_json::Value,
-    ) -> GateResult {
+    fn new(gate: GateName, state: GateState, summary: String, evidence: Value) -> GateResult {
         GateResult {
             gate,
-            state: GateState::Passed,
-            summary: summary.into(),
+            state,
+            summary,
             evidence,
         }
     }
 
-    pub fn failed(
-        gate: GateName,
-        summary: impl Into<String>,
-        evidence: serde_json::Value,
-    ) -> GateResult {
-        GateResult {
-            gate,
-            state: GateState::Failed,
-            summary: summary.into(),
-            evidence,
-        }
+    pub fn passed(gate: GateName, summary: impl Into<String>, evidence: Value) -> GateResult {
+        Self::new(gate, GateState::Passed, summary.into(), evidence)
+    }
+
+    pub fn failed(gate: GateName, summary: impl Into<String>, evidence: Value) -> GateResult {
+        Self::new(gate, GateState::Failed, summary.into(), evidence)
     }
 
     pub fn check(

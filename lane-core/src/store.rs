@@ -7,8 +7,9 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::distribution::{BlobStats, BuiltImage, CrossCheck};
-use crate::evidence::{Artifact, MEDIA_INDEX};
+use crate::evidence::{self, Artifact, MEDIA_INDEX};
 use crate::id::{Digest, Repository, Tag, Target};
+use crate::oci::Blob;
 
 /// An image pushed by digest and cross-checked (no tag moved).
 #[derive(Debug, Clone, Serialize)]
@@ -37,14 +38,8 @@ pub trait Store {
     /// Pushes an image by digest, without a tag, and cross-checks what the
     /// store holds. A failed identity check is `ok: false`, not an error.
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published>;
-    /// Pushes an artifact (blobs, then manifest by digest) and adds it to the
-    /// referrers of its subject. Returns the artifact manifest digest.
-    fn attach(
-        &mut self,
-        repository: &Repository,
-        subject: &Digest,
-        artifact: &Artifact,
-    ) -> Result<Digest>;
+    /// Stores a blob (an artifact's content or config) under its digest.
+    fn put_blob(&mut self, repository: &Repository, blob: &Blob) -> Result<()>;
     /// Points `tag` at `digest` and reads it back.
     fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()>;
     /// What `tag` points at now.
@@ -53,21 +48,103 @@ pub trait Store {
     fn manifest(&mut self, repository: &Repository, reference: &Target) -> Result<Option<Vec<u8>>>;
     /// A blob's bytes, checked against its digest.
     fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>>;
-    /// Copies the image manifest `digest`, every blob it names, and every
-    /// artifact attached to it (with the referrers index) from `repository`
-    /// to `to_repository`, byte for byte and by digest (`promote --to`).
-    /// Moves no tag other than the referrers fallback tag. Returns how the
-    /// blobs got there: already present (`skipped`), mounted by the
-    /// registry (`mounted`), or copied (`uploaded`, `bytes_uploaded`).
-    fn copy_to(
+    /// Makes the blob `digest` of `from` present in `to` (a repository of
+    /// the same store): already there, mounted by a registry, or copied.
+    fn copy_blob(
+        &mut self,
+        from: &Repository,
+        to: &Repository,
+        digest: &Digest,
+    ) -> Result<BlobCopy>;
+    /// Stores a manifest's exact bytes under its digest (no tag moves) and
+    /// reads them back.
+    fn put_manifest(
         &mut self,
         repository: &Repository,
         digest: &Digest,
-        to_repository: &Repository,
-    ) -> Result<BlobStats>;
+        bytes: &[u8],
+    ) -> Result<()>;
+    /// Points the referrers fallback tag of `subject` at `index` (pushed,
+    /// read back): the only tag the lane moves besides release tags.
+    fn put_referrers(
+        &mut self,
+        repository: &Repository,
+        subject: &Digest,
+        index: &Blob,
+    ) -> Result<()>;
     /// Every tag of the repository (including `sha256-<hex>` fallback tags),
     /// sorted; empty for a repository that does not exist.
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>>;
+}
+
+/// How one blob got into the target repository of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCopy {
+    /// It was there already.
+    Present,
+    /// The registry linked the blob it holds (cross-repository mount).
+    Mounted,
+    /// Its bytes were copied (this many).
+    Uploaded(u64),
+}
+
+/// Pushes `artifact` (its blobs, then its manifest by digest) and adds it
+/// to the referrers index of `subject` (the `sha256-<hex>` fallback tag, as
+/// for a registry without the referrers API). Returns the artifact's digest.
+pub fn attach(
+    store: &mut dyn Store,
+    repository: &Repository,
+    subject: &Digest,
+    artifact: &Artifact,
+) -> Result<Digest> {
+    for (_, b) in &artifact.blobs {
+        store.put_blob(repository, b)?;
+    }
+    let d = &artifact.manifest.digest;
+    store.put_manifest(repository, d, &artifact.manifest.bytes)?;
+    let existing = store.manifest(repository, &Target::Tag(subject.fallback_tag()))?;
+    let index = evidence::add_referrer(existing.as_deref(), artifact)?;
+    store.put_referrers(repository, subject, &index)?;
+    Ok(d.clone())
+}
+
+/// `promote --to`: copies the image manifest `digest`, every blob it names,
+/// and every artifact attached to it (with the referrers index) from
+/// `repository` to `to`, byte for byte and by digest. Moves no tag other
+/// than the referrers fallback tag. Returns how the blobs got there.
+pub fn copy(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+    to: &Repository,
+) -> Result<BlobStats> {
+    let mut stats = BlobStats::default();
+    if repository == to {
+        return Ok(stats);
+    }
+    let CopyPlan {
+        manifests,
+        referrers: attached,
+    } = copy_plan(store, repository, digest)?;
+    for item in &manifests {
+        for b in &item.blobs {
+            match store.copy_blob(repository, to, b)? {
+                BlobCopy::Present => stats.skipped += 1,
+                BlobCopy::Mounted => stats.mounted += 1,
+                BlobCopy::Uploaded(n) => {
+                    stats.uploaded += 1;
+                    stats.bytes_uploaded += n;
+                }
+            }
+        }
+        store.put_manifest(to, &item.digest, &item.bytes)?;
+    }
+    if !attached.is_empty() {
+        let existing = referrers(store, to, digest)?;
+        let index = merged_referrers(existing, attached)?;
+        store.put_referrers(to, digest, &index)?;
+    }
+    Ok(stats)
 }
 
 /// One manifest to copy, with the blobs it names (config and layers).

@@ -15,13 +15,12 @@ use serde_json::{Value, json};
 use crate::adapters::cache::write_atomic;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::{BlobStats, CrossCheck};
-use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
+use lane_core::evidence::{MEDIA_INDEX, MEDIA_MANIFEST};
 use lane_core::id::{Digest, Repository, Tag, Target};
 use lane_core::layer::{HashReader, sha256};
+use lane_core::oci::Blob;
 use lane_core::oci::{ANNOTATION_REF_NAME, OCI_LAYOUT};
-use lane_core::store::{
-    CopyItem, CopyPlan, Published, Store, copy_plan, merged_referrers, parse_digest, referrers,
-};
+use lane_core::store::{BlobCopy, Published, Store, parse_digest};
 
 pub struct LocalStore {
     pub root: PathBuf,
@@ -242,35 +241,8 @@ impl Store for LocalStore {
         })
     }
 
-    fn attach(
-        &mut self,
-        repository: &Repository,
-        subject: &Digest,
-        artifact: &Artifact,
-    ) -> Result<Digest> {
-        for (_, b) in &artifact.blobs {
-            self.put(repository, &b.digest, &b.bytes)?;
-        }
-        self.put(
-            repository,
-            &artifact.manifest.digest,
-            &artifact.manifest.bytes,
-        )?;
-        let tag = subject.fallback_tag();
-        let existing = match self.resolve_tag(repository, &tag)? {
-            Some(d) => Some(self.read_verified(repository, &d)?),
-            None => None,
-        };
-        let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        self.put(repository, &index.digest, &index.bytes)?;
-        self.add_entry(
-            repository,
-            &index.digest,
-            index.size(),
-            MEDIA_INDEX,
-            Some(&tag),
-        )?;
-        Ok(artifact.manifest.digest.clone())
+    fn put_blob(&mut self, repository: &Repository, blob: &Blob) -> Result<()> {
+        self.put(repository, &blob.digest, &blob.bytes).map(|_| ())
     }
 
     fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
@@ -316,53 +288,45 @@ impl Store for LocalStore {
             .transpose()
     }
 
-    fn copy_to(
+    fn copy_blob(
+        &mut self,
+        from: &Repository,
+        to: &Repository,
+        digest: &Digest,
+    ) -> Result<BlobCopy> {
+        let data = self.read_verified(from, digest)?;
+        Ok(if self.put(to, digest, &data)? {
+            BlobCopy::Uploaded(data.len() as u64)
+        } else {
+            BlobCopy::Present
+        })
+    }
+
+    fn put_manifest(
         &mut self,
         repository: &Repository,
         digest: &Digest,
-        to_repository: &Repository,
-    ) -> Result<BlobStats> {
-        let mut stats = BlobStats::default();
-        if repository == to_repository {
-            return Ok(stats);
-        }
-        self.preflight(std::slice::from_ref(to_repository))?;
-        let CopyPlan {
-            manifests,
-            referrers: attached,
-        } = copy_plan(self, repository, digest)?;
-        for CopyItem {
-            digest: m,
-            bytes,
-            blobs,
-        } in &manifests
-        {
-            for b in blobs {
-                let data = self.read_verified(repository, b)?;
-                if self.put(to_repository, b, &data)? {
-                    stats.uploaded += 1;
-                    stats.bytes_uploaded += data.len() as u64;
-                } else {
-                    stats.skipped += 1;
-                }
-            }
-            self.put(to_repository, m, bytes)?;
-            self.add_entry(to_repository, m, bytes.len() as u64, MEDIA_MANIFEST, None)?;
-        }
-        if attached.is_empty() {
-            return Ok(stats);
-        }
-        let existing = referrers(self, to_repository, digest)?;
-        let index = merged_referrers(existing, attached)?;
-        self.put(to_repository, &index.digest, &index.bytes)?;
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.put(repository, digest, bytes)?;
+        self.add_entry(repository, digest, bytes.len() as u64, MEDIA_MANIFEST, None)?;
+        self.read_verified(repository, digest).map(|_| ())
+    }
+
+    fn put_referrers(
+        &mut self,
+        repository: &Repository,
+        subject: &Digest,
+        index: &Blob,
+    ) -> Result<()> {
+        self.put(repository, &index.digest, &index.bytes)?;
         self.add_entry(
-            to_repository,
+            repository,
             &index.digest,
             index.size(),
             MEDIA_INDEX,
-            Some(&digest.fallback_tag()),
-        )?;
-        Ok(stats)
+            Some(&subject.fallback_tag()),
+        )
     }
 
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {

@@ -33,9 +33,11 @@ use oci_client::{Client, Reference};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
-use lane_core::distribution::PublishReport;
-use lane_core::distribution::{BlobRef, LocalImage};
-use lane_core::id::Tag;
+use lane_core::distribution::{
+    BlobRef, LocalImage, PublishReport, TagCheck, check_tag, tag_refusal,
+};
+use lane_core::evidence::MEDIA_MANIFEST;
+use lane_core::id::{Digest, Tag};
 use lane_core::layer::sha256;
 
 /// Environment variable naming the registry user (CI).
@@ -563,17 +565,46 @@ impl Remote {
         self.s.who()
     }
 
-    /// Publishes one image layout to `repo`: blobs, manifest by digest,
-    /// cross-check, then each tag, each cross-checked.
-    pub fn publish(
+    /// Publishes one image layout to `repo` by digest: blobs, the manifest,
+    /// the identity cross-check. No tag moves here (the store tags, each
+    /// read back: [`Remote::tag_read_back`]).
+    pub fn publish(&self, image: &LocalImage, repo: &str, quiet: bool) -> Result<PublishReport> {
+        self.rt.block_on(self.s.publish_async(image, repo, quiet))
+    }
+
+    /// Points `tag` at the manifest `bytes` of `digest` and reads it back:
+    /// headers and the hash of the fetched bytes must all name `digest`.
+    pub fn tag_read_back(
         &self,
-        image: &LocalImage,
         repo: &str,
-        tags: &[Tag],
-        quiet: bool,
-    ) -> Result<PublishReport> {
-        self.rt
-            .block_on(self.s.publish_async(image, repo, tags, quiet))
+        tag: &Tag,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<TagCheck> {
+        let back = self.put_read_back(&ManifestPut {
+            repo,
+            reference: tag.as_str(),
+            media_type: MEDIA_MANIFEST,
+            bytes,
+        })?;
+        let check = TagCheck {
+            tag: tag.to_string(),
+            pushed_digest_header: back.put_header,
+            fetched_digest_header: back.get_header,
+            resolved_sha256: back.sha256,
+        };
+        let failures = check_tag(digest, &check);
+        if !failures.is_empty() {
+            bail!(
+                "{}",
+                tag_refusal(
+                    &format!("{}/{repo}:{tag}", self.s.host()),
+                    digest,
+                    &failures
+                )
+            );
+        }
+        Ok(check)
     }
 }
 
@@ -611,38 +642,26 @@ impl Remote {
         })
     }
 
-    /// PUT of exact manifest bytes under `reference` (digest or tag);
-    /// returns the reported `Docker-Content-Digest`.
-    pub fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Result<Option<String>> {
-        self.rt
-            .block_on(self.s.put_manifest(repo, reference, media_type, bytes))
+    /// PUT of exact manifest bytes under `m.reference` (digest or tag), then
+    /// the GET of the same reference: what each reported and the hash of
+    /// what came back. A registry's digest header is never trusted alone.
+    pub fn put_read_back(&self, m: &ManifestPut) -> Result<ReadBack> {
+        self.rt.block_on(self.s.put_read_back(m))
     }
 
-    /// PUT of exact manifest bytes under `reference`, then a GET whose bytes
-    /// are hashed: a registry's digest header is never trusted on its own.
-    /// `what` names the document in the error (`the referrers index`).
-    pub fn put_manifest_read_back(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-        what: &str,
-    ) -> Result<()> {
-        let back = self
-            .rt
-            .block_on(self.s.put_read_back(repo, reference, media_type, bytes))?;
-        let (pushed, got) = (sha256(bytes).to_string(), back.sha256);
-        if got != pushed {
+    /// [`Remote::put_read_back`], failing unless what came back hashes to
+    /// what was pushed. `what` names the document in the error (`the
+    /// referrers index`).
+    pub fn put_manifest_read_back(&self, m: &ManifestPut, what: &str) -> Result<()> {
+        let back = self.put_read_back(m)?;
+        let pushed = sha256(m.bytes).to_string();
+        if back.sha256 != pushed {
             bail!(
-                "{what} {}/{repo}:{reference} reads back as {got}, not the {pushed} that was pushed",
-                self.s.host()
+                "{what} {}/{}:{} reads back as {}, not the {pushed} that was pushed",
+                self.s.host(),
+                m.repo,
+                m.reference,
+                back.sha256
             );
         }
         Ok(())
@@ -721,13 +740,23 @@ impl Remote {
 }
 
 /// A manifest PUT and the GET after it (`Session::put_read_back`).
-struct ReadBack {
+pub struct ReadBack {
     /// `Docker-Content-Digest` of the PUT response.
-    put_header: Option<String>,
+    pub put_header: Option<String>,
     /// `Docker-Content-Digest` of the GET response.
-    get_header: Option<String>,
+    pub get_header: Option<String>,
     /// sha256 of the bytes the GET returned.
-    sha256: String,
+    pub sha256: String,
+}
+
+/// One manifest push: exact bytes under a digest or a tag.
+#[derive(Debug, Clone, Copy)]
+pub struct ManifestPut<'a> {
+    pub repo: &'a str,
+    /// A digest or a tag.
+    pub reference: &'a str,
+    pub media_type: &'a str,
+    pub bytes: &'a [u8],
 }
 
 /// The outcome of a cross-repository blob mount.
@@ -1067,13 +1096,13 @@ impl Session {
     }
 
     /// PUT of a manifest's exact bytes; returns the reported digest header.
-    async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Result<Option<String>> {
+    async fn put_manifest(&self, m: &ManifestPut<'_>) -> Result<Option<String>> {
+        let ManifestPut {
+            repo,
+            reference,
+            media_type,
+            bytes,
+        } = *m;
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let req = self
             .http
@@ -1097,17 +1126,9 @@ impl Session {
 
     /// PUT of exact manifest bytes under `reference`, then the GET of the
     /// same reference: what each reported and the hash of what came back.
-    async fn put_read_back(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Result<ReadBack> {
-        let put_header = self
-            .put_manifest(repo, reference, media_type, bytes)
-            .await?;
-        let (fetched, get_header) = self.get_manifest(repo, reference, media_type).await?;
+    async fn put_read_back(&self, m: &ManifestPut<'_>) -> Result<ReadBack> {
+        let put_header = self.put_manifest(m).await?;
+        let (fetched, get_header) = self.get_manifest(m.repo, m.reference, m.media_type).await?;
         Ok(ReadBack {
             put_header,
             get_header,
@@ -1227,12 +1248,9 @@ impl Session {
         &self,
         image: &LocalImage,
         repo: &str,
-        tags: &[Tag],
         quiet: bool,
     ) -> Result<PublishReport> {
-        use lane_core::distribution::{
-            BlobStats, CrossCheck, Observed, TagCheck, check_digest, check_tag,
-        };
+        use lane_core::distribution::{BlobStats, CrossCheck, Observed, check_digest};
         let host = self.host().to_string();
         let reporter = crate::report::Reporter::new(quiet);
         let say = |m: String| reporter.say(m);
@@ -1284,7 +1302,12 @@ impl Session {
         let digest = &image.manifest_digest;
         let media_type = &image.manifest_media_type;
         let back = self
-            .put_read_back(repo, digest.as_str(), media_type, &image.manifest)
+            .put_read_back(&ManifestPut {
+                repo,
+                reference: digest.as_str(),
+                media_type,
+                bytes: &image.manifest,
+            })
             .await?;
         let mut blob_sizes = Vec::new();
         for blob in &image.blobs {
@@ -1307,38 +1330,13 @@ impl Session {
                 failures.join("\n  - ")
             );
         }
-        // Only now: the tags, each read back and checked.
-        let mut tag_checks = Vec::new();
-        for tag in tags {
-            let back = self
-                .put_read_back(repo, tag.as_str(), media_type, &image.manifest)
-                .await?;
-            let check = TagCheck {
-                tag: tag.to_string(),
-                pushed_digest_header: back.put_header,
-                fetched_digest_header: back.get_header,
-                resolved_sha256: back.sha256,
-            };
-            let failures = check_tag(digest, &check);
-            if !failures.is_empty() {
-                bail!(
-                    "{}",
-                    lane_core::distribution::tag_refusal(
-                        &format!("{host}/{repo}:{tag}"),
-                        digest,
-                        &failures
-                    )
-                );
-            }
-            tag_checks.push(check);
-        }
         Ok(PublishReport {
             image: image.name.clone(),
             registry: Some(host.clone()),
             repository: repo.to_string(),
             reference: location,
             digest: digest.clone(),
-            tags: tags.to_vec(),
+            tags: Vec::new(),
             blobs: stats,
             cross_check: CrossCheck {
                 ok: true,
@@ -1346,7 +1344,7 @@ impl Session {
                 fetched_digest_header: observed.fetched_digest_header,
                 fetched_sha256: observed.fetched_sha256,
                 blobs_verified: image.blobs.len() as u64,
-                tags: tag_checks,
+                tags: Vec::new(),
             },
         })
     }

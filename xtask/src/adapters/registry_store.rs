@@ -5,21 +5,17 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::adapters::registry::{self, Mount, RegistryTarget, Remote};
+use crate::adapters::registry::{self, ManifestPut, Mount, RegistryTarget, Remote};
 use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
-use lane_core::distribution::{
-    BlobStats, CrossCheck, PublishReport, TagCheck, check_tag, tag_refusal,
-};
-use lane_core::evidence::{self, Artifact, MEDIA_INDEX, MEDIA_MANIFEST};
+use lane_core::distribution::{BlobStats, CrossCheck, PublishReport};
+use lane_core::evidence::{MEDIA_INDEX, MEDIA_MANIFEST};
 use lane_core::id::{Digest, Repository, Tag, Target};
 use lane_core::layer::sha256;
-use lane_core::store::CopyItem;
-use lane_core::store::CopyPlan;
+use lane_core::oci::Blob;
+use lane_core::store::BlobCopy;
 use lane_core::store::Published;
 use lane_core::store::Store;
-use lane_core::store::copy_plan;
-use lane_core::store::merged_referrers;
 
 /// A registry that passed (or will pass) the preflight.
 pub struct RegistryStore {
@@ -76,7 +72,7 @@ impl Store for RegistryStore {
         let quiet = self.quiet;
         let remote = self.remote()?;
         let repo = remote.repo(image.repository.as_str());
-        Ok(match remote.publish(&local, &repo, &[], quiet) {
+        Ok(match remote.publish(&local, &repo, quiet) {
             Ok(report) => published(report, local.manifest.len() as u64),
             Err(e) => Published {
                 ok: false,
@@ -96,37 +92,10 @@ impl Store for RegistryStore {
         })
     }
 
-    fn attach(
-        &mut self,
-        repository: &Repository,
-        subject: &Digest,
-        artifact: &Artifact,
-    ) -> Result<Digest> {
+    fn put_blob(&mut self, repository: &Repository, blob: &Blob) -> Result<()> {
         let remote = self.remote()?;
         let repo = remote.repo(repository.as_str());
-        for (_, b) in &artifact.blobs {
-            remote.push_small_blob(&repo, b.digest.as_str(), &b.bytes)?;
-        }
-        let d = &artifact.manifest.digest;
-        remote.put_manifest_read_back(
-            &repo,
-            d.as_str(),
-            MEDIA_MANIFEST,
-            &artifact.manifest.bytes,
-            "the evidence manifest",
-        )?;
-        // Referrers tag fallback (the Distribution registry has no referrers API).
-        let tag = subject.fallback_tag();
-        let existing = remote.fetch_manifest(&repo, tag.as_str(), MEDIA_INDEX)?;
-        let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-        remote.put_manifest_read_back(
-            &repo,
-            tag.as_str(),
-            MEDIA_INDEX,
-            &index.bytes,
-            "the referrers index",
-        )?;
-        Ok(d.clone())
+        remote.push_small_blob(&repo, blob.digest.as_str(), &blob.bytes)
     }
 
     fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
@@ -138,27 +107,7 @@ impl Store for RegistryStore {
         if !digest.matches(&bytes) {
             bail!("{repo}@{digest} is served with other bytes; not tagging");
         }
-        let pushed = remote.put_manifest(&repo, tag.as_str(), MEDIA_MANIFEST, &bytes)?;
-        let back = remote
-            .fetch_manifest(&repo, tag.as_str(), MEDIA_MANIFEST)?
-            .unwrap_or_default();
-        let check = TagCheck {
-            tag: tag.to_string(),
-            pushed_digest_header: pushed,
-            fetched_digest_header: None,
-            resolved_sha256: sha256(&back).to_string(),
-        };
-        let failures = check_tag(digest, &check);
-        if !failures.is_empty() {
-            bail!(
-                "{}",
-                tag_refusal(
-                    &format!("{}/{repo}:{tag}", self.target.host()),
-                    digest,
-                    &failures
-                )
-            );
-        }
+        remote.tag_read_back(&repo, tag, digest, &bytes)?;
         Ok(())
     }
 
@@ -188,78 +137,70 @@ impl Store for RegistryStore {
         remote.fetch_blob(&repo, digest.as_str())
     }
 
-    fn copy_to(
+    fn copy_blob(
+        &mut self,
+        from: &Repository,
+        to: &Repository,
+        digest: &Digest,
+    ) -> Result<BlobCopy> {
+        let progress = Reporter::new(self.quiet);
+        let remote = self.remote()?;
+        let (from, to) = (remote.repo(from.as_str()), remote.repo(to.as_str()));
+        if remote.blob_size(&to, digest.as_str())?.is_some() {
+            return Ok(BlobCopy::Present);
+        }
+        // Same registry: the registry links the blob it holds.
+        Ok(match remote.mount_blob(&to, &from, digest.as_str())? {
+            Mount::Mounted => {
+                progress.say(format_args!("  mounted {} from {from}", digest.short()));
+                BlobCopy::Mounted
+            }
+            Mount::NotMounted(why) => {
+                // Through memory: images of this lane are small.
+                progress.say(format_args!(
+                    "  copying {} from {from} ({why})",
+                    digest.short()
+                ));
+                let data = remote.fetch_blob(&from, digest.as_str())?;
+                remote.push_small_blob(&to, digest.as_str(), &data)?;
+                BlobCopy::Uploaded(data.len() as u64)
+            }
+        })
+    }
+
+    fn put_manifest(
         &mut self,
         repository: &Repository,
         digest: &Digest,
-        to_repository: &Repository,
-    ) -> Result<BlobStats> {
-        let mut stats = BlobStats::default();
-        if repository == to_repository {
-            return Ok(stats);
-        }
-        let CopyPlan {
-            manifests,
-            referrers: attached,
-        } = copy_plan(self, repository, digest)?;
-        let progress = Reporter::new(self.quiet);
+        bytes: &[u8],
+    ) -> Result<()> {
         let remote = self.remote()?;
-        let (from, to) = (
-            remote.repo(repository.as_str()),
-            remote.repo(to_repository.as_str()),
-        );
-        for CopyItem {
-            digest: m,
+        let repo = remote.repo(repository.as_str());
+        let put = ManifestPut {
+            repo: &repo,
+            reference: digest.as_str(),
+            media_type: MEDIA_MANIFEST,
             bytes,
-            blobs,
-        } in &manifests
-        {
-            for b in blobs {
-                if remote.blob_size(&to, b.as_str())?.is_some() {
-                    stats.skipped += 1;
-                    continue;
-                }
-                // Same registry: the registry links the blob it holds.
-                match remote.mount_blob(&to, &from, b.as_str())? {
-                    Mount::Mounted => {
-                        progress.say(format_args!("  mounted {} from {from}", b.short()));
-                        stats.mounted += 1;
-                    }
-                    Mount::NotMounted(why) => {
-                        // Through memory: images of this lane are small.
-                        progress.say(format_args!("  copying {} from {from} ({why})", b.short()));
-                        let data = remote.fetch_blob(&from, b.as_str())?;
-                        remote.push_small_blob(&to, b.as_str(), &data)?;
-                        stats.uploaded += 1;
-                        stats.bytes_uploaded += data.len() as u64;
-                    }
-                }
-            }
-            let reported = remote.put_manifest(&to, m.as_str(), MEDIA_MANIFEST, bytes)?;
-            if let Some(h) = reported.filter(|h| h != m) {
-                bail!("the registry reported {h} for {to}@{m}");
-            }
-        }
-        if attached.is_empty() {
-            return Ok(stats);
-        }
-        let tag = digest.fallback_tag();
-        let existing = match remote.fetch_manifest(&to, tag.as_str(), MEDIA_INDEX)? {
-            Some(b) => serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v["manifests"].as_array().cloned())
-                .unwrap_or_default(),
-            None => Vec::new(),
         };
-        let index = merged_referrers(existing, attached)?;
-        remote.put_manifest_read_back(
-            &to,
-            tag.as_str(),
-            MEDIA_INDEX,
-            &index.bytes,
-            "the referrers index",
-        )?;
-        Ok(stats)
+        remote.put_manifest_read_back(&put, "the manifest")
+    }
+
+    fn put_referrers(
+        &mut self,
+        repository: &Repository,
+        subject: &Digest,
+        index: &Blob,
+    ) -> Result<()> {
+        let remote = self.remote()?;
+        let repo = remote.repo(repository.as_str());
+        let tag = subject.fallback_tag();
+        let put = ManifestPut {
+            repo: &repo,
+            reference: tag.as_str(),
+            media_type: MEDIA_INDEX,
+            bytes: &index.bytes,
+        };
+        remote.put_manifest_read_back(&put, "the referrers index")
     }
 
     fn list_tags(&mut self, repository: &Repository) -> Result<Vec<String>> {

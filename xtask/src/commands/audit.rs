@@ -4,6 +4,11 @@
 //! with which gate results, and whether the evidence verifies. Given a tag,
 //! it first says which digest the tag resolves to now.
 
+use std::process::ExitCode;
+
+use crate::adapters::workspace::Workspace;
+use crate::commands::verify::ReadArgs;
+
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -293,4 +298,31 @@ pub fn summary(a: &Audit) -> String {
         }
     }
     o
+}
+
+/// Answer, for one digest or tag: what was built, from which source, by
+/// which lane, which tags point at it, which gates ran, does it verify.
+///
+/// Given REPO:TAG, first says which digest the tag resolves to now, so a
+/// tag moved behind the lane's back shows up (with its evidence, or its
+/// lack of evidence). Exits 0 when the audit could be made, whatever it
+/// finds; use `verify` to gate on the answer.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let read = args.read;
+    let reference = &read.reference;
+    let location = verify::parse_reference(reference)?.location;
+    let (policy, mut store) = read.open(ws, location)?;
+    let a = audit(store.as_mut(), &policy, reference, read.allow_local_builder)?;
+    if read.json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+    } else {
+        print!("{}", summary(&a));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,8 @@
 //! several runs. Timings are wall-clock; peak memory is the child's
 //! `ru_maxrss` from `wait4`, which covers the whole process tree it waited for.
 
+use std::process::ExitCode;
+
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use lane_core::distribution::BuiltImage;
 use lane_core::distribution::CacheStats;
 use lane_core::layer::{self, Entry, EntryKind};
 use lane_core::spec::{ImagePath, Owner};
+use lane_core::store::Store;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Stat {
@@ -383,23 +386,18 @@ fn rebuilds(cws: &Workspace, copy: &Path, opts: &BuildOptions, runs: usize) -> R
         let c = build::build(&cws, &[], &opts)?.images;
         changed.push(t.elapsed().as_secs_f64());
         if run == 0 {
-            let sum = |r: &[BuiltImage], f: fn(&CacheStats) -> u64| {
-                r.iter().map(|i| f(&i.cache)).sum::<u64>()
+            let note = |what: &str, r: &[BuiltImage]| {
+                let sum = |f: fn(&CacheStats) -> u64| r.iter().map(|i| f(&i.cache)).sum::<u64>();
+                format!(
+                    "{what}: {} layer hits, {} misses, {} bytes read, {} bytes compressed",
+                    sum(|c| c.hits),
+                    sum(|c| c.misses),
+                    sum(|c| c.bytes_read),
+                    sum(|c| c.bytes_compressed)
+                )
             };
-            notes.push(format!(
-                "warm rebuild: {} layer hits, {} misses, {} bytes read, {} bytes compressed",
-                sum(&w, |c| c.hits),
-                sum(&w, |c| c.misses),
-                sum(&w, |c| c.bytes_read),
-                sum(&w, |c| c.bytes_compressed)
-            ));
-            notes.push(format!(
-                "one file changed: {} layer hits, {} misses, {} bytes read, {} bytes compressed",
-                sum(&c, |c| c.hits),
-                sum(&c, |c| c.misses),
-                sum(&c, |c| c.bytes_read),
-                sum(&c, |c| c.bytes_compressed)
-            ));
+            notes.push(note("warm rebuild", &w));
+            notes.push(note("one file changed", &c));
         }
     }
     let cold = Stat::of(cold);
@@ -478,29 +476,32 @@ fn publish_vs_skopeo(
     runs: usize,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let registry = BenchRegistry::start(&work.join("registry"))?;
-    let built = build::build(&cws, &["hello".to_string()], &opts)?;
+    let registry =
+        crate::adapters::registry_server::RegistryServer::start(&work.join("registry"), None)?;
+    let built = build::build(cws, &["hello".to_string()], opts)?;
     let hello = built
         .images
         .iter()
         .find(|i| i.name == "hello")
         .context("hello was not built")?;
     let image = crate::adapters::layout::Layout::at(&hello.name, &hello.layout).image()?;
-    let target: crate::adapters::registry::RegistryTarget = registry
-        .host()
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let tags = ["v1".parse()?];
     let (mut first, mut again, mut sk) = (Vec::new(), Vec::new(), Vec::new());
     let (mut first_bytes, mut again_bytes, mut sk_bytes) = (0, 0, 0);
     for run in 0..runs {
-        let repo = format!("bench/lane-{run}");
-        let remote = crate::adapters::registry::preflight(&target, std::slice::from_ref(&repo))?;
+        // The product path: the registry store, publish by digest with the
+        // cross-check, then the tag read back; a fresh repository each run.
+        let target = format!("{}/bench/lane-{run}", registry.host())
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let mut store = crate::adapters::registry_store::RegistryStore::new(target, true);
+        store.preflight(std::slice::from_ref(&hello.repository))?;
         let t = Instant::now();
-        let r = remote.publish(&image, &repo, &["v1".parse()?], true)?;
+        let r = crate::commands::publish::publish_image(&mut store, hello, &tags)?;
         first.push(t.elapsed().as_secs_f64());
         first_bytes = r.blobs.bytes_uploaded;
         let t = Instant::now();
-        let r = remote.publish(&image, &repo, &["v1".parse()?], true)?;
+        let r = crate::commands::publish::publish_image(&mut store, hello, &tags)?;
         again.push(t.elapsed().as_secs_f64());
         again_bytes = r.blobs.bytes_uploaded;
         let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());
@@ -659,53 +660,42 @@ pub fn table(r: &BenchReport) -> String {
 
 /// The Distribution registry (`docker-registry`) on a free loopback port,
 /// with storage under `dir`; killed on drop.
-struct BenchRegistry {
-    child: std::process::Child,
-    port: u16,
+/// Measure the lane side by side with reference tools (see BENCHMARKS.md).
+///
+/// Generates its own inputs under target/bench/ (about 200 MB; 20 MB with
+/// --quick) and reports, per case, the lane's figure, the reference's and
+/// their ratio (min/median/max over 3 runs; 1 with --quick).
+#[derive(clap::Args)]
+pub struct Args {
+    /// Small inputs and one run: a smoke check of the harness.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl BenchRegistry {
-    fn start(dir: &Path) -> Result<BenchRegistry> {
-        if dir.exists() {
-            fs::remove_dir_all(dir)?;
-        }
-        fs::create_dir_all(dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("storage").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting docker-registry (Debian package docker-registry)")?;
-        let reg = BenchRegistry { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(reg);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        bail!("docker-registry did not listen on 127.0.0.1:{port} within 5 s")
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
+/// Encode one layer from a directory or file (used by `bench` in a child process).
+#[derive(clap::Args)]
+#[command(hide = true)]
+pub struct LayerArgs {
+    pub input: PathBuf,
+    pub out: PathBuf,
 }
 
-impl Drop for BenchRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let Args { quick, json } = args;
+    let report = bench(ws, quick)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench-layer`: the lane's layer encoder in a child process of `bench`.
+pub fn run_layer(args: LayerArgs) -> Result<ExitCode> {
+    let d = encode_tree(&args.input, &args.out)?;
+    println!("{}", serde_json::to_string(&d)?);
+    Ok(ExitCode::SUCCESS)
 }

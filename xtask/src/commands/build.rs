@@ -6,6 +6,8 @@
 //! encodes layers through the action cache and writes each layout atomically
 //! (a temporary folder renamed into place).
 
+use std::process::ExitCode;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, IsTerminal, Read};
@@ -647,4 +649,51 @@ pub fn build(ws: &Workspace, names: &[String], opts: &BuildOptions) -> Result<Bu
         source: Some(plan.source),
         git,
     })
+}
+
+/// Build images into OCI image layouts under target/images/<IMAGE>/.
+///
+/// Rust payloads are built with `cargo build --locked --release` in a
+/// cleared environment; layers are deterministic tar+gzip, cached by
+/// their inputs in target/lane-cache/. Prints each image's manifest digest.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Images to build (default: all); their workspace bases are built too.
+    pub images: Vec<String>,
+    /// Print {"images":[{name, manifest_digest, config_digest, layout, layers}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the plan (images, layers, every entry, binaries) and build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let Args {
+        images,
+        json,
+        dry_run,
+    } = args;
+    let mut opts = BuildOptions::for_workspace(ws);
+    opts.quiet = json;
+    if dry_run {
+        let (plan, _) = plan(ws, &images, &opts)?;
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = build(ws, &images, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for i in &report.images {
+            println!(
+                "{}\t{}\t{} layers\t{}",
+                i.name,
+                i.manifest_digest,
+                i.layers.len(),
+                i.layout.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,9 +3,13 @@
 //! (the curated dependency manifest against what the binaries really load).
 //! See docs/drift.md.
 
+use std::process::ExitCode;
+
+use lane_core::drift::DriftPolicy;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -188,4 +192,69 @@ pub fn analyse_built(
         }
     }
     Ok(analysed)
+}
+
+/// Check each image's curated packages against what its binaries load.
+///
+/// Builds the images, merges their layers (whiteouts applied) and, for
+/// every ELF executable and shared library, checks that the program
+/// interpreter exists and that each DT_NEEDED library resolves inside the
+/// image, transitively, as glibc's loader would: DT_RPATH (without
+/// DT_RUNPATH), LD_LIBRARY_PATH of the image config, DT_RUNPATH,
+/// /etc/ld.so.conf(.d), then /lib/<multiarch>, /usr/lib/<multiarch>,
+/// /lib, /usr/lib. The host is never consulted.
+///
+/// The curated packages come from the image's /var/lib/dpkg/status.d/
+/// (PKG stanza + PKG.list file list); Debian's Contents index (apt-file's
+/// data, through apt; lockfiles/library-index.toml overrides it) names
+/// the package that would provide a missing library. Exits non-zero when
+/// a library or interpreter is missing, and with --fail-on-unused when a
+/// curated package is needed by nothing. See docs/drift.md.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Images to check (default: all).
+    pub images: Vec<String>,
+    /// Print the report as JSON: {"images":[{image, ok, objects,
+    /// missing_libraries, missing_interpreters, malformed, packages,
+    /// unused_packages}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail when a curated package is needed by no binary.
+    #[arg(long)]
+    pub fail_on_unused: bool,
+    /// A package that may be unused under --fail-on-unused (repeatable).
+    #[arg(long, value_name = "PACKAGE")]
+    pub allow_unused: Vec<String>,
+    /// Provider index (default: lockfiles/library-index.toml, if present).
+    #[arg(long, value_name = "FILE")]
+    pub index: Option<PathBuf>,
+}
+
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let Args {
+        images,
+        json,
+        fail_on_unused,
+        allow_unused,
+        index,
+    } = args;
+    let report = drift(ws, &images, index.as_deref(), json)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    let policy = DriftPolicy {
+        fail_on_unused,
+        allow_unused: allow_unused.into_iter().collect(),
+    };
+    let failures = lane_core::drift::failures(&report, &policy);
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

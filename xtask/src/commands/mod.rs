@@ -4,6 +4,8 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod drift;
+pub mod keygen;
+pub mod lock;
 pub mod promote;
 pub mod publish;
 pub mod release;

@@ -3,6 +3,8 @@
 //! or reject (move nothing). Evidence is attached to the candidate digest in
 //! both cases, so a rejection is auditable too.
 
+use std::process::ExitCode;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::adapters::registry::RegistryTarget;
 use crate::adapters::workspace::{GitFacts, Toolchain, Workspace};
 use crate::commands::build::{self, BuildOptions, BuildReport};
 use crate::commands::repro::ReproReport;
@@ -489,7 +492,7 @@ pub fn apply(
                 p.manifest_size,
                 &[(ANNOTATION_PREDICATE, predicate)],
             )?;
-            match store.attach(&spec.repository, &image.manifest_digest, &a) {
+            match lane_core::store::attach(store, &spec.repository, &image.manifest_digest, &a) {
                 Ok(d) => release.evidence.push(d),
                 Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
             }
@@ -520,7 +523,8 @@ pub fn apply(
             p.manifest_size,
             &[(ANNOTATION_PREDICATE, MEDIA_RELEASE_RECORD)],
         )?;
-        if let Ok(d) = store.attach(&spec.repository, &image.manifest_digest, &a) {
+        if let Ok(d) = lane_core::store::attach(store, &spec.repository, &image.manifest_digest, &a)
+        {
             release.evidence.push(d);
         }
     }
@@ -1026,4 +1030,61 @@ pub fn summary(report: &ReleaseReport) -> String {
         ),
     });
     out
+}
+
+/// The release lane: preflight, build, gates, publish by digest, provenance,
+/// then accept (move the tags) or reject (move nothing).
+///
+/// Every gate is required: source-state, pinned-inputs, reproducible,
+/// no-drift, smoke, publish-cross-check, provenance-complete, plus what
+/// ci/release-policy.toml adds. A gate that fails or does not run rejects
+/// the release. Without --registry the release goes to the embedded local
+/// store under target/local-registry/. Exits 0 only when every image is
+/// accepted. The release record is written to target/releases/.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Images to release (default: all).
+    pub images: Vec<String>,
+    /// HOST[:PORT][/PREFIX] of the registry to release to (default:
+    /// $LANE_REGISTRY, else the local store under target/). A registry
+    /// release needs an authoritative (CI) builder.
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: Option<RegistryTarget>,
+    /// Print the release report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// PKCS#8 PEM ECDSA P-256 key that signs the evidence (default:
+    /// the file named by $LANE_SIGNING_KEY_FILE, else the PEM in
+    /// $LANE_SIGNING_KEY). Without a key the evidence is unsigned and
+    /// `cargo xtask verify` refuses it.
+    #[arg(long, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+}
+
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let Args {
+        images,
+        registry,
+        json,
+        signing_key,
+    } = args;
+    let signer =
+        crate::adapters::keys::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
+    let mut store = crate::commands::publish::open_store(ws, registry, json)?;
+    let opts = ReleaseOptions {
+        images,
+        quiet: json,
+        signer,
+    };
+    let report = release(ws, &opts, store.as_mut())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", summary(&report));
+    }
+    Ok(if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

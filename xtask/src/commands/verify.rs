@@ -5,8 +5,13 @@
 //! attached envelopes and the policy in, every reason for refusal out. An
 //! empty list of reasons is the only way to `verified`.
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+use crate::adapters::registry::RegistryTarget;
+use crate::adapters::workspace::Workspace;
 
 use lane_core::evidence::{ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::Policy;
@@ -169,6 +174,101 @@ pub fn summary(reference: &str, v: &Verdict) -> String {
         ));
     }
     out
+}
+
+/// Where verify, promote and audit read, and which builders they accept.
+#[derive(clap::Args)]
+pub struct ReadArgs {
+    /// The image, as `release --json` and `publish --json` print it:
+    /// HOST[:PORT]/REPO@sha256:<hex>, local/REPO@sha256:<hex>, or
+    /// REPO@sha256:<hex> (REPO as in image.toml `repository`; audit also
+    /// takes REPO:TAG).
+    pub reference: String,
+    /// HOST[:PORT][/PREFIX] of the registry to read (default:
+    /// $LANE_REGISTRY, else the local store under target/).
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: Option<RegistryTarget>,
+    /// Accept evidence from a local (non-CI) run. Only for the local
+    /// store: a local builder is never trusted for a registry.
+    #[arg(long)]
+    pub allow_local_builder: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReadArgs {
+    /// The policy, and the store a reference at `location` names (which
+    /// must agree with `--registry` when both are given).
+    pub fn open(&self, ws: &Workspace, location: Location) -> Result<(Policy, Box<dyn Store>)> {
+        let (policy, _) = crate::commands::release::load_policy(ws)?;
+        let registry = registry_for(location, self.registry.clone())?;
+        let store = crate::commands::publish::open_store(ws, registry, self.json)?;
+        Ok((policy, store))
+    }
+}
+
+/// The registry a reference names (`HOST[:PORT]/REPO@...`) must agree with
+/// `--registry` when both are given; `local/REPO@...` names the local store.
+fn registry_for(
+    location: Location,
+    flag: Option<RegistryTarget>,
+) -> Result<Option<RegistryTarget>> {
+    match (location, flag) {
+        (Location::Unspecified, flag) => Ok(flag),
+        (Location::Local, None) => Ok(None),
+        (Location::Local, Some(r)) => bail!(
+            "the reference names the local store (local/...), but --registry {r} was given; drop one of them"
+        ),
+        (Location::Registry(host), None) => {
+            Ok(Some(host.parse().map_err(|e: String| {
+                anyhow::anyhow!("registry {host}: {e}")
+            })?))
+        }
+        (Location::Registry(host), Some(r)) if r.host() == host => Ok(Some(r)),
+        (Location::Registry(host), Some(r)) => bail!(
+            "the reference names registry {host}, but --registry is {r}; drop one of them or make them agree"
+        ),
+    }
+}
+
+/// Check that a digest is an accepted release of the lane.
+///
+/// Reads the evidence attached to the digest (referrers of the digest),
+/// and checks: every envelope is signed by a key in [signing]
+/// trusted_keys of ci/release-policy.toml; every statement's subject is
+/// exactly this digest; predicate types are SLSA provenance v1, in-toto
+/// test-result v0.1 and the SPDX 2.3 SBOM, and nothing else; the builder
+/// is trusted (a CI workflow; the local builder only for the local store,
+/// with --allow-local-builder);
+/// every required gate passed. Exits 0 only when all hold, and lists
+/// every reason otherwise. Needs a digest: REPO@sha256:<hex>.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
+    let (location, repository, digest) = parse_digest_reference(&args.read.reference)?;
+    let (policy, mut store) = args.read.open(ws, location)?;
+    let read = &args.read;
+    let (_, verdict) = verify(
+        store.as_mut(),
+        &repository,
+        &digest,
+        &policy,
+        read.allow_local_builder,
+    )?;
+    if read.json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    } else {
+        print!("{}", summary(&read.reference, &verdict));
+    }
+    Ok(if verdict.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
