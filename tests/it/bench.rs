@@ -1,9 +1,7 @@
 //! `cargo xtask bench --quick` as a smoke check of the benchmark harness
 //! (issue 8). No figure is asserted: benchmarks are measured, not timed tests.
 
-mod support;
-
-use support::Fixture;
+use crate::support::Fixture;
 
 #[test]
 fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {

@@ -1,12 +1,11 @@
 //! `cargo xtask build` and `cargo xtask repro` end to end (issue 2).
 
-mod support;
-
 use std::fs;
 use std::process::Command;
 
-use support::{Fixture, image, run, sha256_hex_of_file};
 use xtask::commands::repro::layout_fingerprint;
+
+use crate::support::{self, Fixture, image, run, sha256_hex_of_file};
 
 /// A files-only image with three layers, used where no Rust payload is needed.
 const THREE_LAYERS: &str = r#"

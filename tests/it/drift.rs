@@ -2,15 +2,14 @@
 //! (found with ldd, their packages with dpkg) are put into files-only fixture
 //! images, and the lane checks them without consulting the host.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{Fixture, TempDir, run};
+
+use crate::support::{Fixture, TempDir, run};
 
 const MULTIARCH: &str = "/lib/x86_64-linux-gnu";
 

@@ -1,7 +1,6 @@
 //! Shared harness of the end-to-end tests: temporary workspaces (a copy of
 //! this repository, or a small files-only one), git commits with fixed dates,
 //! and running the `xtask` binary on them.
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,6 @@
 //! something real to run: releases of it are accepted for real, and
 //! [`Lane::break_smoke`] makes the next one rejected for real.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -25,9 +23,10 @@ use lane_core::provenance::{self, BuilderRun, Subject};
 use lane_core::signing::{self, Signer};
 use lane_core::store::Store;
 use serde_json::{Value, json};
-use support::{Fixture, TempDir};
 use xtask::adapters::local_store::LocalStore;
 use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
+
+use crate::support::{self, Fixture, TempDir};
 
 const IMAGE: &str = r#"
 name = "files"
@@ -1325,7 +1324,7 @@ const CI_ENV: &[(&str, &str)] = &[
 
 #[test]
 fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
-    use support::registry::{Creds, Registry, show};
+    use crate::support::registry::{Creds, Registry, show};
     let reg = Registry::start();
     let host = reg.host();
     let lane = Lane::new("registry");

@@ -2,14 +2,12 @@
 //! the verified `.deb` cache, untrusted archives, and the dynamically linked
 //! sample service on the base-cc image in the real Docker Engine.
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Fixture, image, run, sha256_hex_of_file};
+use crate::support::{Fixture, image, run, sha256_hex_of_file};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -167,7 +165,7 @@ fn raw_tar_gz(entries: &[Raw]) -> Vec<u8> {
 
 fn crafted_deb(package: &str, data: &[Raw]) -> Vec<u8> {
     let control = format!(
-        "Package: {package}\nVersion: 1\nArchitecture: all\nMaintainer: lane test <t@example.com>\nDescription: crafted by tests/debian.rs\n"
+        "Package: {package}\nVersion: 1\nArchitecture: all\nMaintainer: lane test <t@example.com>\nDescription: crafted by tests/it/debian.rs\n"
     );
     let control_tar = raw_tar_gz(&[
         Raw::Dir("./"),
@@ -312,7 +310,7 @@ fn crafted_debs_are_handled_as_documented() {
         };
         seen.push(format!("{path} {kind}"));
     }
-    let status = "file \"Package: fine\\nVersion: 1\\nArchitecture: all\\nMaintainer: lane test <t@example.com>\\nDescription: crafted by tests/debian.rs\\n\"";
+    let status = "file \"Package: fine\\nVersion: 1\\nArchitecture: all\\nMaintainer: lane test <t@example.com>\\nDescription: crafted by tests/it/debian.rs\\n\"";
     assert_eq!(
         seen,
         [

@@ -1,17 +1,16 @@
 //! `cargo xtask publish` end to end against the real Distribution registry
 //! (issue 3). Each acceptance point of the issue is one test here.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use base64::Engine as _;
-use support::registry::{
+
+use crate::support::registry::{
     Creds, Fault, FaultProxy, Registry, files_under, free_port, sha256_of, show,
 };
-use support::{Fixture, run};
+use crate::support::{Fixture, run};
 
 const IMAGE: &str = r#"
 name = "files"
@@ -219,7 +218,7 @@ fn preflight_names_a_missing_push_permission() {
 /// credential) is followed in the preflight and in the push.
 #[test]
 fn bearer_token_auth_is_followed() {
-    use support::registry::{BEARER_PASSWORD, BEARER_USER};
+    use crate::support::registry::{BEARER_PASSWORD, BEARER_USER};
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.port, Fault::BearerAuth);
     let f = files_image("pub-bearer");

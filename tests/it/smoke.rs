@@ -4,8 +4,6 @@
 //! entries differ, and a label unique to the test gives each variant its own
 //! config digest, so parallel tests never share an engine image.
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
@@ -13,10 +11,11 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{Fixture, run, sha256_hex_of_file};
 use xtask::adapters::engine::SmokeOptions;
 use xtask::adapters::workspace::Workspace;
 use xtask::commands::smoke;
+
+use crate::support::{self, Fixture, run, sha256_hex_of_file};
 
 /// A copy of this repository whose `hello` image has the given `[[smoke]]`
 /// entries and the label `lane.test.case = CASE` (its own config digest).

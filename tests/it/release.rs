@@ -1,11 +1,9 @@
 //! `cargo xtask release` end to end (issue 6): gates, decisions, records,
 //! provenance, against the embedded local store.
 
-mod support;
-
 use std::fs;
 
-use support::Fixture;
+use crate::support::Fixture;
 
 fn release_json(f: &Fixture, args: &[&str]) -> (bool, serde_json::Value) {
     let mut all = vec!["release", "--json"];

@@ -266,8 +266,6 @@ fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>) {
 /// What the proxy does wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Forward faithfully.
-    None,
     /// Replace `Docker-Content-Digest` on manifest responses with another digest.
     LieDigestHeader,
     /// Remove `Docker-Content-Digest` from manifest responses (allowed, but

@@ -2,10 +2,8 @@
 //! published to the real registry, pinned in lockfiles/bases.lock, pulled,
 //! verified, cached; the same reference by tag only is refused.
 
-mod support;
-
-use support::Fixture;
-use support::registry::{Creds, Registry, show};
+use crate::support::registry::{Creds, Registry, show};
+use crate::support::{self, Fixture};
 
 const APP: &str = r#"
 name = "app"

@@ -2,13 +2,11 @@
 //! and the real Docker Engine (issue 6): acceptance, each built-in gate
 //! failing, evidence fetched back from the registry, no secret leaked.
 
-mod support;
-
 use std::fs;
 use std::process::Output;
 
-use support::Fixture;
-use support::registry::{Creds, Fault, FaultProxy, Registry, files_under, http, show};
+use crate::support::registry::{Creds, Fault, FaultProxy, Registry, files_under, http, show};
+use crate::support::{self, Fixture};
 
 const USER: &str = "ci";
 /// Made at run time, so that it appears in no source file the lane copies.
