@@ -6,10 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use base64::Engine as _;
+use xtask::adapters::registry_server::free_port;
 
-use crate::support::registry::{
-    Creds, Fault, FaultProxy, Registry, files_under, free_port, sha256_of, show,
-};
+use crate::support::registry::{Creds, Fault, FaultProxy, Registry, files_under, sha256_of, show};
 use crate::support::{Fixture, run};
 
 const IMAGE: &str = r#"
@@ -141,7 +140,7 @@ fn publishing_again_uploads_no_blob_bytes() {
 fn preflight_failures_stop_before_the_build_and_push_nothing() {
     let reg = Registry::start_with_auth("ci", "right-password");
     let host = reg.host();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
     let cases: [(&str, Creds, &str, String); 3] = [
         (
             "wrong password",

@@ -1,35 +1,30 @@
-//! The real Distribution registry (`docker-registry serve CONFIG`) on
-//! 127.0.0.1 with a free port and temporary storage, with or without
-//! htpasswd auth; a fault-injecting HTTP proxy to put in front of it; and
-//! helpers to run the lane against them with an isolated credential setup.
+//! The real Distribution registry (the product's launcher,
+//! `xtask::adapters::registry_server`) in a temporary directory, with what
+//! the tests read back from it (skopeo, blob counts); a fault-injecting HTTP
+//! proxy to put in front of it; and helpers to run the lane against them
+//! with an isolated credential setup.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use xtask::adapters::registry_server::RegistryServer;
 
 use super::{Fixture, TempDir, run};
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running Distribution registry, killed on drop.
+/// The product's registry launcher in a temporary directory, with what the
+/// tests read back from it; killed on drop.
 pub struct Registry {
-    child: Child,
+    server: RegistryServer,
     pub port: u16,
-    dir: TempDir,
     /// `(user, password)` when started with htpasswd auth.
     pub auth: Option<(String, String)>,
+    _dir: TempDir,
 }
 
 impl Registry {
@@ -40,98 +35,28 @@ impl Registry {
 
     /// A registry with htpasswd auth for one user.
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::spawn(Some((user.to_string(), password.to_string())))
+        Registry::spawn(Some((user, password)))
     }
 
-    fn spawn(auth: Option<(String, String)>) -> Registry {
-        // The free port can be taken between the check and the bind: retry.
-        let mut logs = String::new();
-        for _ in 0..3 {
-            match Registry::try_spawn(auth.clone()) {
-                Ok(r) => return r,
-                Err(log) => logs.push_str(&log),
-            }
-        }
-        panic!("docker-registry did not start; its logs:\n{logs}");
-    }
-
-    fn try_spawn(auth: Option<(String, String)>) -> Result<Registry, String> {
+    fn spawn(auth: Option<(&str, &str)>) -> Registry {
         let dir = TempDir::new("registry");
-        let storage = dir.path().join("storage");
-        fs::create_dir_all(&storage).unwrap();
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        );
-        if let Some((user, password)) = &auth {
-            let out = run(Command::new("htpasswd").args(["-Bbn", user, password]));
-            assert!(
-                out.status.success(),
-                "htpasswd (apache2-utils) failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let file = dir.path().join("htpasswd");
-            fs::write(&file, &out.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: lane-test\n    path: {}\n",
-                file.display()
-            ));
+        let server = RegistryServer::start(dir.path(), auth).unwrap_or_else(|e| panic!("{e:#}"));
+        Registry {
+            port: server.port(),
+            auth: server.auth().map(|(u, p)| (u.to_string(), p.to_string())),
+            server,
+            _dir: dir,
         }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let log_path = dir.path().join("registry.log");
-        let log = fs::File::create(&log_path).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start docker-registry (apt-get install docker-registry): {e}")
-            });
-        let mut reg = Registry {
-            child,
-            port,
-            dir,
-            auth,
-        };
-        if reg.wait_ready() {
-            Ok(reg)
-        } else {
-            Err(fs::read_to_string(&log_path).unwrap_or_default())
-        }
-    }
-
-    /// Waits until GET /v2/ answers (200 or 401), up to 15 s.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Some((200 | 401, _, _)) = http(self.port, "GET", "/v2/", &[]) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn storage(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.server.host()
     }
 
     /// Every blob the registry stores (files named `data` under blobs/).
     pub fn blob_count(&self) -> usize {
-        let blobs = self.storage().join("docker/registry/v2/blobs");
+        let blobs = self.server.storage().join("docker/registry/v2/blobs");
         if !blobs.exists() {
             return 0;
         }
@@ -179,13 +104,6 @@ impl Registry {
     pub fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
         self.skopeo_raw(&format!("{repo}:{tag}"))
             .map(|b| sha256_of(&b))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

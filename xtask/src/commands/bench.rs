@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::adapters::registry_server::RegistryServer;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
 use lane_core::distribution::BuiltImage;
@@ -478,7 +479,11 @@ fn publish_vs_skopeo(
     runs: usize,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let registry = BenchRegistry::start(&work.join("registry"))?;
+    let dir = work.join("registry");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    let registry = RegistryServer::start(&dir, None)?;
     let built = build::build(&cws, &["hello".to_string()], &opts)?;
     let hello = built
         .images
@@ -655,57 +660,4 @@ pub fn table(r: &BenchReport) -> String {
         }
     }
     out
-}
-
-/// The Distribution registry (`docker-registry`) on a free loopback port,
-/// with storage under `dir`; killed on drop.
-struct BenchRegistry {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl BenchRegistry {
-    fn start(dir: &Path) -> Result<BenchRegistry> {
-        if dir.exists() {
-            fs::remove_dir_all(dir)?;
-        }
-        fs::create_dir_all(dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("storage").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting docker-registry (Debian package docker-registry)")?;
-        let reg = BenchRegistry { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(reg);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        bail!("docker-registry did not listen on 127.0.0.1:{port} within 5 s")
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for BenchRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
