@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 use xtask::adapters::local_store::LocalStore;
 use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
 
-use crate::support::{self, Fixture, TempDir};
+use crate::support::registry::{CI_BUILDER_ID, Creds, Registry};
+use crate::support::{self, Fixture, TempDir, printed, report, show, stderr, stdout};
 
 const IMAGE: &str = r#"
 name = "files"
@@ -410,20 +411,36 @@ impl Lane {
         }
     }
 
-    /// `release --signing-key` (or unsigned); returns the candidate digest.
+    /// `release --signing-key` (or unsigned); returns whether it was
+    /// accepted and the candidate digest.
     fn release(&self, signed: bool) -> (bool, String) {
-        let mut args = vec!["release", "--json"];
-        let key = self.key.to_str().unwrap().to_string();
-        if signed {
-            args.extend(["--signing-key", &key]);
-        }
-        let out = self.f.xtask(&args);
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "release --json printed no JSON ({e}):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let (accepted, i) = self.release_image(signed);
+        (accepted, i["digest"].as_str().unwrap().to_string())
+    }
+
+    /// A signed release that must be accepted; returns its digest and
+    /// `REPO@DIGEST`.
+    fn accepted_release(&self) -> (String, String) {
+        let (accepted, d) = self.release(true);
+        assert!(accepted, "a real accepted release");
+        let reference = format!("{REPO}@{d}");
+        (d, reference)
+    }
+
+    /// A signed release that must be accepted; returns the reference
+    /// `release --json` printed.
+    fn release_reference(&self) -> String {
+        let (accepted, i) = self.release_image(true);
+        assert!(accepted, "the release must be accepted");
+        i["reference"].as_str().unwrap().to_string()
+    }
+
+    /// `release --signing-key` (or unsigned): accepted, and the released
+    /// image's entry of the report.
+    fn release_image(&self, signed: bool) -> (bool, Value) {
+        let key = self.key.to_str().unwrap();
+        let args: &[&str] = if signed { &["--signing-key", key] } else { &[] };
+        let (out, report) = self.f.release(None, args);
         let i = &report["images"][0];
         assert_eq!(
             report["signing_key"],
@@ -439,29 +456,10 @@ impl Lane {
             eprintln!(
                 "release rejected: {:#}\n{}",
                 i["decision"]["failures"],
-                String::from_utf8_lossy(&out.stderr)
+                stderr(&out)
             );
         }
-        (
-            out.status.success(),
-            i["digest"].as_str().unwrap().to_string(),
-        )
-    }
-
-    /// A signed release; returns the reference `release --json` printed.
-    fn release_reference(&self) -> String {
-        let key = self.key.to_str().unwrap().to_string();
-        let out = self.f.xtask(&["release", "--json", "--signing-key", &key]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        report["images"][0]["reference"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        (out.status.success(), i.clone())
     }
 
     /// Changes the image and makes its smoke check fail: the next release
@@ -479,32 +477,33 @@ impl Lane {
         LocalStore::new(self.f.path("target/local-registry"))
     }
 
+    /// The digest `repo:tag` resolves to in the local store.
+    fn tag(&self, repo: &str, tag: &str) -> Option<String> {
+        self.store()
+            .resolve_tag(&r(repo), &t(tag))
+            .unwrap()
+            .map(|d| d.to_string())
+    }
+
     fn verify(&self, reference: &str) -> (bool, String) {
         let out = self
             .f
             .xtask(&["verify", reference, "--allow-local-builder"]);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), printed(&out))
     }
 
     fn promote(&self, args: &[&str]) -> (bool, String) {
         let mut a = vec!["promote", "--allow-local-builder"];
         a.extend_from_slice(args);
         let out = self.f.xtask(&a);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), printed(&out))
+    }
+
+    /// `promote --allow-local-builder --json ARGS` that must succeed: its report.
+    fn promoted(&self, args: &[&str]) -> Value {
+        let mut a = vec!["promote", "--allow-local-builder", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.f.ok(&a)).unwrap()
     }
 
     fn audit(&self, reference: &str) -> Value {
@@ -746,12 +745,12 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
         out.contains("required gate smoke failed or did not run"),
         "{out}"
     );
-    assert_eq!(lane.store().resolve_tag(&r(REPO), &t("v1")).unwrap(), None);
+    assert_eq!(lane.tag(REPO, "v1"), None);
 
     // Without --allow-local-builder, the local builder is one more reason.
     let out = lane.f.xtask(&["verify", &reference]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pass --allow-local-builder"));
+    assert!(stdout(&out).contains("pass --allow-local-builder"));
 
     // Audit still answers, and says why.
     let a = lane.audit(&reference);
@@ -786,15 +785,7 @@ fn the_reference_release_prints_is_what_verify_promote_and_audit_take() {
     assert!(ok, "{out}");
     let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
     assert!(ok, "{out}");
-    let out = lane
-        .f
-        .xtask(&["audit", &reference, "--json", "--allow-local-builder"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = lane.audit(&reference);
     assert_eq!(
         format!(
             "local/{}@{}",
@@ -826,18 +817,9 @@ fn unsigned_release_does_not_verify() {
 #[test]
 fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     let lane = Lane::new("accepted");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted, "a real accepted release");
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     // The release itself moved its tag.
-    assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("v1"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
-        Some(d.as_str())
-    );
+    assert_eq!(lane.tag(REPO, "v1").as_deref(), Some(d.as_str()));
 
     // 1. verify passes; audit --json answers every question.
     let (ok, out) = lane.verify(&reference);
@@ -845,25 +827,10 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert!(out.contains("VERIFIED"), "{out}");
 
     // 3. promote moves the tag to exactly this digest.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "prod",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "prod"]);
     assert_eq!(p["resolves_to"], d.as_str());
     assert_eq!(p["previous"], Value::Null);
-    assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("prod"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
-        Some(d.as_str())
-    );
+    assert_eq!(lane.tag(REPO, "prod").as_deref(), Some(d.as_str()));
 
     let a = lane.audit(&reference);
     let revision = support::git(&lane.f.root, &["rev-parse", "HEAD"]);
@@ -871,17 +838,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(a["tags"], json!(["prod", "v1"]));
 
     // ... and the same for a promoted copy in a second repository.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "stable",
-        "--to",
-        "prod/files",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "stable", "--to", "prod/files"]);
     assert_eq!(p["repository"], "prod/files");
     assert_eq!(p["copied"], true);
     let (ok, out) = lane.verify(&format!("prod/files@{d}"));
@@ -904,11 +861,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert!(!accepted);
     assert_ne!(other, d);
     assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("v1"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
+        lane.tag(REPO, "v1").as_deref(),
         Some(d.as_str()),
         "a rejected release moves no tag"
     );
@@ -938,15 +891,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(lane.audit(&reference)["tags"], json!(["prod"]));
 
     // Promote moves it back, and says where it was.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "v1",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "v1"]);
     assert_eq!(p["previous"], other.as_str());
     assert_eq!(
         lane.audit(&format!("{REPO}:v1"))["tag"]["resolves_to"],
@@ -1017,9 +962,7 @@ fn check_audit(a: &Value, d: &str, repo: &str, revision: &str) {
 #[test]
 fn tampered_evidence_fails_verify_and_promote() {
     let lane = Lane::new("tamper");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     assert!(lane.verify(&reference).0, "the untampered release verifies");
     let (lanes_own, cases) = tamper_cases(&lane, &mut lane.store(), &d);
     for (what, artifacts, reason) in cases {
@@ -1033,11 +976,7 @@ fn tampered_evidence_fails_verify_and_promote() {
             out.contains("refusing to promote") && out.contains(&reason),
             "{what}: {out}"
         );
-        assert_eq!(
-            lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
-            None,
-            "{what}"
-        );
+        assert_eq!(lane.tag(REPO, "prod"), None, "{what}");
     }
     // Putting the lane's own evidence back makes it verify again.
     rewrite_local(&lane, &d, &lanes_own);
@@ -1047,9 +986,7 @@ fn tampered_evidence_fails_verify_and_promote() {
 #[test]
 fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_read() {
     let lane = Lane::new("traversal");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     assert!(lane.verify(&reference).0, "the untampered release verifies");
     // Where `blobs/sha256/../../x` of the repository would lead: a file an
     // unparsed digest would read.
@@ -1083,18 +1020,13 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
     );
     let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
     assert!(!ok, "promote went ahead:\n{out}");
-    assert_eq!(
-        lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
-        None
-    );
+    assert_eq!(lane.tag(REPO, "prod"), None);
 }
 
 #[test]
 fn promote_and_publish_accept_and_refuse_the_same_tags() {
     let lane = Lane::new("same-tags");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (_, reference) = lane.accepted_release();
     for bad in [
         "sha256-abc",
         ".hidden",
@@ -1129,7 +1061,7 @@ fn promote_and_publish_accept_and_refuse_the_same_tags() {
 #[test]
 fn tag_only_references_are_refused_where_a_digest_is_needed() {
     let lane = Lane::new("tag-only");
-    let (_, d) = lane.release(true);
+    let (d, _) = lane.accepted_release();
     let expected = format!("error: {NEEDS_DIGEST}\n");
     for args in [
         vec!["verify", "test/files:v1"],
@@ -1180,22 +1112,26 @@ fn tag_only_references_are_refused_where_a_digest_is_needed() {
 fn signing_key_comes_from_the_environment_and_bad_keys_are_refused() {
     let lane = Lane::new("key-env");
     let pem = fs::read_to_string(&lane.key).unwrap();
-    let out = lane
+    let with_env = |k: &str, v: &str| {
+        let mut c = Creds::none();
+        c.env.push((k.into(), v.into()));
+        c
+    };
+    let (_, r) = lane
         .f
-        .xtask_env(&["release", "--json"], &[("LANE_SIGNING_KEY", &pem)]);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .release(Some(&with_env("LANE_SIGNING_KEY", &pem)), &[]);
     assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
-    let out = lane.f.xtask_env(
-        &["release", "--json"],
-        &[("LANE_SIGNING_KEY_FILE", lane.key.to_str().unwrap())],
+    let (_, r) = lane.f.release(
+        Some(&with_env(
+            "LANE_SIGNING_KEY_FILE",
+            lane.key.to_str().unwrap(),
+        )),
+        &[],
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
-    let out = lane
-        .f
-        .xtask_env(&["release"], &[("LANE_SIGNING_KEY", "not a key")]);
+    let out = with_env("LANE_SIGNING_KEY", "not a key").xtask(&lane.f, &["release"]);
     assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
+    let e = stderr(&out);
     assert!(
         e.contains("$LANE_SIGNING_KEY is not a PKCS#8 PEM ECDSA P-256 private key"),
         "{e}"
@@ -1218,15 +1154,8 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     let lane = Lane::new("openssl");
     let dir = TempDir::new("openssl");
     let p = |n: &str| dir.path().join(n);
-    let openssl = |args: &[&str]| {
-        let out = support::run(std::process::Command::new("openssl").args(args));
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let openssl =
+        |args: &[&str]| support::stdout_of(std::process::Command::new("openssl").args(args));
     let key = p("ossl.key");
     openssl(&[
         "genpkey",
@@ -1260,10 +1189,9 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     assert_eq!(format!("sha256:{}", signer.keyid), der_hash);
 
     // The lane's envelopes, signed with that key, checked by openssl.
-    let out = lane
+    let (_, r) = lane
         .f
-        .xtask(&["release", "--json", "--signing-key", key.to_str().unwrap()]);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .release(None, &["--signing-key", key.to_str().unwrap()]);
     assert_eq!(r["signing_key"], signer.keyid.as_str());
     assert_eq!(
         r["signing_key_trusted"], false,
@@ -1272,7 +1200,7 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     let human = lane
         .f
         .xtask(&["release", "--signing-key", key.to_str().unwrap()]);
-    let human = String::from_utf8_lossy(&human.stdout);
+    let human = stdout(&human);
     assert!(
         human.contains("which ci/release-policy.toml does not trust: verify will refuse it"),
         "{human}"
@@ -1309,30 +1237,12 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
 // The same against the real Distribution registry (no referrers API: the
 // evidence is found through the sha256-<hex> fallback tag).
 
-/// The environment of a CI run (GitHub Actions variables), which makes the
-/// lane's builder authoritative.
-const CI_ENV: &[(&str, &str)] = &[
-    ("GITHUB_ACTIONS", "true"),
-    ("GITHUB_SERVER_URL", "https://ci.example.com"),
-    (
-        "GITHUB_WORKFLOW_REF",
-        "org/repo/.github/workflows/release.yml@refs/heads/main",
-    ),
-    ("GITHUB_REPOSITORY", "org/repo"),
-    ("GITHUB_RUN_ID", "7"),
-];
-
 #[test]
 fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
-    use crate::support::registry::{Creds, Registry, show};
     let reg = Registry::start();
     let host = reg.host();
     let lane = Lane::new("registry");
-    let mut ci = Creds::none();
-    ci.env = CI_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let ci = Creds::none().ci();
     let plain = Creds::none();
     let key = lane.key.to_str().unwrap().to_string();
     let x = |creds: &Creds, args: &[&str]| {
@@ -1341,9 +1251,12 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
         creds.xtask(&lane.f, &a)
     };
 
-    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    let release = || {
+        lane.f
+            .release(Some(&ci), &["--signing-key", &key, "--registry", &host])
+    };
+    let (out, r) = release();
     assert!(out.status.success(), "{}", show(&out));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = r["images"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
     let reference = format!("{REPO}@{d}");
@@ -1384,18 +1297,15 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     assert!(out.status.success(), "{}", show(&out));
     let out = x(&plain, &["audit", "prod/files:prod", "--json"]);
     assert!(out.status.success(), "{}", show(&out));
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = report(&out);
     assert_eq!(a["tag"]["resolves_to"], d.as_str());
     assert_eq!(a["image"]["digest"], d.as_str());
     assert_eq!(a["image"]["subject"], format!("{host}/{REPO}").as_str());
-    assert_eq!(
-        a["builder"]["id"],
-        "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
-    );
+    assert_eq!(a["builder"]["id"], CI_BUILDER_ID);
     assert_eq!(a["builder"]["authoritative"], true);
     assert_eq!(
         a["builder"]["invocation"],
-        "https://ci.example.com/org/repo/actions/runs/7/attempts/1"
+        "https://ci.example.com/platform/release-lane/actions/runs/4242/attempts/1"
     );
     assert_eq!(a["source"]["clean"], true);
     assert_eq!(a["tags"], json!(["prod"]));
@@ -1420,22 +1330,15 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
 
     // Tag-only references.
     let out = x(&plain, &["verify", &format!("{REPO}:v1")]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("error: {NEEDS_DIGEST}\n")
-    );
+    assert_eq!(stderr(&out), format!("error: {NEEDS_DIGEST}\n"));
     let out = x(&plain, &["promote", &format!("{REPO}:v1"), "--tag", "prod"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("error: {NEEDS_DIGEST}\n")
-    );
+    assert_eq!(stderr(&out), format!("error: {NEEDS_DIGEST}\n"));
 
     // Re-tagging behind the lane's back: skopeo points v1 at a rejected
     // candidate. audit of the tag shows it; the release digest still verifies.
     lane.break_smoke();
-    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    let (out, r) = release();
     assert!(!out.status.success(), "{}", show(&out));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let other = r["images"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
     let copy = support::run(std::process::Command::new("skopeo").args([
@@ -1449,7 +1352,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     assert!(copy.status.success(), "{}", show(&copy));
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(other.as_str()));
     let out = x(&plain, &["audit", &format!("{REPO}:v1"), "--json"]);
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = report(&out);
     assert_eq!(a["tag"]["resolves_to"], other.as_str());
     assert_eq!(a["verification"]["verified"], false);
     let out = x(&plain, &["verify", &reference]);
@@ -1460,7 +1363,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     );
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("required gate smoke failed"),
+        stderr(&out).contains("required gate smoke failed"),
         "{}",
         show(&out)
     );
@@ -1477,13 +1380,13 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
         let out = x(&plain, &["verify", &reference]);
         assert!(!out.status.success(), "{what}: {}", show(&out));
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains(&reason),
+            stdout(&out).contains(&reason),
             "{what}: no {reason:?} in {}",
             show(&out)
         );
         let out = x(&plain, &["promote", &reference, "--tag", "again"]);
         assert!(!out.status.success(), "{what}: {}", show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(
             err.contains("refusing to promote") && err.contains(&reason),
             "{what}: {err}"
