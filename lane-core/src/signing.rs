@@ -196,17 +196,11 @@ pub fn generate() -> Result<GeneratedKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fixed test key (never trusted by the repository's policy).
-    pub(crate) fn test_signer() -> Signer {
-        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
-        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
-        Signer::from_pem(&pem, "test key").unwrap()
-    }
+    use crate::testing::signer;
 
     #[test]
     fn signed_envelope_verifies_and_tampering_is_caught() {
-        let s = test_signer();
+        let s = signer(7);
         let (trusted, bad) = trusted_keys(&[s.public_pem().unwrap()]);
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(trusted[0].keyid, s.keyid);
@@ -225,14 +219,7 @@ mod tests {
             SignatureCheck::Untrusted(w) if w[0].contains("does not verify")
         ));
 
-        let other = Signer::from_pem(
-            &SigningKey::from_slice(&[9u8; 32])
-                .unwrap()
-                .to_pkcs8_pem(LineEnding::LF)
-                .unwrap(),
-            "other",
-        )
-        .unwrap();
+        let other = signer(9);
         let forged = envelope(b"{\"a\":1}", Some(&other));
         assert!(matches!(
             check_envelope(&forged, &trusted),

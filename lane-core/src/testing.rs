@@ -1,6 +1,7 @@
 //! Sample inputs for the tests of this crate and of xtask (which enables
 //! the `testing` feature as a dev-dependency): one provenance, one gate
-//! decision and one SBOM, shared so no test keeps its own copy.
+//! decision, one SBOM and fixed signing keys, shared so no test keeps its
+//! own copy.
 
 use serde_json::json;
 
@@ -8,6 +9,7 @@ use crate::gates::{Decision, GateName, GateResult, decide};
 use crate::id::Digest;
 use crate::provenance::{BuilderRun, Input, LANE_PROJECT, ProvenanceInputs, Subject};
 use crate::sbom::{Binary, Crate, DebPackage, PlacedFile, PythonDist, SbomInputs};
+use crate::signing::Signer;
 
 pub fn provenance_inputs() -> ProvenanceInputs {
     let d = |s: &[u8]| Digest::of(s);
@@ -137,4 +139,13 @@ pub fn sbom_inputs() -> SbomInputs {
         }],
         files: vec![PlacedFile::of("/etc/hello/hello.toml", b"greeting = 1\n")],
     }
+}
+
+/// A fixed ECDSA P-256 test key, one per `seed` (never trusted by the
+/// repository's policy).
+pub fn signer(seed: u8) -> Signer {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let key = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+    let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+    Signer::from_pem(&pem, &format!("test key {seed}")).unwrap()
 }

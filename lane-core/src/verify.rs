@@ -283,3 +283,303 @@ fn gate_reasons(statement: &Value, required: &[GateName]) -> Vec<String> {
     }
     out
 }
+
+/// Statements built and signed here, one tampering at a time.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::gates::{self, GateResult};
+    use crate::id::Digest;
+    use crate::oci::canonical_json;
+    use crate::provenance::{self, BuilderRun, Subject};
+    use crate::signing::Signer;
+    use crate::testing::signer;
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn builder(id: &str) -> BuilderRun {
+        BuilderRun {
+            id: if id == "local" {
+                provenance::LOCAL_BUILDER_ID.into()
+            } else {
+                id.into()
+            },
+            version: Default::default(),
+            invocation_id: format!("{id}/runs/1"),
+        }
+    }
+
+    fn subject(digest: &str) -> Subject {
+        Subject {
+            name: "registry.test/test/files".into(),
+            digest: digest.parse().unwrap(),
+        }
+    }
+
+    fn provenance_of(digest: &str, b: &BuilderRun) -> Value {
+        let mut i = crate::testing::provenance_inputs();
+        i.subject = subject(digest);
+        i.builder = b.clone();
+        provenance::provenance_statement(&i).unwrap()
+    }
+
+    fn gates_of(digest: &str, failing: &[&str], registry: bool) -> Value {
+        let results: Vec<GateResult> = Policy::default()
+            .required(registry)
+            .iter()
+            .map(|g| GateResult::check(*g, !failing.contains(&g.as_str()), "test", json!({})))
+            .collect();
+        let d = gates::decide(&Policy::default().required(registry), &results);
+        provenance::gate_statement(
+            &subject(digest),
+            &d,
+            "ci/release-policy.toml",
+            &Digest::of(b"policy"),
+            None,
+        )
+    }
+
+    fn env(statement: &Value, signer: Option<&Signer>, artifact: &str) -> Envelope {
+        let payload = canonical_json(statement).unwrap().bytes;
+        Envelope {
+            artifact: artifact.into(),
+            annotated_predicate: statement["predicateType"].as_str().map(str::to_string),
+            envelope: signing::envelope(&payload, signer),
+        }
+    }
+
+    fn policy_trusting(keys: &[&Signer], builders: &[&str]) -> Policy {
+        Policy {
+            trusted_keys: keys.iter().map(|k| k.public_pem().unwrap()).collect(),
+            trusted_builders: builders.iter().map(|b| b.to_string()).collect(),
+            ..Policy::default()
+        }
+    }
+
+    const CI: &str =
+        "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main";
+
+    fn registry() -> VerifyOptions {
+        VerifyOptions {
+            registry: true,
+            allow_local_builder: false,
+        }
+    }
+
+    #[test]
+    fn accepts_a_signed_accepted_release() {
+        let k = signer(1);
+        let d = digest('a');
+        let ev = Evidence {
+            envelopes: vec![
+                env(&provenance_of(&d, &builder(CI)), Some(&k), "p"),
+                env(&gates_of(&d, &[], true), Some(&k), "g"),
+            ],
+            ..Evidence::default()
+        };
+        let v = check(&d, &ev, &policy_trusting(&[&k], &[CI]), registry());
+        assert!(v.verified, "{:?}", v.reasons);
+        assert!(v.reasons.is_empty());
+        assert_eq!(v.statements[0].signature, format!("trusted:{}", k.keyid));
+    }
+
+    #[test]
+    fn lists_every_tampering() {
+        let trusted = signer(1);
+        let intruder = signer(2);
+        let d = digest('a');
+        let other = digest('e');
+        let policy = policy_trusting(&[&trusted], &[CI]);
+        let good_gates = env(&gates_of(&d, &[], true), Some(&trusted), "g");
+        let check = |envelopes: Vec<Envelope>| {
+            let v = check(
+                &d,
+                &Evidence {
+                    envelopes,
+                    ..Evidence::default()
+                },
+                &policy,
+                registry(),
+            );
+            assert!(!v.verified);
+            v.reasons
+        };
+        let has = |reasons: &[String], needle: &str| {
+            assert!(
+                reasons.iter().any(|r| r.contains(needle)),
+                "no reason contains {needle:?}: {reasons:#?}"
+            )
+        };
+
+        // Re-signed with an untrusted key.
+        let r = check(vec![
+            env(&provenance_of(&d, &builder(CI)), Some(&intruder), "p"),
+            good_gates.clone(),
+        ]);
+        has(
+            &r,
+            &format!(
+                "artifact p: signed by key \"{}\", which the policy does not trust",
+                intruder.keyid
+            ),
+        );
+        // Unsigned.
+        let r = check(vec![
+            env(&provenance_of(&d, &builder(CI)), None, "p"),
+            good_gates.clone(),
+        ]);
+        assert_eq!(r, ["artifact p: unsigned envelope"]);
+        // Payload rewritten after signing, signature kept.
+        let mut altered = env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p");
+        let forged = canonical_json(&provenance_of(&d, &builder("https://evil.example.com")))
+            .unwrap()
+            .bytes;
+        altered.envelope["payload"] = Value::String(evidence::base64(&forged));
+        let r = check(vec![altered, good_gates.clone()]);
+        has(&r, "does not verify (payload or signature altered)");
+        has(&r, "builder \"https://evil.example.com\" is not trusted");
+        // A statement whose subject is another digest.
+        let r = check(vec![
+            env(&provenance_of(&other, &builder(CI)), Some(&trusted), "p"),
+            good_gates.clone(),
+        ]);
+        assert_eq!(
+            r,
+            [format!(
+                "artifact p: the statement's subject is {other}, not the requested {d}"
+            )]
+        );
+        // A gate statement reporting a failure.
+        let r = check(vec![
+            env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+            env(
+                &gates_of(&d, &["smoke", "no-drift"], true),
+                Some(&trusted),
+                "g",
+            ),
+        ]);
+        assert_eq!(
+            r,
+            [
+                "the gate statement reports result \"FAILED\" (the release was rejected)",
+                "required gate no-drift failed or did not run",
+                "required gate smoke failed or did not run",
+            ]
+        );
+        // A rejected run and an accepted run of the same inputs: the accepted one
+        // counts. Either alone is judged on its own.
+        let v = super::check(
+            &d,
+            &Evidence {
+                envelopes: vec![
+                    env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+                    env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+                    good_gates.clone(),
+                ],
+                ..Evidence::default()
+            },
+            &policy,
+            registry(),
+        );
+        assert!(v.verified, "{:?}", v.reasons);
+        // ... but not when the passing one is unsigned.
+        let r = check(vec![
+            env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+            env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
+            env(&gates_of(&d, &[], true), None, "g2"),
+        ]);
+        has(&r, "artifact g2: unsigned envelope");
+        // An unexpected predicate type, and no gate statement at all.
+        let mut vsa = provenance_of(&d, &builder(CI));
+        vsa["predicateType"] = json!("https://slsa.dev/verification_summary/v1");
+        let r = check(vec![
+            env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
+            env(&vsa, Some(&trusted), "x"),
+        ]);
+        has(
+            &r,
+            "artifact x: unexpected predicate type \"https://slsa.dev/verification_summary/v1\"",
+        );
+        has(
+            &r,
+            "no gate statement (https://in-toto.io/attestation/test-result/v0.1) is attached",
+        );
+        // Nothing attached.
+        let r = check(vec![]);
+        has(&r, "no provenance statement");
+        has(&r, "no gate statement");
+    }
+
+    #[test]
+    fn trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
+        let k = signer(1);
+        let d = digest('a');
+        let ev = |b: &BuilderRun, registry: bool| Evidence {
+            envelopes: vec![
+                env(&provenance_of(&d, b), Some(&k), "p"),
+                env(&gates_of(&d, &[], registry), Some(&k), "g"),
+            ],
+            ..Evidence::default()
+        };
+        let local = builder("local");
+        let opts = |registry, allow_local_builder| VerifyOptions {
+            registry,
+            allow_local_builder,
+        };
+        let p = policy_trusting(&[&k], &[CI]);
+        let v = check(&d, &ev(&local, true), &p, opts(true, true));
+        assert_eq!(
+            v.reasons,
+            [format!(
+                "built by a local run (builder {:?}): a local build is never trusted for a registry; release from CI",
+                provenance::LOCAL_BUILDER_ID
+            )]
+        );
+        // A builder id that is not a URI (as the lane wrote before SLSA
+        // conformance) is never trusted, in either store.
+        let mut old = builder("x");
+        old.id = "local".into();
+        for registry in [true, false] {
+            let v = check(&d, &ev(&old, registry), &p, opts(registry, true));
+            assert!(
+                v.reasons.iter().any(|r| r.contains("is not an https URI")),
+                "{:?}",
+                v.reasons
+            );
+        }
+        let v = check(&d, &ev(&local, false), &p, opts(false, false));
+        assert!(
+            v.reasons[0].contains("pass --allow-local-builder"),
+            "{:?}",
+            v.reasons
+        );
+        let v = check(&d, &ev(&local, false), &p, opts(false, true));
+        assert!(v.verified, "{:?}", v.reasons);
+        let other_ci = builder("https://ci.example.com/fork/.github/workflows/x.yml@refs/heads/x");
+        let v = check(&d, &ev(&other_ci, true), &p, registry());
+        assert_eq!(v.reasons.len(), 1);
+        assert!(
+            v.reasons[0].contains("is not in [builder] trusted"),
+            "{:?}",
+            v.reasons
+        );
+        // A policy that trusts no key verifies nothing.
+        let v = check(
+            &d,
+            &ev(&builder(CI), true),
+            &policy_trusting(&[], &[CI]),
+            registry(),
+        );
+        assert!(
+            v.reasons
+                .iter()
+                .any(|r| r.contains("trusts no signing key")),
+            "{:?}",
+            v.reasons
+        );
+    }
+}

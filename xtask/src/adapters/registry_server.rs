@@ -1,8 +1,8 @@
-//! A real OCI registry on this machine: the Distribution registry from
-//! Debian's `docker-registry` package (`docker-registry serve CONFIG`), on
-//! 127.0.0.1 with a free port, its storage in a folder, with or without
-//! htpasswd auth. `cargo xtask bench` publishes to it, and the tests'
-//! harness starts it the same way: there is one launcher.
+//! The real Distribution registry (`docker-registry serve CONFIG`, Debian
+//! package docker-registry) on 127.0.0.1 with a free port and its storage in
+//! a directory, with or without htpasswd auth (`htpasswd`, Debian package
+//! apache2-utils); killed on drop. `cargo xtask bench` publishes to it, and
+//! the end-to-end tests run against it.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,81 +12,72 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
 
 /// A running registry, killed on drop.
 pub struct RegistryServer {
     child: Child,
-    pub port: u16,
-    /// Config, storage, htpasswd file and log live here.
-    pub dir: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    auth: Option<(String, String)>,
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now (another process may take it before
+/// it is used).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The HTTP status of `GET path` on 127.0.0.1:`port`, if anything answers.
-fn status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
 impl RegistryServer {
-    /// Starts a registry whose files live under `dir` (emptied first); with
-    /// `htpasswd = Some((user, password))`, only that user may use it.
-    /// Retries on another port when the free one was taken meanwhile.
-    pub fn start(dir: &Path, htpasswd: Option<(&str, &str)>) -> Result<RegistryServer> {
+    /// Starts a registry whose configuration, log (`registry.log`) and
+    /// storage (`storage/`) live in `dir` (created if missing); with htpasswd
+    /// auth for one `(user, password)` when given. Returns once `GET /v2/`
+    /// answers.
+    pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> Result<RegistryServer> {
+        let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));
+        // The free port can be taken between the check and the bind: retry.
         let mut logs = String::new();
         for _ in 0..3 {
-            match RegistryServer::try_start(dir, htpasswd)? {
+            match RegistryServer::try_start(dir, auth.clone())? {
                 Ok(server) => return Ok(server),
                 Err(log) => logs.push_str(&log),
             }
         }
-        bail!("docker-registry did not start; its logs:\n{logs}")
+        bail!("docker-registry did not start; its log:\n{logs}")
     }
 
+    /// Ok(Err(log)) when the registry exited or did not answer in time.
     fn try_start(
         dir: &Path,
-        htpasswd: Option<(&str, &str)>,
+        auth: Option<(String, String)>,
     ) -> Result<std::result::Result<RegistryServer, String>> {
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-        }
         let storage = dir.join("storage");
-        fs::create_dir_all(&storage)?;
+        fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
         let port = free_port()?;
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
         );
-        if let Some((user, password)) = htpasswd {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, password])
-                .output()
+        if let Some((user, password)) = &auth {
+            let sh = Shell::new()?;
+            let entry = cmd!(sh, "htpasswd -Bbn {user} {password}")
+                .quiet()
+                .read()
                 .context("running htpasswd (Debian package apache2-utils)")?;
-            if !out.status.success() {
-                bail!(
-                    "htpasswd failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
             let file = dir.join("htpasswd");
-            fs::write(&file, &out.stdout)?;
+            fs::write(&file, format!("{entry}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
             config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: release-lane\n    path: {}\n",
+                "auth:\n  htpasswd:\n    realm: lane\n    path: {}\n",
                 file.display()
             ));
         }
         let config_path = dir.join("config.yml");
-        fs::write(&config_path, config)?;
+        fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
         let log_path = dir.join("registry.log");
-        let log = fs::File::create(&log_path)?;
+        let log = fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config_path)
@@ -94,35 +85,55 @@ impl RegistryServer {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .context("starting docker-registry (apt-get install docker-registry)")?;
+            .context("starting docker-registry (Debian package docker-registry)")?;
         let mut server = RegistryServer {
             child,
             port,
             dir: dir.to_path_buf(),
+            auth,
         };
-        // Ready when GET /v2/ answers (200, or 401 with auth), up to 15 s.
+        if server.wait_ready() {
+            Ok(Ok(server))
+        } else {
+            // Dropping the server stops it before its log is read.
+            drop(server);
+            Ok(Err(fs::read_to_string(&log_path).unwrap_or_default()))
+        }
+    }
+
+    /// Waits until `GET /v2/` answers 200 (or 401 with auth), up to 15 s;
+    /// false if the registry exits first.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = server.child.try_wait() {
-                break;
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
             }
-            if let Some(200 | 401) = status(port, "/v2/") {
-                return Ok(Ok(server));
+            if let Some(200 | 401) = status_of_v2(self.port) {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = server.child.kill();
-        Ok(Err(fs::read_to_string(&log_path).unwrap_or_default()))
+        false
     }
 
-    /// `127.0.0.1:PORT`.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, as `--registry` takes it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The registry's storage folder.
+    /// Where the registry keeps blobs and manifests.
     pub fn storage(&self) -> PathBuf {
         self.dir.join("storage")
+    }
+
+    /// `(user, password)` when started with htpasswd auth.
+    pub fn auth(&self) -> Option<(&str, &str)> {
+        self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 }
 
@@ -131,4 +142,20 @@ impl Drop for RegistryServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The status code of `GET /v2/` on 127.0.0.1:`port`; None when nothing
+/// answers there (yet).
+fn status_of_v2(port: u16) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    // "HTTP/1.1 200"
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

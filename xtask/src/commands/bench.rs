@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::adapters::registry_server::RegistryServer;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
 use lane_core::distribution::BuiltImage;
@@ -476,8 +477,11 @@ fn publish_vs_skopeo(
     runs: usize,
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
-    let registry =
-        crate::adapters::registry_server::RegistryServer::start(&work.join("registry"), None)?;
+    let dir = work.join("registry");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    let registry = RegistryServer::start(&dir, None)?;
     let built = build::build(cws, &["hello".to_string()], opts)?;
     let hello = built
         .images
@@ -658,8 +662,6 @@ pub fn table(r: &BenchReport) -> String {
     out
 }
 
-/// The Distribution registry (`docker-registry`) on a free loopback port,
-/// with storage under `dir`; killed on drop.
 /// Measure the lane side by side with reference tools (see BENCHMARKS.md).
 ///
 /// Generates its own inputs under target/bench/ (about 200 MB; 20 MB with

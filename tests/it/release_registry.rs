@@ -2,63 +2,25 @@
 //! and the real Docker Engine (issue 6): acceptance, each built-in gate
 //! failing, evidence fetched back from the registry, no secret leaked.
 
-mod support;
-
 use std::fs;
 use std::process::Output;
 
-use support::Fixture;
-use support::registry::{Creds, Fault, FaultProxy, Registry, files_under, http, show};
+use crate::support::registry::{
+    CI_BUILDER_ID, Creds, Fault, FaultProxy, Registry, files_under, http,
+};
+use crate::support::{
+    self, Fixture, embed_build_path, gate, hello, printed, show, strings, unique,
+};
 
 const USER: &str = "ci";
 /// Made at run time, so that it appears in no source file the lane copies.
 fn password() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("pw-{}-{nanos}", std::process::id())
+    format!("pw-{}", unique())
 }
 
-/// The builder identity of a CI run (what GitHub Actions sets).
-fn ci(mut c: Creds) -> Creds {
-    for (k, v) in [
-        ("GITHUB_ACTIONS", "true"),
-        ("GITHUB_SERVER_URL", "https://ci.example.com"),
-        ("GITHUB_REPOSITORY", "platform/release-lane"),
-        (
-            "GITHUB_WORKFLOW_REF",
-            "platform/release-lane/.github/workflows/release.yml@refs/heads/main",
-        ),
-        ("GITHUB_RUN_ID", "4242"),
-        ("GITHUB_RUN_ATTEMPT", "1"),
-    ] {
-        c.env.push((k.into(), v.into()));
-    }
-    c
-}
-
+/// `release hello --registry REGISTRY` with these credentials.
 fn release(c: &Creds, f: &Fixture, registry: &str) -> (Output, serde_json::Value) {
-    let out = c.xtask(f, &["release", "hello", "--registry", registry, "--json"]);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out, report)
-}
-
-fn hello(report: &serde_json::Value) -> &serde_json::Value {
-    report["images"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["image"] == "hello"))
-        .expect("hello in the report")
-}
-
-fn gate_state(image: &serde_json::Value, gate: &str) -> String {
-    image["decision"]["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["gate"] == gate)
-        .map(|g| g["state"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no gate {gate} in {image}"))
+    f.release(Some(c), &["hello", "--registry", registry])
 }
 
 /// Every statement attached to `digest` in `repo`, read straight from the
@@ -107,6 +69,7 @@ fn attached(reg: &Registry, repo: &str, digest: &str) -> Vec<serde_json::Value> 
     out
 }
 
+/// The statement of a predicate type among those attached.
 fn statement<'a>(all: &'a [serde_json::Value], predicate: &str) -> &'a serde_json::Value {
     all.iter()
         .find(|s| s["predicateType"] == predicate)
@@ -124,7 +87,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     let pass = password();
     let reg = Registry::start_with_auth(USER, &pass);
     let f = Fixture::copy_of_repo("relreg-ok");
-    let c = ci(Creds::env(USER, &pass));
+    let c = Creds::env(USER, &pass).ci();
     let (out, report) = release(&c, &f, &reg.host());
     assert!(out.status.success(), "{}", show(&out));
     let h = hello(&report);
@@ -168,24 +131,16 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
             .any(|d| d["uri"].as_str().is_some_and(|u| u.starts_with("git+")))
     );
     let builder = &prov["predicate"]["runDetails"]["builder"];
-    assert_eq!(
-        builder["id"],
-        "https://ci.example.com/platform/release-lane/.github/workflows/release.yml@refs/heads/main"
-    );
+    assert_eq!(builder["id"], CI_BUILDER_ID);
     let gates = statement(&all, "https://in-toto.io/attestation/test-result/v0.1");
     assert_eq!(gates["predicate"]["result"], "PASSED");
-    let passed: Vec<&str> = gates["predicate"]["passedTests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let passed = strings(&gates["predicate"]["passedTests"]);
     for g in lane_core::gates::BUILT_IN
         .iter()
         .chain([lane_core::gates::GateName::AuthoritativeBuilder].iter())
     {
         assert!(
-            passed.contains(&g.as_str()),
+            passed.iter().any(|p| p == g.as_str()),
             "gate {g} not passed: {passed:?}"
         );
     }
@@ -215,10 +170,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
 
     // Every .deb of base-cc is a resolved dependency, with its purl and
     // sha256, and an SPDX package of the SBOM.
-    let lock = lane_core::debian::parse_lock(
-        &fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap(),
-    )
-    .unwrap();
+    let lock = lane_core::debian::parse_lock(&f.read("lockfiles/debian.lock")).unwrap();
     let debs = lock.packages_of("base-cc").expect("base-cc is locked");
     assert!(debs.len() >= 6, "{debs:?}");
     let packages = sbom["predicate"]["packages"].as_array().unwrap();
@@ -242,14 +194,13 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     }
     // Every crate compiled into the hello binary (as `cargo tree` sees it)
     // is an SPDX package of the SBOM.
-    let tree = support::run(
+    let tree = support::stdout_of(
         std::process::Command::new("cargo")
             .args([
                 "tree", "-p", "hello", "-e", "normal", "--prefix", "none", "-f", "{p}",
             ])
             .current_dir(&f.root),
     );
-    let tree = String::from_utf8_lossy(&tree.stdout);
     let mut crates = 0;
     for line in tree.lines().filter(|l| !l.trim().is_empty()) {
         let mut words = line.split_whitespace();
@@ -264,15 +215,10 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
         crates += 1;
     }
     assert!(crates >= 1, "{tree}");
-    assert_eq!(gate_state(h, "sbom-complete"), "passed");
+    assert_eq!(gate(h, "sbom-complete")["state"], "passed");
 
     // No secret in the output, the files the lane wrote, or the evidence.
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains(&pass));
+    assert!(!printed(&out).contains(&pass));
     for file in files_under(&f.path("target")) {
         if let Ok(bytes) = fs::read(&file) {
             assert!(
@@ -287,7 +233,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     }
 }
 
-/// Runs a release expected to be rejected because of `gate`, and checks:
+/// Runs a release expected to be rejected because of the gate `name`, and checks:
 /// non-zero exit, the tag not moved (read from the registry), and the
 /// rejection record attached to the candidate digest naming the gate.
 fn rejected_because(
@@ -295,7 +241,7 @@ fn rejected_because(
     registry: &str,
     c: &Creds,
     f: &Fixture,
-    gate: &str,
+    name: &str,
     before: Option<&str>,
 ) -> serde_json::Value {
     let (out, report) = release(c, f, registry);
@@ -306,7 +252,7 @@ fn rejected_because(
     );
     let h = hello(&report).clone();
     assert_eq!(h["accepted"], false);
-    assert_ne!(gate_state(&h, gate), "passed", "{gate} must fail: {h}");
+    assert_ne!(gate(&h, name)["state"], "passed", "{name} must fail: {h}");
     assert_eq!(
         reg.tag_digest("platform/hello", "latest").as_deref(),
         before,
@@ -316,15 +262,10 @@ fn rejected_because(
     let all = attached(reg, "platform/hello", digest);
     let rec = record(&all);
     assert_eq!(rec["release"]["accepted"], false);
-    let failed: Vec<&str> = rec["gateStatement"]["predicate"]["failedTests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let failed = strings(&rec["gateStatement"]["predicate"]["failedTests"]);
     assert!(
-        failed.contains(&gate),
-        "the record names {gate}: {failed:?}"
+        failed.iter().any(|g| g == name),
+        "the record names {name}: {failed:?}"
     );
     h
 }
@@ -332,7 +273,7 @@ fn rejected_because(
 #[test]
 fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
+    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-dirty");
     f.write(
         "images/hello/rootfs/etc/hello/hello.conf",
@@ -341,52 +282,43 @@ fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     rejected_because(&reg, &reg.host(), &c, &f, "source-state", None);
 
     let f = Fixture::copy_of_repo("relreg-smoke");
-    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
-    f.write(
+    f.edit(
         "images/hello/image.toml",
-        &toml.replace(
-            "expect_output = \"self-check ok\"",
-            "expect_output = \"self-check FINE\"",
-        ),
+        "expect_output = \"self-check ok\"",
+        "expect_output = \"self-check FINE\"",
     );
     f.commit("a smoke command that cannot pass");
     let h = rejected_because(&reg, &reg.host(), &c, &f, "smoke", None);
-    assert_eq!(gate_state(&h, "source-state"), "passed");
+    assert_eq!(gate(&h, "source-state")["state"], "passed");
 }
 
 #[test]
 fn drift_and_a_missing_engine_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
+    let c = Creds::none().ci();
     // A dynamically linked binary on scratch: its interpreter and libc are missing.
     let f = Fixture::copy_of_repo("relreg-drift");
-    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
-    let changed = toml
-        .replace("link = \"static\"", "link = \"dynamic\"")
-        .replace("base = \"workspace://base-cc\"", "base = \"scratch\"");
-    f.write("images/hello/image.toml", &changed);
+    f.edit(
+        "images/hello/image.toml",
+        "base = \"workspace://base-cc\"",
+        "base = \"scratch\"",
+    );
     f.commit("dynamic on scratch");
     let h = rejected_because(&reg, &reg.host(), &c, &f, "no-drift", None);
     assert_eq!(
-        gate_state(&h, "smoke"),
+        gate(&h, "smoke")["state"],
         "failed",
         "the engine agrees: it cannot start either"
     );
 
     let f = Fixture::copy_of_repo("relreg-engine");
-    let mut c = ci(Creds::none());
+    let mut c = Creds::none().ci();
     c.env.push((
         "DOCKER_HOST".into(),
         "unix:///tmp/lane-test-no-engine.sock".into(),
     ));
     let h = rejected_because(&reg, &reg.host(), &c, &f, "smoke", None);
-    let summary = h["decision"]["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["gate"] == "smoke")
-        .unwrap()["summary"]
-        .clone();
+    let summary = &gate(&h, "smoke")["summary"];
     assert!(
         summary
             .as_str()
@@ -399,15 +331,9 @@ fn drift_and_a_missing_engine_are_rejected() {
 #[test]
 fn a_non_reproducible_build_and_a_lying_registry_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
+    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-repro");
-    let main = f.path("images/hello/src/main.rs");
-    let text = fs::read_to_string(&main).unwrap().replace(
-        "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
-        "println!(\"hello {} from {}\", env!(\"CARGO_PKG_VERSION\"), env!(\"CARGO_MANIFEST_DIR\"));",
-    );
-    fs::write(&main, text).unwrap();
-    f.commit("embed the build path");
+    embed_build_path(&f);
     rejected_because(&reg, &reg.host(), &c, &f, "reproducible", None);
 
     // A first good release, then a registry that lies about digests.
@@ -443,13 +369,13 @@ fn a_local_builder_cannot_release_to_a_registry() {
         "authoritative-builder",
         None,
     );
-    assert_eq!(gate_state(&h, "smoke"), "passed");
+    assert_eq!(gate(&h, "smoke")["state"], "passed");
 }
 
 #[test]
 fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
+    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-twice");
     let (o1, r1) = release(&c, &f, &reg.host());
     let (o2, r2) = release(&c, &f, &reg.host());
@@ -481,27 +407,18 @@ fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
 #[test]
 fn a_stale_lock_is_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
+    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-lock");
     // The lock no longer matches what `cargo xtask lock` resolves (a field of
     // one package edited by hand); the locked .debs themselves still verify.
-    let lock = fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap();
-    let edited = lock.replacen(
+    f.edit(
+        "lockfiles/debian.lock",
         "required_by = [\"ca-certificates\"]",
         "required_by = [\"ca-certificates\", \"edited-by-hand\"]",
-        1,
     );
-    assert_ne!(lock, edited, "the fixture edit must apply");
-    f.write("lockfiles/debian.lock", &edited);
     f.commit("hand-edited lock");
     let h = rejected_because(&reg, &reg.host(), &c, &f, "pinned-inputs", None);
-    let summary = h["decision"]["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["gate"] == "pinned-inputs")
-        .unwrap()["summary"]
-        .clone();
+    let summary = &gate(&h, "pinned-inputs")["summary"];
     assert!(
         summary
             .as_str()

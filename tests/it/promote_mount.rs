@@ -11,53 +11,20 @@
 //! to, it forwards a mount request as a plain upload start, which is how a
 //! registry that does not mount answers (202 and an upload session).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-use support::registry::{
-    BEARER_PASSWORD, BEARER_USER, Creds, Fault, FaultProxy, Registry, http, sha256_of, show,
+use crate::support::registry::{
+    BEARER_PASSWORD, BEARER_USER, Creds, Fault, FaultProxy, Registry, http, sha256_of,
 };
-use support::{Fixture, TempDir};
+use crate::support::{Fixture, TempDir, show};
+use serde_json::Value;
 
-const IMAGE: &str = r#"
-name = "files"
-repository = "test/files"
-tags = ["v1"]
-
-[[layer]]
-name = "one"
-files = [
-  { src = "data/one.txt", dest = "/srv/one.txt" },
-  { src = "data/ldconfig", dest = "/usr/bin/ldconfig", mode = "0755" },
-]
-
-[[smoke]]
-name = "version"
-command = ["/usr/bin/ldconfig", "--version"]
-expect_exit = 0
-expect_output = "^ldconfig "
-"#;
-
-const REPO: &str = "test/files";
-
-/// A CI run's environment (GitHub Actions variables): an authoritative
-/// builder, which a release to a registry needs to verify.
-const CI_ENV: &[(&str, &str)] = &[
-    ("GITHUB_ACTIONS", "true"),
-    ("GITHUB_SERVER_URL", "https://ci.example.com"),
-    (
-        "GITHUB_WORKFLOW_REF",
-        "org/repo/.github/workflows/release.yml@refs/heads/main",
-    ),
-    ("GITHUB_REPOSITORY", "org/repo"),
-    ("GITHUB_RUN_ID", "7"),
-];
+// The files-only image and repository of the verify tests.
+use crate::verify::{IMAGE, REPO};
 
 /// One request as the proxy saw it and the registry answered it.
 #[derive(Debug, Clone)]
@@ -244,12 +211,11 @@ fn basic_auth(reg: &Registry) -> Option<String> {
 /// (202), into `prod/other`, and checks the blobs were uploaded.
 fn promote_mounts(reg: &Registry, front: u16, creds: impl Fn() -> Creds) {
     let (f, _keys, key) = workspace();
-    let mut ci = match &reg.auth {
+    let ci = match &reg.auth {
         Some((u, p)) => Creds::env(u, p),
         None => Creds::none(),
-    };
-    ci.env
-        .extend(CI_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+    .ci();
     let out = ci.xtask(
         &f,
         &[
@@ -389,8 +355,5 @@ fn promote_to_another_repository_mounts_its_blobs_with_token_auth() {
     promote_mounts(&reg, bearer.port, || {
         Creds::env(BEARER_USER, BEARER_PASSWORD)
     });
-    assert!(
-        bearer.hits.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "no token was asked for"
-    );
+    assert!(bearer.hits() > 0, "no token was asked for");
 }

@@ -1,12 +1,13 @@
 //! `cargo xtask build` and `cargo xtask repro` end to end (issue 2).
 
-mod support;
-
 use std::fs;
 use std::process::Command;
 
-use support::{Fixture, image, run, sha256_hex_of_file};
 use xtask::commands::repro::layout_fingerprint;
+
+use crate::support::{
+    self, Fixture, column, embed_build_path, image, run_ok, sha256_hex_of_file, strings,
+};
 
 /// A files-only image with three layers, used where no Rust payload is needed.
 const THREE_LAYERS: &str = r#"
@@ -54,12 +55,7 @@ fn three_layers() -> Fixture {
 }
 
 fn layer_digests(report: &serde_json::Value, name: &str) -> Vec<String> {
-    image(report, name)["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    column(&image(report, name)["layers"], "digest")
 }
 
 #[test]
@@ -149,12 +145,7 @@ fn skopeo_and_umoci_accept_the_layout() {
     let layout = f.path("target/images/files");
     let oci = format!("oci:{}", layout.display());
 
-    let out = run(Command::new("skopeo").args(["inspect", "--raw", &oci]));
-    assert!(
-        out.status.success(),
-        "skopeo inspect --raw: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new("skopeo").args(["inspect", "--raw", &oci]));
     let raw_path = f.path("manifest.raw");
     fs::write(&raw_path, &out.stdout).unwrap();
     assert_eq!(
@@ -162,31 +153,20 @@ fn skopeo_and_umoci_accept_the_layout() {
         img["manifest_digest"].as_str().unwrap()
     );
 
-    let out = run(Command::new("skopeo").args(["inspect", &oci]));
-    assert!(
-        out.status.success(),
-        "skopeo inspect: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new("skopeo").args(["inspect", &oci]));
     let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(inspected["Digest"], img["manifest_digest"]);
-    let layers: Vec<&str> = inspected["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
-    assert_eq!(layers, layer_digests(&report, "files"));
+    assert_eq!(
+        strings(&inspected["Layers"]),
+        layer_digests(&report, "files")
+    );
 
     let bundle = f.path("bundle");
-    let out = run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:v1", layout.display()))
-        .arg(&bundle));
-    assert!(
-        out.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:v1", layout.display()))
+            .arg(&bundle),
     );
     let rootfs = bundle.join("rootfs");
     let mut found = Vec::new();
@@ -286,34 +266,15 @@ fn repro_passes_on_the_workspace() {
     let out = f.ok(&["repro", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["reproducible"], true, "{report}");
-    let hello = report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "hello")
-        .unwrap();
+    let hello = image(&report, "hello");
     assert_eq!(hello["first"], hello["second"]);
 }
 
 #[test]
 fn repro_names_the_file_when_a_build_embeds_its_path() {
     let f = Fixture::copy_of_repo("repro-leak");
-    // The service now embeds the directory it was built in: not reproducible.
-    let main = f.path("images/hello/src/main.rs");
-    let mut text = fs::read_to_string(&main).unwrap();
-    text = text.replace(
-        "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
-        "println!(\"hello {} built in {}\", env!(\"CARGO_PKG_VERSION\"), env!(\"CARGO_MANIFEST_DIR\"));",
-    );
-    assert!(
-        text.contains("CARGO_MANIFEST_DIR\")"),
-        "the fixture edit must apply"
-    );
-    fs::write(&main, text).unwrap();
-    f.commit("leak the build path");
-    let out = f.xtask(&["repro", "hello"]);
-    assert!(!out.status.success(), "repro must fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    embed_build_path(&f);
+    let stderr = f.fails(&["repro", "hello"]);
     assert!(stderr.contains("not reproducible"), "{stderr}");
     assert!(
         stderr.contains("image hello: layer 2 of 3 differs"),
@@ -344,15 +305,25 @@ fn bad_input(f: &Fixture, expect: &[&str]) {
     );
 }
 
+/// Edits `rel` (`from` becomes `to`), checks the build is refused as in
+/// [`bad_input`], then puts the file back.
+fn refused_edit(f: &Fixture, rel: &str, from: &str, to: &str, expect: &[&str]) {
+    let original = f.read(rel);
+    f.edit(rel, from, to);
+    bad_input(f, expect);
+    f.write(rel, &original);
+}
+
+const FILES_TOML: &str = "images/files/image.toml";
+
 #[test]
 fn malformed_image_toml_is_refused_with_its_line() {
     let f = three_layers();
-    f.write(
-        "images/files/image.toml",
-        &THREE_LAYERS.replace("tags = [\"v1\"]", "tags = [\"v1\""),
-    );
-    bad_input(
+    refused_edit(
         &f,
+        FILES_TOML,
+        "tags = [\"v1\"]",
+        "tags = [\"v1\"",
         &[
             "images/files/image.toml:6:1: invalid array",
             "see images/hello/image.toml",
@@ -363,12 +334,11 @@ fn malformed_image_toml_is_refused_with_its_line() {
 #[test]
 fn unknown_key_is_refused_with_its_line() {
     let f = three_layers();
-    f.write(
-        "images/files/image.toml",
-        &THREE_LAYERS.replace("[config]\n", "[config]\nentry_point = []\n"),
-    );
-    bad_input(
+    refused_edit(
         &f,
+        FILES_TOML,
+        "[config]\n",
+        "[config]\nentry_point = []\n",
         &[
             "images/files/image.toml:21:1: unknown field `entry_point`",
             "expected one of",
@@ -392,27 +362,22 @@ fn missing_source_file_is_refused() {
 #[test]
 fn unknown_cargo_package_or_binary_is_refused() {
     let f = Fixture::copy_of_repo("unknown-bin");
-    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
-    f.write(
-        "images/hello/image.toml",
-        &toml.replace(
-            "package = \"hello\", bin = \"hello\"",
-            "package = \"nosuch\", bin = \"hello\"",
-        ),
-    );
-    bad_input(
+    let toml = "images/hello/image.toml";
+    refused_edit(
         &f,
+        toml,
+        "package = \"hello\", bin = \"hello\"",
+        "package = \"nosuch\", bin = \"hello\"",
         &[
             "images/hello/image.toml: package \"nosuch\" is not a member of the cargo workspace",
             "members: hello, lane-core, xtask",
         ],
     );
-    f.write(
-        "images/hello/image.toml",
-        &toml.replace("bin = \"hello\"", "bin = \"helo\""),
-    );
-    bad_input(
+    refused_edit(
         &f,
+        toml,
+        "bin = \"hello\"",
+        "bin = \"helo\"",
         &["package \"hello\" has no binary \"helo\" (it has: hello)"],
     );
 }
@@ -420,19 +385,20 @@ fn unknown_cargo_package_or_binary_is_refused() {
 #[test]
 fn destination_outside_the_image_root_is_refused() {
     let f = three_layers();
-    f.write(
-        "images/files/image.toml",
-        &THREE_LAYERS.replace("dest = \"/srv/one.txt\"", "dest = \"../etc/one.txt\""),
-    );
-    bad_input(
+    refused_edit(
         &f,
+        FILES_TOML,
+        "dest = \"/srv/one.txt\"",
+        "dest = \"../etc/one.txt\"",
         &["images/files/image.toml:8:41: destination \"../etc/one.txt\" leaves the image root"],
     );
-    f.write(
-        "images/files/image.toml",
-        &THREE_LAYERS.replace("dest = \"/srv/one.txt\"", "dest = \"/srv/../../one.txt\""),
+    refused_edit(
+        &f,
+        FILES_TOML,
+        "dest = \"/srv/one.txt\"",
+        "dest = \"/srv/../../one.txt\"",
+        &["leaves the image root through \"..\""],
     );
-    bad_input(&f, &["leaves the image root through \"..\""]);
 }
 
 #[test]
@@ -457,15 +423,11 @@ fn symlink_escaping_the_workspace_is_refused() {
 #[test]
 fn tag_only_base_is_refused() {
     let f = three_layers();
-    f.write(
-        "images/files/image.toml",
-        &THREE_LAYERS.replace(
-            "tags = [\"v1\"]",
-            "tags = [\"v1\"]\nbase = \"debian:bookworm\"",
-        ),
-    );
-    bad_input(
+    refused_edit(
         &f,
+        FILES_TOML,
+        "tags = [\"v1\"]",
+        "tags = [\"v1\"]\nbase = \"debian:bookworm\"",
         &[
             "images/files/image.toml:5:8: base image \"debian:bookworm\" is pinned by tag only",
             "pin it by digest",

@@ -1,43 +1,9 @@
 //! `cargo xtask release` end to end (issue 6): gates, decisions, records,
 //! provenance, against the embedded local store.
 
-mod support;
-
 use std::fs;
 
-use support::Fixture;
-
-fn release_json(f: &Fixture, args: &[&str]) -> (bool, serde_json::Value) {
-    let mut all = vec!["release", "--json"];
-    all.extend_from_slice(args);
-    let out = f.xtask(&all);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "release --json printed no report ({e}):\nstdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
-}
-
-fn hello(report: &serde_json::Value) -> &serde_json::Value {
-    report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["image"] == "hello")
-        .expect("hello released")
-}
-
-fn gate<'a>(image: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    image["decision"]["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["gate"] == name)
-        .unwrap_or_else(|| panic!("no gate {name}"))
-}
+use crate::support::{Fixture, gate, hello};
 
 /// The tag `hello` would get in the local store, if any.
 fn local_tag(f: &Fixture, tag: &str) -> Option<String> {
@@ -57,8 +23,8 @@ fn a_dirty_tree_is_rejected_and_the_rejection_is_recorded() {
         "images/hello/rootfs/etc/hello/hello.conf",
         "greeting=uncommitted\n",
     );
-    let (ok, report) = release_json(&f, &["hello"]);
-    assert!(!ok, "a dirty tree must not release");
+    let (out, report) = f.release(None, &["hello"]);
+    assert!(!out.status.success(), "a dirty tree must not release");
     let h = hello(&report);
     assert_eq!(h["accepted"], false);
     assert_eq!(gate(h, "source-state")["state"], "failed");
@@ -123,9 +89,9 @@ fn a_policy_that_downgrades_a_built_in_gate_is_refused_before_building() {
 #[test]
 fn same_inputs_same_digest_and_decision_and_changed_inputs_show_in_provenance() {
     let f = Fixture::copy_of_repo("rel-twice");
-    let (ok1, r1) = release_json(&f, &["hello"]);
-    let (ok2, r2) = release_json(&f, &["hello"]);
-    assert_eq!(ok1, ok2);
+    let (o1, r1) = f.release(None, &["hello"]);
+    let (o2, r2) = f.release(None, &["hello"]);
+    assert_eq!(o1.status.success(), o2.status.success());
     assert_eq!(hello(&r1)["digest"], hello(&r2)["digest"]);
     assert_eq!(hello(&r1)["accepted"], hello(&r2)["accepted"]);
     let gates = |r: &serde_json::Value| -> Vec<(String, String)> {
@@ -150,7 +116,7 @@ fn same_inputs_same_digest_and_decision_and_changed_inputs_show_in_provenance() 
         "greeting=hello from the release lanf\n",
     );
     f.commit("one byte");
-    let (_, r3) = release_json(&f, &["hello"]);
+    let (_, r3) = f.release(None, &["hello"]);
     assert_ne!(hello(&r3)["digest"], hello(&r1)["digest"]);
     let prov = &hello(&r3)["provenance"];
     assert_ne!(
@@ -168,7 +134,7 @@ fn same_inputs_same_digest_and_decision_and_changed_inputs_show_in_provenance() 
     // A lockfile entry shows up among the resolved dependencies.
     f.write("lockfiles/extra.lock", "pinned = 1\n");
     f.commit("lockfile");
-    let (_, r4) = release_json(&f, &["hello"]);
+    let (_, r4) = f.release(None, &["hello"]);
     let deps = hello(&r4)["provenance"]["predicate"]["buildDefinition"]["resolvedDependencies"]
         .as_array()
         .unwrap()
@@ -191,7 +157,7 @@ fn a_package_left_out_of_the_sbom_rejects_the_release() {
         "images/hello/rootfs/var/lib/dpkg/status.d/smuggled",
         "Package: smuggled\nVersion: 1.0\nArchitecture: amd64\n",
     );
-    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
+    let toml = f.read("images/hello/image.toml");
     f.write(
         "images/hello/image.toml",
         &toml.replace(
@@ -200,8 +166,11 @@ fn a_package_left_out_of_the_sbom_rejects_the_release() {
         ),
     );
     f.commit("a package outside the lock");
-    let (ok, report) = release_json(&f, &["hello"]);
-    assert!(!ok, "an incomplete SBOM must reject the release");
+    let (out, report) = f.release(None, &["hello"]);
+    assert!(
+        !out.status.success(),
+        "an incomplete SBOM must reject the release"
+    );
     let h = hello(&report);
     let g = gate(h, "sbom-complete");
     assert_eq!(g["state"], "failed", "{g}");

@@ -2,27 +2,19 @@
 //! (found with ldd, their packages with dpkg) are put into files-only fixture
 //! images, and the lane checks them without consulting the host.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{Fixture, TempDir, run};
+
+use crate::support::{
+    self, DockerImage, Fixture, TempDir, column, entry, report, report_image, run, run_ok, show,
+    stderr, stdout, stdout_of, strings, unique,
+};
 
 const MULTIARCH: &str = "/lib/x86_64-linux-gnu";
-
-fn stdout_of(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Shared libraries `ldd` resolves for a host binary: (name, host path).
 fn ldd(binary: &str) -> Vec<(String, String)> {
@@ -161,98 +153,37 @@ fn write_index(f: &Fixture, binary: &str) {
     f.write("lockfiles/library-index.toml", &text);
 }
 
+/// `drift --json ARGS`: success, the report, stderr.
 fn drift_json(f: &Fixture, args: &[&str]) -> (bool, Value, String) {
     let mut all = vec!["drift", "--json"];
     all.extend_from_slice(args);
     let out = f.xtask(&all);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = stderr(&out);
     assert!(!stderr.contains("panicked"), "drift panicked:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("drift --json printed no JSON ({e}):\nstderr:\n{stderr}"));
-    (out.status.success(), report, stderr)
+    (out.status.success(), report(&out), stderr)
 }
 
-fn image_report<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["image"] == name)
-        .unwrap_or_else(|| panic!("no image {name} in {report}"))
-}
-
+/// The ELF object at `path` in an image's drift report.
 fn object<'a>(image: &'a Value, path: &str) -> &'a Value {
-    image["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["path"] == path)
-        .unwrap_or_else(|| panic!("no ELF object {path} in {image}"))
+    entry(&image["objects"], "path", path)
 }
 
+/// What `object` needs of the library `name`.
 fn needed<'a>(object: &'a Value, name: &str) -> &'a Value {
-    object["needed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("{} does not need {name}: {object}", object["path"]))
+    entry(&object["needed"], "name", name)
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// An OCI layout loaded into the real Docker Engine (with skopeo), removed
-/// on drop.
-struct EngineImage(String);
-
-impl EngineImage {
-    fn load(layout: &Path, tag: &str) -> EngineImage {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("lane-drift-test:{}-{nanos}", std::process::id());
-        let out = run(Command::new("skopeo").args([
-            "copy",
-            "-q",
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker-daemon:{name}"),
-        ]));
-        assert!(
-            out.status.success(),
-            "skopeo could not load {} into the engine: {}",
-            layout.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        EngineImage(name)
-    }
-
-    /// `docker run --rm --entrypoint PROGRAM IMAGE ARGS...`
-    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
-        run(Command::new("docker")
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--entrypoint",
-                program,
-                &self.0,
-            ])
-            .args(args))
-    }
-}
-
-impl Drop for EngineImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
+/// The OCI layout's image `tag` loaded into the real Docker Engine (with
+/// skopeo), removed on drop.
+fn load(layout: &Path, tag: &str) -> DockerImage {
+    let name = format!("lane-drift-test:{}", unique());
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker-daemon:{name}"),
+    ]));
+    DockerImage(name)
 }
 
 /// Acceptance 1: the sample service image has no drift.
@@ -261,7 +192,7 @@ fn sample_service_has_no_drift() {
     let f = Fixture::copy_of_repo("drift-hello");
     let (ok, report, stderr) = drift_json(&f, &["hello"]);
     assert!(ok, "drift of hello failed:\n{stderr}\n{report:#}");
-    let hello = image_report(&report, "hello");
+    let hello = report_image(&report, "hello");
     assert_eq!(hello["ok"], true);
     assert_eq!(hello["missing_libraries"], serde_json::json!([]));
     assert_eq!(hello["missing_interpreters"], serde_json::json!([]));
@@ -277,13 +208,8 @@ fn sample_service_has_no_drift() {
         serde_json::json!(["libc6", "libgcc-s1"]),
         "{bin}"
     );
-    let needed: Vec<&str> = bin["needed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
-    assert!(needed.contains(&"libc.so.6"), "{needed:?}");
+    let needed = column(&bin["needed"], "name");
+    assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
     let used: Vec<&str> = hello["packages"]
         .as_array()
         .unwrap()
@@ -297,14 +223,9 @@ fn sample_service_has_no_drift() {
     );
     // Data-only packages of the base (time zones, CA certificates) load no
     // code: they are reported as unused, which fails only by policy.
-    let unused: Vec<&str> = hello["unused_packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let unused = strings(&hello["unused_packages"]);
     assert!(
-        unused.contains(&"tzdata") && !unused.contains(&"libc6"),
+        unused.iter().any(|p| p == "tzdata") && !unused.iter().any(|p| p == "libc6"),
         "{unused:?}"
     );
 }
@@ -341,7 +262,7 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
         stderr.contains("/usr/bin/git needs libz.so.1") && stderr.contains("zlib1g"),
         "the error names binary, library and package:\n{stderr}"
     );
-    let tool = image_report(&report, "tool");
+    let tool = report_image(&report, "tool");
     assert_eq!(tool["ok"], false);
     let missing = tool["missing_libraries"].as_array().unwrap();
     let m = missing
@@ -366,7 +287,7 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
     // The human-readable form says the same.
     let text = f.xtask(&["drift", "tool"]);
     assert!(!text.status.success());
-    let stdout = String::from_utf8_lossy(&text.stdout);
+    let stdout = stdout(&text);
     assert!(
         stdout.contains("missing library: /usr/bin/git needs libz.so.1")
             && stdout.contains("zlib1g"),
@@ -375,9 +296,9 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
 
     // The real engine agrees: the binary does not start (drift said so
     // before anything was published).
-    let engine = EngineImage::load(&f.path("target/images/tool"), "v1");
+    let engine = load(&f.path("target/images/tool"), "v1");
     let started = engine.run(binary, &["--version"]);
-    let err = String::from_utf8_lossy(&started.stderr);
+    let err = support::stderr(&started);
     assert!(!started.status.success(), "{binary} started without libz");
     assert!(
         err.contains("error while loading shared libraries: libz.so.1"),
@@ -394,7 +315,7 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
     f.commit("add zlib1g");
     let (ok, report, stderr) = drift_json(&f, &["--fail-on-unused", "tool"]);
     assert!(ok, "drift must pass with zlib1g:\n{stderr}\n{report:#}");
-    let tool = image_report(&report, "tool");
+    let tool = report_image(&report, "tool");
     let git = object(tool, binary);
     let z = needed(git, "libz.so.1");
     assert_eq!(z["resolved"], "/lib/x86_64-linux-gnu/libz.so.1");
@@ -405,14 +326,10 @@ fn leaving_out_a_needed_package_fails_and_names_it() {
     assert_eq!(strings(&git["depends_on"]), want);
     assert_eq!(tool["unused_packages"], serde_json::json!([]));
     // ... and the engine starts the binary.
-    let engine = EngineImage::load(&f.path("target/images/tool"), "v1");
+    let engine = load(&f.path("target/images/tool"), "v1");
     let started = engine.run(binary, &["--version"]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    assert!(String::from_utf8_lossy(&started.stdout).starts_with("git version"));
+    assert!(started.status.success(), "{}", show(&started));
+    assert!(support::stdout(&started).starts_with("git version"));
 }
 
 /// Acceptance 4: a curated package nothing needs is reported as unused; the
@@ -440,7 +357,7 @@ fn a_curated_package_nothing_needs_is_unused() {
 
     let (ok, report, stderr) = drift_json(&f, &["gz"]);
     assert!(ok, "unused packages do not fail by default:\n{stderr}");
-    let gz = image_report(&report, "gz");
+    let gz = report_image(&report, "gz");
     assert_eq!(strings(&gz["unused_packages"]), vec![bz2.clone()]);
     let pkgs = gz["packages"].as_array().unwrap();
     let used = |name: &str| {
@@ -470,12 +387,7 @@ fn a_curated_package_nothing_needs_is_unused() {
 }
 
 fn cc(dir: &Path, args: &[&str]) {
-    let out = run(Command::new("cc").current_dir(dir).args(args));
-    assert!(
-        out.status.success(),
-        "cc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("cc").current_dir(dir).args(args));
 }
 
 fn dynamic_section(path: &Path) -> String {
@@ -568,7 +480,7 @@ fn runpath_resolves_inside_the_image_and_host_paths_do_not_count() {
         !ok,
         "the host-only library must make drift fail:\n{report:#}"
     );
-    let app = image_report(&report, "app");
+    let app = report_image(&report, "app");
     let greet = needed(object(app, "/opt/app/bin/greet"), "libgreet.so");
     assert_eq!(greet["resolved"], "/opt/app/lib/libgreet.so");
     assert_eq!(greet["via"], "runpath");
@@ -589,21 +501,17 @@ fn runpath_resolves_inside_the_image_and_host_paths_do_not_count() {
         "{stderr}"
     );
     // The engine's loader agrees with each verdict.
-    let engine = EngineImage::load(&f.path("target/images/app"), "v1");
+    let engine = load(&f.path("target/images/app"), "v1");
     for ok in ["/opt/app/bin/greet", "/opt/app/bin/greet-origin"] {
         let out = engine.run(ok, &[]);
-        assert!(
-            out.status.success(),
-            "{ok}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{ok}: {}", show(&out));
     }
     let out = engine.run("/opt/app/bin/hostonly", &[]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("libhostonly.so"),
+        support::stderr(&out).contains("libhostonly.so"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        show(&out)
     );
 }
 
@@ -633,7 +541,7 @@ fn malformed_elf_files_are_reported_by_path() {
         ok,
         "malformed files nothing loads are reported, not failed:\n{stderr}"
     );
-    let broken = image_report(&report, "broken");
+    let broken = report_image(&report, "broken");
     let malformed: BTreeSet<String> = broken["malformed"]
         .as_array()
         .unwrap()
@@ -651,7 +559,7 @@ fn malformed_elf_files_are_reported_by_path() {
     .map(String::from)
     .into();
     assert_eq!(malformed, want);
-    let text = String::from_utf8_lossy(&f.xtask(&["drift", "broken"]).stdout).into_owned();
+    let text = stdout(&f.xtask(&["drift", "broken"]));
     assert!(
         text.contains("malformed ELF: /usr/lib/x86_64-linux-gnu/libtrunc.so.1"),
         "{text}"
@@ -671,7 +579,7 @@ fn malformed_elf_files_are_reported_by_path() {
     f.commit("git needs a truncated libz");
     let (ok, report, stderr) = drift_json(&f, &["broken"]);
     assert!(!ok, "{report:#}");
-    let m = &image_report(&report, "broken")["missing_libraries"][0];
+    let m = &report_image(&report, "broken")["missing_libraries"][0];
     assert_eq!(m["binary"], "/usr/bin/git");
     assert_eq!(m["library"], "libz.so.1");
     assert!(
@@ -719,7 +627,7 @@ fn missing_libraries_are_named_from_debians_contents_index() {
 
     let (ok, report, stderr) = drift_json(&f, &["tool"]);
     assert!(!ok, "drift must fail:\n{report:#}");
-    let tool = image_report(&report, "tool");
+    let tool = report_image(&report, "tool");
     assert_eq!(tool["contents_index"], "consulted", "{tool}");
     let missing = tool["missing_libraries"].as_array().unwrap();
     for (library, package) in &expected {
@@ -745,7 +653,7 @@ fn missing_libraries_are_named_from_debians_contents_index() {
     f.commit("hand-kept provider");
     let (ok, report, _) = drift_json(&f, &["tool"]);
     assert!(!ok);
-    let missing = image_report(&report, "tool")["missing_libraries"]
+    let missing = report_image(&report, "tool")["missing_libraries"]
         .as_array()
         .unwrap()
         .clone();
@@ -763,13 +671,12 @@ fn missing_libraries_are_named_from_debians_contents_index() {
         format!("Dir::State::Lists \"{}\";\n", lists.path().display()),
     )
     .unwrap();
-    let out = f.xtask_env(
-        &["drift", "--json", "tool"],
-        &[("APT_CONFIG", conf.to_str().unwrap())],
-    );
+    let out = run(f
+        .command(&["drift", "--json", "tool"])
+        .env("APT_CONFIG", conf.to_str().unwrap()));
     assert!(!out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tool = image_report(&report, "tool");
+    let tool = report_image(&report, "tool");
     assert_eq!(tool["contents_index"], "absent", "{tool}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -4,8 +4,6 @@
 //! entries differ, and a label unique to the test gives each variant its own
 //! config digest, so parallel tests never share an engine image.
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
@@ -13,17 +11,21 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{Fixture, run, sha256_hex_of_file};
 use xtask::adapters::engine::SmokeOptions;
 use xtask::adapters::workspace::Workspace;
 use xtask::commands::smoke;
+
+use crate::support::{
+    self, DockerImage, Fixture, docker, entry, report, run, run_ok, sha256_hex_of_file, show,
+    stderr, stdout,
+};
 
 /// A copy of this repository whose `hello` image has the given `[[smoke]]`
 /// entries and the label `lane.test.case = CASE` (its own config digest).
 fn hello_variant(case: &str, smoke_entries: &str) -> Fixture {
     let f = Fixture::copy_of_repo(case);
     let path = "images/hello/image.toml";
-    let text = fs::read_to_string(f.path(path)).unwrap();
+    let text = f.read(path);
     let (head, _) = text
         .split_once("[[smoke]]")
         .expect("images/hello/image.toml has [[smoke]] entries");
@@ -38,66 +40,77 @@ fn hello_variant(case: &str, smoke_entries: &str) -> Fixture {
     f
 }
 
-fn stdout_json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "smoke --json prints JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+const HELLO: &str = "/usr/local/bin/hello";
+
+/// A `[[smoke]]` entry running `command`, with `extra` lines.
+fn smoke_entry(name: &str, command: &[&str], extra: &str) -> String {
+    format!("\n[[smoke]]\nname = \"{name}\"\ncommand = {command:?}\n{extra}")
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// A smoke entry that runs hello's server, which never exits.
+fn hangs(timeout_secs: u64) -> String {
+    smoke_entry(
+        "hangs",
+        &[HELLO, "serve", "127.0.0.1:8080"],
+        &format!("timeout_secs = {timeout_secs}\n"),
+    )
+}
+
+/// `smoke hello --json` that must fail: its report and stderr.
+fn smoke_fails(f: &Fixture) -> (serde_json::Value, String) {
+    let out = f.xtask(&["smoke", "hello", "--json"]);
+    assert!(
+        !out.status.success(),
+        "the smoke run must fail: {}",
+        show(&out)
+    );
+    (report(&out), stderr(&out))
 }
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+    entry(&report["checks"], "name", name)
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    run(Command::new("docker").args(args))
+/// The trimmed stdout of a docker CLI command that must succeed.
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", show(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// Containers (running or not) carrying the label `label`.
+fn containers(label: &str) -> String {
+    docker_ok(&["ps", "-a", "-q", "--filter", &format!("label={label}")])
 }
 
 /// Containers (running or not) carrying the smoke run's label.
 fn containers_of_run(run_id: &str) -> String {
-    let out = docker(&[
-        "ps",
-        "-a",
+    containers(&format!("lane.smoke.run={run_id}"))
+}
+
+/// Images carrying this test case's label.
+fn images_of_case(case: &str) -> String {
+    docker_ok(&[
+        "image",
+        "ls",
         "-q",
         "--filter",
-        &format!("label=lane.smoke.run={run_id}"),
-    ]);
-    assert!(out.status.success(), "docker ps: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        &format!("label=lane.test.case={case}"),
+    ])
 }
 
 fn image_exists(reference: &str) -> bool {
     docker(&["image", "inspect", reference]).status.success()
 }
 
-/// Removes an image tag when dropped (the test's own cleanup of --keep-image).
-struct RemoveTag(String);
-
-impl Drop for RemoveTag {
-    fn drop(&mut self) {
-        let _ = docker(&["rmi", &self.0]);
-    }
-}
-
 #[test]
 fn sample_image_passes_and_the_engine_image_id_is_our_config_digest() {
     let f = Fixture::copy_of_repo("smoke-hello");
     let out = f.xtask(&["smoke", "hello", "--json", "--keep-image"]);
-    let report = stdout_json(&out);
-    let _tag = RemoveTag(report["loaded_tag"].as_str().unwrap().to_string());
-    assert!(out.status.success(), "smoke failed:\n{}", stderr(&out));
+    let report = report(&out);
+    // The test's own cleanup of --keep-image.
+    let _tag = DockerImage(report["loaded_tag"].as_str().unwrap().to_string());
+    assert!(out.status.success(), "smoke failed:\n{}", show(&out));
     assert_eq!(report["passed"], true);
     assert_eq!(report["engine"]["store"], "classic", "{report}");
     assert_eq!(check(&report, "version")["exit_code"], 0);
@@ -130,13 +143,7 @@ fn sample_image_passes_and_the_engine_image_id_is_our_config_digest() {
 
     // The engine's own answer, asked through the docker CLI, not the lane.
     let tag = report["loaded_tag"].as_str().unwrap();
-    let out = docker(&["image", "inspect", "--format", "{{.Id}}", tag]);
-    assert!(
-        out.status.success(),
-        "docker image inspect: {}",
-        stderr(&out)
-    );
-    let engine_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let engine_id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", tag]);
     assert_eq!(
         engine_id, config_digest,
         "classic store: image ID = config digest"
@@ -162,12 +169,8 @@ fn sample_image_passes_and_the_engine_image_id_is_our_config_digest() {
 
     // Without --keep-image the temporary tag is gone afterwards.
     let out = f.xtask(&["smoke", "hello", "--json"]);
-    assert!(
-        out.status.success(),
-        "second smoke failed:\n{}",
-        stderr(&out)
-    );
-    let second = stdout_json(&out);
+    assert!(out.status.success(), "second smoke failed:\n{}", show(&out));
+    let second = support::report(&out);
     assert_eq!(second["image_id"], engine_id);
     let second_tag = second["loaded_tag"].as_str().unwrap();
     assert_ne!(second_tag, tag);
@@ -179,16 +182,11 @@ fn sample_image_passes_and_the_engine_image_id_is_our_config_digest() {
 fn non_zero_exit_fails_and_shows_the_container_logs() {
     let f = hello_variant(
         "smoke-exit",
-        r#"
-[[smoke]]
-name = "version"
-command = ["/usr/local/bin/hello", "--version"]
-
-[[smoke]]
-name = "bad-flag"
-command = ["/usr/local/bin/hello", "--frobnicate"]
-expect_exit = 0
-"#,
+        &[
+            smoke_entry("version", &[HELLO, "--version"], ""),
+            smoke_entry("bad-flag", &[HELLO, "--frobnicate"], "expect_exit = 0\n"),
+        ]
+        .concat(),
     );
     let out = f.xtask(&["smoke", "hello"]);
     assert!(!out.status.success(), "a failing smoke command must fail");
@@ -203,14 +201,12 @@ expect_exit = 0
         err.contains("| hello: unknown argument \"--frobnicate\""),
         "{err}"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = stdout(&out);
     assert!(stdout.contains("bad-flag\tFAILED\texit 2"), "{stdout}");
     assert!(stdout.contains("version\tpassed\texit 0"), "{stdout}");
     assert!(stdout.contains("hello: unknown argument"), "{stdout}");
 
-    let out = f.xtask(&["smoke", "hello", "--json"]);
-    assert!(!out.status.success());
-    let report = stdout_json(&out);
+    let (report, _) = smoke_fails(&f);
     assert_eq!(report["passed"], false);
     let bad = check(&report, "bad-flag");
     assert_eq!(bad["exit_code"], 2);
@@ -224,27 +220,19 @@ fn missing_or_non_executable_entrypoint_fails_with_the_engine_error() {
     // The image's own entrypoint names a binary that is not in the image.
     let f = hello_variant(
         "smoke-exec",
-        r#"
-[[smoke]]
-name = "missing"
-command = ["/usr/local/bin/missing", "--version"]
-
-[[smoke]]
-name = "not-executable"
-command = ["/etc/hello/hello.conf"]
-"#,
+        &[
+            smoke_entry("missing", &["/usr/local/bin/missing", "--version"], ""),
+            smoke_entry("not-executable", &["/etc/hello/hello.conf"], ""),
+        ]
+        .concat(),
     );
-    let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
-    let toml = toml.replace(
-        "entrypoint = [\"/usr/local/bin/hello\"]",
-        "entrypoint = [\"/usr/local/bin/missing\"]",
+    f.edit(
+        "images/hello/image.toml",
+        "entrypoint = [\"/usr/local/bin/hello\"]\ncmd",
+        "entrypoint = [\"/usr/local/bin/missing\"]\ncmd",
     );
-    assert!(toml.contains("/usr/local/bin/missing\"]\ncmd"), "{toml}");
-    f.write("images/hello/image.toml", &toml);
     f.commit("missing entrypoint");
-    let out = f.xtask(&["smoke", "hello", "--json"]);
-    assert!(!out.status.success(), "unstartable commands must fail");
-    let report = stdout_json(&out);
+    let (report, err) = smoke_fails(&f);
     let missing = check(&report, "missing");
     let failures = missing["failures"].to_string();
     assert!(
@@ -260,7 +248,6 @@ command = ["/etc/hello/hello.conf"]
         failures.contains("/etc/hello/hello.conf") && failures.contains("permission denied"),
         "{noexec}"
     );
-    let err = stderr(&out);
     assert!(err.contains("2 of 2 commands failed"), "{err}");
     assert!(err.contains("no such file or directory"), "{err}");
     assert!(err.contains("permission denied"), "{err}");
@@ -269,20 +256,10 @@ command = ["/etc/hello/hello.conf"]
 
 #[test]
 fn hanging_command_is_killed_at_the_timeout_and_no_container_is_left() {
-    let f = hello_variant(
-        "smoke-hang",
-        r#"
-[[smoke]]
-name = "hangs"
-command = ["/usr/local/bin/hello", "serve", "127.0.0.1:8080"]
-timeout_secs = 2
-"#,
-    );
+    let f = hello_variant("smoke-hang", &hangs(2));
     let started = std::time::Instant::now();
-    let out = f.xtask(&["smoke", "hello", "--json"]);
+    let (report, err) = smoke_fails(&f);
     let elapsed = started.elapsed();
-    assert!(!out.status.success(), "a hanging command must fail");
-    let report = stdout_json(&out);
     let hangs = check(&report, "hangs");
     assert_eq!(hangs["timed_out"], true, "{hangs}");
     assert_eq!(hangs["passed"], false);
@@ -296,7 +273,6 @@ timeout_secs = 2
         "{hangs}"
     );
     assert!(elapsed < Duration::from_secs(300), "{elapsed:?}");
-    let err = stderr(&out);
     assert!(err.contains("did not finish within 2 s"), "{err}");
     // Nothing of this run is left in the engine.
     let run_id = report["run_id"].as_str().unwrap();
@@ -306,8 +282,9 @@ timeout_secs = 2
 
 /// Docker's default bridge gateway as seen from the host (docker0).
 fn bridge_gateway() -> String {
-    let out = run(Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"]));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&run(
+        Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"])
+    ));
     text.split_whitespace()
         .skip_while(|w| *w != "inet")
         .nth(1)
@@ -336,14 +313,10 @@ fn smoke_container_has_no_network() {
     let target = format!("{}:{port}", bridge_gateway());
     let f = hello_variant(
         "smoke-net",
-        &format!(
-            r#"
-[[smoke]]
-name = "reach-host"
-command = ["/usr/local/bin/hello", "--connect", "{target}"]
-expect_output = "connected to"
-timeout_secs = 20
-"#
+        &smoke_entry(
+            "reach-host",
+            &[HELLO, "--connect", &target],
+            "expect_output = \"connected to\"\ntimeout_secs = 20\n",
         ),
     );
 
@@ -363,9 +336,7 @@ timeout_secs = 20
         .expect("the control container connected to the listener");
 
     // The lane: no network.
-    let out = f.xtask(&["smoke", "hello", "--json"]);
-    assert!(!out.status.success(), "reaching the network must fail");
-    let report = stdout_json(&out);
+    let (report, err) = smoke_fails(&f);
     let c = check(&report, "reach-host");
     assert_eq!(c["isolation"]["network_mode"], "none");
     assert_eq!(c["exit_code"], 1, "{c}");
@@ -377,7 +348,6 @@ timeout_secs = 20
         accepted_rx.try_recv().is_err(),
         "the smoke container reached the host's listener"
     );
-    let err = stderr(&out);
     assert!(err.contains("connect failed"), "{err}");
 }
 
@@ -399,10 +369,7 @@ fn files_only(label: &str, smoke_entries: &str) -> Fixture {
 
 #[test]
 fn unreachable_engine_fails_with_its_address() {
-    let f = files_only(
-        "smoke-noengine",
-        "\n[[smoke]]\nname = \"x\"\ncommand = [\"/one.txt\"]\n",
-    );
+    let f = files_only("smoke-noengine", &smoke_entry("x", &["/one.txt"], ""));
     let socket = format!(
         "unix:///tmp/lane-no-engine-{}-{}.sock",
         std::process::id(),
@@ -413,8 +380,8 @@ fn unreachable_engine_fails_with_its_address() {
         if json {
             args.push("--json");
         }
-        let out = f.xtask_env(&args, &[("DOCKER_HOST", &socket)]);
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let out = run(f.command(&args).env("DOCKER_HOST", &socket));
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
         let err = stderr(&out);
         assert!(
             err.contains(&format!("Docker Engine not reachable at {socket}: ")),
@@ -439,30 +406,23 @@ fn image_without_smoke_commands_is_a_failure() {
 #[test]
 fn interrupted_run_removes_its_container_and_tag() {
     let case = "smoke-interrupt";
-    let f = hello_variant(
-        case,
-        r#"
-[[smoke]]
-name = "hangs"
-command = ["/usr/local/bin/hello", "serve", "127.0.0.1:8080"]
-timeout_secs = 120
-"#,
-    );
+    let f = hello_variant(case, &hangs(120));
     // Build first, so the smoke run below reaches the engine quickly.
     f.build_json(&["hello"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("--workspace")
-        .arg(&f.root)
-        .args(["smoke", "hello", "--json"])
+    let child = f
+        .command(&["smoke", "hello", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Smoke containers inherit the image's labels, among them this case's.
-    let label = format!("label=lane.test.case={case}");
     let running = || {
-        let out = docker(&["ps", "-q", "--filter", &label]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        docker_ok(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=lane.test.case={case}"),
+        ])
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while running().is_empty() {
@@ -478,34 +438,19 @@ timeout_secs = 120
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("interrupted"), "{err}");
-    let all = docker(&["ps", "-a", "-q", "--filter", &label]);
-    assert_eq!(String::from_utf8_lossy(&all.stdout).trim(), "");
-    let images = docker(&[
-        "image",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=lane.test.case={case}"),
-    ]);
-    assert_eq!(
-        String::from_utf8_lossy(&images.stdout).trim(),
-        "",
-        "the loaded image must be removed"
-    );
+    assert_eq!(containers(&format!("lane.test.case={case}")), "");
+    assert_eq!(images_of_case(case), "", "the loaded image must be removed");
 }
 
 #[test]
 fn load_error_in_the_engine_stream_is_a_failure() {
     let case = "smoke-badlayer";
-    let f = hello_variant(
-        case,
-        "\n[[smoke]]\nname = \"version\"\ncommand = [\"/usr/local/bin/hello\", \"--version\"]\n",
-    );
+    let f = hello_variant(case, &smoke_entry("version", &[HELLO, "--version"], ""));
     // The engine skips reading a layer whose diff_id chain it already has
     // (parallel tests load the same hello layers), so give this variant a
     // config layer of its own and corrupt that one.
     let conf = "images/hello/rootfs/etc/hello/hello.conf";
-    let text = fs::read_to_string(f.path(conf)).unwrap();
+    let text = f.read(conf);
     f.write(conf, &format!("{text}# {case} {}\n", std::process::id()));
     f.commit("own config layer");
     let report = f.build_json(&["hello"]);
@@ -515,11 +460,12 @@ fn load_error_in_the_engine_stream_is_a_failure() {
     // that the layer's diff_id is not the one the config names.
     let copy = support::TempDir::new(case);
     let layout = copy.path().join("hello");
-    let status = run(Command::new("cp")
-        .arg("-r")
-        .arg(built["layout"].as_str().unwrap())
-        .arg(&layout));
-    assert!(status.status.success());
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(built["layout"].as_str().unwrap())
+            .arg(&layout),
+    );
     // The config layer is the image's last (after base-cc's packages and the
     // binary): the one layer no other test loads.
     let last = built["layers"].as_array().unwrap().len() - 1;
@@ -527,20 +473,21 @@ fn load_error_in_the_engine_stream_is_a_failure() {
     let blob = layout.join("blobs/sha256").join(&layer[7..]);
     fs::remove_file(&blob).unwrap();
     fs::write(copy.path().join("other.txt"), "not the layer\n").unwrap();
-    let out = run(Command::new("tar")
-        .arg("czf")
-        .arg(&blob)
-        .arg("-C")
-        .arg(copy.path())
-        .arg("other.txt"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    run_ok(
+        Command::new("tar")
+            .arg("czf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(copy.path())
+            .arg("other.txt"),
+    );
 
     let image = xtask::adapters::layout::Layout::at("hello", &layout)
         .smoke_image(built["manifest_digest"].as_str().unwrap())
         .unwrap();
     let spec = lane_core::spec::SmokeSpec {
         name: "version".into(),
-        command: vec!["/usr/local/bin/hello".into(), "--version".into()],
+        command: vec![HELLO.into(), "--version".into()],
         expect_exit: 0,
         expect_output: None,
         timeout_secs: 10,
@@ -561,12 +508,5 @@ fn load_error_in_the_engine_stream_is_a_failure() {
         err.contains(&format!("invalid diffID for layer {last}")) && err.contains(diff_id),
         "{err}"
     );
-    let images = docker(&[
-        "image",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=lane.test.case={case}"),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "");
+    assert_eq!(images_of_case(case), "");
 }

@@ -2,10 +2,8 @@
 //! published to the real registry, pinned in lockfiles/bases.lock, pulled,
 //! verified, cached; the same reference by tag only is refused.
 
-mod support;
-
-use support::Fixture;
-use support::registry::{Creds, Registry, show};
+use crate::support::registry::{Creds, Registry};
+use crate::support::{self, Fixture, show};
 
 const APP: &str = r#"
 name = "app"
@@ -87,14 +85,9 @@ fn a_registry_base_pinned_by_digest_is_pulled_verified_and_cached() {
         reference.as_str()
     );
     // skopeo reads what was built.
-    let out = support::run(
+    support::run_ok(
         std::process::Command::new("skopeo")
             .args(["inspect", &format!("oci:{}", layout.display())]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     // Cached by digest: a rebuild with the registry gone still works.

@@ -1,9 +1,7 @@
 //! `cargo xtask bench --quick` as a smoke check of the benchmark harness
 //! (issue 8). No figure is asserted: benchmarks are measured, not timed tests.
 
-mod support;
-
-use support::Fixture;
+use crate::support::{Fixture, column};
 
 #[test]
 fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
@@ -11,17 +9,20 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     let out = f.ok(&["bench", "--quick", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let cases = report["cases"].as_array().unwrap();
-    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names = column(&report["cases"], "name");
+    let case = |prefix: &str| {
+        cases
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no case {prefix:?} in {names:?}"))
+    };
     for want in [
         "layer assembly",
         "warm rebuild",
         "rebuild after one changed file",
         "peak memory",
     ] {
-        assert!(
-            names.iter().any(|n| n.starts_with(want)),
-            "no case {want:?} in {names:?}"
-        );
+        case(want);
     }
     for c in cases {
         for side in ["lane", "reference"] {
@@ -35,10 +36,7 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         assert!(c["ratio"].as_f64().is_some_and(|v| v > 0.0), "{c}");
     }
     // An unchanged re-publish uploads no blob bytes.
-    let again = cases
-        .iter()
-        .find(|c| c["name"].as_str().unwrap().starts_with("publish again"))
-        .unwrap();
+    let again = case("publish again");
     assert!(
         again["notes"][0]
             .as_str()
@@ -47,10 +45,7 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "{again}"
     );
     // The warm rebuild read and compressed nothing.
-    let warm = cases
-        .iter()
-        .find(|c| c["name"].as_str().unwrap().starts_with("warm rebuild"))
-        .unwrap();
+    let warm = case("warm rebuild");
     assert!(
         warm["notes"][0]
             .as_str()

@@ -1,7 +1,8 @@
-//! The real Distribution registry (`docker-registry serve CONFIG`) on
-//! 127.0.0.1 with a free port and temporary storage, with or without
-//! htpasswd auth; a fault-injecting HTTP proxy to put in front of it; and
-//! helpers to run the lane against them with an isolated credential setup.
+//! The real Distribution registry (the product's launcher,
+//! `xtask::adapters::registry_server`) in a temporary directory, with what
+//! the tests read back from it (skopeo, blob counts); a fault-injecting HTTP
+//! proxy to put in front of it; and helpers to run the lane against them
+//! with an isolated credential setup.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,22 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{Fixture, TempDir, run};
 use xtask::adapters::registry_server::RegistryServer;
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    xtask::adapters::registry_server::free_port().unwrap()
-}
+use super::{Fixture, TempDir, run};
 
-/// A running Distribution registry (the lane's own launcher,
-/// `xtask::adapters::registry_server`), killed on drop.
+/// The product's registry launcher in a temporary directory, with what the
+/// tests read back from it; killed on drop.
 pub struct Registry {
     server: RegistryServer,
     pub port: u16,
-    _dir: TempDir,
     /// `(user, password)` when started with htpasswd auth.
     pub auth: Option<(String, String)>,
+    _dir: TempDir,
 }
 
 impl Registry {
@@ -38,34 +35,28 @@ impl Registry {
 
     /// A registry with htpasswd auth for one user.
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::spawn(Some((user.to_string(), password.to_string())))
+        Registry::spawn(Some((user, password)))
     }
 
-    fn spawn(auth: Option<(String, String)>) -> Registry {
+    fn spawn(auth: Option<(&str, &str)>) -> Registry {
         let dir = TempDir::new("registry");
-        let creds = auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-        let server = RegistryServer::start(&dir.path().join("registry"), creds)
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let server = RegistryServer::start(dir.path(), auth).unwrap_or_else(|e| panic!("{e:#}"));
         Registry {
-            port: server.port,
+            port: server.port(),
+            auth: server.auth().map(|(u, p)| (u.to_string(), p.to_string())),
             server,
             _dir: dir,
-            auth,
         }
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn storage(&self) -> PathBuf {
-        self.server.storage()
+        self.server.host()
     }
 
     /// Every blob the registry stores (files named `data` under blobs/).
     pub fn blob_count(&self) -> usize {
-        let blobs = self.storage().join("docker/registry/v2/blobs");
+        let blobs = self.server.storage().join("docker/registry/v2/blobs");
         if !blobs.exists() {
             return 0;
         }
@@ -193,8 +184,6 @@ fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>) {
 /// What the proxy does wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Forward faithfully.
-    None,
     /// Replace `Docker-Content-Digest` on manifest responses with another digest.
     LieDigestHeader,
     /// Remove `Docker-Content-Digest` from manifest responses (allowed, but
@@ -220,8 +209,7 @@ pub enum Fault {
 pub struct FaultProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
-    /// How many times the fault was applied.
-    pub hits: Arc<AtomicUsize>,
+    hits: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -248,6 +236,11 @@ impl FaultProxy {
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many times the fault was applied so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
     }
 }
 
@@ -281,6 +274,19 @@ fn respond(
     c.write_all(out.as_bytes())?;
     let _ = c.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// A request or response head: the first line and the headers, with
+/// `Connection: close` in place of any Connection header.
+fn closing_head(first_line: &str, headers: &[(String, String)]) -> String {
+    let mut out = format!("{first_line}\r\n");
+    for (k, v) in headers {
+        if !k.eq_ignore_ascii_case("connection") {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out
 }
 
 fn handle(
@@ -374,29 +380,16 @@ fn handle(
     }
     if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
         hits.fetch_add(1, Ordering::SeqCst);
-        let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
-        let mut c = client;
-        c.write_all(
-            format!(
-                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )?;
-        let _ = c.shutdown(Shutdown::Both);
-        return Ok(());
+        return respond(
+            client,
+            "403 Forbidden",
+            &[("Content-Type", "application/json".into())],
+            r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+        );
     }
     // Forward the head with Connection: close, then the rest of the body.
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
-    let mut out = format!("{request_line}\r\n");
-    for (k, v) in &headers {
-        if k.eq_ignore_ascii_case("connection") {
-            continue;
-        }
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    up.write_all(out.as_bytes())?;
+    up.write_all(closing_head(&request_line, &headers).as_bytes())?;
     if chunked {
         // Relay the chunked body verbatim until its last chunk.
         loop {
@@ -449,22 +442,11 @@ fn handle(
             rheaders.retain(|(k, _)| !k.eq_ignore_ascii_case("docker-content-digest"));
             hits.fetch_add(before - rheaders.len(), Ordering::SeqCst);
         }
-        Fault::AlterTagBytes
+        Fault::AlterManifestBytes | Fault::AlterTagBytes
             if is_manifest
-                && !path.contains("/manifests/sha256:")
                 && method == "GET"
-                && status_line.contains(" 200") =>
-        {
-            body.push(b' ');
-            hits.fetch_add(1, Ordering::SeqCst);
-            for (k, v) in rheaders.iter_mut() {
-                if k.eq_ignore_ascii_case("content-length") {
-                    *v = body.len().to_string();
-                }
-            }
-        }
-        Fault::AlterManifestBytes
-            if is_manifest && method == "GET" && status_line.contains(" 200") =>
+                && status_line.contains(" 200")
+                && (fault == Fault::AlterManifestBytes || !path.contains("/manifests/sha256:")) =>
         {
             body.push(b' ');
             hits.fetch_add(1, Ordering::SeqCst);
@@ -476,21 +458,17 @@ fn handle(
         }
         _ => {}
     }
-    let mut resp = format!("{status_line}\r\n");
-    for (k, v) in &rheaders {
-        if k.eq_ignore_ascii_case("connection") {
-            continue;
-        }
-        resp.push_str(&format!("{k}: {v}\r\n"));
-    }
-    resp.push_str("Connection: close\r\n\r\n");
     let mut c = client;
-    c.write_all(resp.as_bytes())?;
+    c.write_all(closing_head(&status_line, &rheaders).as_bytes())?;
     c.write_all(&body)?;
     c.flush()?;
     let _ = c.shutdown(Shutdown::Both);
     Ok(())
 }
+
+/// The builder id of a release under [`Creds::ci`].
+pub const CI_BUILDER_ID: &str =
+    "https://ci.example.com/platform/release-lane/.github/workflows/release.yml@refs/heads/main";
 
 /// A credential setup for the lane process: an empty or given Docker
 /// config in a temp dir (the real ~/.docker is never read), and env vars.
@@ -528,18 +506,32 @@ impl Creds {
         c
     }
 
+    /// The builder identity of a CI run besides these credentials (the
+    /// variables GitHub Actions sets): the lane's builder is then
+    /// authoritative, with the id [`CI_BUILDER_ID`].
+    pub fn ci(mut self) -> Creds {
+        for (k, v) in [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_SERVER_URL", "https://ci.example.com"),
+            ("GITHUB_REPOSITORY", "platform/release-lane"),
+            (
+                "GITHUB_WORKFLOW_REF",
+                "platform/release-lane/.github/workflows/release.yml@refs/heads/main",
+            ),
+            ("GITHUB_RUN_ID", "4242"),
+            ("GITHUB_RUN_ATTEMPT", "1"),
+        ] {
+            self.env.push((k.into(), v.into()));
+        }
+        self
+    }
+
     /// Runs `xtask --workspace ROOT ARGS` with these credentials only.
     pub fn xtask(&self, f: &Fixture, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        cmd.arg("--workspace")
-            .arg(&f.root)
-            .args(args)
-            .current_dir(&f.root)
-            .env_remove("LANE_REGISTRY_USER")
+        let mut cmd = f.command(args);
+        cmd.env_remove("LANE_REGISTRY_USER")
             .env_remove("LANE_REGISTRY_PASSWORD")
             .env_remove("LANE_REGISTRY")
-            // The builder identity comes only from what a test sets.
-            .env_remove("GITHUB_ACTIONS")
             .env("DOCKER_CONFIG", self.docker_config.path());
         if let Some(dir) = &self.path_prepend {
             let path = std::env::var("PATH").unwrap_or_default();
@@ -550,14 +542,4 @@ impl Creds {
         }
         run(&mut cmd)
     }
-}
-
-/// stdout and stderr of a run, for messages.
-pub fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

@@ -2,18 +2,14 @@
 //! the verified `.deb` cache, untrusted archives, and the dynamically linked
 //! sample service on the base-cc image in the real Docker Engine.
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Fixture, image, run, sha256_hex_of_file};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::support::{
+    DockerImage, Fixture, column, image, run_ok, sha256_hex_of_file, show, stdout,
+};
 
 /// Acceptance 1: lock then lock --check passes; editing the package list
 /// makes --check fail and name the package.
@@ -24,7 +20,7 @@ fn lock_then_check_passes_and_an_edit_is_named() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(report["packages"].as_u64().unwrap() >= 6, "{report}");
     f.ok(&["lock", "--check"]);
-    let lock = fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap();
+    let lock = f.read("lockfiles/debian.lock");
     for needle in [
         "name = \"libc6\"",
         "filename = \"pool/main/",
@@ -37,7 +33,7 @@ fn lock_then_check_passes_and_an_edit_is_named() {
 
     // Drop tzdata from the image definition: the lock is stale now.
     let toml_path = "images/base-cc/image.toml";
-    let text = fs::read_to_string(f.path(toml_path)).unwrap();
+    let text = f.read(toml_path);
     let edited: String = text
         .lines()
         .filter(|l| !l.contains("\"tzdata\""))
@@ -53,10 +49,7 @@ fn lock_then_check_passes_and_an_edit_is_named() {
     assert!(err.contains("package tzdata "), "{err}");
     assert!(err.contains("run cargo xtask lock"), "{err}");
     // --check wrote nothing.
-    assert_eq!(
-        fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap(),
-        lock
-    );
+    assert_eq!(f.read("lockfiles/debian.lock"), lock);
     // A build refuses the stale lock as well, naming the file and the fix.
     let err = f.fails(&["build", "base-cc"]);
     assert!(err.contains("differ from lockfiles/debian.lock"), "{err}");
@@ -64,8 +57,7 @@ fn lock_then_check_passes_and_an_edit_is_named() {
     f.ok(&["lock"]);
     f.ok(&["lock", "--check"]);
     assert!(
-        !fs::read_to_string(f.path("lockfiles/debian.lock"))
-            .unwrap()
+        !f.read("lockfiles/debian.lock")
             .contains("name = \"tzdata\"")
     );
 }
@@ -88,7 +80,7 @@ fn base_is_reproducible() {
 fn corrupted_cached_deb_stops_the_build() {
     let f = Fixture::copy_of_repo("corrupt");
     f.build_json(&["base-cc"]);
-    let lock = fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap();
+    let lock = f.read("lockfiles/debian.lock");
     let expected = lock
         .split("[[package]]")
         .find(|s| s.contains("name = \"libc6\""))
@@ -129,6 +121,36 @@ enum Raw<'a> {
     CharDevice(&'a str),
 }
 
+/// One entry of a layer blob: its path, type, link target and bytes.
+struct LayerEntry {
+    path: String,
+    kind: tar::EntryType,
+    link: Option<String>,
+    data: Vec<u8>,
+}
+
+/// Every entry of the gzip'd tar layer `blob`, in order.
+fn read_layer(blob: &Path) -> Vec<LayerEntry> {
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(fs::File::open(blob).unwrap()));
+    let mut out = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        out.push(LayerEntry {
+            path: e.path().unwrap().to_string_lossy().into_owned(),
+            kind: e.header().entry_type(),
+            link: e
+                .link_name()
+                .unwrap()
+                .map(|l| l.to_string_lossy().into_owned()),
+            data,
+        });
+    }
+    out
+}
+
 /// A gzip'd tar whose names are written raw (the tar crate's safe setters
 /// refuse `..`, which is exactly what this test needs).
 fn raw_tar_gz(entries: &[Raw]) -> Vec<u8> {
@@ -167,7 +189,7 @@ fn raw_tar_gz(entries: &[Raw]) -> Vec<u8> {
 
 fn crafted_deb(package: &str, data: &[Raw]) -> Vec<u8> {
     let control = format!(
-        "Package: {package}\nVersion: 1\nArchitecture: all\nMaintainer: lane test <t@example.com>\nDescription: crafted by tests/debian.rs\n"
+        "Package: {package}\nVersion: 1\nArchitecture: all\nMaintainer: lane test <t@example.com>\nDescription: crafted by tests/it/debian.rs\n"
     );
     let control_tar = raw_tar_gz(&[
         Raw::Dir("./"),
@@ -292,27 +314,17 @@ fn crafted_debs_are_handled_as_documented() {
         "target/images/fine/blobs/sha256/{}",
         &layer["sha256:".len()..]
     ));
-    let mut archive =
-        tar::Archive::new(flate2::read::GzDecoder::new(fs::File::open(blob).unwrap()));
     let mut seen = Vec::new();
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().to_string_lossy().into_owned();
-        let kind = match e.header().entry_type() {
+    for e in read_layer(&blob) {
+        let kind = match e.kind {
             tar::EntryType::Directory => "dir".to_string(),
-            tar::EntryType::Symlink => {
-                format!("link {}", e.link_name().unwrap().unwrap().to_string_lossy())
-            }
-            tar::EntryType::Regular => {
-                let mut s = String::new();
-                e.read_to_string(&mut s).unwrap();
-                format!("file {s:?}")
-            }
+            tar::EntryType::Symlink => format!("link {}", e.link.unwrap()),
+            tar::EntryType::Regular => format!("file {:?}", String::from_utf8(e.data).unwrap()),
             other => format!("{other:?}"),
         };
-        seen.push(format!("{path} {kind}"));
+        seen.push(format!("{} {kind}", e.path));
     }
-    let status = "file \"Package: fine\\nVersion: 1\\nArchitecture: all\\nMaintainer: lane test <t@example.com>\\nDescription: crafted by tests/debian.rs\\n\"";
+    let status = "file \"Package: fine\\nVersion: 1\\nArchitecture: all\\nMaintainer: lane test <t@example.com>\\nDescription: crafted by tests/it/debian.rs\\n\"";
     assert_eq!(
         seen,
         [
@@ -336,15 +348,6 @@ fn crafted_debs_are_handled_as_documented() {
 // ---------------------------------------------------------------------------
 // Docker
 
-/// Removes a Docker image tag when dropped.
-struct DockerImage(String);
-
-impl Drop for DockerImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
-}
-
 /// Writes a docker-archive (the `docker load` format Docker 20.10 accepts)
 /// for the OCI layout at `layout`.
 fn docker_archive(layout: &Path, tag: &str, out: &Path) {
@@ -354,12 +357,7 @@ fn docker_archive(layout: &Path, tag: &str, out: &Path) {
     let index = read_json(&layout.join("index.json"));
     let manifest = read_json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
     let config = manifest["config"]["digest"].as_str().unwrap();
-    let layers: Vec<&str> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap())
-        .collect();
+    let layers = column(&manifest["layers"], "digest");
     let name = |d: &str| format!("blobs/sha256/{}", &d["sha256:".len()..]);
     let docker_manifest = serde_json::json!([{
         "Config": name(config),
@@ -373,7 +371,7 @@ fn docker_archive(layout: &Path, tag: &str, out: &Path) {
     h.set_mode(0o644);
     h.set_cksum();
     b.append_data(&mut h, "manifest.json", &bytes[..]).unwrap();
-    for d in std::iter::once(config).chain(layers.iter().copied()) {
+    for d in std::iter::once(config).chain(layers.iter().map(String::as_str)) {
         b.append_path_with_name(blob(d), name(d)).unwrap();
     }
     b.finish().unwrap();
@@ -417,24 +415,18 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
     let tag = format!("lane-debian-test:{}", std::process::id());
     let archive = f.path("hello.docker.tar");
     docker_archive(&layout, &tag, &archive);
-    let out = run(Command::new("docker").arg("load").arg("-i").arg(&archive));
-    assert!(out.status.success(), "docker load: {}", stderr(&out));
-    let _cleanup = DockerImage(tag.clone());
+    run_ok(Command::new("docker").arg("load").arg("-i").arg(&archive));
+    let engine = DockerImage(tag);
 
     for (args, expect) in [
         (&["--self-check"][..], "self-check ok"),
         (&["--version"][..], "hello 0.1.0"),
     ] {
-        let out = run(Command::new("timeout")
-            .args(["60", "docker", "run", "--rm", "--network", "none"])
-            .args(["--entrypoint", "/usr/local/bin/hello", &tag])
-            .args(args));
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let out = engine.run("/usr/local/bin/hello", args);
         assert!(
-            out.status.success() && stdout.contains(expect),
-            "hello {args:?} in Docker: {:?}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            stderr(&out)
+            out.status.success() && stdout(&out).contains(expect),
+            "hello {args:?} in Docker: {}",
+            show(&out)
         );
     }
     // Scanners see the packages: /var/lib/dpkg/status.d/<package>.
@@ -442,20 +434,16 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
     let blob = layout
         .join("blobs/sha256")
         .join(&base_layer["sha256:".len()..]);
-    let mut archive =
-        tar::Archive::new(flate2::read::GzDecoder::new(fs::File::open(blob).unwrap()));
     let mut status = Vec::new();
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().to_string_lossy().into_owned();
+    for e in read_layer(&blob) {
+        let path = &e.path;
         if let Some(pkg) = path.strip_prefix("var/lib/dpkg/status.d/") {
             if pkg.is_empty() {
                 continue;
             }
+            let text = String::from_utf8(e.data).unwrap();
             if let Some(listed) = pkg.strip_suffix(".list") {
                 // The file list drift reads: absolute paths, one per line.
-                let mut text = String::new();
-                e.read_to_string(&mut text).unwrap();
                 assert!(text.lines().all(|l| l.starts_with('/')), "{path}: {text}");
                 assert!(
                     status.contains(&listed.to_string()),
@@ -463,8 +451,6 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
                 );
                 continue;
             }
-            let mut text = String::new();
-            e.read_to_string(&mut text).unwrap();
             assert!(
                 text.starts_with(&format!("Package: {pkg}\n")),
                 "{path}: {text}"

@@ -1,35 +1,35 @@
 //! The consumer side of the release lane (issue 7): signing, `verify`,
 //! `promote` and `audit`.
 //!
-//! Two kinds of test. The pure verification core ([`xtask::commands::verify::check`])
-//! gets statements built and signed here, one tampering at a time. The CLI
-//! tests run `cargo xtask release` for real on a small workspace and then
-//! `verify`, `promote` and `audit` on what it stored (the embedded local
-//! store; every store access in the helpers below goes through the `Store`
-//! trait except [`rewrite_referrers`], the attacker with write access).
+//! The pure verification core (`lane_core::verify::check`) is tested next to
+//! it, with statements built and signed there. These tests run `cargo xtask
+//! release` for real on a small workspace and then `verify`, `promote` and
+//! `audit` on what it stored (the embedded local store; every store access
+//! in the helpers below goes through the `Store` trait except
+//! [`rewrite_referrers`], the attacker with write access), and the same
+//! against the real Distribution registry.
 //!
 //! The image is files-only on scratch with one static program (the host's
 //! `ldconfig`, a static-pie ELF) so that the smoke and drift gates have
 //! something real to run: releases of it are accepted for real, and
 //! [`Lane::break_smoke`] makes the next one rejected for real.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use lane_core::evidence::{self, ANNOTATION_PREDICATE, Artifact, MEDIA_DSSE};
-use lane_core::gates::{self, GateResult, Policy};
 use lane_core::oci::canonical_json;
-use lane_core::provenance::{self, BuilderRun, Subject};
+use lane_core::provenance;
 use lane_core::signing::{self, Signer};
 use lane_core::store::Store;
 use serde_json::{Value, json};
-use support::{Fixture, TempDir};
 use xtask::adapters::local_store::LocalStore;
-use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST, VerifyOptions};
+use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST};
 
-const IMAGE: &str = r#"
+use crate::support::registry::{CI_BUILDER_ID, Creds, Registry};
+use crate::support::{self, Fixture, TempDir, printed, report, show, stderr, stdout};
+
+pub(crate) const IMAGE: &str = r#"
 name = "files"
 repository = "test/files"
 tags = ["v1"]
@@ -48,7 +48,7 @@ expect_exit = 0
 expect_output = "^ldconfig "
 "#;
 
-const REPO: &str = "test/files";
+pub(crate) const REPO: &str = "test/files";
 
 fn r(s: &str) -> lane_core::id::Repository {
     s.parse().unwrap()
@@ -60,302 +60,6 @@ fn dg(s: impl AsRef<str>) -> lane_core::id::Digest {
 
 fn t(s: &str) -> lane_core::id::Tag {
     s.parse().unwrap()
-}
-
-// ---------------------------------------------------------------------------
-// The pure core: statements built and signed here.
-
-fn key(dir: &Path) -> Signer {
-    let k = xtask::adapters::keys::keygen(dir).unwrap();
-    Signer::from_pem(&fs::read_to_string(&k.private_key).unwrap(), "test key").unwrap()
-}
-
-fn digest(c: char) -> String {
-    format!("sha256:{}", c.to_string().repeat(64))
-}
-
-fn builder(id: &str) -> BuilderRun {
-    BuilderRun {
-        id: if id == "local" {
-            provenance::LOCAL_BUILDER_ID.into()
-        } else {
-            id.into()
-        },
-        version: Default::default(),
-        invocation_id: format!("{id}/runs/1"),
-    }
-}
-
-fn subject(digest: &str) -> Subject {
-    Subject {
-        name: "registry.test/test/files".into(),
-        digest: digest.parse().unwrap(),
-    }
-}
-
-fn provenance_of(digest: &str, b: &BuilderRun) -> Value {
-    let mut i = lane_core::testing::provenance_inputs();
-    i.subject = subject(digest);
-    i.builder = b.clone();
-    provenance::provenance_statement(&i).unwrap()
-}
-
-fn gates_of(digest: &str, failing: &[&str], registry: bool) -> Value {
-    let results: Vec<GateResult> = Policy::default()
-        .required(registry)
-        .iter()
-        .map(|g| GateResult::check(*g, !failing.contains(&g.as_str()), "test", json!({})))
-        .collect();
-    let d = gates::decide(&Policy::default().required(registry), &results);
-    provenance::gate_statement(
-        &subject(digest),
-        &d,
-        "ci/release-policy.toml",
-        &lane_core::id::Digest::of(b"policy"),
-        None,
-    )
-}
-
-fn env(statement: &Value, signer: Option<&Signer>, artifact: &str) -> Envelope {
-    let payload = canonical_json(statement).unwrap().bytes;
-    Envelope {
-        artifact: artifact.into(),
-        annotated_predicate: statement["predicateType"].as_str().map(str::to_string),
-        envelope: signing::envelope(&payload, signer),
-    }
-}
-
-fn policy_trusting(keys: &[&Signer], builders: &[&str]) -> Policy {
-    Policy {
-        trusted_keys: keys.iter().map(|k| k.public_pem().unwrap()).collect(),
-        trusted_builders: builders.iter().map(|b| b.to_string()).collect(),
-        ..Policy::default()
-    }
-}
-
-const CI: &str = "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main";
-
-fn registry() -> VerifyOptions {
-    VerifyOptions {
-        registry: true,
-        allow_local_builder: false,
-    }
-}
-
-#[test]
-fn core_accepts_a_signed_accepted_release() {
-    let dir = TempDir::new("core-ok");
-    let k = key(dir.path());
-    let d = digest('a');
-    let ev = Evidence {
-        envelopes: vec![
-            env(&provenance_of(&d, &builder(CI)), Some(&k), "p"),
-            env(&gates_of(&d, &[], true), Some(&k), "g"),
-        ],
-        ..Evidence::default()
-    };
-    let v = verify::check(&d, &ev, &policy_trusting(&[&k], &[CI]), registry());
-    assert!(v.verified, "{:?}", v.reasons);
-    assert!(v.reasons.is_empty());
-    assert_eq!(v.statements[0].signature, format!("trusted:{}", k.keyid));
-}
-
-#[test]
-fn core_lists_every_tampering() {
-    let dir = TempDir::new("core-tamper");
-    let trusted = key(&dir.path().join("trusted"));
-    let intruder = key(&dir.path().join("intruder"));
-    let d = digest('a');
-    let other = digest('e');
-    let policy = policy_trusting(&[&trusted], &[CI]);
-    let good_gates = env(&gates_of(&d, &[], true), Some(&trusted), "g");
-    let check = |envelopes: Vec<Envelope>| {
-        let v = verify::check(
-            &d,
-            &Evidence {
-                envelopes,
-                ..Evidence::default()
-            },
-            &policy,
-            registry(),
-        );
-        assert!(!v.verified);
-        v.reasons
-    };
-    let has = |reasons: &[String], needle: &str| {
-        assert!(
-            reasons.iter().any(|r| r.contains(needle)),
-            "no reason contains {needle:?}: {reasons:#?}"
-        )
-    };
-
-    // Re-signed with an untrusted key.
-    let r = check(vec![
-        env(&provenance_of(&d, &builder(CI)), Some(&intruder), "p"),
-        good_gates.clone(),
-    ]);
-    has(
-        &r,
-        &format!(
-            "artifact p: signed by key \"{}\", which the policy does not trust",
-            intruder.keyid
-        ),
-    );
-    // Unsigned.
-    let r = check(vec![
-        env(&provenance_of(&d, &builder(CI)), None, "p"),
-        good_gates.clone(),
-    ]);
-    assert_eq!(r, ["artifact p: unsigned envelope"]);
-    // Payload rewritten after signing, signature kept.
-    let mut altered = env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p");
-    let forged = canonical_json(&provenance_of(&d, &builder("https://evil.example.com")))
-        .unwrap()
-        .bytes;
-    altered.envelope["payload"] = Value::String(evidence::base64(&forged));
-    let r = check(vec![altered, good_gates.clone()]);
-    has(&r, "does not verify (payload or signature altered)");
-    has(&r, "builder \"https://evil.example.com\" is not trusted");
-    // A statement whose subject is another digest.
-    let r = check(vec![
-        env(&provenance_of(&other, &builder(CI)), Some(&trusted), "p"),
-        good_gates.clone(),
-    ]);
-    assert_eq!(
-        r,
-        [format!(
-            "artifact p: the statement's subject is {other}, not the requested {d}"
-        )]
-    );
-    // A gate statement reporting a failure.
-    let r = check(vec![
-        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
-        env(
-            &gates_of(&d, &["smoke", "no-drift"], true),
-            Some(&trusted),
-            "g",
-        ),
-    ]);
-    assert_eq!(
-        r,
-        [
-            "the gate statement reports result \"FAILED\" (the release was rejected)",
-            "required gate no-drift failed or did not run",
-            "required gate smoke failed or did not run",
-        ]
-    );
-    // A rejected run and an accepted run of the same inputs: the accepted one
-    // counts. Either alone is judged on its own.
-    let v = verify::check(
-        &d,
-        &Evidence {
-            envelopes: vec![
-                env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
-                env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
-                good_gates.clone(),
-            ],
-            ..Evidence::default()
-        },
-        &policy,
-        registry(),
-    );
-    assert!(v.verified, "{:?}", v.reasons);
-    // ... but not when the passing one is unsigned.
-    let r = check(vec![
-        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
-        env(&gates_of(&d, &["smoke"], true), Some(&trusted), "g1"),
-        env(&gates_of(&d, &[], true), None, "g2"),
-    ]);
-    has(&r, "artifact g2: unsigned envelope");
-    // An unexpected predicate type, and no gate statement at all.
-    let mut vsa = provenance_of(&d, &builder(CI));
-    vsa["predicateType"] = json!("https://slsa.dev/verification_summary/v1");
-    let r = check(vec![
-        env(&provenance_of(&d, &builder(CI)), Some(&trusted), "p"),
-        env(&vsa, Some(&trusted), "x"),
-    ]);
-    has(
-        &r,
-        "artifact x: unexpected predicate type \"https://slsa.dev/verification_summary/v1\"",
-    );
-    has(
-        &r,
-        "no gate statement (https://in-toto.io/attestation/test-result/v0.1) is attached",
-    );
-    // Nothing attached.
-    let r = check(vec![]);
-    has(&r, "no provenance statement");
-    has(&r, "no gate statement");
-}
-
-#[test]
-fn core_trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
-    let dir = TempDir::new("core-builder");
-    let k = key(dir.path());
-    let d = digest('a');
-    let ev = |b: &BuilderRun, registry: bool| Evidence {
-        envelopes: vec![
-            env(&provenance_of(&d, b), Some(&k), "p"),
-            env(&gates_of(&d, &[], registry), Some(&k), "g"),
-        ],
-        ..Evidence::default()
-    };
-    let local = builder("local");
-    let opts = |registry, allow_local_builder| VerifyOptions {
-        registry,
-        allow_local_builder,
-    };
-    let p = policy_trusting(&[&k], &[CI]);
-    let v = verify::check(&d, &ev(&local, true), &p, opts(true, true));
-    assert_eq!(
-        v.reasons,
-        [format!(
-            "built by a local run (builder {:?}): a local build is never trusted for a registry; release from CI",
-            provenance::LOCAL_BUILDER_ID
-        )]
-    );
-    // A builder id that is not a URI (as the lane wrote before SLSA
-    // conformance) is never trusted, in either store.
-    let mut old = builder("x");
-    old.id = "local".into();
-    for registry in [true, false] {
-        let v = verify::check(&d, &ev(&old, registry), &p, opts(registry, true));
-        assert!(
-            v.reasons.iter().any(|r| r.contains("is not an https URI")),
-            "{:?}",
-            v.reasons
-        );
-    }
-    let v = verify::check(&d, &ev(&local, false), &p, opts(false, false));
-    assert!(
-        v.reasons[0].contains("pass --allow-local-builder"),
-        "{:?}",
-        v.reasons
-    );
-    let v = verify::check(&d, &ev(&local, false), &p, opts(false, true));
-    assert!(v.verified, "{:?}", v.reasons);
-    let other_ci = builder("https://ci.example.com/fork/.github/workflows/x.yml@refs/heads/x");
-    let v = verify::check(&d, &ev(&other_ci, true), &p, registry());
-    assert_eq!(v.reasons.len(), 1);
-    assert!(
-        v.reasons[0].contains("is not in [builder] trusted"),
-        "{:?}",
-        v.reasons
-    );
-    // A policy that trusts no key verifies nothing.
-    let v = verify::check(
-        &d,
-        &ev(&builder(CI), true),
-        &policy_trusting(&[], &[CI]),
-        registry(),
-    );
-    assert!(
-        v.reasons
-            .iter()
-            .any(|r| r.contains("trusts no signing key")),
-        "{:?}",
-        v.reasons
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -401,7 +105,7 @@ impl Lane {
         f.commit("policy trusts the lane's key");
         let signer = Signer::from_pem(&fs::read_to_string(&key).unwrap(), "key").unwrap();
         assert_eq!(signer.keyid, k["keyid"].as_str().unwrap());
-        let intruder = self::key(&keys.path().join("intruder"));
+        let intruder = lane_core::testing::signer(2);
         Lane {
             f,
             _keys: keys,
@@ -411,20 +115,36 @@ impl Lane {
         }
     }
 
-    /// `release --signing-key` (or unsigned); returns the candidate digest.
+    /// `release --signing-key` (or unsigned); returns whether it was
+    /// accepted and the candidate digest.
     fn release(&self, signed: bool) -> (bool, String) {
-        let mut args = vec!["release", "--json"];
-        let key = self.key.to_str().unwrap().to_string();
-        if signed {
-            args.extend(["--signing-key", &key]);
-        }
-        let out = self.f.xtask(&args);
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "release --json printed no JSON ({e}):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let (accepted, i) = self.release_image(signed);
+        (accepted, i["digest"].as_str().unwrap().to_string())
+    }
+
+    /// A signed release that must be accepted; returns its digest and
+    /// `REPO@DIGEST`.
+    fn accepted_release(&self) -> (String, String) {
+        let (accepted, d) = self.release(true);
+        assert!(accepted, "a real accepted release");
+        let reference = format!("{REPO}@{d}");
+        (d, reference)
+    }
+
+    /// A signed release that must be accepted; returns the reference
+    /// `release --json` printed.
+    fn release_reference(&self) -> String {
+        let (accepted, i) = self.release_image(true);
+        assert!(accepted, "the release must be accepted");
+        i["reference"].as_str().unwrap().to_string()
+    }
+
+    /// `release --signing-key` (or unsigned): accepted, and the released
+    /// image's entry of the report.
+    fn release_image(&self, signed: bool) -> (bool, Value) {
+        let key = self.key.to_str().unwrap();
+        let args: &[&str] = if signed { &["--signing-key", key] } else { &[] };
+        let (out, report) = self.f.release(None, args);
         let i = &report["images"][0];
         assert_eq!(
             report["signing_key"],
@@ -440,29 +160,10 @@ impl Lane {
             eprintln!(
                 "release rejected: {:#}\n{}",
                 i["decision"]["failures"],
-                String::from_utf8_lossy(&out.stderr)
+                stderr(&out)
             );
         }
-        (
-            out.status.success(),
-            i["digest"].as_str().unwrap().to_string(),
-        )
-    }
-
-    /// A signed release; returns the reference `release --json` printed.
-    fn release_reference(&self) -> String {
-        let key = self.key.to_str().unwrap().to_string();
-        let out = self.f.xtask(&["release", "--json", "--signing-key", &key]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        report["images"][0]["reference"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        (out.status.success(), i.clone())
     }
 
     /// Changes the image and makes its smoke check fail: the next release
@@ -480,32 +181,33 @@ impl Lane {
         LocalStore::new(self.f.path("target/local-registry"))
     }
 
+    /// The digest `repo:tag` resolves to in the local store.
+    fn tag(&self, repo: &str, tag: &str) -> Option<String> {
+        self.store()
+            .resolve_tag(&r(repo), &t(tag))
+            .unwrap()
+            .map(|d| d.to_string())
+    }
+
     fn verify(&self, reference: &str) -> (bool, String) {
         let out = self
             .f
             .xtask(&["verify", reference, "--allow-local-builder"]);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), printed(&out))
     }
 
     fn promote(&self, args: &[&str]) -> (bool, String) {
         let mut a = vec!["promote", "--allow-local-builder"];
         a.extend_from_slice(args);
         let out = self.f.xtask(&a);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), printed(&out))
+    }
+
+    /// `promote --allow-local-builder --json ARGS` that must succeed: its report.
+    fn promoted(&self, args: &[&str]) -> Value {
+        let mut a = vec!["promote", "--allow-local-builder", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.f.ok(&a)).unwrap()
     }
 
     fn audit(&self, reference: &str) -> Value {
@@ -749,12 +451,12 @@ fn rejected_release_is_signed_but_does_not_verify_and_is_not_promoted() {
         out.contains("required gate smoke failed or did not run"),
         "{out}"
     );
-    assert_eq!(lane.store().resolve_tag(&r(REPO), &t("v1")).unwrap(), None);
+    assert_eq!(lane.tag(REPO, "v1"), None);
 
     // Without --allow-local-builder, the local builder is one more reason.
     let out = lane.f.xtask(&["verify", &reference]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pass --allow-local-builder"));
+    assert!(stdout(&out).contains("pass --allow-local-builder"));
 
     // Audit still answers, and says why.
     let a = lane.audit(&reference);
@@ -789,15 +491,7 @@ fn the_reference_release_prints_is_what_verify_promote_and_audit_take() {
     assert!(ok, "{out}");
     let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
     assert!(ok, "{out}");
-    let out = lane
-        .f
-        .xtask(&["audit", &reference, "--json", "--allow-local-builder"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = lane.audit(&reference);
     assert_eq!(
         format!(
             "local/{}@{}",
@@ -829,18 +523,9 @@ fn unsigned_release_does_not_verify() {
 #[test]
 fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     let lane = Lane::new("accepted");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted, "a real accepted release");
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     // The release itself moved its tag.
-    assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("v1"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
-        Some(d.as_str())
-    );
+    assert_eq!(lane.tag(REPO, "v1").as_deref(), Some(d.as_str()));
 
     // 1. verify passes; audit --json answers every question.
     let (ok, out) = lane.verify(&reference);
@@ -848,25 +533,10 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert!(out.contains("VERIFIED"), "{out}");
 
     // 3. promote moves the tag to exactly this digest.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "prod",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "prod"]);
     assert_eq!(p["resolves_to"], d.as_str());
     assert_eq!(p["previous"], Value::Null);
-    assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("prod"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
-        Some(d.as_str())
-    );
+    assert_eq!(lane.tag(REPO, "prod").as_deref(), Some(d.as_str()));
 
     let a = lane.audit(&reference);
     let revision = support::git(&lane.f.root, &["rev-parse", "HEAD"]);
@@ -874,17 +544,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(a["tags"], json!(["prod", "v1"]));
 
     // ... and the same for a promoted copy in a second repository.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "stable",
-        "--to",
-        "prod/files",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "stable", "--to", "prod/files"]);
     assert_eq!(p["repository"], "prod/files");
     assert_eq!(p["copied"], true);
     let (ok, out) = lane.verify(&format!("prod/files@{d}"));
@@ -907,11 +567,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert!(!accepted);
     assert_ne!(other, d);
     assert_eq!(
-        lane.store()
-            .resolve_tag(&r(REPO), &t("v1"))
-            .unwrap()
-            .map(|d| d.to_string())
-            .as_deref(),
+        lane.tag(REPO, "v1").as_deref(),
         Some(d.as_str()),
         "a rejected release moves no tag"
     );
@@ -941,15 +597,7 @@ fn accepted_release_verifies_promotes_audits_and_survives_retagging() {
     assert_eq!(lane.audit(&reference)["tags"], json!(["prod"]));
 
     // Promote moves it back, and says where it was.
-    let out = lane.f.ok(&[
-        "promote",
-        &reference,
-        "--tag",
-        "v1",
-        "--allow-local-builder",
-        "--json",
-    ]);
-    let p: Value = serde_json::from_str(&out).unwrap();
+    let p = lane.promoted(&[&reference, "--tag", "v1"]);
     assert_eq!(p["previous"], other.as_str());
     assert_eq!(
         lane.audit(&format!("{REPO}:v1"))["tag"]["resolves_to"],
@@ -1020,9 +668,7 @@ fn check_audit(a: &Value, d: &str, repo: &str, revision: &str) {
 #[test]
 fn tampered_evidence_fails_verify_and_promote() {
     let lane = Lane::new("tamper");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     assert!(lane.verify(&reference).0, "the untampered release verifies");
     let (lanes_own, cases) = tamper_cases(&lane, &mut lane.store(), &d);
     for (what, artifacts, reason) in cases {
@@ -1036,11 +682,7 @@ fn tampered_evidence_fails_verify_and_promote() {
             out.contains("refusing to promote") && out.contains(&reason),
             "{what}: {out}"
         );
-        assert_eq!(
-            lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
-            None,
-            "{what}"
-        );
+        assert_eq!(lane.tag(REPO, "prod"), None, "{what}");
     }
     // Putting the lane's own evidence back makes it verify again.
     rewrite_local(&lane, &d, &lanes_own);
@@ -1050,9 +692,7 @@ fn tampered_evidence_fails_verify_and_promote() {
 #[test]
 fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_read() {
     let lane = Lane::new("traversal");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (d, reference) = lane.accepted_release();
     assert!(lane.verify(&reference).0, "the untampered release verifies");
     // Where `blobs/sha256/../../x` of the repository would lead: a file an
     // unparsed digest would read.
@@ -1086,18 +726,13 @@ fn referrers_index_naming_a_path_is_refused_and_nothing_outside_the_store_is_rea
     );
     let (ok, out) = lane.promote(&[&reference, "--tag", "prod"]);
     assert!(!ok, "promote went ahead:\n{out}");
-    assert_eq!(
-        lane.store().resolve_tag(&r(REPO), &t("prod")).unwrap(),
-        None
-    );
+    assert_eq!(lane.tag(REPO, "prod"), None);
 }
 
 #[test]
 fn promote_and_publish_accept_and_refuse_the_same_tags() {
     let lane = Lane::new("same-tags");
-    let (accepted, d) = lane.release(true);
-    assert!(accepted);
-    let reference = format!("{REPO}@{d}");
+    let (_, reference) = lane.accepted_release();
     for bad in [
         "sha256-abc",
         ".hidden",
@@ -1132,7 +767,7 @@ fn promote_and_publish_accept_and_refuse_the_same_tags() {
 #[test]
 fn tag_only_references_are_refused_where_a_digest_is_needed() {
     let lane = Lane::new("tag-only");
-    let (_, d) = lane.release(true);
+    let (d, _) = lane.accepted_release();
     let expected = format!("error: {NEEDS_DIGEST}\n");
     for args in [
         vec!["verify", "test/files:v1"],
@@ -1183,22 +818,26 @@ fn tag_only_references_are_refused_where_a_digest_is_needed() {
 fn signing_key_comes_from_the_environment_and_bad_keys_are_refused() {
     let lane = Lane::new("key-env");
     let pem = fs::read_to_string(&lane.key).unwrap();
-    let out = lane
+    let with_env = |k: &str, v: &str| {
+        let mut c = Creds::none();
+        c.env.push((k.into(), v.into()));
+        c
+    };
+    let (_, r) = lane
         .f
-        .xtask_env(&["release", "--json"], &[("LANE_SIGNING_KEY", &pem)]);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .release(Some(&with_env("LANE_SIGNING_KEY", &pem)), &[]);
     assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
-    let out = lane.f.xtask_env(
-        &["release", "--json"],
-        &[("LANE_SIGNING_KEY_FILE", lane.key.to_str().unwrap())],
+    let (_, r) = lane.f.release(
+        Some(&with_env(
+            "LANE_SIGNING_KEY_FILE",
+            lane.key.to_str().unwrap(),
+        )),
+        &[],
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["signing_key"], lane.signer.keyid.as_str());
-    let out = lane
-        .f
-        .xtask_env(&["release"], &[("LANE_SIGNING_KEY", "not a key")]);
+    let out = with_env("LANE_SIGNING_KEY", "not a key").xtask(&lane.f, &["release"]);
     assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
+    let e = stderr(&out);
     assert!(
         e.contains("$LANE_SIGNING_KEY is not a PKCS#8 PEM ECDSA P-256 private key"),
         "{e}"
@@ -1221,15 +860,8 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     let lane = Lane::new("openssl");
     let dir = TempDir::new("openssl");
     let p = |n: &str| dir.path().join(n);
-    let openssl = |args: &[&str]| {
-        let out = support::run(std::process::Command::new("openssl").args(args));
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let openssl =
+        |args: &[&str]| support::stdout_of(std::process::Command::new("openssl").args(args));
     let key = p("ossl.key");
     openssl(&[
         "genpkey",
@@ -1263,10 +895,9 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     assert_eq!(format!("sha256:{}", signer.keyid), der_hash);
 
     // The lane's envelopes, signed with that key, checked by openssl.
-    let out = lane
+    let (_, r) = lane
         .f
-        .xtask(&["release", "--json", "--signing-key", key.to_str().unwrap()]);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .release(None, &["--signing-key", key.to_str().unwrap()]);
     assert_eq!(r["signing_key"], signer.keyid.as_str());
     assert_eq!(
         r["signing_key_trusted"], false,
@@ -1275,7 +906,7 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
     let human = lane
         .f
         .xtask(&["release", "--signing-key", key.to_str().unwrap()]);
-    let human = String::from_utf8_lossy(&human.stdout);
+    let human = stdout(&human);
     assert!(
         human.contains("which ci/release-policy.toml does not trust: verify will refuse it"),
         "{human}"
@@ -1312,30 +943,12 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
 // The same against the real Distribution registry (no referrers API: the
 // evidence is found through the sha256-<hex> fallback tag).
 
-/// The environment of a CI run (GitHub Actions variables), which makes the
-/// lane's builder authoritative.
-const CI_ENV: &[(&str, &str)] = &[
-    ("GITHUB_ACTIONS", "true"),
-    ("GITHUB_SERVER_URL", "https://ci.example.com"),
-    (
-        "GITHUB_WORKFLOW_REF",
-        "org/repo/.github/workflows/release.yml@refs/heads/main",
-    ),
-    ("GITHUB_REPOSITORY", "org/repo"),
-    ("GITHUB_RUN_ID", "7"),
-];
-
 #[test]
 fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
-    use support::registry::{Creds, Registry, show};
     let reg = Registry::start();
     let host = reg.host();
     let lane = Lane::new("registry");
-    let mut ci = Creds::none();
-    ci.env = CI_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let ci = Creds::none().ci();
     let plain = Creds::none();
     let key = lane.key.to_str().unwrap().to_string();
     let x = |creds: &Creds, args: &[&str]| {
@@ -1344,9 +957,12 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
         creds.xtask(&lane.f, &a)
     };
 
-    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    let release = || {
+        lane.f
+            .release(Some(&ci), &["--signing-key", &key, "--registry", &host])
+    };
+    let (out, r) = release();
     assert!(out.status.success(), "{}", show(&out));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = r["images"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
     let reference = format!("{REPO}@{d}");
@@ -1387,18 +1003,15 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     assert!(out.status.success(), "{}", show(&out));
     let out = x(&plain, &["audit", "prod/files:prod", "--json"]);
     assert!(out.status.success(), "{}", show(&out));
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = report(&out);
     assert_eq!(a["tag"]["resolves_to"], d.as_str());
     assert_eq!(a["image"]["digest"], d.as_str());
     assert_eq!(a["image"]["subject"], format!("{host}/{REPO}").as_str());
-    assert_eq!(
-        a["builder"]["id"],
-        "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
-    );
+    assert_eq!(a["builder"]["id"], CI_BUILDER_ID);
     assert_eq!(a["builder"]["authoritative"], true);
     assert_eq!(
         a["builder"]["invocation"],
-        "https://ci.example.com/org/repo/actions/runs/7/attempts/1"
+        "https://ci.example.com/platform/release-lane/actions/runs/4242/attempts/1"
     );
     assert_eq!(a["source"]["clean"], true);
     assert_eq!(a["tags"], json!(["prod"]));
@@ -1423,22 +1036,15 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
 
     // Tag-only references.
     let out = x(&plain, &["verify", &format!("{REPO}:v1")]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("error: {NEEDS_DIGEST}\n")
-    );
+    assert_eq!(stderr(&out), format!("error: {NEEDS_DIGEST}\n"));
     let out = x(&plain, &["promote", &format!("{REPO}:v1"), "--tag", "prod"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("error: {NEEDS_DIGEST}\n")
-    );
+    assert_eq!(stderr(&out), format!("error: {NEEDS_DIGEST}\n"));
 
     // Re-tagging behind the lane's back: skopeo points v1 at a rejected
     // candidate. audit of the tag shows it; the release digest still verifies.
     lane.break_smoke();
-    let out = x(&ci, &["release", "--json", "--signing-key", &key]);
+    let (out, r) = release();
     assert!(!out.status.success(), "{}", show(&out));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let other = r["images"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(d.as_str()));
     let copy = support::run(std::process::Command::new("skopeo").args([
@@ -1452,7 +1058,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     assert!(copy.status.success(), "{}", show(&copy));
     assert_eq!(reg.tag_digest(REPO, "v1").as_deref(), Some(other.as_str()));
     let out = x(&plain, &["audit", &format!("{REPO}:v1"), "--json"]);
-    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = report(&out);
     assert_eq!(a["tag"]["resolves_to"], other.as_str());
     assert_eq!(a["verification"]["verified"], false);
     let out = x(&plain, &["verify", &reference]);
@@ -1463,7 +1069,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     );
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("required gate smoke failed"),
+        stderr(&out).contains("required gate smoke failed"),
         "{}",
         show(&out)
     );
@@ -1480,13 +1086,13 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
         let out = x(&plain, &["verify", &reference]);
         assert!(!out.status.success(), "{what}: {}", show(&out));
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains(&reason),
+            stdout(&out).contains(&reason),
             "{what}: no {reason:?} in {}",
             show(&out)
         );
         let out = x(&plain, &["promote", &reference, "--tag", "again"]);
         assert!(!out.status.success(), "{what}: {}", show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(
             err.contains("refusing to promote") && err.contains(&reason),
             "{what}: {err}"

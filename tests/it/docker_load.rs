@@ -4,12 +4,10 @@
 //! loads on this machine's engine (20.10, which cannot read an OCI layout
 //! alone) and the engine's image ID is our config digest.
 
-mod support;
-
 use std::fs;
 use std::process::{Command, Stdio};
 
-use support::{Fixture, image, run};
+use crate::support::{Fixture, image, run};
 
 /// Removes an image tag from the engine when dropped (only the tag: an image
 /// other tags still name stays).

@@ -1,17 +1,15 @@
 //! `cargo xtask publish` end to end against the real Distribution registry
 //! (issue 3). Each acceptance point of the issue is one test here.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use base64::Engine as _;
-use support::registry::{
-    Creds, Fault, FaultProxy, Registry, files_under, free_port, sha256_of, show,
-};
-use support::{Fixture, run};
+use xtask::adapters::registry_server::free_port;
+
+use crate::support::registry::{Creds, Fault, FaultProxy, Registry, files_under, sha256_of};
+use crate::support::{Fixture, column, printed, report, run_ok, show, stderr, stdout};
 
 const IMAGE: &str = r#"
 name = "files"
@@ -42,17 +40,25 @@ fn files_image(label: &str) -> Fixture {
     )
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
+/// The report of a publish that must succeed.
+fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "publish failed: {}", show(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(out)))
+    report(out)
 }
 
-fn publish(creds: &Creds, f: &Fixture, registry: &str) -> std::process::Output {
+fn publish(creds: &Creds, f: &Fixture, registry: &str) -> Output {
     creds.xtask(f, &["publish", "--registry", registry, "--json"])
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// A publish through `proxy` that must fail because of its fault; returns
+/// stderr.
+fn publish_fails(f: &Fixture, proxy: &FaultProxy) -> String {
+    let out = publish(&Creds::none(), f, &proxy.host());
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(proxy.hits() > 0, "the fault was never applied");
+    let err = stderr(&out);
+    eprintln!("publish failed as expected:\n{err}");
+    err
 }
 
 /// Acceptance 1: skopeo reads the tag and gets bytes that hash to the
@@ -71,10 +77,7 @@ fn published_tag_hashes_to_the_reported_digest() {
     );
     assert_eq!(image["cross_check"]["ok"], true);
     // The digest is the one build wrote into the layout.
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(f.path("target/images/files/index.json")).unwrap())
-            .unwrap();
-    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    assert_eq!(built_digest(&f), digest);
 
     let raw = reg.skopeo_raw("test/files:v1").expect("the tag v1 exists");
     assert_eq!(
@@ -127,7 +130,7 @@ fn publishing_again_uploads_no_blob_bytes() {
     // The human output says so too.
     let out = Creds::none().xtask(&f, &["publish", "--registry", &reg.host()]);
     assert!(out.status.success(), "{}", show(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     assert!(
         text.contains("0 blobs uploaded (0 bytes), 3 skipped"),
         "{text}"
@@ -142,7 +145,7 @@ fn publishing_again_uploads_no_blob_bytes() {
 fn preflight_failures_stop_before_the_build_and_push_nothing() {
     let reg = Registry::start_with_auth("ci", "right-password");
     let host = reg.host();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
     let cases: [(&str, Creds, &str, String); 3] = [
         (
             "wrong password",
@@ -219,7 +222,7 @@ fn preflight_names_a_missing_push_permission() {
 /// credential) is followed in the preflight and in the push.
 #[test]
 fn bearer_token_auth_is_followed() {
-    use support::registry::{BEARER_PASSWORD, BEARER_USER};
+    use crate::support::registry::{BEARER_PASSWORD, BEARER_USER};
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.port, Fault::BearerAuth);
     let f = files_image("pub-bearer");
@@ -288,7 +291,7 @@ fn missing_digest_header_is_replaced_by_hashing_the_fetched_bytes() {
     let proxy = FaultProxy::start(reg.port, Fault::StripDigestHeader);
     let f = files_image("pub-noheader");
     let report = json(&publish(&Creds::none(), &f, &proxy.host()));
-    assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(proxy.hits() > 0);
     let image = &report["images"][0];
     let digest = image["digest"].as_str().unwrap();
     let check = &image["cross_check"];
@@ -313,9 +316,38 @@ fn good_first_version(reg: &Registry, f: &Fixture) -> String {
     d
 }
 
+/// The manifest digest build wrote into the layout of `files`.
+fn built_digest(f: &Fixture) -> String {
+    let index: serde_json::Value =
+        serde_json::from_str(&f.read("target/images/files/index.json")).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn change_content(f: &Fixture) {
     f.write("images/files/data/two.txt", "two, changed\n");
     f.commit("change");
+}
+
+/// A good first version published straight to the registry, then a new
+/// version published through a proxy with `fault`, which must fail and
+/// leave the tag on the good version. Returns the failure's stderr and the
+/// registry's blob count before the failed publish.
+fn failed_update(reg: &Registry, label: &str, fault: Fault) -> (String, usize) {
+    let f = files_image(label);
+    let good = good_first_version(reg, &f);
+    change_content(&f);
+    let blobs_before = reg.blob_count();
+    let proxy = FaultProxy::start(reg.port, fault);
+    let err = publish_fails(&f, &proxy);
+    assert_eq!(
+        reg.tag_digest("test/files", "v1").as_deref(),
+        Some(good.as_str()),
+        "v1 must still be the good digest"
+    );
+    (err, blobs_before)
 }
 
 /// Acceptance 4a and 5: a registry reporting another Docker-Content-Digest
@@ -325,17 +357,13 @@ fn lying_digest_header_fails_and_applies_no_tag() {
     let reg = Registry::start();
     let proxy = FaultProxy::start(reg.port, Fault::LieDigestHeader);
     let f = files_image("pub-lie");
-    let out = publish(&Creds::none(), &f, &proxy.host());
-    assert!(!out.status.success(), "{}", show(&out));
-    let err = stderr(&out);
-    eprintln!("publish failed as expected:\n{err}");
+    let err = publish_fails(&f, &proxy);
     assert!(err.contains("identity cross-check failed"), "{err}");
     assert!(
         err.contains("reported Docker-Content-Digest sha256:0000"),
         "{err}"
     );
     assert!(err.contains("no tag was applied"), "{err}");
-    assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
     assert_eq!(
         reg.tag_digest("test/files", "v1"),
         None,
@@ -343,15 +371,7 @@ fn lying_digest_header_fails_and_applies_no_tag() {
     );
 
     // With a good version tagged, a lying publish of a new version keeps it.
-    let f2 = files_image("pub-lie-2");
-    let good = good_first_version(&reg, &f2);
-    change_content(&f2);
-    let out = publish(&Creds::none(), &f2, &proxy.host());
-    assert!(!out.status.success(), "{}", show(&out));
-    assert_eq!(
-        reg.tag_digest("test/files", "v1").as_deref(),
-        Some(good.as_str())
-    );
+    failed_update(&reg, "pub-lie-2", Fault::LieDigestHeader);
 }
 
 /// Acceptance 4b and 5: altered manifest bytes served on GET fail the
@@ -359,25 +379,11 @@ fn lying_digest_header_fails_and_applies_no_tag() {
 #[test]
 fn altered_manifest_bytes_fail_and_keep_the_previous_tag() {
     let reg = Registry::start();
-    let f = files_image("pub-alter");
-    let good = good_first_version(&reg, &f);
-    change_content(&f);
-    let proxy = FaultProxy::start(reg.port, Fault::AlterManifestBytes);
-    let out = publish(&Creds::none(), &f, &proxy.host());
-    assert!(!out.status.success(), "{}", show(&out));
-    let err = stderr(&out);
-    eprintln!("publish failed as expected:\n{err}");
+    let (err, _) = failed_update(&reg, "pub-alter", Fault::AlterManifestBytes);
     assert!(err.contains("identity cross-check failed"), "{err}");
     assert!(
         err.contains("the manifest fetched by digest hashes to"),
         "{err}"
-    );
-    assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
-    let now = reg.tag_digest("test/files", "v1");
-    assert_eq!(
-        now.as_deref(),
-        Some(good.as_str()),
-        "v1 must still be the good digest"
     );
 }
 
@@ -389,17 +395,14 @@ fn tag_that_reads_back_differently_fails_the_publish() {
     let reg = Registry::start();
     let f = files_image("pub-tagread");
     let proxy = FaultProxy::start(reg.port, Fault::AlterTagBytes);
-    let out = publish(&Creds::none(), &f, &proxy.host());
-    assert!(!out.status.success(), "{}", show(&out));
-    let err = stderr(&out);
-    eprintln!("publish failed as expected:\n{err}");
+    let err = publish_fails(&f, &proxy);
     assert!(err.contains("identity cross-check failed for tag"), "{err}");
     assert!(err.contains("tag v1 resolves to"), "{err}");
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(f.path("target/images/files/index.json")).unwrap())
-            .unwrap();
-    let built = index["manifests"][0]["digest"].as_str().unwrap();
-    assert_eq!(reg.tag_digest("test/files", "v1").as_deref(), Some(built));
+    let built = built_digest(&f);
+    assert_eq!(
+        reg.tag_digest("test/files", "v1").as_deref(),
+        Some(built.as_str())
+    );
 }
 
 /// Acceptance 4c and 5: a connection dropped during a blob upload fails
@@ -407,22 +410,9 @@ fn tag_that_reads_back_differently_fails_the_publish() {
 #[test]
 fn dropped_blob_upload_fails_and_keeps_the_previous_tag() {
     let reg = Registry::start();
-    let f = files_image("pub-drop");
-    let good = good_first_version(&reg, &f);
-    change_content(&f);
-    let blobs_before = reg.blob_count();
-    let proxy = FaultProxy::start(reg.port, Fault::DropBlobUpload);
-    let out = publish(&Creds::none(), &f, &proxy.host());
-    assert!(!out.status.success(), "{}", show(&out));
-    let err = stderr(&out);
-    eprintln!("publish failed as expected:\n{err}");
+    let (err, blobs_before) = failed_update(&reg, "pub-drop", Fault::DropBlobUpload);
     assert!(err.contains("uploading blob sha256:"), "{err}");
     assert!(err.contains("failed"), "{err}");
-    assert!(proxy.hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
-    assert_eq!(
-        reg.tag_digest("test/files", "v1").as_deref(),
-        Some(good.as_str())
-    );
     assert_eq!(
         reg.blob_count(),
         blobs_before,
@@ -467,11 +457,7 @@ fn password_never_appears_in_output_or_files() {
     outputs.push(out);
 
     for out in &outputs {
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let all = printed(out);
         for secret in [password, wrong, b64.as_str()] {
             assert!(
                 !all.contains(secret),
@@ -531,13 +517,7 @@ fn hello_is_published_with_a_credential_helper() {
     );
     let report = json(&out);
     // hello's workspace base (base-cc) is published first, then hello.
-    let names: Vec<&str> = report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["image"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["base-cc", "hello"]);
+    assert_eq!(column(&report["images"], "image"), ["base-cc", "hello"]);
     let image = &report["images"][1];
     assert_eq!(image["repository"], "lane/platform/hello");
     let digest = image["digest"].as_str().unwrap();
@@ -560,11 +540,15 @@ fn without_a_registry_publishes_into_the_local_store() {
     assert_eq!(image["blobs"]["uploaded"], 3);
     let digest = image["digest"].as_str().unwrap();
     let store = f.path("target/local-registry/test/files");
-    let out = run(Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}:v1", store.display())));
-    assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(sha256_of(&out.stdout), digest);
+    let v1 = || {
+        run_ok(
+            Command::new("skopeo")
+                .args(["inspect", "--raw"])
+                .arg(format!("oci:{}:v1", store.display())),
+        )
+        .stdout
+    };
+    assert_eq!(sha256_of(&v1()), digest);
     let again = json(&Creds::none().xtask(&f, &["publish", "--json"]));
     assert_eq!(again["images"][0]["blobs"]["bytes_uploaded"], 0);
     assert_eq!(again["images"][0]["blobs"]["skipped"], 3);
@@ -577,8 +561,5 @@ fn without_a_registry_publishes_into_the_local_store() {
         third["images"][0]["blobs"]["uploaded"], 2,
         "the changed layer and the config"
     );
-    let out = run(Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}:v1", store.display())));
-    assert_eq!(sha256_of(&out.stdout), new);
+    assert_eq!(sha256_of(&v1()), new);
 }
