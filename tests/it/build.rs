@@ -460,3 +460,46 @@ fn dry_run_prints_the_plan_and_builds_nothing() {
     );
     assert!(!f.path("target/images").exists());
 }
+
+/// Issue 12, acceptance 1: the restructure into lane-core changed no byte
+/// the lane writes. At the same SOURCE_DATE_EPOCH, base-cc's Debian layer
+/// and hello's configuration layer (each digest and diff_id) are those the
+/// lane built before it (commit 215b50e, measured with that commit's
+/// binary). hello's binary layer depends on the Rust toolchain and is not
+/// pinned here; the reproducibility tests cover it.
+#[test]
+fn layer_digests_are_those_of_the_lane_before_the_restructure() {
+    const DEBIAN: (&str, &str) = (
+        "sha256:bd3b04a7e147227012f7cb7a7113f57e70dcbe9543dd4d500536dc4e474bf047",
+        "sha256:f19faa423c00076f01debf6d7af0af3953a748a1ab083c65321797413d09421c",
+    );
+    const HELLO_CONFIG: (&str, &str) = (
+        "sha256:c9a4903e7e9291be9221db0acd92da06ed77ef8f59643d9fd2b23c3e5f6bc5dd",
+        "sha256:f57d6e5fa77255a47978c16cbac0b212fa2bb6561031d76e718b406f56c6299f",
+    );
+    let f = Fixture::copy_of_repo("golden");
+    let out = run_ok(
+        f.command(&["build", "base-cc", "hello", "--json"])
+            .env("SOURCE_DATE_EPOCH", "1795875938"),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = |name: &str| -> Vec<(String, String)> {
+        image(&report, name)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap().to_string(),
+                    l["diff_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |p: (&str, &str)| (p.0.to_string(), p.1.to_string());
+    assert_eq!(layers("base-cc"), [pair(DEBIAN)]);
+    let hello = layers("hello");
+    assert_eq!(hello.len(), 3, "{hello:?}");
+    assert_eq!(hello[0], pair(DEBIAN));
+    assert_eq!(hello[2], pair(HELLO_CONFIG));
+}
