@@ -646,15 +646,8 @@ pub fn parse_base(s: &str) -> std::result::Result<BaseRef, String> {
             repository_of(s)
         ));
     };
-    let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(format!(
-            "base image digest {digest:?} is invalid; expected sha256: followed by 64 lowercase hex digits"
-        ));
+    if let Err(e) = digest.parse::<crate::id::Digest>() {
+        return Err(format!("base image digest {digest:?} is invalid: {e}"));
     }
     // A reference may carry both a tag and a digest; the digest is what counts.
     let repository = match name.rsplit_once(':') {
@@ -775,11 +768,14 @@ mod tests {
                 image: "base-cc".into()
             }
         );
+        let e = parse_base("debian@sha256:abc").unwrap_err();
         assert!(
-            parse_base("debian@sha256:abc")
-                .unwrap_err()
-                .contains("64 lowercase hex")
+            e.contains("base image digest \"sha256:abc\" is invalid"),
+            "{e}"
         );
+        assert!(e.contains("a digest has 64"), "{e}");
+        let upper = format!("debian@sha256:{}", "A".repeat(64));
+        assert!(parse_base(&upper).unwrap_err().contains("lowercase hex"));
     }
 
     #[test]
