@@ -302,23 +302,15 @@ impl Store for LocalStore {
         })
     }
 
-    fn put_manifest(
-        &mut self,
-        repository: &Repository,
-        digest: &Digest,
-        bytes: &[u8],
-    ) -> Result<()> {
+    fn put_manifest(&mut self, repo: &Repository, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let repository = repo;
         self.put(repository, digest, bytes)?;
         self.add_entry(repository, digest, bytes.len() as u64, MEDIA_MANIFEST, None)?;
         self.read_verified(repository, digest).map(|_| ())
     }
 
-    fn put_referrers(
-        &mut self,
-        repository: &Repository,
-        subject: &Digest,
-        index: &Blob,
-    ) -> Result<()> {
+    fn put_referrers(&mut self, repo: &Repository, subject: &Digest, index: &Blob) -> Result<()> {
+        let repository = repo;
         self.put(repository, &index.digest, &index.bytes)?;
         self.add_entry(
             repository,

@@ -168,12 +168,8 @@ impl Store for RegistryStore {
         })
     }
 
-    fn put_manifest(
-        &mut self,
-        repository: &Repository,
-        digest: &Digest,
-        bytes: &[u8],
-    ) -> Result<()> {
+    fn put_manifest(&mut self, repo: &Repository, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let repository = repo;
         let remote = self.remote()?;
         let repo = remote.repo(repository.as_str());
         let put = ManifestPut {
@@ -185,12 +181,8 @@ impl Store for RegistryStore {
         remote.put_manifest_read_back(&put, "the manifest")
     }
 
-    fn put_referrers(
-        &mut self,
-        repository: &Repository,
-        subject: &Digest,
-        index: &Blob,
-    ) -> Result<()> {
+    fn put_referrers(&mut self, repo: &Repository, subject: &Digest, index: &Blob) -> Result<()> {
+        let repository = repo;
         let remote = self.remote()?;
         let repo = remote.repo(repository.as_str());
         let tag = subject.fallback_tag();
