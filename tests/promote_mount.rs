@@ -46,19 +46,6 @@ expect_output = "^ldconfig "
 
 const REPO: &str = "test/files";
 
-/// A CI run's environment (GitHub Actions variables): an authoritative
-/// builder, which a release to a registry needs to verify.
-const CI_ENV: &[(&str, &str)] = &[
-    ("GITHUB_ACTIONS", "true"),
-    ("GITHUB_SERVER_URL", "https://ci.example.com"),
-    (
-        "GITHUB_WORKFLOW_REF",
-        "org/repo/.github/workflows/release.yml@refs/heads/main",
-    ),
-    ("GITHUB_REPOSITORY", "org/repo"),
-    ("GITHUB_RUN_ID", "7"),
-];
-
 /// One request as the proxy saw it and the registry answered it.
 #[derive(Debug, Clone)]
 struct Exchange {
@@ -244,12 +231,13 @@ fn basic_auth(reg: &Registry) -> Option<String> {
 /// (202), into `prod/other`, and checks the blobs were uploaded.
 fn promote_mounts(reg: &Registry, front: u16, creds: impl Fn() -> Creds) {
     let (f, _keys, key) = workspace();
-    let mut ci = match &reg.auth {
+    let c = match &reg.auth {
         Some((u, p)) => Creds::env(u, p),
         None => Creds::none(),
     };
-    ci.env
-        .extend(CI_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // A CI run with a verified identity (the test OIDC issuer), which a
+    // release to a registry needs.
+    let ci = support::oidc::issuer().ci_as(c, &f, "org/repo", "7");
     let out = ci.xtask(
         &f,
         &[

@@ -20,22 +20,11 @@ fn password() -> String {
     format!("pw-{}-{nanos}", std::process::id())
 }
 
-/// The builder identity of a CI run (what GitHub Actions sets).
-fn ci(mut c: Creds) -> Creds {
-    for (k, v) in [
-        ("GITHUB_ACTIONS", "true"),
-        ("GITHUB_SERVER_URL", "https://ci.example.com"),
-        ("GITHUB_REPOSITORY", "platform/release-lane"),
-        (
-            "GITHUB_WORKFLOW_REF",
-            "platform/release-lane/.github/workflows/release.yml@refs/heads/main",
-        ),
-        ("GITHUB_RUN_ID", "4242"),
-        ("GITHUB_RUN_ATTEMPT", "1"),
-    ] {
-        c.env.push((k.into(), v.into()));
-    }
-    c
+/// A CI run of `f` (issue 14): the fixture's policy trusts the test OIDC
+/// issuer and the release workflow (committed), and the run gets GitHub
+/// Actions' variables and a request token for a real ID token.
+fn ci(c: Creds, f: &Fixture) -> Creds {
+    support::oidc::issuer().ci(c, f)
 }
 
 fn release(c: &Creds, f: &Fixture, registry: &str) -> (Output, serde_json::Value) {
@@ -124,7 +113,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     let pass = password();
     let reg = Registry::start_with_auth(USER, &pass);
     let f = Fixture::copy_of_repo("relreg-ok");
-    let c = ci(Creds::env(USER, &pass));
+    let c = ci(Creds::env(USER, &pass), &f);
     let (out, report) = release(&c, &f, &reg.host());
     assert!(out.status.success(), "{}", show(&out));
     let h = hello(&report);
@@ -171,6 +160,28 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     assert_eq!(
         builder["id"],
         "https://ci.example.com/platform/release-lane/.github/workflows/release.yml@refs/heads/main"
+    );
+    // Issue 14: that id is the verified workflow identity; the provenance
+    // records the token's claims, the issuer's key and the token's digest.
+    let issuer = support::oidc::issuer();
+    let identity = &def["internalParameters"]["identity"];
+    assert_eq!(identity["issuer"], issuer.url());
+    assert_eq!(identity["claims"]["sha"], head.trim());
+    assert_eq!(identity["claims"]["repository"], "platform/release-lane");
+    assert_eq!(
+        identity["claims"]["job_workflow_ref"],
+        "platform/release-lane/.github/workflows/release.yml@refs/heads/main"
+    );
+    let hex = |v: &serde_json::Value| format!("sha256:{}", v.as_str().unwrap());
+    assert_eq!(
+        hex(&identity["key"]["digest"]["sha256"]),
+        issuer.es_thumbprint()
+    );
+    let tokens = issuer.issued();
+    assert_eq!(tokens.len(), 1, "one token for one run");
+    assert_eq!(
+        hex(&identity["token"]["digest"]["sha256"]),
+        support::registry::sha256_of(tokens[0].as_bytes())
     );
     let gates = statement(&all, "https://in-toto.io/attestation/test-result/v0.1");
     assert_eq!(gates["predicate"]["result"], "PASSED");
@@ -266,24 +277,30 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     assert!(crates >= 1, "{tree}");
     assert_eq!(gate_state(h, "sbom-complete"), "passed");
 
-    // No secret in the output, the files the lane wrote, or the evidence.
+    // No secret (the password, the ID token, the token request's bearer)
+    // in the output, the files the lane wrote, or the evidence.
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!text.contains(&pass));
-    for file in files_under(&f.path("target")) {
-        if let Ok(bytes) = fs::read(&file) {
-            assert!(
-                !String::from_utf8_lossy(&bytes).contains(&pass),
-                "password in {}",
-                file.display()
-            );
+    let mut secrets = vec![pass.clone()];
+    secrets.extend(tokens);
+    secrets.extend(issuer.request_tokens());
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()));
+        for file in files_under(&f.path("target")) {
+            if let Ok(bytes) = fs::read(&file) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(secret.as_str()),
+                    "a secret in {}",
+                    file.display()
+                );
+            }
         }
-    }
-    for s in &all {
-        assert!(!s.to_string().contains(&pass));
+        for s in &all {
+            assert!(!s.to_string().contains(secret.as_str()));
+        }
     }
 }
 
@@ -332,8 +349,8 @@ fn rejected_because(
 #[test]
 fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
     let f = Fixture::copy_of_repo("relreg-dirty");
+    let c = ci(Creds::none(), &f);
     f.write(
         "images/hello/rootfs/etc/hello/hello.conf",
         "greeting=not committed\n",
@@ -341,6 +358,7 @@ fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     rejected_because(&reg, &reg.host(), &c, &f, "source-state", None);
 
     let f = Fixture::copy_of_repo("relreg-smoke");
+    let c = ci(Creds::none(), &f);
     let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
     f.write(
         "images/hello/image.toml",
@@ -357,9 +375,9 @@ fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
 #[test]
 fn drift_and_a_missing_engine_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
     // A dynamically linked binary on scratch: its interpreter and libc are missing.
     let f = Fixture::copy_of_repo("relreg-drift");
+    let c = ci(Creds::none(), &f);
     let toml = fs::read_to_string(f.path("images/hello/image.toml")).unwrap();
     let changed = toml
         .replace("link = \"static\"", "link = \"dynamic\"")
@@ -374,7 +392,7 @@ fn drift_and_a_missing_engine_are_rejected() {
     );
 
     let f = Fixture::copy_of_repo("relreg-engine");
-    let mut c = ci(Creds::none());
+    let mut c = ci(Creds::none(), &f);
     c.env.push((
         "DOCKER_HOST".into(),
         "unix:///tmp/lane-test-no-engine.sock".into(),
@@ -399,8 +417,8 @@ fn drift_and_a_missing_engine_are_rejected() {
 #[test]
 fn a_non_reproducible_build_and_a_lying_registry_are_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
     let f = Fixture::copy_of_repo("relreg-repro");
+    let c = ci(Creds::none(), &f);
     let main = f.path("images/hello/src/main.rs");
     let text = fs::read_to_string(&main).unwrap().replace(
         "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
@@ -412,6 +430,7 @@ fn a_non_reproducible_build_and_a_lying_registry_are_rejected() {
 
     // A first good release, then a registry that lies about digests.
     let f = Fixture::copy_of_repo("relreg-lie");
+    let c = ci(Creds::none(), &f);
     let (out, report) = release(&c, &f, &reg.host());
     assert!(out.status.success(), "{}", show(&out));
     let good = hello(&report)["digest"].as_str().unwrap().to_string();
@@ -449,8 +468,8 @@ fn a_local_builder_cannot_release_to_a_registry() {
 #[test]
 fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
     let f = Fixture::copy_of_repo("relreg-twice");
+    let c = ci(Creds::none(), &f);
     let (o1, r1) = release(&c, &f, &reg.host());
     let (o2, r2) = release(&c, &f, &reg.host());
     assert!(
@@ -481,8 +500,8 @@ fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
 #[test]
 fn a_stale_lock_is_rejected() {
     let reg = Registry::start();
-    let c = ci(Creds::none());
     let f = Fixture::copy_of_repo("relreg-lock");
+    let c = ci(Creds::none(), &f);
     // The lock no longer matches what `cargo xtask lock` resolves (a field of
     // one package edited by hand); the locked .debs themselves still verify.
     let lock = fs::read_to_string(f.path("lockfiles/debian.lock")).unwrap();

@@ -83,6 +83,8 @@ fn builder(id: &str) -> BuilderRun {
         },
         version: Default::default(),
         invocation_id: format!("{id}/runs/1"),
+        // A CI builder's provenance records its verified identity.
+        identity: (id != "local").then(|| lane_core::testing::ci_identity(id)),
     }
 }
 
@@ -338,7 +340,7 @@ fn core_trusts_builders_by_policy_and_never_a_local_one_for_a_registry() {
     let v = verify::check(&d, &ev(&other_ci, true), &p, registry());
     assert_eq!(v.reasons.len(), 1);
     assert!(
-        v.reasons[0].contains("is not in [builder] trusted"),
+        v.reasons[0].contains("matches no entry of [builder] trusted"),
         "{:?}",
         v.reasons
     );
@@ -1310,30 +1312,15 @@ fn openssl_checks_the_signatures_and_makes_usable_keys() {
 // The same against the real Distribution registry (no referrers API: the
 // evidence is found through the sha256-<hex> fallback tag).
 
-/// The environment of a CI run (GitHub Actions variables), which makes the
-/// lane's builder authoritative.
-const CI_ENV: &[(&str, &str)] = &[
-    ("GITHUB_ACTIONS", "true"),
-    ("GITHUB_SERVER_URL", "https://ci.example.com"),
-    (
-        "GITHUB_WORKFLOW_REF",
-        "org/repo/.github/workflows/release.yml@refs/heads/main",
-    ),
-    ("GITHUB_REPOSITORY", "org/repo"),
-    ("GITHUB_RUN_ID", "7"),
-];
-
 #[test]
 fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fails() {
     use support::registry::{Creds, Registry, show};
     let reg = Registry::start();
     let host = reg.host();
     let lane = Lane::new("registry");
-    let mut ci = Creds::none();
-    ci.env = CI_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    // A CI run with a verified identity from the test OIDC issuer (the
+    // fixture's policy trusts the issuer and the workflow).
+    let ci = support::oidc::issuer().ci_as(Creds::none(), &lane.f, "org/repo", "7");
     let plain = Creds::none();
     let key = lane.key.to_str().unwrap().to_string();
     let x = |creds: &Creds, args: &[&str]| {

@@ -165,7 +165,9 @@ impl Fixture {
             .args(args)
             .current_dir(&self.root)
             // A local builder unless a test sets a CI identity itself.
-            .env_remove("GITHUB_ACTIONS");
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -221,4 +223,5 @@ pub fn image<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .find(|i| i["name"] == name)
         .unwrap_or_else(|| panic!("no image {name} in {report}"))
 }
+pub mod oidc;
 pub mod registry;

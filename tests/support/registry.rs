@@ -613,6 +613,8 @@ impl Creds {
             .env_remove("LANE_REGISTRY")
             // The builder identity comes only from what a test sets.
             .env_remove("GITHUB_ACTIONS")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
             .env("DOCKER_CONFIG", self.docker_config.path());
         if let Some(dir) = &self.path_prepend {
             let path = std::env::var("PATH").unwrap_or_default();
