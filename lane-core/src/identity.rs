@@ -341,18 +341,22 @@ pub fn verify_token(
         )),
         Some(_) => {}
     }
-    for (claim, what) in [("nbf", "is not valid before"), ("iat", "was issued at")] {
-        if let Some(t) = number(claim)
-            && t > expected.now + LEEWAY_SECS
-        {
-            problems.push(format!(
-                "the token {what} {} ({claim}), {} s after this machine's clock ({}; leeway {LEEWAY_SECS} s): this machine's clock is behind the issuer's by about {} s; fix its time (NTP)",
-                time(t),
-                t - expected.now,
-                time(expected.now),
-                t - expected.now
-            ));
-        }
+    // `nbf`, else `iat`: one message for a token from the future.
+    let future = [("nbf", "is not valid before"), ("iat", "was issued at")]
+        .into_iter()
+        .find_map(|(claim, what)| {
+            number(claim)
+                .filter(|t| *t > expected.now + LEEWAY_SECS)
+                .map(|t| (claim, what, t))
+        });
+    if let Some((claim, what, t)) = future {
+        problems.push(format!(
+            "the token {what} {} ({claim}), {} s after this machine's clock ({}; leeway {LEEWAY_SECS} s): this machine's clock is behind the issuer's by about {} s; fix its time (NTP)",
+            time(t),
+            t - expected.now,
+            time(expected.now),
+            t - expected.now
+        ));
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));

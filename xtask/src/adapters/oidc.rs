@@ -104,6 +104,23 @@ fn client() -> Result<reqwest::blocking::Client> {
         .context("creating the HTTP client for the OIDC issuer")
 }
 
+/// A transport error with its causes (`error sending request: ...:
+/// Connection refused`), without the URL (which the message names itself).
+fn transport(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// `scheme://host[:port]` of a URL: what messages may show of it.
 fn origin(url: &str) -> String {
     match url.split_once("://") {
@@ -146,7 +163,7 @@ fn request_token(
         .map_err(|e| {
             anyhow!(
                 "cannot reach the token endpoint at {at} ({ENV_REQUEST_URL}): {}; the runner must reach GitHub's token service",
-                e.without_url()
+                transport(e)
             )
         })?;
     let status = resp.status();
@@ -165,7 +182,7 @@ fn request_token(
     let body = resp.bytes().map_err(|e| {
         anyhow!(
             "reading the token endpoint's answer ({at}): {}",
-            e.without_url()
+            transport(e)
         )
     })?;
     let value = serde_json::from_slice::<Value>(&body)
@@ -188,14 +205,14 @@ fn get_json(http: &reqwest::blocking::Client, url: &str, what: &str) -> Result<V
         .get(url)
         .header("Accept", "application/json")
         .send()
-        .map_err(|e| anyhow!("cannot reach {what} at {url}: {}; {fix}", e.without_url()))?;
+        .map_err(|e| anyhow!("cannot reach {what} at {url}: {}; {fix}", transport(e)))?;
     let status = resp.status();
     if !status.is_success() {
         bail!("{what} at {url} answered {status}; {fix}");
     }
     let body = resp
         .bytes()
-        .map_err(|e| anyhow!("reading {what} at {url}: {}", e.without_url()))?;
+        .map_err(|e| anyhow!("reading {what} at {url}: {}", transport(e)))?;
     serde_json::from_slice(&body).map_err(|e| anyhow!("{what} at {url} is not JSON ({e}); {fix}"))
 }
 
