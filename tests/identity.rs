@@ -425,6 +425,13 @@ fn each_bootstrap_failure_stops_the_release_in_preflight_with_its_fix() {
             ],
         ),
         (
+            Fault::DiscoveryNamesOther,
+            vec![
+                "/.well-known/openid-configuration names issuer \"https://issuer.example.com\", not",
+                "[builder] issuer in ci/release-policy.toml must be the issuer's exact URL",
+            ],
+        ),
+        (
             Fault::JwksUnreachable,
             vec![
                 "cannot reach the issuer's JWKS (jwks_uri) at",
@@ -486,8 +493,36 @@ fn each_bootstrap_failure_stops_the_release_in_preflight_with_its_fix() {
     distinct.dedup();
     assert_eq!(distinct.len(), errors.len(), "{errors:#?}");
 
-    // An empty trusted list trusts no CI identity, and says what to add.
+    // Not GitHub Actions' runner: no GITHUB_SERVER_URL.
     issuer.set_fault(Fault::None);
+    let mut no_server = Creds::none();
+    no_server.env = c.env.clone();
+    no_server.env.retain(|(k, _)| k != "GITHUB_SERVER_URL");
+    errors.push(refused_in_preflight(
+        &lane,
+        &no_server,
+        &reg,
+        "no GITHUB_SERVER_URL",
+        &["GITHUB_SERVER_URL is not set"],
+    ));
+
+    // The workflow's audience (LANE_OIDC_AUDIENCE) is not the policy's.
+    let mut other_audience = Creds::none();
+    other_audience.env = c.env.clone();
+    other_audience
+        .env
+        .push(("LANE_OIDC_AUDIENCE".into(), "another-lane".into()));
+    errors.push(refused_in_preflight(
+        &lane,
+        &other_audience,
+        &reg,
+        "the workflow's audience",
+        &[
+            "the workflow passes audience \"another-lane\" (LANE_OIDC_AUDIENCE) but ci/release-policy.toml requires \"release-lane\"",
+        ],
+    ));
+
+    // An empty trusted list trusts no CI identity, and says what to add.
     issuer.trust(&lane.f, REPOSITORY, &[]);
     refused_in_preflight(
         &lane,

@@ -45,7 +45,7 @@ pub const BUILT_IN: &[GateName] = &[
 pub const OPTIONAL: &[(GateName, &str)] = &[
     (
         GateName::AuthoritativeBuilder,
-        "the builder is a CI workflow, not a local run",
+        "the builder is a CI workflow identity the lane verified (OIDC token) and the policy trusts, not a local run",
     ),
     (
         GateName::NoUnusedPackages,

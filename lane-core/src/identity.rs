@@ -864,4 +864,23 @@ mod tests {
         assert!(workflow_identity("http://ci.example.com", ok.as_object().unwrap()).is_err());
         assert!(workflow_identity("https://ci.example.com", &Map::new()).is_err());
     }
+
+    #[test]
+    fn a_recorded_identity_must_back_the_builder_id() {
+        let id = "https://ci.example.com/o/r/.github/workflows/release.yml@refs/heads/main";
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        let recorded = crate::testing::ci_identity(id).to_json();
+        assert!(recorded_identity_reasons(id, &recorded, GITHUB_ISSUER, Some(rev)).is_empty());
+        let r = recorded_identity_reasons(id, &Value::Null, GITHUB_ISSUER, Some(rev));
+        assert!(r[0].contains("records no verified OIDC identity"), "{r:?}");
+        let other = "https://ci.example.com/o/r/.github/workflows/other.yml@refs/heads/main";
+        let r = recorded_identity_reasons(other, &recorded, "https://i", Some(&"f".repeat(40)));
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(r[0].contains("issued by \"https://token.actions"), "{r:?}");
+        assert!(
+            r[1].contains("is not the workflow of its verified claims"),
+            "{r:?}"
+        );
+        assert!(r[2].contains("the verified token was for commit"), "{r:?}");
+    }
 }

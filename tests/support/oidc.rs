@@ -52,6 +52,8 @@ pub enum Fault {
     Refuse(u16),
     /// The discovery document answers this status.
     Discovery(u16),
+    /// The discovery document names another issuer.
+    DiscoveryNamesOther,
     /// The discovery document names a `jwks_uri` nobody listens on.
     JwksUnreachable,
     /// Signed by a key the JWKS does not list, under its own kid.
@@ -325,6 +327,8 @@ impl Issuer {
                 format!("{}/token?api-version=2.0", self.url()),
             ),
             ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", request_token),
+            // What .github/workflows/release.yml passes.
+            ("LANE_OIDC_AUDIENCE", AUDIENCE.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -406,7 +410,11 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<State>, keys: &Keys) -> std::
                 conn,
                 200,
                 &json!({
-                    "issuer": base,
+                    "issuer": if fault == Fault::DiscoveryNamesOther {
+                        "https://issuer.example.com"
+                    } else {
+                        base.as_str()
+                    },
                     "jwks_uri": jwks_uri,
                     "subject_types_supported": ["public", "pairwise"],
                     "response_types_supported": ["id_token"],

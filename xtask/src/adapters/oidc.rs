@@ -21,6 +21,9 @@ use lane_core::provenance::BuilderRun;
 
 pub const ENV_REQUEST_URL: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
 pub const ENV_REQUEST_TOKEN: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+/// The audience the workflow passes; it must be the policy's (the policy
+/// decides, the workflow states what it expects).
+pub const ENV_AUDIENCE: &str = "LANE_OIDC_AUDIENCE";
 
 /// A secret string that never shows itself.
 pub struct Secret(String);
@@ -40,7 +43,7 @@ pub enum Identified {
     /// `trusted` says whether the policy trusts its workflow (and, if not,
     /// why and how to fix it).
     Verified {
-        builder: BuilderRun,
+        builder: Box<BuilderRun>,
         trusted: std::result::Result<(), String>,
     },
 }
@@ -66,6 +69,12 @@ pub fn identify(
             "this run says it is GitHub Actions (GITHUB_ACTIONS=true) but {ENV_REQUEST_URL} and {ENV_REQUEST_TOKEN} are not both set, so it has no OIDC token to prove it: GitHub sets them only when the job has `permissions: id-token: write` (add it to the release job of .github/workflows/release.yml), and never for a pull request from a fork; a run outside CI is the local builder and releases into the local store only (omit --registry) ({DOC})"
         );
     };
+    if let Some(aud) = get(ENV_AUDIENCE).filter(|a| *a != policy.audience) {
+        bail!(
+            "the workflow passes audience {aud:?} ({ENV_AUDIENCE}) but {POLICY_PATH} requires {:?} ([builder] audience): make them the same, in the workflow or in the committed policy ({DOC})",
+            policy.audience
+        );
+    }
     let server_url = get("GITHUB_SERVER_URL").unwrap_or_default();
     if server_url.is_empty() {
         bail!(
@@ -92,7 +101,10 @@ pub fn identify(
     )?;
     let trusted = identity::trusted(&policy.trusted_builders, &builder.id)
         .map_err(|why| format!("workflow {} is not trusted: {why}", builder.id));
-    Ok(Identified::Verified { builder, trusted })
+    Ok(Identified::Verified {
+        builder: Box::new(builder),
+        trusted,
+    })
 }
 
 fn client() -> Result<reqwest::blocking::Client> {

@@ -337,7 +337,7 @@ fn builder_identity(
                     builder.id
                 ));
             }
-            Ok(builder)
+            Ok(*builder)
         }
         Ok(Identified::Verified {
             builder,
@@ -349,7 +349,7 @@ fn builder_identity(
             progress.warn(format_args!(
                 "preflight: CI identity: {why}; the local store takes the release anyway"
             ));
-            Ok(builder)
+            Ok(*builder)
         }
         Err(e) if to_registry => Err(e.context("preflight: CI identity")),
         Err(e) => {
