@@ -23,8 +23,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::gates::POLICY_PATH;
 use crate::id::Digest;
+
+/// The policy file, for messages (`gates::POLICY_PATH`; gates imports this
+/// module for the `[builder]` rules, so the path is repeated here, and a
+/// test keeps the two equal).
+const POLICY_PATH: &str = "ci/release-policy.toml";
 
 /// GitHub Actions' token issuer: the policy's default `[builder] issuer`.
 pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
@@ -566,6 +570,11 @@ pub fn recorded_identity_reasons(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_path_is_gates_own() {
+        assert_eq!(POLICY_PATH, crate::gates::POLICY_PATH);
+    }
 
     #[test]
     fn patterns_name_the_workflow_exactly_and_match_refs() {
