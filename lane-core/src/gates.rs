@@ -46,7 +46,7 @@ pub const BUILT_IN: &[GateName] = &[
 pub const OPTIONAL: &[(GateName, &str)] = &[
     (
         GateName::AuthoritativeBuilder,
-        "the builder is a CI workflow, not a local run",
+        "the builder is a CI workflow identity the lane verified (OIDC token) and the policy trusts, not a local run",
     ),
     (
         GateName::NoUnusedPackages,
@@ -228,8 +228,14 @@ pub fn decide(required: &[GateName], results: &[GateResult]) -> Decision {
 pub struct Policy {
     /// Gates required in addition to the built-in ones.
     pub extra_required: Vec<GateName>,
-    /// Builder ids whose releases are authoritative (CI workflows).
+    /// Workflow identities whose releases are authoritative: patterns of
+    /// builder ids `https://SERVER/OWNER/REPO/PATH@REF` (`*` in the ref
+    /// only; [`crate::identity::matches`]). Empty: no CI identity is trusted.
     pub trusted_builders: Vec<String>,
+    /// The OIDC issuer whose ID tokens prove a CI identity.
+    pub issuer: String,
+    /// The audience the lane requests, and requires, in the token.
+    pub audience: String,
     /// Whether a local (non-CI) run may be accepted into a registry.
     pub require_authoritative_for_registry: bool,
     /// PEM public keys trusted to sign evidence.
@@ -241,6 +247,8 @@ impl Default for Policy {
         Policy {
             extra_required: Vec::new(),
             trusted_builders: Vec::new(),
+            issuer: crate::identity::GITHUB_ISSUER.into(),
+            audience: crate::identity::DEFAULT_AUDIENCE.into(),
             require_authoritative_for_registry: true,
             trusted_keys: Vec::new(),
         }
@@ -278,6 +286,8 @@ struct RawGates {
 struct RawBuilder {
     #[serde(default)]
     trusted: Vec<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
     require_authoritative_for_registry: Option<bool>,
 }
 
@@ -339,9 +349,35 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
             "{path}: builder.require_authoritative_for_registry = false would let a local run release to a registry; remove it (use the local store for development)"
         );
     }
+    let issuer = raw
+        .builder
+        .issuer
+        .unwrap_or_else(|| crate::identity::GITHUB_ISSUER.into());
+    crate::identity::check_endpoint(&issuer).map_err(|e| {
+        anyhow::anyhow!(
+            "{path}: builder.issuer {e}; write the OIDC issuer whose tokens prove a CI run (GitHub Actions: {})",
+            crate::identity::GITHUB_ISSUER
+        )
+    })?;
+    let audience = raw
+        .builder
+        .audience
+        .unwrap_or_else(|| crate::identity::DEFAULT_AUDIENCE.into());
+    if audience.trim().is_empty() {
+        bail!(
+            "{path}: builder.audience is empty; write the audience the lane requests (for example \"{}\")",
+            crate::identity::DEFAULT_AUDIENCE
+        );
+    }
+    for t in &raw.builder.trusted {
+        crate::identity::check_trusted_pattern(t)
+            .map_err(|e| anyhow::anyhow!("{path}: builder.trusted: {e}"))?;
+    }
     Ok(Policy {
         extra_required,
         trusted_builders: raw.builder.trusted,
+        issuer,
+        audience,
         require_authoritative_for_registry: true,
         trusted_keys: raw.signing.trusted_keys,
     })
@@ -490,5 +526,42 @@ mod tests {
         )
         .unwrap();
         assert!(p.required(true).contains(&GateName::AuthoritativeBuilder));
+        assert_eq!(p.issuer, crate::identity::GITHUB_ISSUER);
+    }
+
+    #[test]
+    fn the_builder_table_names_issuer_audience_and_trusted_workflows() {
+        let p = parse_policy(
+            "p.toml",
+            "version = 1\n[builder]\nissuer = \"http://127.0.0.1:9999\"\naudience = \"lane\"\ntrusted = [\"https://ci.example.com/o/r/.github/workflows/r.yml@refs/tags/v*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.issuer, "http://127.0.0.1:9999");
+        assert_eq!(p.audience, "lane");
+        let p = parse_policy("p.toml", "version = 1\n").unwrap();
+        assert_eq!(p.issuer, crate::identity::GITHUB_ISSUER);
+        assert_eq!(p.audience, crate::identity::DEFAULT_AUDIENCE);
+        assert!(p.trusted_builders.is_empty());
+        for (text, want) in [
+            (
+                "issuer = \"http://issuer.example.com\"",
+                "builder.issuer \"http://issuer.example.com\" is plain http",
+            ),
+            ("audience = \" \"", "builder.audience is empty"),
+            (
+                "trusted = [\"https://ci.example.com/o/*@refs/heads/main\"]",
+                "only the ref may be a pattern",
+            ),
+            (
+                "trusted = [\"o/r/.github/workflows/r.yml@refs/heads/main\"]",
+                "not an https URI",
+            ),
+        ] {
+            let e = parse_policy("p.toml", &format!("version = 1\n[builder]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("p.toml: builder."), "{e}");
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod drift;
 pub mod evidence;
 pub mod gates;
 pub mod id;
+pub mod identity;
 pub mod layer;
 pub mod oci;
 pub mod provenance;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::gates::{Decision, GateState};
 use crate::id::Digest;
+use crate::identity::CiIdentity;
 use crate::purl;
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
@@ -43,44 +44,62 @@ pub const LOCAL_BUILDER_ID: &str =
     "https://git.example.com/platform/release-lane/builders/local/v1";
 
 /// Who ran the lane: `runDetails.builder` plus the invocation id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuilderRun {
-    /// A URI: the CI workflow (`SERVER/OWNER/REPO/.github/workflows/F@REF`) or
-    /// [`LOCAL_BUILDER_ID`].
+    /// A URI: the CI workflow identity (`SERVER/job_workflow_ref` of a
+    /// verified token) or [`LOCAL_BUILDER_ID`].
     pub id: String,
     /// `builder.version`: component -> version (the lane's own version).
     pub version: BTreeMap<String, String>,
     pub invocation_id: String,
+    /// The verified OIDC identity of a CI run (`None` for the local
+    /// builder), recorded in `internalParameters.identity`.
+    pub identity: Option<CiIdentity>,
 }
 
 impl BuilderRun {
-    /// Reads the builder from a CI environment (GitHub Actions' variables);
-    /// anything else is the local builder.
-    pub fn from_env(get: &dyn Fn(&str) -> Option<String>, lane_version: &str) -> BuilderRun {
-        let version: BTreeMap<String, String> =
-            [("release-lane".to_string(), lane_version.to_string())].into();
-        if get("GITHUB_ACTIONS").as_deref() == Some("true") {
-            let server = get("GITHUB_SERVER_URL").unwrap_or_default();
-            let workflow = get("GITHUB_WORKFLOW_REF").unwrap_or_default();
-            let repo = get("GITHUB_REPOSITORY").unwrap_or_default();
-            let run = get("GITHUB_RUN_ID").unwrap_or_default();
-            let attempt = get("GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into());
-            if !server.is_empty() && !workflow.is_empty() && !run.is_empty() {
-                return BuilderRun {
-                    id: format!("{server}/{workflow}"),
-                    version,
-                    invocation_id: format!("{server}/{repo}/actions/runs/{run}/attempts/{attempt}"),
-                };
-            }
-        }
+    /// The local builder: a run nobody vouches for. `invocation` names it
+    /// (`LANE_INVOCATION_ID`), or `None`.
+    pub fn local(lane_version: &str, invocation: Option<String>) -> BuilderRun {
         BuilderRun {
             id: LOCAL_BUILDER_ID.into(),
-            version,
+            version: [("release-lane".to_string(), lane_version.to_string())].into(),
             invocation_id: format!(
                 "local:{}",
-                get("LANE_INVOCATION_ID").unwrap_or_else(|| "unrecorded".into())
+                invocation.unwrap_or_else(|| "unrecorded".into())
             ),
+            identity: None,
         }
+    }
+
+    /// A CI run whose identity was verified: the builder id is the
+    /// workflow identity `SERVER/job_workflow_ref`, the invocation the run
+    /// (`SERVER/REPOSITORY/actions/runs/RUN_ID/attempts/RUN_ATTEMPT`), both
+    /// from the verified claims.
+    pub fn ci(server_url: &str, identity: CiIdentity, lane_version: &str) -> Result<BuilderRun> {
+        let id = crate::identity::workflow_identity(server_url, &identity.claims)?;
+        let claim = |k: &str| match identity.claims.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        let (repo, run, attempt) = (claim("repository"), claim("run_id"), claim("run_attempt"));
+        let invocation_id = if repo.is_empty() || run.is_empty() {
+            // Not a GitHub Actions token: the token's own id names the run.
+            format!("{id}#{}", identity.token.hex())
+        } else {
+            format!(
+                "{}/{repo}/actions/runs/{run}/attempts/{}",
+                server_url.trim_end_matches('/'),
+                if attempt.is_empty() { "1" } else { &attempt }
+            )
+        };
+        Ok(BuilderRun {
+            id,
+            version: [("release-lane".to_string(), lane_version.to_string())].into(),
+            invocation_id,
+            identity: Some(identity),
+        })
     }
 
     /// True for the local builder (never trusted for a registry).
@@ -230,6 +249,16 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Result<Value> {
     if !i.builder.version.is_empty() {
         builder["version"] = json!(i.builder.version);
     }
+    let mut internal = json!({
+        "rustc": i.rustc,
+        "lane": { "version": i.lane_version, "revision": i.revision },
+        "layerEncoder": i.encoder,
+    });
+    if let Some(identity) = &i.builder.identity {
+        // The verified claims of the CI run's OIDC token, the key that
+        // signed it and the token's digest (never the token).
+        internal["identity"] = identity.to_json();
+    }
     Ok(json!({
         "_type": STATEMENT_TYPE,
         "subject": subject(&i.subject),
@@ -243,11 +272,7 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Result<Value> {
                     "source": { "repository": i.source_repository, "revision": i.revision, "treeClean": i.tree_clean },
                     "policy": { "path": i.policy_path, "digest": { "sha256": i.policy_digest.hex() } },
                 },
-                "internalParameters": {
-                    "rustc": i.rustc,
-                    "lane": { "version": i.lane_version, "revision": i.revision },
-                    "layerEncoder": i.encoder,
-                },
+                "internalParameters": internal,
                 "resolvedDependencies": deps,
             },
             "runDetails": {
@@ -459,25 +484,41 @@ mod tests {
     }
 
     #[test]
-    fn ci_builder_id_is_the_workflow_uri() {
-        let env = |k: &str| -> Option<String> {
-            match k {
-                "GITHUB_ACTIONS" => Some("true".into()),
-                "GITHUB_SERVER_URL" => Some("https://ci.example.com".into()),
-                "GITHUB_WORKFLOW_REF" => {
-                    Some("org/repo/.github/workflows/release.yml@refs/heads/main".into())
-                }
-                "GITHUB_REPOSITORY" => Some("org/repo".into()),
-                "GITHUB_RUN_ID" => Some("42".into()),
-                _ => None,
-            }
-        };
-        let b = BuilderRun::from_env(&env, "0.1.0");
+    fn a_ci_builder_is_its_verified_workflow_identity() {
+        let identity = crate::testing::ci_identity(
+            "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main",
+        );
+        let b = BuilderRun::ci("https://ci.example.com", identity.clone(), "0.1.0").unwrap();
         assert!(!b.is_local());
         assert_eq!(
             b.id,
             "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
         );
-        assert!(BuilderRun::from_env(&|_| None, "0.1.0").is_local());
+        assert_eq!(
+            b.invocation_id,
+            "https://ci.example.com/org/repo/actions/runs/42/attempts/1"
+        );
+        let mut i = sample_inputs();
+        i.builder = b;
+        let s = provenance_statement(&i).unwrap();
+        let recorded = &s["predicate"]["buildDefinition"]["internalParameters"]["identity"];
+        assert_eq!(
+            recorded["claims"]["job_workflow_ref"],
+            "org/repo/.github/workflows/release.yml@refs/heads/main"
+        );
+        assert_eq!(recorded["issuer"], crate::identity::GITHUB_ISSUER);
+        assert_eq!(recorded["token"]["digest"]["sha256"], identity.token.hex());
+        assert_eq!(
+            recorded["key"]["digest"]["sha256"],
+            identity.key.thumbprint.hex()
+        );
+        assert!(BuilderRun::local("0.1.0", None).is_local());
+        assert!(
+            sample_inputs().builder.identity.is_none()
+                && provenance_statement(&sample_inputs()).unwrap()["predicate"]["buildDefinition"]
+                    ["internalParameters"]
+                    .get("identity")
+                    .is_none()
+        );
     }
 }

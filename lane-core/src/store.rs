@@ -50,12 +50,7 @@ pub trait Store {
     fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>>;
     /// Makes the blob `digest` of `from` present in `to` (a repository of
     /// the same store): already there, mounted by a registry, or copied.
-    fn copy_blob(
-        &mut self,
-        from: &Repository,
-        to: &Repository,
-        digest: &Digest,
-    ) -> Result<BlobCopy>;
+    fn copy_blob(&mut self, from: &Repository, to: &Repository, blob: &Digest) -> Result<BlobCopy>;
     /// Stores a manifest's exact bytes under its digest (no tag moves) and
     /// reads them back.
     fn put_manifest(

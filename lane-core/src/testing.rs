@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::gates::{Decision, GateName, GateResult, decide};
 use crate::id::Digest;
+use crate::identity::{CiIdentity, KeyUsed};
 use crate::provenance::{BuilderRun, Input, LANE_PROJECT, ProvenanceInputs, Subject};
 use crate::sbom::{Binary, Crate, DebPackage, PlacedFile, PythonDist, SbomInputs};
 use crate::signing::Signer;
@@ -71,9 +72,47 @@ pub fn provenance_inputs() -> ProvenanceInputs {
                 tag: Some("latest".into()),
             },
         ],
-        builder: BuilderRun::from_env(&|_| None, "0.1.0"),
+        builder: BuilderRun::local("0.1.0", None),
         started_on: "2026-01-01T00:00:00Z".into(),
         finished_on: "2026-01-01T00:01:00Z".into(),
+    }
+}
+
+/// A verified CI identity whose workflow is `builder_id` (a URI
+/// `https://SERVER/OWNER/REPO/PATH@REF`), issued by GitHub's issuer for
+/// the sample revision of [`provenance_inputs`], run 42.
+pub fn ci_identity(builder_id: &str) -> CiIdentity {
+    let workflow = builder_id
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or("", |(_, path)| path);
+    let repository = workflow.split('/').take(2).collect::<Vec<_>>().join("/");
+    let git_ref = workflow.rsplit_once('@').map_or("", |(_, r)| r);
+    let claims = json!({
+        "iss": crate::identity::GITHUB_ISSUER,
+        "aud": crate::identity::DEFAULT_AUDIENCE,
+        "sub": format!("repo:{repository}:ref:{git_ref}"),
+        "repository": repository,
+        "ref": git_ref,
+        "sha": "0123456789abcdef0123456789abcdef01234567",
+        "job_workflow_ref": workflow,
+        "workflow_ref": workflow,
+        "run_id": "42",
+        "run_attempt": "1",
+        "iat": 1767225600,
+        "exp": 1767225900,
+    });
+    CiIdentity {
+        issuer: crate::identity::GITHUB_ISSUER.into(),
+        audience: crate::identity::DEFAULT_AUDIENCE.into(),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+        key: KeyUsed {
+            kid: "sample-key".into(),
+            alg: "ES256".into(),
+            jwks_uri: format!("{}/.well-known/jwks", crate::identity::GITHUB_ISSUER),
+            thumbprint: Digest::of(b"sample key"),
+        },
+        token: Digest::of(b"sample token"),
     }
 }
 

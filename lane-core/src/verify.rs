@@ -248,12 +248,18 @@ fn builder_reasons(provenance: &Value, policy: &Policy, opts: VerifyOptions) -> 
             "builder id {id:?} is not an https URI: SLSA v1 builder ids are URIs, and only a CI workflow's URI can be trusted"
         )];
     }
-    if !policy.trusted_builders.is_empty() && !policy.trusted_builders.iter().any(|t| t == id) {
-        return vec![format!(
-            "builder {id:?} is not trusted: it is not in [builder] trusted of {POLICY_PATH}"
-        )];
+    if let Err(why) = crate::identity::trusted(&policy.trusted_builders, id) {
+        return vec![format!("builder {id:?} is not trusted: {why}")];
     }
-    Vec::new()
+    // A trusted workflow name is not enough: the provenance must carry the
+    // identity the lane verified (issuer, claims), consistent with the id.
+    let def = &provenance["predicate"]["buildDefinition"];
+    crate::identity::recorded_identity_reasons(
+        id,
+        &def["internalParameters"]["identity"],
+        &policy.issuer,
+        def["externalParameters"]["source"]["revision"].as_str(),
+    )
 }
 
 fn gate_reasons(statement: &Value, required: &[GateName]) -> Vec<String> {
@@ -310,6 +316,8 @@ mod tests {
             },
             version: Default::default(),
             invocation_id: format!("{id}/runs/1"),
+            // A CI builder's provenance records its verified identity.
+            identity: (id != "local").then(|| crate::testing::ci_identity(id)),
         }
     }
 
@@ -563,7 +571,7 @@ mod tests {
         let v = check(&d, &ev(&other_ci, true), &p, registry());
         assert_eq!(v.reasons.len(), 1);
         assert!(
-            v.reasons[0].contains("is not in [builder] trusted"),
+            v.reasons[0].contains("matches no entry of [builder] trusted"),
             "{:?}",
             v.reasons
         );

@@ -215,7 +215,7 @@ fn promote_mounts(reg: &Registry, front: u16, creds: impl Fn() -> Creds) {
         Some((u, p)) => Creds::env(u, p),
         None => Creds::none(),
     }
-    .ci();
+    .ci(&f);
     let out = ci.xtask(
         &f,
         &[

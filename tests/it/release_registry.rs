@@ -87,7 +87,7 @@ fn a_full_release_is_accepted_with_provenance_in_the_registry_and_no_secret_anyw
     let pass = password();
     let reg = Registry::start_with_auth(USER, &pass);
     let f = Fixture::copy_of_repo("relreg-ok");
-    let c = Creds::env(USER, &pass).ci();
+    let c = Creds::env(USER, &pass).ci(&f);
     let (out, report) = release(&c, &f, &reg.host());
     assert!(out.status.success(), "{}", show(&out));
     let h = hello(&report);
@@ -273,8 +273,8 @@ fn rejected_because(
 #[test]
 fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     let reg = Registry::start();
-    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-dirty");
+    let c = Creds::none().ci(&f);
     f.write(
         "images/hello/rootfs/etc/hello/hello.conf",
         "greeting=not committed\n",
@@ -282,6 +282,7 @@ fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
     rejected_because(&reg, &reg.host(), &c, &f, "source-state", None);
 
     let f = Fixture::copy_of_repo("relreg-smoke");
+    let c = Creds::none().ci(&f);
     f.edit(
         "images/hello/image.toml",
         "expect_output = \"self-check ok\"",
@@ -295,9 +296,9 @@ fn a_dirty_tree_and_a_failing_smoke_command_are_rejected() {
 #[test]
 fn drift_and_a_missing_engine_are_rejected() {
     let reg = Registry::start();
-    let c = Creds::none().ci();
-    // A dynamically linked binary on scratch: its interpreter and libc are missing.
     let f = Fixture::copy_of_repo("relreg-drift");
+    let c = Creds::none().ci(&f);
+    // A dynamically linked binary on scratch: its interpreter and libc are missing.
     f.edit(
         "images/hello/image.toml",
         "base = \"workspace://base-cc\"",
@@ -312,7 +313,7 @@ fn drift_and_a_missing_engine_are_rejected() {
     );
 
     let f = Fixture::copy_of_repo("relreg-engine");
-    let mut c = Creds::none().ci();
+    let mut c = Creds::none().ci(&f);
     c.env.push((
         "DOCKER_HOST".into(),
         "unix:///tmp/lane-test-no-engine.sock".into(),
@@ -331,13 +332,14 @@ fn drift_and_a_missing_engine_are_rejected() {
 #[test]
 fn a_non_reproducible_build_and_a_lying_registry_are_rejected() {
     let reg = Registry::start();
-    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-repro");
+    let c = Creds::none().ci(&f);
     embed_build_path(&f);
     rejected_because(&reg, &reg.host(), &c, &f, "reproducible", None);
 
     // A first good release, then a registry that lies about digests.
     let f = Fixture::copy_of_repo("relreg-lie");
+    let c = Creds::none().ci(&f);
     let (out, report) = release(&c, &f, &reg.host());
     assert!(out.status.success(), "{}", show(&out));
     let good = hello(&report)["digest"].as_str().unwrap().to_string();
@@ -375,8 +377,8 @@ fn a_local_builder_cannot_release_to_a_registry() {
 #[test]
 fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
     let reg = Registry::start();
-    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-twice");
+    let c = Creds::none().ci(&f);
     let (o1, r1) = release(&c, &f, &reg.host());
     let (o2, r2) = release(&c, &f, &reg.host());
     assert!(
@@ -407,8 +409,8 @@ fn same_inputs_give_the_same_digest_and_decision_in_the_registry() {
 #[test]
 fn a_stale_lock_is_rejected() {
     let reg = Registry::start();
-    let c = Creds::none().ci();
     let f = Fixture::copy_of_repo("relreg-lock");
+    let c = Creds::none().ci(&f);
     // The lock no longer matches what `cargo xtask lock` resolves (a field of
     // one package edited by hand); the locked .debs themselves still verify.
     f.edit(

@@ -948,7 +948,7 @@ fn against_the_registry_a_ci_release_verifies_promotes_audits_and_tampering_fail
     let reg = Registry::start();
     let host = reg.host();
     let lane = Lane::new("registry");
-    let ci = Creds::none().ci();
+    let ci = Creds::none().ci(&lane.f);
     let plain = Creds::none();
     let key = lane.key.to_str().unwrap().to_string();
     let x = |creds: &Creds, args: &[&str]| {

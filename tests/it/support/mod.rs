@@ -224,7 +224,9 @@ impl Fixture {
             .arg(&self.root)
             .args(args)
             .current_dir(&self.root)
-            .env_remove("GITHUB_ACTIONS");
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN");
         cmd
     }
 
@@ -368,4 +370,5 @@ impl Drop for DockerImage {
     }
 }
 
+pub mod oidc;
 pub mod registry;

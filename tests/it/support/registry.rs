@@ -54,6 +54,11 @@ impl Registry {
         self.server.host()
     }
 
+    /// The registry's storage folder.
+    pub fn storage(&self) -> std::path::PathBuf {
+        self.server.storage()
+    }
+
     /// Every blob the registry stores (files named `data` under blobs/).
     pub fn blob_count(&self) -> usize {
         let blobs = self.server.storage().join("docker/registry/v2/blobs");
@@ -506,24 +511,13 @@ impl Creds {
         c
     }
 
-    /// The builder identity of a CI run besides these credentials (the
-    /// variables GitHub Actions sets): the lane's builder is then
-    /// authoritative, with the id [`CI_BUILDER_ID`].
-    pub fn ci(mut self) -> Creds {
-        for (k, v) in [
-            ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_SERVER_URL", "https://ci.example.com"),
-            ("GITHUB_REPOSITORY", "platform/release-lane"),
-            (
-                "GITHUB_WORKFLOW_REF",
-                "platform/release-lane/.github/workflows/release.yml@refs/heads/main",
-            ),
-            ("GITHUB_RUN_ID", "4242"),
-            ("GITHUB_RUN_ATTEMPT", "1"),
-        ] {
-            self.env.push((k.into(), v.into()));
-        }
-        self
+    /// A verified CI run besides these credentials: `f` becomes a CI
+    /// checkout whose committed policy trusts the test issuer and the
+    /// release workflow, and the run gets the environment GitHub Actions
+    /// gives a job with `permissions: id-token: write` (a real token from
+    /// the issuer). The lane's builder is then [`CI_BUILDER_ID`].
+    pub fn ci(self, f: &Fixture) -> Creds {
+        super::oidc::issuer().ci(self, f)
     }
 
     /// Runs `xtask --workspace ROOT ARGS` with these credentials only.

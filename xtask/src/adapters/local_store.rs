@@ -288,14 +288,9 @@ impl Store for LocalStore {
             .transpose()
     }
 
-    fn copy_blob(
-        &mut self,
-        from: &Repository,
-        to: &Repository,
-        digest: &Digest,
-    ) -> Result<BlobCopy> {
-        let data = self.read_verified(from, digest)?;
-        Ok(if self.put(to, digest, &data)? {
+    fn copy_blob(&mut self, from: &Repository, to: &Repository, blob: &Digest) -> Result<BlobCopy> {
+        let data = self.read_verified(from, blob)?;
+        Ok(if self.put(to, blob, &data)? {
             BlobCopy::Uploaded(data.len() as u64)
         } else {
             BlobCopy::Present

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod keys;
 pub mod layout;
 pub mod local_store;
+pub mod oidc;
 pub mod registry;
 pub mod registry_server;
 pub mod registry_store;

@@ -137,32 +137,27 @@ impl Store for RegistryStore {
         remote.fetch_blob(&repo, digest.as_str())
     }
 
-    fn copy_blob(
-        &mut self,
-        from: &Repository,
-        to: &Repository,
-        digest: &Digest,
-    ) -> Result<BlobCopy> {
+    fn copy_blob(&mut self, from: &Repository, to: &Repository, blob: &Digest) -> Result<BlobCopy> {
         let progress = Reporter::new(self.quiet);
         let remote = self.remote()?;
         let (from, to) = (remote.repo(from.as_str()), remote.repo(to.as_str()));
-        if remote.blob_size(&to, digest.as_str())?.is_some() {
+        if remote.blob_size(&to, blob.as_str())?.is_some() {
             return Ok(BlobCopy::Present);
         }
         // Same registry: the registry links the blob it holds.
-        Ok(match remote.mount_blob(&to, &from, digest.as_str())? {
+        Ok(match remote.mount_blob(&to, &from, blob.as_str())? {
             Mount::Mounted => {
-                progress.say(format_args!("  mounted {} from {from}", digest.short()));
+                progress.say(format_args!("  mounted {} from {from}", blob.short()));
                 BlobCopy::Mounted
             }
             Mount::NotMounted(why) => {
                 // Through memory: images of this lane are small.
                 progress.say(format_args!(
                     "  copying {} from {from} ({why})",
-                    digest.short()
+                    blob.short()
                 ));
-                let data = remote.fetch_blob(&from, digest.as_str())?;
-                remote.push_small_blob(&to, digest.as_str(), &data)?;
+                let data = remote.fetch_blob(&from, blob.as_str())?;
+                remote.push_small_blob(&to, blob.as_str(), &data)?;
                 BlobCopy::Uploaded(data.len() as u64)
             }
         })

@@ -133,12 +133,15 @@ mod tests {
         let prov = provenance::provenance_statement(&inputs()).unwrap();
         let ci = {
             let mut i = inputs();
-            i.builder = provenance::BuilderRun {
-                id: "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main"
-                    .into(),
-                version: Default::default(),
-                invocation_id: "https://ci.example.com/org/repo/actions/runs/42/attempts/1".into(),
-            };
+            // A CI builder with its verified identity in internalParameters.
+            i.builder = provenance::BuilderRun::ci(
+                "https://ci.example.com",
+                lane_core::testing::ci_identity(
+                    "https://ci.example.com/org/repo/.github/workflows/release.yml@refs/heads/main",
+                ),
+                "0.1.0",
+            )
+            .unwrap();
             provenance::provenance_statement(&i).unwrap()
         };
         let gates = provenance::gate_statement(

@@ -192,6 +192,56 @@ pub fn git_facts(root: &Path) -> Result<GitFacts> {
     })
 }
 
+/// The git facts a CI token's claims must match: HEAD, the repository of
+/// the `origin` remote, and the refs at HEAD (the branch checked out, and
+/// every branch, tag or pull-request ref pointing at HEAD; origin's
+/// remote-tracking refs count as the refs they track, as actions/checkout
+/// leaves them).
+pub fn checkout(root: &Path) -> Result<lane_core::identity::Checkout> {
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    let sha = cmd!(sh, "git rev-parse --verify HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| format!("{} is not a git checkout with a commit", root.display()))?;
+    let repository = cmd!(sh, "git remote get-url origin")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
+        .and_then(|url| lane_core::identity::repository_of_url(&url));
+    let mut refs: Vec<String> = Vec::new();
+    if let Ok(branch) = cmd!(sh, "git symbolic-ref -q HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+    {
+        refs.push(branch.trim().to_string());
+    }
+    let at_head = cmd!(sh, "git for-each-ref --points-at HEAD --format=%(refname)")
+        .quiet()
+        .read()
+        .context("listing the refs at HEAD (git for-each-ref)")?;
+    for r in at_head.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let r = if let Some(b) = r.strip_prefix("refs/remotes/origin/") {
+            format!("refs/heads/{b}")
+        } else if let Some(p) = r.strip_prefix("refs/remotes/pull/") {
+            format!("refs/pull/{p}")
+        } else {
+            r.to_string()
+        };
+        if r != "refs/heads/HEAD" && !refs.contains(&r) {
+            refs.push(r);
+        }
+    }
+    Ok(lane_core::identity::Checkout {
+        sha: sha.trim().to_string(),
+        repository,
+        refs,
+    })
+}
+
 /// The source tree's files as git sees them: tracked, plus untracked files
 /// that are not ignored (so `target/` never counts). Workspace-relative.
 pub fn source_files(root: &Path) -> Result<Vec<String>> {

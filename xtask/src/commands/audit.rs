@@ -191,10 +191,14 @@ pub fn audit(
         }),
         builder: json!({
             "id": run["builder"]["id"],
-            // A CI workflow's URI; the local builder is never authoritative.
+            // A CI workflow's URI with the identity the lane verified (its
+            // OIDC token's claims); the local builder is never authoritative.
+            // Whether the policy trusts it is `verification`'s answer.
             "authoritative": run["builder"]["id"]
                 .as_str()
-                .is_some_and(|id| id.starts_with("https://") && id != LOCAL_BUILDER_ID),
+                .is_some_and(|id| id.starts_with("https://") && id != LOCAL_BUILDER_ID)
+                && def["internalParameters"]["identity"].is_object(),
+            "identity": def["internalParameters"]["identity"],
             "invocation": run["metadata"]["invocationId"],
             "startedOn": run["metadata"]["startedOn"],
             "finishedOn": run["metadata"]["finishedOn"],

@@ -219,23 +219,29 @@ pub struct Args {
     /// unused_packages}]}.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub unused: UnusedArgs,
+    /// Provider index (default: lockfiles/library-index.toml, if present).
+    #[arg(long, value_name = "FILE")]
+    pub index: Option<PathBuf>,
+}
+
+/// The unused-package policy of `drift` (`DriftPolicy`).
+#[derive(clap::Args)]
+pub struct UnusedArgs {
     /// Fail when a curated package is needed by no binary.
     #[arg(long)]
     pub fail_on_unused: bool,
     /// A package that may be unused under --fail-on-unused (repeatable).
     #[arg(long, value_name = "PACKAGE")]
     pub allow_unused: Vec<String>,
-    /// Provider index (default: lockfiles/library-index.toml, if present).
-    #[arg(long, value_name = "FILE")]
-    pub index: Option<PathBuf>,
 }
 
 pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     let Args {
         images,
         json,
-        fail_on_unused,
-        allow_unused,
+        unused,
         index,
     } = args;
     let report = drift(ws, &images, index.as_deref(), json)?;
@@ -245,8 +251,8 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         print!("{}", render(&report));
     }
     let policy = DriftPolicy {
-        fail_on_unused,
-        allow_unused: allow_unused.into_iter().collect(),
+        fail_on_unused: unused.fail_on_unused,
+        allow_unused: unused.allow_unused.into_iter().collect(),
     };
     let failures = lane_core::drift::failures(&report, &policy);
     for f in &failures {

@@ -64,9 +64,13 @@ pub struct ImageRelease {
 pub struct BuilderView {
     /// A CI workflow's URI, or the local builder's URI.
     pub id: String,
-    /// False for the local builder: never accepted into a registry.
+    /// True only for a verified CI identity the policy trusts (a local
+    /// builder is never accepted into a registry).
     pub authoritative: bool,
     pub invocation_id: String,
+    /// The verified OIDC identity (claims, key, token digest); null for the
+    /// local builder.
+    pub identity: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,8 +213,11 @@ pub fn release(
         store: store.describe(),
         builder: BuilderView {
             id: facts.builder.id.clone(),
-            authoritative: !facts.builder.is_local(),
+            authoritative: facts.builder.identity.is_some()
+                && lane_core::identity::trusted(&facts.policy.trusted_builders, &facts.builder.id)
+                    .is_ok(),
             invocation_id: facts.builder.invocation_id.clone(),
+            identity: facts.builder.identity.as_ref().map(|i| i.to_json()),
         },
         signing_key: opts.signer.as_ref().map(|s| s.keyid.clone()),
         signing_key_trusted: opts.signer.as_ref().is_some_and(|s| {
@@ -235,9 +242,10 @@ pub fn collect(
 ) -> Result<Facts> {
     let started_on = now();
     let (policy, policy_digest) = load_policy(ws)?;
-    let builder = BuilderRun::from_env(&|k| std::env::var(k).ok(), env!("CARGO_PKG_VERSION"));
 
-    // Preflight: before any build work.
+    // Preflight: before any build work. First who runs the lane (a CI
+    // identity is verified, or refused here with the fix), then the store.
+    let builder = builder_identity(ws, &policy, store.is_registry(), progress)?;
     let all = ws.load_images()?;
     let selected = crate::adapters::workspace::select(&all, names)?;
     let repositories: Vec<Repository> = selected
@@ -296,6 +304,64 @@ pub fn collect(
         toolchain: crate::adapters::workspace::toolchain()?,
         lockfiles: lockfile_digests(ws)?,
     })
+}
+
+/// The identity preflight: a CI run proves its identity with an OIDC token
+/// (verified, claims matching the checkout, workflow trusted by the
+/// policy), or the release to a registry stops here, naming the fix. A run
+/// outside CI is the local builder. Into the local store, a CI identity
+/// that fails is a warning and the run is the local builder.
+fn builder_identity(
+    ws: &Workspace,
+    policy: &Policy,
+    to_registry: bool,
+    progress: &Reporter,
+) -> Result<BuilderRun> {
+    use crate::adapters::oidc::{self, Identified};
+    let get = |k: &str| std::env::var(k).ok();
+    let version = env!("CARGO_PKG_VERSION");
+    let local = || BuilderRun::local(version, get("LANE_INVOCATION_ID"));
+    let now = chrono::Utc::now().timestamp();
+    match oidc::identify(&ws.root, policy, &get, now, version) {
+        Ok(Identified::NotCi) => {
+            progress.say(format_args!(
+                "preflight: not a CI run: builder {} (accepted into the local store only)",
+                lane_core::provenance::LOCAL_BUILDER_ID
+            ));
+            Ok(local())
+        }
+        Ok(Identified::Verified {
+            builder,
+            trusted: Ok(()),
+        }) => {
+            if let Some(i) = &builder.identity {
+                progress.say(format_args!(
+                    "preflight: CI identity verified: builder {} ({i})",
+                    builder.id
+                ));
+            }
+            Ok(*builder)
+        }
+        Ok(Identified::Verified {
+            builder,
+            trusted: Err(why),
+        }) => {
+            if to_registry {
+                bail!("preflight: CI identity: {why}");
+            }
+            progress.warn(format_args!(
+                "preflight: CI identity: {why}; the local store takes the release anyway"
+            ));
+            Ok(*builder)
+        }
+        Err(e) if to_registry => Err(e.context("preflight: CI identity")),
+        Err(e) => {
+            progress.warn(format_args!(
+                "preflight: CI identity not verified: {e:#}; this run is the local builder, which only the local store accepts"
+            ));
+            Ok(local())
+        }
+    }
 }
 
 /// Step 2 for one image: the image checks, the candidate published by
@@ -639,24 +705,39 @@ fn reproducible(repro: &std::result::Result<ReproReport, String>, name: &str) ->
     }
 }
 
+/// `authoritative-builder`: a CI identity the lane verified (OIDC token)
+/// whose workflow the policy trusts. The evidence holds the verified
+/// claims, never the token.
 fn authoritative_builder(policy: &Policy, builder: &BuilderRun) -> GateResult {
-    let trusted =
-        policy.trusted_builders.is_empty() || policy.trusted_builders.contains(&builder.id);
+    let verdict = match &builder.identity {
+        None => Err(
+            "a local run, not a verified CI workflow: release to a registry from CI, or omit --registry to release into the local store"
+                .to_string(),
+        ),
+        Some(_) => lane_core::identity::trusted(&policy.trusted_builders, &builder.id)
+            .map_err(|why| format!("a CI workflow the policy does not trust: {why}")),
+    };
     GateResult::check(
         GateName::AuthoritativeBuilder,
-        !builder.is_local() && trusted,
+        verdict.is_ok(),
         format!(
             "builder {} ({})",
             builder.id,
-            if builder.is_local() {
-                "a local run, not a CI workflow: release to a registry from CI, or omit --registry to release into the local store"
-            } else if trusted {
-                "a trusted CI workflow"
-            } else {
-                "a CI workflow the policy does not trust: add its id to [builder] trusted in ci/release-policy.toml"
+            match (&verdict, &builder.identity) {
+                (Ok(()), Some(i)) => format!(
+                    "a trusted CI workflow, identity verified with {} key {} of {}",
+                    i.key.alg, i.key.kid, i.issuer
+                ),
+                (Err(why), _) => why.clone(),
+                (Ok(()), None) => String::new(),
             }
         ),
-        json!({ "id": builder.id, "invocationId": builder.invocation_id, "version": builder.version }),
+        json!({
+            "id": builder.id,
+            "invocationId": builder.invocation_id,
+            "version": builder.version,
+            "identity": builder.identity.as_ref().map(|i| i.to_json()),
+        }),
     )
 }
 
