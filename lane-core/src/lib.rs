@@ -17,6 +17,7 @@ pub mod layer;
 pub mod oci;
 pub mod provenance;
 pub mod purl;
+pub mod python;
 pub mod sbom;
 pub mod signing;
 pub mod smoke;
