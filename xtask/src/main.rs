@@ -557,9 +557,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lock { check, json } => {
             let images = ws.load_images()?;
             let report = xtask::adapters::apt::lock(&ws.root, &images, check)?;
+            let cache = ws.root.join("target/lane-cache");
+            let python = xtask::adapters::pip::lock(&ws.root, &cache, &images, check)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if check {
+                let mut v = serde_json::to_value(&report)?;
+                v["python"] = serde_json::to_value(&python)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(p) = &python {
+                for c in p.changes.iter().filter(|_| !check) {
+                    println!("{c}");
+                }
+                let state = if check {
+                    "is up to date"
+                } else if p.written {
+                    "written"
+                } else {
+                    "unchanged"
+                };
+                println!("{} {state} ({} wheels)", p.path, p.wheels);
+            }
+            if check {
                 println!(
                     "{} is up to date ({} packages)",
                     report.path, report.packages

@@ -77,13 +77,21 @@ pub struct LockReport {
 /// difference from the committed one.
 pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
     let sh = Shell::new()?;
-    let requests: Vec<(String, Vec<String>)> = images
+    let requests: Vec<ImageRequest> = images
         .iter()
-        .filter_map(|i| Some((i.name.clone(), i.debian.as_ref()?.packages.clone())))
+        .filter_map(|i| {
+            let d = i.debian.as_ref()?;
+            Some(ImageRequest {
+                name: i.name.clone(),
+                packages: d.packages.clone(),
+                exclude: d.exclude.clone(),
+                bases: workspace_bases(images, i),
+            })
+        })
         .collect();
     let (arch, suite) = machine_target(&sh)?;
     let index = machine_index(&sh, &arch)?;
-    let new = resolve(&index, &arch, &suite, &requests)?;
+    let new = resolve_images(&index, &arch, &suite, &requests)?;
     let path = root.join(LOCK_PATH);
     let old = match fs::read_to_string(&path) {
         Ok(text) => Some(parse_lock(&text)?),
@@ -121,6 +129,26 @@ pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport
     })
 }
 
+/// The workspace base images of `spec` that have a `[debian]` table,
+/// nearest first.
+pub fn workspace_bases(images: &[ImageSpec], spec: &ImageSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = spec;
+    while let lane_core::spec::BaseRef::Workspace { image } = &cur.base {
+        let Some(next) = images.iter().find(|s| &s.name == image) else {
+            break;
+        };
+        if next.name == spec.name || out.contains(&next.name) {
+            break;
+        }
+        if next.debian.is_some() {
+            out.push(next.name.clone());
+        }
+        cur = next;
+    }
+    out
+}
+
 /// Reads the committed lock and returns an image's locked packages, checking
 /// that the lock still matches the image's `[debian]` table.
 pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackage>> {
@@ -138,6 +166,15 @@ pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackag
             spec.name
         );
     };
+    if img.exclude != deb.exclude {
+        bail!(
+            "{}: the [debian] exclude list of image {} ({}) differs from {LOCK_PATH} ({}); run cargo xtask lock",
+            deb.at,
+            spec.name,
+            deb.exclude.join(", "),
+            img.exclude.join(", ")
+        );
+    }
     if img.packages != deb.packages {
         bail!(
             "{}: the [debian] packages of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",

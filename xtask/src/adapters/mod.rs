@@ -6,6 +6,7 @@ pub mod engine;
 pub mod keys;
 pub mod layout;
 pub mod local_store;
+pub mod pip;
 pub mod registry;
 pub mod registry_store;
 pub mod validators;
