@@ -165,6 +165,8 @@ pub struct PythonDrift {
     pub unused: Vec<String>,
     /// What the smoke test imports, one top-level module each.
     pub smoke_modules: Vec<String>,
+    /// Debian packages that provide a module the application imports.
+    pub used_packages: Vec<String>,
 }
 
 impl PythonDrift {
@@ -404,6 +406,7 @@ struct Installed {
     name: String,
     version: String,
     kind: &'static str,
+    metadata_path: String,
     requires: Vec<String>,
     files: Vec<String>,
 }
@@ -422,7 +425,7 @@ fn installed_wheels(fs: &ImageFs, site_dirs: &[String]) -> Vec<Installed> {
             let Ok(m) = wheel::parse_metadata(&meta) else {
                 continue;
             };
-            let files = fs
+            let files: Vec<String> = fs
                 .read_text(&format!("{dir}/RECORD"))
                 .map(|r| {
                     r.lines()
@@ -435,6 +438,7 @@ fn installed_wheels(fs: &ImageFs, site_dirs: &[String]) -> Vec<Installed> {
                 name: m.name,
                 version: m.version,
                 kind: "wheel",
+                metadata_path: format!("{dir}/METADATA"),
                 requires: m.requires_dist,
                 files,
             });
@@ -502,7 +506,17 @@ pub fn analyse(
     let wheels = installed_wheels(fs, &site_dirs);
     // Path -> provider: wheels (RECORD) first, then Debian packages.
     let mut owner: BTreeMap<String, Provider> = BTreeMap::new();
+    let debian_dist_info: BTreeSet<String> = manifest
+        .packages
+        .iter()
+        .flat_map(|p| &p.files)
+        .filter(|f| f.contains(".dist-info/") && f.ends_with("/METADATA"))
+        .cloned()
+        .collect();
     for w in &wheels {
+        if debian_dist_info.contains(&w.metadata_path) {
+            continue;
+        }
         for f in &w.files {
             owner.entry(f.clone()).or_insert(Provider {
                 kind: "wheel".into(),
@@ -516,10 +530,25 @@ pub fn analyse(
                 kind: "debian".into(),
                 name: p.name.clone(),
             };
-            owner.entry(f.clone()).or_insert(prov.clone());
+            owner.entry(f.clone()).or_insert(prov);
+        }
+    }
+    for p in &manifest.packages {
+        for f in &p.files {
             if let Some(real) = fs.resolve(f) {
-                owner.entry(real).or_insert(prov);
+                owner.entry(real).or_insert(Provider {
+                    kind: "debian".into(),
+                    name: p.name.clone(),
+                });
             }
+        }
+    }
+    // A .dist-info a Debian package ships (PyYAML's in python3-yaml) is
+    // that package's, not a wheel the lane installed.
+    let mut wheels = wheels;
+    for w in &mut wheels {
+        if debian_dist_info.contains(&w.metadata_path) {
+            w.kind = "debian";
         }
     }
     let app = facts.app_dir.trim_end_matches('/').to_string();
@@ -640,7 +669,7 @@ pub fn analyse(
         wheels.iter().map(|w| (normalize(&w.name), w)).collect();
     let deb_site = "/usr/lib/python3/dist-packages/";
     let mut dists = Vec::new();
-    for w in &wheels {
+    for w in wheels.iter().filter(|w| w.kind == "wheel") {
         let rels: Vec<String> = w
             .files
             .iter()
@@ -693,6 +722,11 @@ pub fn analyse(
             }
         }
     }
+    for (name, users) in &used {
+        if manifest.packages.iter().any(|p| &p.name == name) && !users.is_empty() {
+            drift.used_packages.push(name.clone());
+        }
+    }
     for p in &manifest.packages {
         let rels: Vec<&str> = p
             .files
@@ -732,6 +766,23 @@ pub fn analyse(
     smoke.remove("");
     drift.smoke_modules = smoke.into_iter().collect();
     Ok(drift)
+}
+
+/// The top-level module a Debian `Contents` path installs for the system
+/// Python (`usr/lib/python3/dist-packages/yaml/__init__.py` -> `yaml`).
+pub fn contents_module(path: &str) -> Option<String> {
+    let rest = path
+        .trim_start_matches('/')
+        .strip_prefix("usr/lib/python3/dist-packages/")?;
+    let m = wheel::top_level_modules([rest]);
+    // A package counts by its __init__, a module by its file.
+    let is_init = rest
+        .split_once('/')
+        .is_some_and(|(_, r)| r == "__init__.py");
+    match m.as_slice() {
+        [one] if is_init || !rest.contains('/') => Some(one.clone()),
+        _ => None,
+    }
 }
 
 /// Ties the ELF analysis's missing libraries to the Python extension
@@ -962,6 +1013,34 @@ mod tests {
         assert!(!d.smoke_modules.contains(&"mypy_extensions".to_string()));
         assert!(!d.smoke_modules.contains(&"ujson".to_string()));
         assert!(!d.ok());
+    }
+
+    #[test]
+    fn contents_paths_name_modules() {
+        assert_eq!(
+            contents_module("usr/lib/python3/dist-packages/yaml/__init__.py").as_deref(),
+            Some("yaml")
+        );
+        assert_eq!(
+            contents_module("usr/lib/python3/dist-packages/six.py").as_deref(),
+            Some("six")
+        );
+        assert_eq!(
+            contents_module("usr/lib/python3/dist-packages/yaml/nodes.py"),
+            None
+        );
+        assert_eq!(
+            contents_module("usr/lib/python3/dist-packages/PyYAML-6.0.egg-info/PKG-INFO"),
+            None
+        );
+        assert_eq!(
+            crate::drift::contents_library("usr/lib/x86_64-linux-gnu/libyaml-0.so.2"),
+            Some("libyaml-0.so.2")
+        );
+        assert_eq!(
+            crate::drift::contents_library("usr/share/doc/libyaml-0-2/copyright"),
+            None
+        );
     }
 
     #[test]

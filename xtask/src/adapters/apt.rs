@@ -486,3 +486,72 @@ pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
         })
         .collect())
 }
+
+/// Which Debian packages ship the given top-level Python modules (for the
+/// system Python, `usr/lib/python3/dist-packages`) and library file names,
+/// from the `Contents` indexes of the machine's apt (apt-file's; run
+/// `apt-get update` with apt-file installed). Streams each index once;
+/// empty maps when apt has none.
+pub fn contents_providers(
+    modules: &std::collections::BTreeSet<String>,
+    libraries: &std::collections::BTreeSet<String>,
+) -> Result<(
+    BTreeMap<String, std::collections::BTreeSet<String>>,
+    BTreeMap<String, std::collections::BTreeSet<String>>,
+)> {
+    use std::io::BufRead;
+    let mut mods: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut libs: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    if modules.is_empty() && libraries.is_empty() {
+        return Ok((mods, libs));
+    }
+    let sh = Shell::new()?;
+    let format = "$(FILENAME)";
+    let identifier = "Identifier: Contents-deb";
+    let files = cmd!(sh, "apt-get indextargets --format {format} {identifier}")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    for f in files
+        .lines()
+        .map(str::trim)
+        .filter(|f| Path::new(f).exists())
+    {
+        let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
+            .args(["cat-file", f])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("reading the apt Contents index {f}"))?;
+        let Some(out) = child.stdout.take() else {
+            continue;
+        };
+        let mut reader = io::BufReader::with_capacity(1 << 20, out);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            let l = line.trim_end();
+            let interesting = (!modules.is_empty()
+                && l.starts_with("usr/lib/python3/dist-packages/"))
+                || (!libraries.is_empty() && l.contains(".so"));
+            if interesting && let Some(i) = l.rfind([' ', '\t']) {
+                let path = l[..i].trim_end();
+                let pkgs = l[i + 1..]
+                    .split(',')
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
+                if let Some(m) = lane_core::python::resolve::contents_module(path)
+                    && modules.contains(&m)
+                {
+                    mods.entry(m).or_default().extend(pkgs.clone());
+                }
+                if let Some(name) = lane_core::drift::contents_library(path)
+                    && libraries.contains(name)
+                {
+                    libs.entry(name.to_string()).or_default().extend(pkgs);
+                }
+            }
+            line.clear();
+        }
+        let _ = child.wait();
+    }
+    Ok((mods, libs))
+}

@@ -712,9 +712,9 @@ fn image_gates(
     let drift = (|| -> Result<lane_core::drift::ImageDrift> {
         let index =
             crate::commands::drift::read_index(&ws.root.join("lockfiles/library-index.toml"))?;
-        let (fs, runtime) =
-            crate::adapters::layout::Layout::at(&image.name, &image.layout).file_system()?;
-        let manifest = lane_core::drift::CuratedManifest::from_image(&fs);
+        let all = ws.load_images()?;
+        let (d, fs, manifest) =
+            crate::commands::drift::analyse_layout(ws, &all, &index, &image.name, &image.layout)?;
         out.curated = manifest.packages.iter().map(|p| p.name.clone()).collect();
         for b in spec.layers.iter().flat_map(|l| &l.binaries) {
             if let Some(bytes) = fs.read(b.dest.as_str()) {
@@ -722,13 +722,7 @@ fn image_gates(
                     .push((b.clone(), PlacedFile::of(b.dest.as_str(), bytes)));
             }
         }
-        Ok(lane_core::drift::analyse(
-            &image.name,
-            &fs,
-            &manifest,
-            &index,
-            &runtime,
-        ))
+        Ok(d)
     })();
     match drift {
         Ok(d) => {
