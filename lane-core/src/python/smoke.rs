@@ -26,22 +26,23 @@ pub fn check(interpreter: &str, modules: &[String]) -> SmokeSpec {
         .map(|m| format!("{m:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let script = format!(
-        "import importlib, sys, traceback\n\
-failed = 0\n\
-for name in [{list}]:\n\
-    try:\n\
-        importlib.import_module(name)\n\
-        print({OK:?} + name, flush=True)\n\
-    except BaseException:\n\
-        failed += 1\n\
-        print({FAILED:?} + name, flush=True)\n\
-        traceback.print_exc(file=sys.stdout)\n\
-        print({END:?} + name, flush=True)\n\
-print({MODULES:?} + ' '.join(sorted(sys.modules)), flush=True)\n\
-print({DONE:?}, flush=True)\n\
-sys.exit(1 if failed else 0)\n"
-    );
+    let lines = [
+        "import importlib, sys, traceback".to_string(),
+        "failed = 0".to_string(),
+        format!("for name in [{list}]:"),
+        "    try:".to_string(),
+        "        importlib.import_module(name)".to_string(),
+        format!("        print({OK:?} + name, flush=True)"),
+        "    except BaseException:".to_string(),
+        "        failed += 1".to_string(),
+        format!("        print({FAILED:?} + name, flush=True)"),
+        "        traceback.print_exc(file=sys.stdout)".to_string(),
+        format!("        print({END:?} + name, flush=True)"),
+        format!("print({MODULES:?} + ' '.join(sorted(sys.modules)), flush=True)"),
+        format!("print({DONE:?}, flush=True)"),
+        "sys.exit(1 if failed else 0)".to_string(),
+    ];
+    let script = lines.join("\n") + "\n";
     SmokeSpec {
         name: CHECK_NAME.to_string(),
         command: vec![
@@ -193,6 +194,11 @@ mod tests {
             c.command[4]
         );
         assert_eq!(requested(&c), mods);
+        assert!(
+            c.command[4].contains("\n    try:\n        importlib.import_module(name)\n"),
+            "{}",
+            c.command[4]
+        );
         let out = "import time: self [us] | cumulative | imported package\n\
 import time:       120 |       3400 | yaml\n\
 lane-import ok yaml\n\

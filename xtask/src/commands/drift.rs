@@ -272,3 +272,30 @@ pub fn drift(
     }
     Ok(DriftReport { images })
 }
+
+/// The smoke commands of an image: its `[[smoke]]` entries and, for an
+/// image with a `[python]` table, the smoke-import of every top-level
+/// module the import analysis found (see `lane_core::python::smoke`).
+pub fn smoke_checks(
+    ws: &Workspace,
+    spec: &ImageSpec,
+    layout: &Path,
+) -> Result<Vec<lane_core::spec::SmokeSpec>> {
+    let mut checks = spec.smoke.clone();
+    if spec.python.is_none() {
+        return Ok(checks);
+    }
+    let all = ws.load_images()?;
+    let (image_fs, runtime) = Layout::at(&spec.name, layout).file_system()?;
+    let manifest = CuratedManifest::from_image(&image_fs);
+    let Some(facts) = python_facts(ws, &all, spec, &runtime)? else {
+        return Ok(checks);
+    };
+    let py = lane_core::python::resolve::analyse(&image_fs, &manifest, &facts, &|_| Vec::new())
+        .map_err(|e| anyhow::anyhow!("image {}: {e}", spec.name))?;
+    checks.push(lane_core::python::smoke::check(
+        &facts.interpreter,
+        &py.smoke_modules,
+    ));
+    Ok(checks)
+}

@@ -770,7 +770,7 @@ fn image_gates(
         if let Some(e) = engine_error {
             anyhow::bail!("{e}");
         }
-        if spec.smoke.is_empty() {
+        if spec.smoke.is_empty() && spec.python.is_none() {
             anyhow::bail!(
                 "image {} declares no smoke command; add a [[smoke]] entry to {}/image.toml",
                 spec.name,
@@ -783,7 +783,8 @@ fn image_gates(
             quiet: true,
             ..crate::adapters::engine::SmokeOptions::default()
         };
-        crate::adapters::engine::smoke(&loaded, &spec.smoke, &opts)
+        let checks = crate::commands::drift::smoke_checks(ws, spec, &image.layout)?;
+        crate::adapters::engine::smoke(&loaded, &checks, &opts)
     })();
     out.results.push(match smoke {
         Ok(r) => {
