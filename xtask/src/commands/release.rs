@@ -357,7 +357,12 @@ pub fn run_gates(
     let debs = image_debs(ws, &facts.all, &spec);
     let provenance = match &debs {
         Ok(debs) => provenance::provenance_statement(&provenance_inputs(
-            facts, &spec, &image, &subject, debs,
+            facts,
+            &spec,
+            &image,
+            &subject,
+            debs,
+            &image_wheels(&ws.root, &facts.all, &spec)?,
         )?),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
@@ -565,10 +570,15 @@ fn lock_freshness(ws: &Workspace, images: &[ImageSpec]) -> Result<Vec<String>> {
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
-    match crate::adapters::apt::lock(&ws.root, images, true) {
-        Ok(report) => Ok(report.changes),
-        Err(e) => Ok(vec![format!("{e:#}")]),
+    let mut stale = match crate::adapters::apt::lock(&ws.root, images, true) {
+        Ok(report) => report.changes,
+        Err(e) => vec![format!("{e:#}")],
+    };
+    let cache = ws.root.join("target/lane-cache");
+    if let Err(e) = crate::adapters::pip::lock(&ws.root, &cache, images, true) {
+        stale.push(format!("{e:#}"));
     }
+    Ok(stale)
 }
 
 fn pinned_inputs(
@@ -844,12 +854,41 @@ fn image_debs(ws: &Workspace, all: &[ImageSpec], spec: &ImageSpec) -> Result<Vec
     Ok(out)
 }
 
+/// The locked wheels in the image: its own `[python]` wheels and those of
+/// its workspace bases.
+fn image_wheels(
+    root: &std::path::Path,
+    all: &[ImageSpec],
+    spec: &ImageSpec,
+) -> Result<Vec<lane_core::python::lock::LockedWheel>> {
+    let mut out: Vec<lane_core::python::lock::LockedWheel> = Vec::new();
+    let mut cur = Some(spec);
+    let mut seen = Vec::new();
+    while let Some(s) = cur {
+        if seen.contains(&s.name) {
+            break;
+        }
+        seen.push(s.name.clone());
+        for w in crate::adapters::pip::locked_wheels(root, s)? {
+            if !out.iter().any(|o| o.filename == w.filename) {
+                out.push(w);
+            }
+        }
+        cur = match &s.base {
+            BaseRef::Workspace { image } => all.iter().find(|x| &x.name == image),
+            _ => None,
+        };
+    }
+    Ok(out)
+}
+
 fn provenance_inputs(
     facts: &Facts,
     spec: &ImageSpec,
     image: &BuiltImage,
     subject: &Subject,
     debs: &[LockedPackage],
+    wheels: &[lane_core::python::lock::LockedWheel],
 ) -> Result<ProvenanceInputs> {
     let mut inputs = vec![Input::Source {
         url: facts.source_url.clone(),
@@ -868,6 +907,16 @@ fn provenance_inputs(
             arch: p.architecture.clone(),
             distro: None,
             sha256: crate::adapters::apt::locked_digest(p)?,
+        });
+    }
+    for w in wheels.iter().cloned() {
+        inputs.push(Input::Wheel {
+            sha256: w
+                .sha256
+                .parse()
+                .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+            name: w.name,
+            version: w.version,
         });
     }
     if let Some((repository, digest)) = base_of(image) {
@@ -943,7 +992,19 @@ fn sbom_inputs(
         lane_version: env!("CARGO_PKG_VERSION").into(),
         debs: deb_packages,
         binaries: bins,
-        python: Vec::new(),
+        python: image_wheels(&ws.root, &facts.all, spec)?
+            .into_iter()
+            .map(|w| {
+                Ok(lane_core::sbom::PythonDist {
+                    sha256: w
+                        .sha256
+                        .parse()
+                        .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+                    name: w.name,
+                    version: w.version,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
         files: Vec::new(),
     })
 }
