@@ -439,9 +439,12 @@ fn optional_type_checking_and_dynamic_imports_are_reported_and_unused_listed() {
     assert!(human.contains("unused distribution: idna"), "{human}");
 }
 
+/// (name, data, symlink target) of one crafted zip entry.
+type ZipEntry<'a> = (&'a str, &'a str, Option<&'a str>);
+
 /// A zip written by Python's zipfile (an independent writer): (name, data,
 /// symlink target) entries.
-fn crafted_wheel(entries: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+fn crafted_wheel(entries: &[ZipEntry]) -> Vec<u8> {
     let dir = support::TempDir::new("wheel");
     let out = dir.path().join("w.whl");
     let spec = serde_json::to_string(
@@ -520,7 +523,7 @@ fn bad_wheels_and_sources_are_refused_before_anything_is_installed() {
         ("six-1.17.0.dist-info/METADATA", meta, None),
         ("six-1.17.0.dist-info/WHEEL", wheel, None),
     ];
-    let cases: Vec<(Vec<(&str, &str, Option<&str>)>, &str)> = vec![
+    let cases: Vec<(Vec<ZipEntry>, &str)> = vec![
         (
             vec![("../../../../tmp/evil.py", "x", None)],
             "\"../../../../tmp/evil.py\" has a \"..\" component",

@@ -181,6 +181,9 @@ enum Command {
     /// Encode one layer from a directory or file (used by `bench` in a child process).
     #[command(hide = true)]
     BenchLayer { input: PathBuf, out: PathBuf },
+    /// Python import analysis of a source tree inside pyhello's layout (used by `bench`).
+    #[command(hide = true)]
+    BenchImports { layout: PathBuf, app: PathBuf },
     /// Check that the build is reproducible: build twice and compare digests.
     ///
     /// The second build runs from a copy of the source tree at another path,
@@ -435,6 +438,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", xtask::commands::bench::table(&report));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchImports { layout, app } => {
+            let v = xtask::commands::bench::import_analysis(&ws, &layout, &app)?;
+            println!("{v}");
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchLayer { input, out } => {

@@ -325,6 +325,8 @@ struct Resolver<'a> {
     sys_path: Vec<String>,
     suffixes: Vec<String>,
     builtins: BTreeSet<String>,
+    /// Dotted name -> result: many files import the same modules.
+    memo: std::cell::RefCell<BTreeMap<String, Result<Option<String>, String>>>,
 }
 
 impl Resolver<'_> {
@@ -373,6 +375,15 @@ impl Resolver<'_> {
 
     /// Resolves a dotted name: `Ok(path)` or `Err(the prefix not found)`.
     fn resolve(&self, dotted: &str) -> Result<Option<String>, String> {
+        if let Some(r) = self.memo.borrow().get(dotted) {
+            return r.clone();
+        }
+        let r = self.resolve_uncached(dotted);
+        self.memo.borrow_mut().insert(dotted.to_string(), r.clone());
+        r
+    }
+
+    fn resolve_uncached(&self, dotted: &str) -> Result<Option<String>, String> {
         let mut parts = dotted.split('.');
         let top = parts.next().unwrap_or("");
         let mut found = if self.builtins.contains(top) {
@@ -498,6 +509,7 @@ pub fn analyse(
         sys_path: sys_path.clone(),
         suffixes: facts.extension_suffixes(),
         builtins,
+        memo: Default::default(),
     };
     let site_dirs = vec![
         format!("/usr/local/lib/python{}/dist-packages", facts.version),
@@ -553,7 +565,8 @@ pub fn analyse(
     }
     let app = facts.app_dir.trim_end_matches('/').to_string();
     let stdlib = facts.stdlib();
-    let provider_of = |path: &str| -> Provider {
+    let provider_memo: std::cell::RefCell<BTreeMap<String, Provider>> = Default::default();
+    let provider_uncached = |path: &str| -> Provider {
         let real = fs.resolve(path).unwrap_or_else(|| path.to_string());
         let in_dir = |d: &str| real == d || real.starts_with(&format!("{d}/"));
         if in_dir(&app) {
@@ -581,6 +594,16 @@ pub fn analyse(
             kind: "unowned".into(),
             name: real,
         })
+    };
+    let provider_of = |path: &str| -> Provider {
+        if let Some(p) = provider_memo.borrow().get(path) {
+            return p.clone();
+        }
+        let p = provider_uncached(path);
+        provider_memo
+            .borrow_mut()
+            .insert(path.to_string(), p.clone());
+        p
     };
 
     let mut drift = PythonDrift {
