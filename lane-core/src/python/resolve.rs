@@ -612,15 +612,58 @@ pub fn analyse(
         sys_path,
         ..PythonDrift::default()
     };
-    let mut sites = Vec::new();
+    // Parse every file, in parallel: the result is in file order whatever
+    // the number of threads, and the first error (in file order) wins.
+    let mut jobs: Vec<(String, String, bool, &str)> = Vec::new();
     for (rel, image_path) in app_sources(fs, facts) {
         let shown = format!("{}/{rel}", facts.app_source);
         drift.files.push(shown.clone());
         let Some((module, is_package)) = imports::module_of(&rel) else {
             continue;
         };
-        let text = fs.read_text(&image_path).unwrap_or_default();
-        sites.extend(imports::collect(&shown, &module, is_package, &text)?);
+        let text = fs.read(&image_path).unwrap_or_default();
+        let text = std::str::from_utf8(text).map_err(|_| SourceError {
+            file: shown.clone(),
+            line: 1,
+            column: 1,
+            message: "not UTF-8; Python sources must be UTF-8".into(),
+        })?;
+        jobs.push((shown, module, is_package, text));
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = jobs.len().div_ceil(threads).max(1);
+    let parsed: Vec<Result<Vec<ImportSite>, SourceError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(shown, module, is_package, text)| {
+                            imports::collect(shown, module, *is_package, text)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(SourceError {
+                        file: facts.app_source.clone(),
+                        line: 1,
+                        column: 1,
+                        message: "the Python parser failed on a file of this folder".into(),
+                    })]
+                })
+            })
+            .collect()
+    });
+    let mut sites = Vec::new();
+    for p in parsed {
+        sites.extend(p?);
     }
     let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut smoke: BTreeSet<String> = BTreeSet::new();
