@@ -864,7 +864,9 @@ fn python_imports(
         r#""$1" app --requirements-files requirements.txt --no-ansi > deptry.out 2>&1; exit 0"#;
     let (mut lane, mut reference, mut analysis) = (Vec::new(), Vec::new(), Vec::new());
     let mut counts = serde_json::Value::Null;
-    for _ in 0..runs {
+    // Each run takes well under a second: more runs, interleaved, steady
+    // the medians against other load on the machine.
+    for _ in 0..runs * 3 {
         let (secs, _) = measure(
             &self_exe()?,
             &[
