@@ -409,6 +409,23 @@ pub struct LockedImage {
     pub name: String,
     /// The requested packages, as listed in the image's `[debian]` table.
     pub packages: Vec<String>,
+    /// Packages left out on purpose (`[debian] exclude`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Workspace base images whose packages this image does not install
+    /// again (they are already in the base's layers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<String>,
+}
+
+/// What one image asks the resolver for.
+#[derive(Debug, Clone, Default)]
+pub struct ImageRequest {
+    pub name: String,
+    pub packages: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Its workspace base images, nearest first.
+    pub bases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -446,10 +463,61 @@ pub fn resolve(
     suite: &str,
     images: &[(String, Vec<String>)],
 ) -> Result<Lock> {
+    let requests: Vec<ImageRequest> = images
+        .iter()
+        .map(|(name, packages)| ImageRequest {
+            name: name.clone(),
+            packages: packages.clone(),
+            ..ImageRequest::default()
+        })
+        .collect();
+    resolve_images(index, architecture, suite, &requests)
+}
+
+/// Resolves every image's requested packages to their closure, leaving out
+/// each image's `exclude` list and the packages its workspace bases install.
+pub fn resolve_images(
+    index: &Index,
+    architecture: &str,
+    suite: &str,
+    images: &[ImageRequest],
+) -> Result<Lock> {
     let mut required_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut errors = Vec::new();
-    for (image, requests) in images {
+    let mut closures: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Bases first: an image's base is resolved before the image.
+    let mut order: Vec<&ImageRequest> = Vec::new();
+    let mut left: Vec<&ImageRequest> = images.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        left.retain(|i| {
+            let ready = i.bases.iter().all(|b| {
+                order.iter().any(|o| &o.name == b) || !images.iter().any(|x| &x.name == b)
+            });
+            if ready {
+                order.push(i);
+            }
+            !ready
+        });
+        if left.len() == before {
+            bail!("the images' workspace bases form a cycle");
+        }
+    }
+    for req in order {
+        let image = &req.name;
+        let requests = &req.packages;
+        let provided: BTreeSet<String> = req
+            .bases
+            .iter()
+            .filter_map(|b| closures.get(b))
+            .flatten()
+            .cloned()
+            .collect();
+        let mut closure = provided.clone();
         for root in requests {
+            if provided.contains(root) {
+                continue;
+            }
             if !index.packages.contains_key(root) {
                 errors.push(format!(
                     "image {image}: package {root:?} is not in the apt index for {architecture}; check the name (apt-cache policy {root}) or run apt-get update"
@@ -459,11 +527,22 @@ pub fn resolve(
             let mut todo = vec![root.clone()];
             let mut seen = BTreeSet::new();
             while let Some(name) = todo.pop() {
+                if provided.contains(&name) || req.exclude.contains(&name) {
+                    continue;
+                }
                 if !seen.insert(name.clone()) {
                     continue;
                 }
                 let c = &index.packages[&name];
                 for group in &c.depends {
+                    // A group one of whose packages is excluded or provided
+                    // by a base is satisfied as it is.
+                    if group
+                        .iter()
+                        .any(|d| req.exclude.contains(&d.name) || provided.contains(&d.name))
+                    {
+                        continue;
+                    }
                     match group.iter().find_map(|d| index.satisfy(d)) {
                         Some(dep) => todo.push(dep.deb.name.clone()),
                         None => errors.push(format!(
@@ -479,9 +558,11 @@ pub fn resolve(
                 }
             }
             for name in seen {
+                closure.insert(name.clone());
                 required_by.entry(name).or_default().insert(root.clone());
             }
         }
+        closures.insert(image.clone(), closure);
     }
     if !errors.is_empty() {
         bail!(
@@ -502,9 +583,16 @@ pub fn resolve(
         .collect();
     let mut image: Vec<LockedImage> = images
         .iter()
-        .map(|(name, packages)| LockedImage {
-            name: name.clone(),
-            packages: packages.clone(),
+        .map(|i| LockedImage {
+            name: i.name.clone(),
+            packages: i.packages.clone(),
+            exclude: i.exclude.clone(),
+            bases: i
+                .bases
+                .iter()
+                .filter(|b| images.iter().any(|x| &x.name == *b))
+                .cloned()
+                .collect(),
         })
         .collect();
     image.sort_by(|a, b| a.name.cmp(&b.name));
@@ -552,6 +640,20 @@ pub fn diff_locks(old: &Lock, new: &Lock) -> Vec<String> {
     ] {
         if a != b {
             out.push(format!("{what} changed: {a} -> {b}"));
+        }
+    }
+    for n in &new.image {
+        if let Some(o) = old.image.iter().find(|o| o.name == n.name)
+            && (o.exclude != n.exclude || o.bases != n.bases)
+        {
+            out.push(format!(
+                "image {}: exclude [{}] -> [{}], bases [{}] -> [{}]",
+                n.name,
+                o.exclude.join(", "),
+                n.exclude.join(", "),
+                o.bases.join(", "),
+                n.bases.join(", ")
+            ));
         }
     }
     let old_imgs: BTreeMap<_, _> = old.image.iter().map(|i| (&i.name, &i.packages)).collect();

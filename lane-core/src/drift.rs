@@ -88,12 +88,22 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// Whether the analysis needs a file's bytes.
+/// Whether the analysis needs a file's bytes: ELF files, the loader's
+/// configuration, the dpkg database, installed Python distributions'
+/// metadata, and Python sources outside the interpreter's and the
+/// distributions' own trees (the application's).
 fn keep_content(path: &str, head: &[u8]) -> bool {
+    let dist_info =
+        path.contains(".dist-info/") && (path.ends_with("/METADATA") || path.ends_with("/RECORD"));
+    let app_source = path.ends_with(".py")
+        && !path.starts_with("/usr/lib/python")
+        && !path.starts_with("/usr/local/lib/python");
     head.starts_with(b"\x7fELF")
         || path == "/etc/ld.so.conf"
         || path.starts_with("/etc/ld.so.conf.d/")
         || path.starts_with("/var/lib/dpkg/")
+        || dist_info
+        || app_source
 }
 
 impl ImageFs {
@@ -710,6 +720,16 @@ impl CuratedManifest {
     }
 }
 
+/// The library file name a Debian `Contents` path ships, when the path is
+/// in one of the loader's default directories (`usr/lib/x86_64-linux-gnu/libyaml-0.so.2`).
+pub fn contents_library(path: &str) -> Option<&str> {
+    let (dir, name) = path.trim_start_matches('/').rsplit_once('/')?;
+    let lib_dir = matches!(dir, "lib" | "usr/lib" | "lib64" | "usr/lib64")
+        || ((dir.starts_with("lib/") || dir.starts_with("usr/lib/"))
+            && dir.ends_with("-linux-gnu"));
+    (lib_dir && name.contains(".so")).then_some(name)
+}
+
 /// Which packages ship a library, by file name (`libz.so.1` -> `zlib1g`):
 /// names the package that would provide a missing library.
 ///
@@ -814,6 +834,8 @@ pub struct RuntimeFacts {
     pub entrypoint: Option<String>,
     /// `LD_LIBRARY_PATH` from the config's Env.
     pub ld_library_path: Vec<String>,
+    /// `PYTHONPATH` from the config's Env.
+    pub python_path: Vec<String>,
 }
 
 impl RuntimeFacts {
@@ -826,9 +848,17 @@ impl RuntimeFacts {
             .filter(|d| !d.is_empty())
             .map(str::to_string)
             .collect();
+        let python_path = env
+            .iter()
+            .filter_map(|e| e.strip_prefix("PYTHONPATH="))
+            .flat_map(|v| v.split(':'))
+            .filter(|d| d.starts_with('/'))
+            .map(str::to_string)
+            .collect();
         RuntimeFacts {
             entrypoint,
             ld_library_path,
+            python_path,
         }
     }
 }
@@ -865,6 +895,9 @@ pub struct ImageDrift {
     /// Whether Debian's Contents index named the `providers` above.
     #[serde(default)]
     pub contents_index: ContentsState,
+    /// The Python import drift of an image with a `[python]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<crate::python::resolve::PythonDrift>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1301,10 +1334,17 @@ pub fn analyse(
         .map(|(p, d)| (p.to_string(), parse_elf(d)))
         .collect();
     // File -> package, by listed path and by real path.
+    // Listed paths first: a package that lists a symlink (python3-minimal's
+    // /usr/bin/python3) must not take the file it points at from the
+    // package that lists the file itself.
     let mut owner = BTreeMap::new();
     for p in &manifest.packages {
         for f in &p.files {
             owner.entry(f.clone()).or_insert_with(|| p.name.clone());
+        }
+    }
+    for p in &manifest.packages {
+        for f in &p.files {
             if let Some(real) = fs.resolve(f) {
                 owner.entry(real).or_insert_with(|| p.name.clone());
             }
@@ -1449,6 +1489,9 @@ pub fn failures(report: &DriftReport, policy: &DriftPolicy) -> Vec<String> {
                 m.reason,
                 provided_by(&m.providers, i.contents_index)
             ));
+        }
+        if let Some(py) = &i.python {
+            out.extend(py.failures(&i.image));
         }
         if policy.fail_on_unused {
             for p in &i.unused_packages {

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod oci;
 pub mod provenance;
 pub mod purl;
+pub mod python;
 pub mod sbom;
 pub mod signing;
 pub mod smoke;

@@ -97,6 +97,9 @@ pub struct CheckReport {
     pub isolation: Isolation,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub engine_warnings: Vec<String>,
+    /// The smoke-import's evidence (the `python-imports` check only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_imports: Option<crate::python::smoke::ImportEvidence>,
 }
 
 /// The smoke result of one image: what the provenance carries.
@@ -204,6 +207,16 @@ pub fn evaluate(spec: &SmokeSpec, outcome: &Outcome) -> CheckReport {
             ));
         }
     }
+    // The smoke-import names each module that failed, with its traceback,
+    // and records what was imported.
+    let python_imports = (spec.name == crate::python::smoke::CHECK_NAME).then(|| {
+        let requested = crate::python::smoke::requested(spec);
+        let ev = crate::python::smoke::evidence(&requested, &outcome.output);
+        if outcome.start_error.is_none() && !outcome.timed_out {
+            failures.extend(ev.failures());
+        }
+        ev
+    });
     let (output, output_truncated) = tail(&outcome.output, OUTPUT_KEEP);
     CheckReport {
         name: spec.name.clone(),
@@ -220,6 +233,7 @@ pub fn evaluate(spec: &SmokeSpec, outcome: &Outcome) -> CheckReport {
         output_truncated,
         isolation: outcome.isolation.clone(),
         engine_warnings: outcome.warnings.clone(),
+        python_imports,
     }
 }
 

@@ -28,6 +28,9 @@ pub struct ImageSpec {
     /// Debian packages installed as the image's first layer (`[debian]`),
     /// pinned in `lockfiles/debian.lock`. See `crate::debian`.
     pub debian: Option<DebianSpec>,
+    /// Python wheels and the application's sources (`[python]`), pinned in
+    /// `lockfiles/python.lock`. See `crate::python`.
+    pub python: Option<PythonSpec>,
 }
 
 /// `[debian] packages = [...]`: the requested packages; their dependency
@@ -35,7 +38,25 @@ pub struct ImageSpec {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DebianSpec {
     pub packages: Vec<String>,
+    /// Packages a dependency names that the image leaves out on purpose
+    /// (`dpkg` for a distroless Python): not resolved, not installed.
+    pub exclude: Vec<String>,
     /// `file:line:column` of the table, for errors found later.
+    pub at: String,
+}
+
+/// `[python]`: pinned wheels (`requirements = ["NAME==VERSION", ...]`),
+/// the application's sources and extra modules to smoke-import.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PythonSpec {
+    pub requirements: Vec<String>,
+    /// Source folder of the application, relative to the image folder.
+    pub app: Option<String>,
+    /// Where the application's sources go in the image (default `/app`).
+    pub app_dir: ImagePath,
+    /// Extra top-level modules the smoke-import must import.
+    pub modules: Vec<String>,
+    /// `file:line:column` of the table.
     pub at: String,
 }
 
@@ -233,12 +254,27 @@ struct RawImage {
     smoke: Vec<RawSmoke>,
     #[serde(default)]
     debian: Option<Spanned<RawDebian>>,
+    #[serde(default)]
+    python: Option<Spanned<RawPython>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDebian {
     packages: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPython {
+    #[serde(default)]
+    requirements: Vec<Spanned<String>>,
+    app: Option<Spanned<String>>,
+    app_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    modules: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -569,7 +605,103 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
                     "[debian] packages is empty; list at least one package or remove the table",
                 )?;
             }
-            Some(DebianSpec { packages, at })
+            let mut exclude = Vec::new();
+            for p in &d.get_ref().exclude {
+                let name = p.get_ref();
+                if !valid_debian_package(name) || packages.contains(name) {
+                    src.err(
+                        p.span(),
+                        format_args!(
+                            "Debian package {name:?} cannot be excluded: it is not a valid package name or it is also requested"
+                        ),
+                    )?;
+                }
+                exclude.push(name.clone());
+            }
+            Some(DebianSpec {
+                packages,
+                exclude,
+                at,
+            })
+        }
+    };
+
+    let python = match raw.python {
+        None => None,
+        Some(p) => {
+            let at = src.at(p.span().start);
+            let span = p.span();
+            let p = p.into_inner();
+            let mut requirements = Vec::new();
+            let mut names = Vec::new();
+            for r in &p.requirements {
+                let req = crate::python::requirements::Requirement::parse(r.get_ref())
+                    .or_else(|e| src.err(r.span(), format_args!("{e:#}")))?;
+                if req.pinned_version().is_none() || req.url.is_some() {
+                    src.err(
+                        r.span(),
+                        format_args!(
+                            "requirement {:?} is not pinned; write it as \"NAME==VERSION\" (cargo xtask lock pins its dependencies)",
+                            r.get_ref()
+                        ),
+                    )?;
+                }
+                if names.contains(&req.key()) {
+                    src.err(
+                        r.span(),
+                        format_args!("distribution {} is listed twice; list it once", req.name),
+                    )?;
+                }
+                names.push(req.key());
+                requirements.push(r.get_ref().trim().to_string());
+            }
+            let app = match &p.app {
+                None => None,
+                Some(a) => {
+                    let s = a.get_ref();
+                    if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
+                        src.err(
+                            a.span(),
+                            format_args!("app {s:?} must be a relative folder inside the image folder {dir}/ (no leading '/', no \"..\")"),
+                        )?;
+                    }
+                    Some(s.trim_end_matches('/').to_string())
+                }
+            };
+            let app_dir = match &p.app_dir {
+                None => ImagePath::parse("/app").unwrap_or_else(|_| unreachable!()),
+                Some(d) => dest(&src, d)?,
+            };
+            let mut modules = Vec::new();
+            for m in &p.modules {
+                let ok = m
+                    .get_ref()
+                    .split('.')
+                    .all(crate::python::wheel::is_identifier);
+                if !ok {
+                    src.err(
+                        m.span(),
+                        format_args!(
+                            "module {:?} is not a dotted Python module name",
+                            m.get_ref()
+                        ),
+                    )?;
+                }
+                modules.push(m.get_ref().clone());
+            }
+            if requirements.is_empty() && app.is_none() {
+                src.err(
+                    span,
+                    "[python] has neither requirements nor app; add them or remove the table",
+                )?;
+            }
+            Some(PythonSpec {
+                requirements,
+                app,
+                app_dir,
+                modules,
+                at,
+            })
         }
     };
 
@@ -583,6 +715,7 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         config,
         smoke,
         debian,
+        python,
     })
 }
 
@@ -821,6 +954,35 @@ mod tests {
             "{MINIMAL}[debian]\npackages = [\"libc6\", \"libc6\"]\n"
         ));
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn python_table_parses_and_is_checked() {
+        let ok = parse(
+            "images/a/image.toml",
+            &format!("{MINIMAL}[python]\nrequirements = [\"python-dateutil==2.9.0.post0\"]\napp = \"app\"\nmodules = [\"yaml\"]\n"),
+        )
+        .unwrap();
+        let p = ok.python.unwrap();
+        assert_eq!(p.app_dir.as_str(), "app");
+        assert_eq!(p.modules, ["yaml"]);
+        let e = err(&format!(
+            "{MINIMAL}[python]\nrequirements = [\"six>=1.5\"]\n"
+        ));
+        assert!(
+            e.starts_with("images/a/image.toml:4:17: requirement \"six>=1.5\" is not pinned"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[python]\napp = \"../x\"\n"));
+        assert!(e.contains("must be a relative folder"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[python]\napp = \"a\"\nmodules = [\"a-b\"]\n"
+        ));
+        assert!(e.contains("not a dotted Python module name"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[debian]\npackages = [\"libc6\"]\nexclude = [\"libc6\"]\n"
+        ));
+        assert!(e.contains("cannot be excluded"), "{e}");
     }
 
     #[test]

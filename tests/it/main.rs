@@ -14,6 +14,7 @@ mod drift;
 mod identity;
 mod promote_mount;
 mod publish;
+mod python;
 mod registry_base;
 mod release;
 mod release_registry;

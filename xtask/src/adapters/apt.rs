@@ -136,13 +136,21 @@ pub struct LockReport {
 /// difference from the committed one.
 pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
     let sh = Shell::new()?;
-    let requests: Vec<(String, Vec<String>)> = images
+    let requests: Vec<ImageRequest> = images
         .iter()
-        .filter_map(|i| Some((i.name.clone(), i.debian.as_ref()?.packages.clone())))
+        .filter_map(|i| {
+            let d = i.debian.as_ref()?;
+            Some(ImageRequest {
+                name: i.name.clone(),
+                packages: d.packages.clone(),
+                exclude: d.exclude.clone(),
+                bases: workspace_bases(images, i),
+            })
+        })
         .collect();
     let (arch, suite) = machine_target(&sh)?;
     let index = machine_index(&sh, &arch)?;
-    let new = resolve(&index, &arch, &suite, &requests)?;
+    let new = resolve_images(&index, &arch, &suite, &requests)?;
     let path = root.join(LOCK_PATH);
     let old = match fs::read_to_string(&path) {
         Ok(text) => Some(parse_lock(&text)?),
@@ -180,6 +188,26 @@ pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport
     })
 }
 
+/// The workspace base images of `spec` that have a `[debian]` table,
+/// nearest first.
+pub fn workspace_bases(images: &[ImageSpec], spec: &ImageSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = spec;
+    while let lane_core::spec::BaseRef::Workspace { image } = &cur.base {
+        let Some(next) = images.iter().find(|s| &s.name == image) else {
+            break;
+        };
+        if next.name == spec.name || out.contains(&next.name) {
+            break;
+        }
+        if next.debian.is_some() {
+            out.push(next.name.clone());
+        }
+        cur = next;
+    }
+    out
+}
+
 /// Reads the committed lock and returns an image's locked packages, checking
 /// that the lock still matches the image's `[debian]` table.
 pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackage>> {
@@ -197,6 +225,15 @@ pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackag
             spec.name
         );
     };
+    if img.exclude != deb.exclude {
+        bail!(
+            "{}: the [debian] exclude list of image {} ({}) differs from {LOCK_PATH} ({}); run cargo xtask lock",
+            deb.at,
+            spec.name,
+            deb.exclude.join(", "),
+            img.exclude.join(", ")
+        );
+    }
     if img.packages != deb.packages {
         bail!(
             "{}: the [debian] packages of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",
@@ -507,4 +544,73 @@ pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
+}
+
+/// Which Debian packages ship the given top-level Python modules (for the
+/// system Python, `usr/lib/python3/dist-packages`) and library file names,
+/// from the `Contents` indexes of the machine's apt (apt-file's; run
+/// `apt-get update` with apt-file installed). Streams each index once;
+/// empty maps when apt has none.
+pub fn module_providers(
+    modules: &std::collections::BTreeSet<String>,
+    libraries: &std::collections::BTreeSet<String>,
+) -> Result<(
+    BTreeMap<String, std::collections::BTreeSet<String>>,
+    BTreeMap<String, std::collections::BTreeSet<String>>,
+)> {
+    use std::io::BufRead;
+    let mut mods: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut libs: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    if modules.is_empty() && libraries.is_empty() {
+        return Ok((mods, libs));
+    }
+    let sh = Shell::new()?;
+    let format = "$(FILENAME)";
+    let identifier = "Identifier: Contents-deb";
+    let files = cmd!(sh, "apt-get indextargets --format {format} {identifier}")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    for f in files
+        .lines()
+        .map(str::trim)
+        .filter(|f| Path::new(f).exists())
+    {
+        let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
+            .args(["cat-file", f])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("reading the apt Contents index {f}"))?;
+        let Some(out) = child.stdout.take() else {
+            continue;
+        };
+        let mut reader = io::BufReader::with_capacity(1 << 20, out);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            let l = line.trim_end();
+            let interesting = (!modules.is_empty()
+                && l.starts_with("usr/lib/python3/dist-packages/"))
+                || (!libraries.is_empty() && l.contains(".so"));
+            if interesting && let Some(i) = l.rfind([' ', '\t']) {
+                let path = l[..i].trim_end();
+                let pkgs = l[i + 1..]
+                    .split(',')
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
+                if let Some(m) = lane_core::python::resolve::contents_module(path)
+                    && modules.contains(&m)
+                {
+                    mods.entry(m).or_default().extend(pkgs.clone());
+                }
+                if let Some(name) = lane_core::drift::contents_library(path)
+                    && libraries.contains(name)
+                {
+                    libs.entry(name.to_string()).or_default().extend(pkgs);
+                }
+            }
+            line.clear();
+        }
+        let _ = child.wait();
+    }
+    Ok((mods, libs))
 }

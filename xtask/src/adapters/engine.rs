@@ -307,7 +307,16 @@ async fn run(
 
     let mut reports: Vec<CheckReport> = Vec::new();
     for (i, spec) in checks.iter().enumerate() {
-        progress.say(format_args!("smoke: {} {:?}", spec.name, spec.command));
+        // Long arguments (the smoke-import's script) are shortened here only.
+        let shown: Vec<String> = spec
+            .command
+            .iter()
+            .map(|a| match a.char_indices().nth(60) {
+                Some((i, _)) => format!("{}...", &a[..i]),
+                None => a.clone(),
+            })
+            .collect();
+        progress.say(format_args!("smoke: {} {:?}", spec.name, shown));
         let outcome =
             run_container(docker, image, &image_id, spec, opts, run_id, i, tracked).await?;
         let report = smoke::evaluate(spec, &outcome);

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod layout;
 pub mod local_store;
 pub mod oidc;
+pub mod pip;
 pub mod registry;
 pub mod registry_server;
 pub mod registry_store;

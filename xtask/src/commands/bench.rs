@@ -302,6 +302,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     cases.extend(rebuilds(&cws, &copy, &opts, runs)?);
     cases.extend(whole_release(&cws, &copy, &opts, runs)?);
     cases.extend(publish_vs_skopeo(&cws, &work, &opts, runs)?);
+    cases.extend(python_imports(&cws, &work, &opts, runs)?);
     cases.extend(peak_memory(&work, runs, quick)?);
     Ok(BenchReport {
         quick,
@@ -695,9 +696,241 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Python import analysis of a source tree inside pyhello's layout (used by `bench`).
+#[derive(clap::Args)]
+#[command(hide = true)]
+pub struct ImportsArgs {
+    pub layout: PathBuf,
+    pub app: PathBuf,
+}
+
+/// `bench-imports`: the lane's import analysis in a child process of `bench`.
+pub fn run_imports(ws: &Workspace, args: ImportsArgs) -> Result<ExitCode> {
+    let v = import_analysis(ws, &args.layout, &args.app)?;
+    println!("{v}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `bench-layer`: the lane's layer encoder in a child process of `bench`.
 pub fn run_layer(args: LayerArgs) -> Result<ExitCode> {
     let d = encode_tree(&args.input, &args.out)?;
     println!("{}", serde_json::to_string(&d)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deptry version the import-analysis case compares with (PyPI).
+const DEPTRY: &str = "deptry==0.25.1";
+
+/// A venv with deptry and the requirements of pyhello (deptry maps import
+/// names to distributions through the installed metadata).
+fn deptry_venv(work: &Path, requirements: &[String]) -> Result<PathBuf> {
+    let venv = work.join("deptry-venv");
+    let deptry = venv.join("bin/deptry");
+    if !deptry.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("python3 -m venv (Debian package python3-venv)")?
+            .success();
+        if !ok {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", DEPTRY])
+            .args(requirements)
+            .output()
+            .context("installing deptry from PyPI into the bench venv")?;
+        if !out.status.success() {
+            bail!(
+                "pip install {DEPTRY} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(deptry)
+}
+
+/// The corpus: every `.py` file of the image's standard library (not its
+/// tests), copied as an application tree under `dir/app`, from base-python's
+/// layers. Returns (files, bytes).
+fn python_corpus(layout: &Path, dir: &Path) -> Result<(u64, u64)> {
+    let app = dir.join("app");
+    let _ = fs::remove_dir_all(&app);
+    let l = crate::adapters::layout::Layout::at("base-python", layout);
+    let (_, manifest) = l.manifest()?;
+    let (mut files, mut bytes) = (0, 0);
+    for layer in manifest["layers"].as_array().into_iter().flatten() {
+        let digest: lane_core::id::Digest = layer["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("a layer digest of base-python")?;
+        let f = fs::File::open(l.blob_path(&digest))?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in tar.entries()? {
+            let mut e = e?;
+            let path = e.path()?.to_string_lossy().into_owned();
+            let Some(rel) = path.strip_prefix("usr/lib/python3.11/") else {
+                continue;
+            };
+            if !rel.ends_with(".py")
+                || rel.contains("/test/")
+                || rel.contains("/tests/")
+                || rel.starts_with("test/")
+                || e.header().entry_type() != tar::EntryType::Regular
+            {
+                continue;
+            }
+            let to = app.join(rel);
+            fs::create_dir_all(to.parent().unwrap_or(&app))?;
+            let mut out = fs::File::create(&to)?;
+            bytes += io::copy(&mut e, &mut out)?;
+            files += 1;
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// `xtask bench-imports LAYOUT APP` (in a child process): reads the
+/// image's merged file system like drift does, puts the corpus at /app,
+/// parses and resolves every import. Prints the counts and the analysis time.
+pub fn import_analysis(ws: &Workspace, layout: &Path, app: &Path) -> Result<serde_json::Value> {
+    let all = ws.load_images()?;
+    let spec = all
+        .iter()
+        .find(|s| s.name == "pyhello")
+        .context("no image pyhello")?;
+    let (mut image_fs, runtime) =
+        crate::adapters::layout::Layout::at("pyhello", layout).file_system()?;
+    let start = Instant::now();
+    for item in walkdir::WalkDir::new(app).sort_by_file_name() {
+        let item = item?;
+        if !item.file_type().is_file() {
+            continue;
+        }
+        let rel = item
+            .path()
+            .strip_prefix(app)?
+            .to_string_lossy()
+            .into_owned();
+        image_fs.insert(
+            &format!("/app/{rel}"),
+            lane_core::drift::Node::File {
+                data: Some(fs::read(item.path())?),
+            },
+        );
+    }
+    let manifest = lane_core::drift::CuratedManifest::from_image(&image_fs);
+    let mut facts = crate::commands::drift::python_facts(ws, &all, spec, &runtime)?
+        .context("pyhello has no [python] table")?;
+    facts.app_source = "corpus".into();
+    let py = lane_core::python::resolve::analyse(&image_fs, &manifest, &facts, &|_| Vec::new())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(serde_json::json!({
+        "files": py.files.len(),
+        "imports": py.imports.len(),
+        "unresolved": py.unresolved.len(),
+        "analysis_seconds": start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Case: the Python import analysis against deptry on the same sources
+/// (the image's standard library as an application tree) and the same
+/// requirement list.
+fn python_imports(
+    cws: &Workspace,
+    work: &Path,
+    opts: &BuildOptions,
+    runs: usize,
+) -> Result<Vec<Case>> {
+    let built = build::build(cws, &["pyhello".to_string()], opts)?.images;
+    let layout = |name: &str| -> Result<PathBuf> {
+        built
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.layout.clone())
+            .with_context(|| format!("the build did not produce {name}"))
+    };
+    let dir = work.join("python-corpus");
+    fs::create_dir_all(&dir)?;
+    let (files, bytes) = python_corpus(&layout("base-python")?, &dir)?;
+    let wheels = crate::adapters::pip::locked_wheels(
+        &cws.root,
+        &cws.load_images()?
+            .into_iter()
+            .find(|s| s.name == "pyhello")
+            .context("no image pyhello")?,
+    )?;
+    let requirements: Vec<String> = wheels
+        .iter()
+        .map(|w| format!("{}=={}", w.name, w.version))
+        .collect();
+    fs::write(dir.join("requirements.txt"), requirements.join("\n") + "\n")?;
+    let deptry = deptry_venv(work, &requirements)?;
+    let script =
+        r#""$1" app --requirements-files requirements.txt --no-ansi > deptry.out 2>&1; exit 0"#;
+    let (mut lane, mut reference, mut analysis) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counts = serde_json::Value::Null;
+    // Each run takes well under a second: more runs, interleaved, steady
+    // the medians against other load on the machine.
+    for _ in 0..runs * 3 {
+        let (secs, _) = measure(
+            &self_exe()?,
+            &[
+                "--workspace".as_ref(),
+                cws.root.as_os_str(),
+                "bench-imports".as_ref(),
+                layout("pyhello")?.as_os_str(),
+                dir.join("app").as_os_str(),
+            ],
+            work,
+        )?;
+        lane.push(secs);
+        let out = Command::new(self_exe()?)
+            .arg("--workspace")
+            .arg(&cws.root)
+            .arg("bench-imports")
+            .arg(layout("pyhello")?)
+            .arg(dir.join("app"))
+            .output()?;
+        counts = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        analysis.push(counts["analysis_seconds"].as_f64().unwrap_or(0.0));
+        let start = Instant::now();
+        let st = Command::new("bash")
+            .args(["-c", script, "deptry"])
+            .arg(&deptry)
+            .current_dir(&dir)
+            .status()
+            .context("running deptry")?;
+        if !st.success() {
+            bail!("deptry did not run");
+        }
+        reference.push(start.elapsed().as_secs_f64());
+    }
+    let deptry_out = fs::read_to_string(dir.join("deptry.out")).unwrap_or_default();
+    let issues = deptry_out
+        .lines()
+        .find(|l| l.contains("Found") || l.contains("No dependency issues"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let lane = Stat::of(lane);
+    let reference = Stat::of(reference);
+    let analysis = Stat::of(analysis);
+    Ok(vec![Case {
+        name: format!("Python import analysis, {files} files ({bytes} bytes)"),
+        unit: "seconds".into(),
+        ratio: Some(ratio(&lane, &reference)),
+        lane,
+        reference_tool: format!("{DEPTRY} on the same sources and requirement list"),
+        reference: Some(reference),
+        notes: vec![
+            format!(
+                "lane: parse + resolve inside the image {:.3} s median of the run, the rest is reading the image's layers; {} imports, {} unresolved",
+                analysis.median, counts["imports"], counts["unresolved"]
+            ),
+            format!("deptry: {issues}"),
+        ],
+    }])
 }

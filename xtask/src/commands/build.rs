@@ -27,6 +27,76 @@ use lane_core::spec::{BaseRef, ImagePath, ImageSpec, LayerSpec};
 
 /// Name of the layer that holds an image's `[debian]` packages.
 pub const DEBIAN_LAYER: &str = "debian";
+/// Name of the layer that holds an image's locked Python wheels.
+pub const WHEELS_LAYER: &str = "python-wheels";
+/// Name of the layer that holds an image's Python application sources.
+pub const APP_LAYER: &str = "python-app";
+
+/// The `[python] app` sources as a files layer (0644 files, 0755 folders).
+fn app_layer(spec: &ImageSpec) -> Option<LayerSpec> {
+    let py = spec.python.as_ref()?;
+    let app = py.app.as_ref()?;
+    Some(LayerSpec {
+        name: APP_LAYER.into(),
+        binaries: Vec::new(),
+        files: vec![lane_core::spec::FileSpec {
+            src: app.clone(),
+            dest: py.app_dir.clone(),
+            mode: Some(0o644),
+            dir_mode: 0o755,
+            owner: lane_core::spec::Owner::ROOT,
+            at: py.at.clone(),
+        }],
+        dirs: Vec::new(),
+        symlinks: Vec::new(),
+    })
+}
+
+/// Parses every Python source of the application (Ruff's parser, the
+/// image's Python version) before anything is built: a file that does not
+/// parse stops the build, named by path and line.
+pub fn check_python_sources(root: &Path, spec: &ImageSpec) -> Result<usize> {
+    let Some(app) = spec.python.as_ref().and_then(|p| p.app.as_ref()) else {
+        return Ok(0);
+    };
+    let dir = root.join(&spec.dir).join(app);
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for item in walkdir::WalkDir::new(&dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
+        let item = item.with_context(|| format!("walking {}", dir.display()))?;
+        let Some(rel) = item.path().strip_prefix(&dir).ok().and_then(|r| r.to_str()) else {
+            continue;
+        };
+        if !rel.ends_with(".py") || !item.file_type().is_file() {
+            continue;
+        }
+        let shown = format!("{}/{app}/{rel}", spec.dir);
+        let text = fs::read(item.path()).with_context(|| format!("reading {shown}"))?;
+        let Ok(text) = String::from_utf8(text) else {
+            errors.push(format!(
+                "{shown}:1:1: not UTF-8; Python sources must be UTF-8"
+            ));
+            continue;
+        };
+        let (module, is_package) =
+            lane_core::python::imports::module_of(rel).unwrap_or((String::new(), false));
+        if let Err(e) = lane_core::python::imports::collect(&shown, &module, is_package, &text) {
+            errors.push(e.to_string());
+        }
+        n += 1;
+    }
+    if !errors.is_empty() {
+        bail!(
+            "image {}: Python sources do not parse; nothing was built:\n  {}",
+            spec.name,
+            errors.join("\n  ")
+        );
+    }
+    Ok(n)
+}
 
 /// Where a build reads and writes.
 #[derive(Debug, Clone)]
@@ -163,7 +233,27 @@ pub fn plan(
                     .collect(),
             });
         }
-        for l in &spec.layers {
+        if spec.python.is_some() {
+            check_python_sources(&ws.root, &spec)?;
+            let wheels = crate::adapters::pip::locked_wheels(&ws.root, &spec)?;
+            if !wheels.is_empty() {
+                layers.push(PlannedLayer {
+                    name: WHEELS_LAYER.into(),
+                    entries: wheels
+                        .into_iter()
+                        .map(|w| PlannedEntry {
+                            path: format!("{} {}", w.name, w.version),
+                            kind: "wheel",
+                            mode: "0644".into(),
+                            owner: "0:0".into(),
+                            source: Some(format!("{} {} {}", w.filename, w.size, w.sha256)),
+                            target: None,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        for l in app_layer(&spec).iter().chain(&spec.layers) {
             let entries = resolve_layer(&ws.root, &spec, l, &bin_path, false)?;
             layers.push(PlannedLayer {
                 name: l.name.clone(),
@@ -419,6 +509,7 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
             .map(|b| b.path.clone())
             .unwrap_or_default()
     };
+    let all = ws.load_images()?;
     let mut cache = Cache::open(&opts.cache_dir)?;
     fs::create_dir_all(&opts.images_dir)
         .with_context(|| format!("creating {}", opts.images_dir.display()))?;
@@ -438,7 +529,17 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
                 "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
             layers.push((DEBIAN_LAYER.to_string(), entries, created_by));
         }
-        for l in &spec.layers {
+        // Wheels are verified and installed in memory before any layer is
+        // encoded: a bad wheel builds nothing.
+        let wheels = crate::adapters::pip::layer_entries(&ws.root, &opts.cache_dir, &all, spec)?;
+        if !wheels.is_empty() {
+            layers.push((
+                WHEELS_LAYER.to_string(),
+                wheels,
+                "cargo xtask build: Python wheels of lockfiles/python.lock".to_string(),
+            ));
+        }
+        for l in app_layer(spec).iter().chain(&spec.layers) {
             let entries = resolve_layer(&ws.root, spec, l, &bin_path, true)?;
             layers.push((
                 l.name.clone(),

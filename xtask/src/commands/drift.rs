@@ -24,6 +24,8 @@ use lane_core::drift::{
     ContentsState, CuratedManifest, DriftReport, ImageDrift, ImageFs, ProviderIndex, analyse,
     contents_query, name_providers,
 };
+use lane_core::python::resolve::{PythonDrift, PythonFacts};
+use lane_core::spec::ImageSpec;
 
 /// The human-readable report: one block per image.
 pub fn render(report: &DriftReport) -> String {
@@ -83,8 +85,87 @@ pub fn render(report: &DriftReport) -> String {
         for p in &i.unused_packages {
             let _ = writeln!(out, "  unused package: {p}");
         }
+        if let Some(py) = &i.python {
+            let _ = writeln!(
+                out,
+                "  python {}: {} files, {} imports, {} unresolved, {} missing Requires-Dist, {} extension problems",
+                py.python,
+                py.files.len(),
+                py.imports.len(),
+                py.unresolved.len(),
+                py.missing_requirements.len(),
+                py.extension_problems.len()
+            );
+            for u in &py.unresolved {
+                let _ = writeln!(
+                    out,
+                    "  unresolved import: {}:{}: {}",
+                    u.site.file, u.site.line, u.site.code
+                );
+            }
+            for (what, list) in [
+                ("optional import", &py.optional),
+                ("TYPE_CHECKING import", &py.type_checking),
+                (
+                    "dynamic import (not checkable, smoke-import covers it)",
+                    &py.dynamic,
+                ),
+            ] {
+                for u in list {
+                    let _ = writeln!(
+                        out,
+                        "  {what}: {}:{}: {} ({})",
+                        u.site.file, u.site.line, u.site.code, u.status
+                    );
+                }
+            }
+            for d in &py.distributions {
+                let _ = writeln!(
+                    out,
+                    "  distribution {} {} ({}): modules {}; used by {}",
+                    d.name,
+                    d.version.as_deref().unwrap_or("-"),
+                    d.kind,
+                    d.modules.join(", "),
+                    if d.used_by.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        d.used_by.join(", ")
+                    }
+                );
+            }
+            for u in &py.unused {
+                let _ = writeln!(out, "  unused distribution: {u}");
+            }
+        }
     }
     out
+}
+
+/// The Python facts of an image with a `[python]` table.
+pub fn python_facts(
+    ws: &Workspace,
+    all: &[ImageSpec],
+    spec: &ImageSpec,
+    runtime: &lane_core::drift::RuntimeFacts,
+) -> Result<Option<PythonFacts>> {
+    let Some(py) = &spec.python else {
+        return Ok(None);
+    };
+    let t = crate::adapters::pip::target(&ws.root, all, spec)?;
+    Ok(Some(PythonFacts {
+        interpreter: t.interpreter,
+        version: t.version,
+        full_version: t.full_version,
+        machine: t.machine,
+        app_dir: py.app_dir.to_string(),
+        app_source: match &py.app {
+            Some(a) => format!("{}/{a}", spec.dir),
+            None => py.app_dir.to_string(),
+        },
+        pythonpath: runtime.python_path.clone(),
+        modules: py.modules.clone(),
+    }))
 }
 
 /// The provider index of the workspace (`lockfiles/library-index.toml`), or
@@ -114,7 +195,7 @@ pub fn drift(
         // Bases built for the requested images are not analysed on their own.
         .filter(|b| names.is_empty() || names.contains(&b.name))
         .collect();
-    let analysed = analyse_built(&index, &images, &Reporter::new(quiet))?;
+    let analysed = analyse_built(ws, &index, &images, &Reporter::new(quiet))?;
     Ok(DriftReport {
         images: analysed.into_iter().map(|a| a.drift).collect(),
     })
@@ -143,21 +224,39 @@ pub struct Analysed {
     pub fs: ImageFs,
 }
 
-/// Analyses built images. What is missing is looked up in Debian's
-/// Contents index (once for all images of one architecture), unless the
-/// hand-kept index names its package.
+/// Analyses built images: the ELF analysis, and for an image with a
+/// `[python]` table the import analysis. What is missing is looked up in
+/// Debian's Contents index (once for all images of one architecture),
+/// unless the hand-kept index or the Python lock's candidates name it.
 pub fn analyse_built(
+    ws: &Workspace,
     index: &ProviderIndex,
     images: &[&BuiltImage],
     progress: &Reporter,
 ) -> Result<Vec<Analysed>> {
+    let all = ws.load_images()?;
     let mut analysed = Vec::new();
     let mut arches = Vec::new();
+    let mut python: Vec<Option<(PythonDrift, PythonFacts)>> = Vec::new();
     for b in images {
         let layout = Layout::at(&b.name, &b.layout);
         let (fs, runtime) = layout.file_system()?;
         let manifest = CuratedManifest::from_image(&fs);
         let drift = analyse(&b.name, &fs, &manifest, index, &runtime);
+        let facts = match all.iter().find(|s| s.name == b.name) {
+            Some(spec) => python_facts(ws, &all, spec, &runtime)?,
+            None => None,
+        };
+        python.push(match facts {
+            Some(facts) => {
+                let lock = crate::adapters::pip::candidates(&ws.root)?;
+                let candidates = |top: &str| lock.candidates(top);
+                let py = lane_core::python::resolve::analyse(&fs, &manifest, &facts, &candidates)
+                    .map_err(|e| anyhow::anyhow!("image {}: {e}", b.name))?;
+                Some((py, facts))
+            }
+            None => None,
+        });
         arches.push(layout.architecture()?);
         analysed.push(Analysed {
             drift,
@@ -191,7 +290,50 @@ pub fn analyse_built(
             }
         }
     }
+    for (a, py) in analysed.iter_mut().zip(python) {
+        if let Some((mut py, facts)) = py {
+            python_providers(&mut py)?;
+            lane_core::python::resolve::link_extensions(
+                &mut py,
+                &a.fs,
+                &a.manifest,
+                &facts,
+                &a.drift.missing_libraries,
+            );
+            let d = &mut a.drift;
+            d.ok &= py.ok();
+            // Packages whose modules are imported are used, though no ELF
+            // object loads them.
+            d.unused_packages.retain(|p| !py.used_packages.contains(p));
+            for p in &mut d.packages {
+                if py.used_packages.contains(&p.name) && p.used_by.is_empty() {
+                    p.used_by.push("<python import>".into());
+                }
+            }
+            d.python = Some(py);
+        }
+    }
     Ok(analysed)
+}
+
+/// Names, from Debian's Contents index, the package that ships each
+/// unresolved module nothing else names.
+fn python_providers(py: &mut PythonDrift) -> Result<()> {
+    let modules: std::collections::BTreeSet<String> = py
+        .unresolved
+        .iter()
+        .filter(|u| u.site.problem.is_none())
+        .map(|u| u.site.top_level().to_string())
+        .collect();
+    if modules.is_empty() {
+        return Ok(());
+    }
+    let (mods, _) = apt::module_providers(&modules, &Default::default())?;
+    for (top, pkgs) in mods {
+        let list: Vec<String> = pkgs.into_iter().map(|p| format!("deb:{p}")).collect();
+        py.add_providers(&top, &list);
+    }
+    Ok(())
 }
 
 /// Check each image's curated packages against what its binaries load.
@@ -263,4 +405,31 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The smoke commands of an image: its `[[smoke]]` entries and, for an
+/// image with a `[python]` table, the smoke-import of every top-level
+/// module the import analysis found (see `lane_core::python::smoke`).
+pub fn smoke_checks(
+    ws: &Workspace,
+    spec: &ImageSpec,
+    layout: &Path,
+) -> Result<Vec<lane_core::spec::SmokeSpec>> {
+    let mut checks = spec.smoke.clone();
+    if spec.python.is_none() {
+        return Ok(checks);
+    }
+    let all = ws.load_images()?;
+    let (image_fs, runtime) = Layout::at(&spec.name, layout).file_system()?;
+    let manifest = CuratedManifest::from_image(&image_fs);
+    let Some(facts) = python_facts(ws, &all, spec, &runtime)? else {
+        return Ok(checks);
+    };
+    let py = lane_core::python::resolve::analyse(&image_fs, &manifest, &facts, &|_| Vec::new())
+        .map_err(|e| anyhow::anyhow!("image {}: {e}", spec.name))?;
+    checks.push(lane_core::python::smoke::check(
+        &facts.interpreter,
+        &py.smoke_modules,
+    ));
+    Ok(checks)
 }

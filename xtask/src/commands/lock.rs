@@ -30,9 +30,28 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     let Args { check, json } = args;
     let images = ws.load_images()?;
     let report = crate::adapters::apt::lock(&ws.root, &images, check)?;
+    let cache = ws.root.join("target/lane-cache");
+    let python = crate::adapters::pip::lock(&ws.root, &cache, &images, check)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if check {
+        let mut v = serde_json::to_value(&report)?;
+        v["python"] = serde_json::to_value(&python)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(p) = &python {
+        for c in p.changes.iter().filter(|_| !check) {
+            println!("{c}");
+        }
+        let state = if check {
+            "is up to date"
+        } else if p.written {
+            "written"
+        } else {
+            "unchanged"
+        };
+        println!("{} {state} ({} wheels)", p.path, p.wheels);
+    }
+    if check {
         println!(
             "{} is up to date ({} packages)",
             report.path, report.packages

@@ -426,7 +426,12 @@ pub fn run_gates(
     let debs = image_debs(ws, &facts.all, &spec);
     let provenance = match &debs {
         Ok(debs) => provenance::provenance_statement(&provenance_inputs(
-            facts, &spec, &image, &subject, debs,
+            facts,
+            &spec,
+            &image,
+            &subject,
+            debs,
+            &image_wheels(&ws.root, &facts.all, &spec)?,
         )?),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
@@ -635,10 +640,15 @@ fn lock_freshness(ws: &Workspace, images: &[ImageSpec]) -> Result<Vec<String>> {
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
-    match crate::adapters::apt::lock(&ws.root, images, true) {
-        Ok(report) => Ok(report.changes),
-        Err(e) => Ok(vec![format!("{e:#}")]),
+    let mut stale = match crate::adapters::apt::lock(&ws.root, images, true) {
+        Ok(report) => report.changes,
+        Err(e) => vec![format!("{e:#}")],
+    };
+    let cache = ws.root.join("target/lane-cache");
+    if let Err(e) = crate::adapters::pip::lock(&ws.root, &cache, images, true) {
+        stale.push(format!("{e:#}"));
     }
+    Ok(stale)
 }
 
 fn pinned_inputs(
@@ -796,7 +806,7 @@ fn image_gates(
     progress.say(format_args!("gates: drift of {}", image.name));
     let drift = (|| -> Result<lane_core::drift::ImageDrift> {
         let index = crate::commands::drift::provider_index(ws, None)?;
-        let mut analysed = crate::commands::drift::analyse_built(&index, &[image], progress)?;
+        let mut analysed = crate::commands::drift::analyse_built(ws, &index, &[image], progress)?;
         let a = analysed
             .pop()
             .context("the drift analysis returned no image")?;
@@ -821,8 +831,13 @@ fn image_gates(
                 failures.is_empty(),
                 if failures.is_empty() {
                     format!(
-                        "{} ELF objects, every library and interpreter resolves",
-                        d.objects.len()
+                        "{} ELF objects, every library and interpreter resolves{}",
+                        d.objects.len(),
+                        d.python.as_ref().map_or(String::new(), |p| format!(
+                            "; {} Python imports of {} files resolve inside the image",
+                            p.imports.iter().filter(|i| i.status == "resolved").count(),
+                            p.files.len()
+                        ))
                     )
                 } else {
                     failures.join("; ")
@@ -855,7 +870,7 @@ fn image_gates(
         if let Some(e) = engine_error {
             anyhow::bail!("{e}");
         }
-        if spec.smoke.is_empty() {
+        if spec.smoke.is_empty() && spec.python.is_none() {
             anyhow::bail!(
                 "image {} declares no smoke command; add a [[smoke]] entry to {}/image.toml",
                 spec.name,
@@ -868,7 +883,8 @@ fn image_gates(
             quiet: true,
             ..crate::adapters::engine::SmokeOptions::default()
         };
-        crate::adapters::engine::smoke(&loaded, &spec.smoke, &opts)
+        let checks = crate::commands::drift::smoke_checks(ws, spec, &image.layout)?;
+        crate::adapters::engine::smoke(&loaded, &checks, &opts)
     })();
     out.results.push(match smoke {
         Ok(r) => {
@@ -928,12 +944,41 @@ fn image_debs(ws: &Workspace, all: &[ImageSpec], spec: &ImageSpec) -> Result<Vec
     Ok(out)
 }
 
+/// The locked wheels in the image: its own `[python]` wheels and those of
+/// its workspace bases.
+fn image_wheels(
+    root: &std::path::Path,
+    all: &[ImageSpec],
+    spec: &ImageSpec,
+) -> Result<Vec<lane_core::python::lock::LockedWheel>> {
+    let mut out: Vec<lane_core::python::lock::LockedWheel> = Vec::new();
+    let mut cur = Some(spec);
+    let mut seen = Vec::new();
+    while let Some(s) = cur {
+        if seen.contains(&s.name) {
+            break;
+        }
+        seen.push(s.name.clone());
+        for w in crate::adapters::pip::locked_wheels(root, s)? {
+            if !out.iter().any(|o| o.filename == w.filename) {
+                out.push(w);
+            }
+        }
+        cur = match &s.base {
+            BaseRef::Workspace { image } => all.iter().find(|x| &x.name == image),
+            _ => None,
+        };
+    }
+    Ok(out)
+}
+
 fn provenance_inputs(
     facts: &Facts,
     spec: &ImageSpec,
     image: &BuiltImage,
     subject: &Subject,
     debs: &[LockedPackage],
+    wheels: &[lane_core::python::lock::LockedWheel],
 ) -> Result<ProvenanceInputs> {
     let mut inputs = vec![Input::Source {
         url: facts.source_url.clone(),
@@ -952,6 +997,16 @@ fn provenance_inputs(
             arch: p.architecture.clone(),
             distro: None,
             sha256: crate::adapters::apt::locked_digest(p)?,
+        });
+    }
+    for w in wheels.iter().cloned() {
+        inputs.push(Input::Wheel {
+            sha256: w
+                .sha256
+                .parse()
+                .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+            name: w.name,
+            version: w.version,
         });
     }
     if let Some((repository, digest)) = base_of(image) {
@@ -1027,7 +1082,19 @@ fn sbom_inputs(
         lane_version: env!("CARGO_PKG_VERSION").into(),
         debs: deb_packages,
         binaries: bins,
-        python: Vec::new(),
+        python: image_wheels(&ws.root, &facts.all, spec)?
+            .into_iter()
+            .map(|w| {
+                Ok(lane_core::sbom::PythonDist {
+                    sha256: w
+                        .sha256
+                        .parse()
+                        .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+                    name: w.name,
+                    version: w.version,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
         files: Vec::new(),
     })
 }

@@ -26,7 +26,7 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
         .into_iter()
         .find(|s| s.name == name)
         .with_context(|| format!("no image {name:?} in images/"))?;
-    if spec.smoke.is_empty() {
+    if spec.smoke.is_empty() && spec.python.is_none() {
         bail!(
             "image {name} declares no smoke command; add a [[smoke]] entry (name, command, expect_exit) to {}/image.toml",
             spec.dir
@@ -44,7 +44,8 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
         .with_context(|| format!("the build did not produce image {name}"))?;
     let image = crate::adapters::layout::Layout::at(name, &built.layout)
         .smoke_image(built.manifest_digest.as_str())?;
-    engine::smoke(&image, &spec.smoke, opts)
+    let checks = crate::commands::drift::smoke_checks(ws, &spec, &built.layout)?;
+    engine::smoke(&image, &checks, opts)
 }
 
 /// Run the image's smoke commands in the Docker Engine, before publishing.

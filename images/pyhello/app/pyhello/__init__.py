@@ -1,0 +1,3 @@
+"""pyhello: the sample Python service of the release lane."""
+
+__version__ = "0.1.0"
