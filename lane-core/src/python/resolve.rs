@@ -270,11 +270,15 @@ impl PythonDrift {
     }
 }
 
-/// Functions the interpreter has built in (`sys.builtin_module_names`):
+/// Modules the interpreter has built in (`sys.builtin_module_names`):
 /// the `PyInit_*` symbols the interpreter exports, plus the core modules
-/// that are always built in.
+/// that are always built in and the ones always in `sys.modules`
+/// (`__main__`, the frozen bootstrap).
 pub fn builtin_modules(interpreter_elf: &[u8]) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = [
+        "__main__",
+        "_frozen_importlib",
+        "_frozen_importlib_external",
         "sys",
         "builtins",
         "marshal",

@@ -831,6 +831,11 @@ pub fn import_analysis(ws: &Workspace, layout: &Path, app: &Path) -> Result<serd
         "files": py.files.len(),
         "imports": py.imports.len(),
         "unresolved": py.unresolved.len(),
+        "unresolved_modules": py
+            .unresolved
+            .iter()
+            .map(|u| u.site.module.clone())
+            .collect::<std::collections::BTreeSet<_>>(),
         "analysis_seconds": start.elapsed().as_secs_f64(),
     }))
 }
