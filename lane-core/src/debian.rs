@@ -608,26 +608,11 @@ pub fn resolve_images(
 const LOCK_HEADER: &str = "# Debian packages of the images' [debian] tables, with their dependency\n# closure. Written by `cargo xtask lock`; checked by `cargo xtask lock --check`.\n# Packages are fetched through the machine's apt configuration and verified\n# against size and sha256 below; no mirror host is recorded here.\n\n";
 
 pub fn render_lock(lock: &Lock) -> Result<String> {
-    Ok(format!(
-        "{LOCK_HEADER}{}",
-        toml::to_string(lock).context("serialising the Debian lock")?
-    ))
+    crate::lockfile::render(LOCK_HEADER, LOCK_PATH, lock)
 }
 
 pub fn parse_lock(text: &str) -> Result<Lock> {
-    let lock: Lock = toml::from_str(text).map_err(|e| {
-        anyhow::anyhow!(
-            "{LOCK_PATH}: {}; run cargo xtask lock to write it again",
-            e.message().trim_end_matches('.')
-        )
-    })?;
-    if lock.version != 1 {
-        bail!(
-            "{LOCK_PATH}: version {} is not supported (expected 1); run cargo xtask lock",
-            lock.version
-        );
-    }
-    Ok(lock)
+    crate::lockfile::parse(LOCK_PATH, text, |l: &Lock| l.version)
 }
 
 /// What differs between the committed lock and a fresh resolution, one line

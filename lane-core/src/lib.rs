@@ -16,6 +16,7 @@ pub mod gates;
 pub mod id;
 pub mod identity;
 pub mod layer;
+pub mod lockfile;
 pub mod oci;
 pub mod provenance;
 pub mod purl;

@@ -91,25 +91,11 @@ impl PyLock {
 const HEADER: &str = "# Python wheels of the images' [python] requirements, with their\n# Requires-Dist closure (markers evaluated for each image's Python).\n# Written by `cargo xtask lock`; checked by `cargo xtask lock --check`.\n# Wheels are fetched through the machine's pip configuration with their\n# hash required, and verified against size and sha256 below; no index host\n# is recorded here.\n\n";
 
 pub fn render(lock: &PyLock) -> Result<String> {
-    Ok(format!(
-        "{HEADER}{}",
-        toml::to_string(lock).context("serialising the Python lock")?
-    ))
+    crate::lockfile::render(HEADER, LOCK_PATH, lock)
 }
 
 pub fn parse(text: &str) -> Result<PyLock> {
-    let lock: PyLock = toml::from_str(text).map_err(|e| {
-        anyhow::anyhow!(
-            "{LOCK_PATH}: {}; run cargo xtask lock to write it again",
-            e.message().trim_end_matches('.')
-        )
-    })?;
-    if lock.version != 1 {
-        bail!(
-            "{LOCK_PATH}: version {} is not supported (expected 1); run cargo xtask lock",
-            lock.version
-        );
-    }
+    let lock = crate::lockfile::parse(LOCK_PATH, text, |l: &PyLock| l.version)?;
     for w in &lock.wheel {
         if w.sha256.parse::<crate::id::Digest>().is_err() {
             bail!(
