@@ -647,16 +647,9 @@ pub fn diff_locks(old: &Lock, new: &Lock) -> Vec<String> {
         match old_imgs.get(name) {
             None => out.push(format!("image {name} is not in the lock")),
             Some(old_pkgs) => {
-                for p in pkgs.iter().filter(|p| !old_pkgs.contains(p)) {
-                    out.push(format!(
-                        "image {name}: package {p} is requested but not locked"
-                    ));
-                }
-                for p in old_pkgs.iter().filter(|p| !pkgs.contains(p)) {
-                    out.push(format!(
-                        "image {name}: package {p} is locked but no longer requested"
-                    ));
-                }
+                out.extend(crate::lockfile::list_changes(
+                    name, "package", old_pkgs, pkgs,
+                ));
             }
         }
     }

@@ -259,8 +259,70 @@ pub struct CacheStats {
     pub bytes_compressed: u64,
 }
 
+/// A tag this run moved reads back naming another digest, by the store's
+/// header and by the hash of the bytes alike: another writer moved it after
+/// this run did (a registry has no compare-and-swap). Not a lying store:
+/// the store answered consistently; the tag is simply not this run's now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overtaken {
+    pub tag: String,
+    pub ours: Digest,
+    pub now: Digest,
+}
+
+impl std::fmt::Display for Overtaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tag {} was moved to {} by another writer right after this run moved it to {}",
+            self.tag, self.now, self.ours
+        )
+    }
+}
+
+impl std::error::Error for Overtaken {}
+
+/// [`Overtaken`] when a tag's read-back is consistent (the fetched header,
+/// if any, and the hash of the fetched bytes name the same digest) but
+/// names another digest than `ours`.
+pub fn overtaken(ours: &Digest, check: &TagCheck) -> Option<Overtaken> {
+    let now: Digest = check.resolved_sha256.parse().ok()?;
+    let header_agrees = check
+        .fetched_digest_header
+        .as_deref()
+        .is_none_or(|h| h == now.as_str());
+    (now != *ours && header_agrees).then(|| Overtaken {
+        tag: check.tag.clone(),
+        ours: ours.clone(),
+        now,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_consistent_other_digest_is_overtaken_and_a_lie_is_not() {
+        let ours = crate::layer::sha256(b"ours");
+        let theirs = crate::layer::sha256(b"theirs");
+        let check = |header: Option<&Digest>, hash: &Digest| TagCheck {
+            tag: "v1".into(),
+            pushed_digest_header: Some(ours.to_string()),
+            fetched_digest_header: header.map(Digest::to_string),
+            resolved_sha256: hash.to_string(),
+        };
+        let o = overtaken(&ours, &check(Some(&theirs), &theirs)).unwrap();
+        assert_eq!(
+            (o.now.clone(), o.ours.clone()),
+            (theirs.clone(), ours.clone())
+        );
+        assert!(o.to_string().contains("another writer"));
+        assert!(overtaken(&ours, &check(None, &theirs)).is_some());
+        // Header and bytes disagree: a lying store, not another writer.
+        assert!(overtaken(&ours, &check(Some(&ours), &theirs)).is_none());
+        // Ours: nothing to report.
+        assert!(overtaken(&ours, &check(Some(&ours), &ours)).is_none());
+    }
+
     use super::*;
 
     fn blob(d: char, size: u64) -> BlobRef {

@@ -55,7 +55,7 @@ const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Normalises a tar or absolute path to `/a/b` (no `.`, no trailing `/`).
 /// `..` is clamped at the root, as the kernel does for `/..`.
-fn normalise(path: &str) -> String {
+pub(crate) fn normalise(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {
@@ -718,16 +718,6 @@ impl CuratedManifest {
         }
         CuratedManifest { packages }
     }
-}
-
-/// The library file name a Debian `Contents` path ships, when the path is
-/// in one of the loader's default directories (`usr/lib/x86_64-linux-gnu/libyaml-0.so.2`).
-pub fn contents_library(path: &str) -> Option<&str> {
-    let (dir, name) = path.trim_start_matches('/').rsplit_once('/')?;
-    let lib_dir = matches!(dir, "lib" | "usr/lib" | "lib64" | "usr/lib64")
-        || ((dir.starts_with("lib/") || dir.starts_with("usr/lib/"))
-            && dir.ends_with("-linux-gnu"));
-    (lib_dir && name.contains(".so")).then_some(name)
 }
 
 /// Which packages ship a library, by file name (`libz.so.1` -> `zlib1g`):

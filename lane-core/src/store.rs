@@ -97,11 +97,29 @@ pub fn attach(
     }
     let d = &artifact.manifest.digest;
     store.put_manifest(repository, d, &artifact.manifest.bytes)?;
-    let existing = store.manifest(repository, &Target::Tag(subject.fallback_tag()))?;
-    let index = evidence::add_referrer(existing.as_deref(), artifact)?;
-    store.put_referrers(repository, subject, &index)?;
-    Ok(d.clone())
+    // The fallback tag is a read-modify-write and a registry has no
+    // compare-and-swap: another run attaching to the same subject at the
+    // same moment can replace the index between our read and our write.
+    // Read it back; if our entry is gone, merge again (a few times).
+    for _ in 0..ATTACH_ATTEMPTS {
+        let existing = store.manifest(repository, &Target::Tag(subject.fallback_tag()))?;
+        let index = evidence::add_referrer(existing.as_deref(), artifact)?;
+        store.put_referrers(repository, subject, &index)?;
+        if referrers(store, repository, subject)?
+            .iter()
+            .any(|r| r["digest"] == d.as_str())
+        {
+            return Ok(d.clone());
+        }
+    }
+    bail!(
+        "the referrers index of {repository}@{subject} in {} lost {d} {ATTACH_ATTEMPTS} times: another writer keeps replacing it; run again",
+        store.describe()
+    )
 }
+
+/// How often [`attach`] writes the referrers index before it gives up.
+pub const ATTACH_ATTEMPTS: usize = 5;
 
 /// `promote --to`: copies the image manifest `digest`, every blob it names,
 /// and every artifact attached to it (with the referrers index) from

@@ -27,29 +27,11 @@ struct Lane {
 }
 
 fn lane(label: &str) -> Lane {
-    let f = Fixture::with_files(
-        label,
-        &[
-            ("images/files/image.toml", IMAGE),
-            ("images/files/data/one.txt", "one\n"),
-            ("Cargo.lock", "version = 4\n"),
-        ],
-    );
-    fs::copy("/sbin/ldconfig", f.path("images/files/data/ldconfig"))
-        .expect("the host's static /sbin/ldconfig (Debian libc-bin)");
-    let keys = TempDir::new("keys");
-    let out = f.ok(&["keygen", "--out", keys.path().to_str().unwrap(), "--json"]);
-    let k: Value = serde_json::from_str(&out).unwrap();
-    let public = fs::read_to_string(k["public_key"].as_str().unwrap()).unwrap();
-    f.write(
-        "ci/release-policy.toml",
-        &format!("version = 1\n\n[signing]\ntrusted_keys = [\"\"\"\n{public}\"\"\"]\n"),
-    );
-    f.commit("policy trusts the lane's key");
+    let (f, keys, key) = crate::support::signed_files_workspace(label, IMAGE);
     Lane {
         f,
         _keys: keys,
-        key: k["private_key"].as_str().unwrap().to_string(),
+        key,
     }
 }
 

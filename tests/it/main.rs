@@ -11,6 +11,7 @@ mod build;
 mod debian;
 mod docker_load;
 mod drift;
+mod faults;
 mod identity;
 mod promote_mount;
 mod publish;

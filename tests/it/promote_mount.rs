@@ -145,27 +145,7 @@ fn relay(
 /// A workspace with one files-only image and a policy that trusts a fresh
 /// signing key.
 fn workspace() -> (Fixture, TempDir, String) {
-    let f = Fixture::with_files(
-        "promote-mount",
-        &[
-            ("images/files/image.toml", IMAGE),
-            ("images/files/data/one.txt", "one\n"),
-            ("Cargo.lock", "version = 4\n"),
-        ],
-    );
-    std::fs::copy("/sbin/ldconfig", f.path("images/files/data/ldconfig"))
-        .expect("the host's static /sbin/ldconfig (Debian libc-bin)");
-    let keys = TempDir::new("keys");
-    let out = f.ok(&["keygen", "--out", keys.path().to_str().unwrap(), "--json"]);
-    let k: Value = serde_json::from_str(&out).unwrap();
-    let public = std::fs::read_to_string(k["public_key"].as_str().unwrap()).unwrap();
-    f.write(
-        "ci/release-policy.toml",
-        &format!("version = 1\n\n[signing]\ntrusted_keys = [\"\"\"\n{public}\"\"\"]\n"),
-    );
-    f.commit("policy trusts the lane's key");
-    let key = k["private_key"].as_str().unwrap().to_string();
-    (f, keys, key)
+    crate::support::signed_files_workspace("promote-mount", IMAGE)
 }
 
 /// Every blob the manifests of `repo@digest` and of its attached artifacts

@@ -262,6 +262,10 @@ fn the_incident_is_caught_before_publishing_and_curating_fixes_it() {
     let un = &img["python"]["unresolved"][0];
     assert_eq!(un["module"], "idna");
     assert_eq!(un["line"], line as u64);
+    assert!(
+        strings(&un["providers"]).contains(&"deb:python3-idna".to_string()),
+        "Debian's Contents index names the package: {un}"
+    );
 
     let out = f.xtask(&["release", "pyhello", "--json"]);
     assert!(

@@ -220,6 +220,91 @@ mod tidy {
         assert!(find_cycle(&g).is_some());
     }
 
+    /// The lines of a Rust file that carry code, white space folded: blank
+    /// lines, comments, `use` lines and lone punctuation are left out.
+    fn code_lines(text: &str) -> Vec<(usize, String)> {
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .filter(|(_, l)| {
+                !l.is_empty()
+                    && !l.starts_with("//")
+                    && !l.starts_with("use ")
+                    && !l.chars().all(|c| "{}()[];,.?".contains(c))
+            })
+            .collect()
+    }
+
+    /// Every run of `n` code lines that stands in more than one place:
+    /// (the run's first line, the places as `file:line`).
+    fn repeated_runs(files: &[(String, String)], n: usize) -> Vec<(String, Vec<String>)> {
+        let mut places: std::collections::BTreeMap<Vec<String>, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for (name, text) in files {
+            let lines = code_lines(text);
+            for w in lines.windows(n) {
+                let key: Vec<String> = w.iter().map(|(_, l)| l.clone()).collect();
+                places
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{name}:{}", w[0].0));
+            }
+        }
+        places
+            .into_iter()
+            .filter(|(_, p)| p.len() > 1)
+            .map(|(k, p)| (k[0].clone(), p))
+            .collect()
+    }
+
+    /// Product code says each thing once: no run of six code lines stands
+    /// in two places of `lane-core/src` or `xtask/src`.
+    #[test]
+    fn no_block_of_six_code_lines_is_repeated_in_product_code() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        let mut todo = vec![root.join("lane-core/src"), root.join("xtask/src")];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let name = p.strip_prefix(&root).unwrap().display().to_string();
+                    files.push((name, std::fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        assert!(
+            files.len() > 40,
+            "the product code was found: {}",
+            files.len()
+        );
+        let repeated = repeated_runs(&files, 6);
+        assert!(
+            repeated.is_empty(),
+            "blocks of six code lines written twice (say them once):\n{}",
+            repeated
+                .iter()
+                .map(|(first, at)| format!("  {} ({first})", at.join(" ~ ")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // The finder finds a repeated block, folded white space and all.
+        let block =
+            "let a = 1;\nlet b = 2;\n// note\nlet c = 3;\nlet d = 4;\n}\nlet e = 5;\nlet f = 6;\n";
+        let twice = vec![
+            ("a.rs".to_string(), format!("fn x() {{\n{block}}}\n")),
+            (
+                "b.rs".to_string(),
+                format!("fn y() {{\n{}}}\n", block.replace(" = ", "  =  ")),
+            ),
+        ];
+        let found = repeated_runs(&twice, 6);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1, ["a.rs:2", "b.rs:2"]);
+    }
+
     /// The README's test command is the one a fresh machine needs: it is
     /// `bash .ci/run`, which installs what is missing (ci/setup.sh) before
     /// it runs the tests, and CI runs exactly it.

@@ -54,6 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    xtask::adapters::signals::install();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

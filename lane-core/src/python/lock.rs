@@ -130,24 +130,12 @@ pub fn diff(old: &PyLock, new: &PyLock) -> Vec<String> {
         match o.get(name) {
             None => out.push(format!("image {name} is not in the Python lock")),
             Some(oi) => {
-                for r in ni
-                    .requirements
-                    .iter()
-                    .filter(|r| !oi.requirements.contains(r))
-                {
-                    out.push(format!(
-                        "image {name}: requirement {r} is requested but not locked"
-                    ));
-                }
-                for r in oi
-                    .requirements
-                    .iter()
-                    .filter(|r| !ni.requirements.contains(r))
-                {
-                    out.push(format!(
-                        "image {name}: requirement {r} is locked but no longer requested"
-                    ));
-                }
+                out.extend(crate::lockfile::list_changes(
+                    name,
+                    "requirement",
+                    &oi.requirements,
+                    &ni.requirements,
+                ));
                 if oi.python != ni.python {
                     out.push(format!(
                         "image {name}: Python changed: {} -> {}",

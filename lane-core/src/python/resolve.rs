@@ -18,6 +18,7 @@ use super::imports::{self, ImportKind, ImportSite, SourceError};
 use super::requirements::{MarkerEnv, Requirement};
 use super::version::Version;
 use super::{normalize, wheel};
+use crate::contents::{ContentsQuery, Providers};
 use crate::drift::{CuratedManifest, ImageFs, MissingLibrary, Node};
 
 /// What the lane knows about an image's Python.
@@ -463,17 +464,7 @@ fn installed_wheels(fs: &ImageFs, site_dirs: &[String]) -> Vec<Installed> {
 }
 
 fn normalise_join(dir: &str, rel: &str) -> String {
-    let mut parts: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
-    for c in rel.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    crate::drift::normalise(&format!("{dir}/{rel}"))
 }
 
 /// Every Python source file of the application, from the image.
@@ -838,20 +829,48 @@ pub fn analyse(
     Ok(drift)
 }
 
-/// The top-level module a Debian `Contents` path installs for the system
-/// Python (`usr/lib/python3/dist-packages/yaml/__init__.py` -> `yaml`).
-pub fn contents_module(path: &str) -> Option<String> {
-    let rest = path
-        .trim_start_matches('/')
-        .strip_prefix("usr/lib/python3/dist-packages/")?;
-    let m = wheel::top_level_modules([rest]);
-    // A package counts by its __init__, a module by its file.
-    let is_init = rest
-        .split_once('/')
-        .is_some_and(|(_, r)| r == "__init__.py");
-    match m.as_slice() {
-        [one] if is_init || !rest.contains('/') => Some(one.clone()),
-        _ => None,
+/// The name under which [`contents_query`] asks for a top-level module
+/// (`python:yaml`), apart from the library names the ELF analysis asks for.
+const CONTENTS_MODULE: &str = "python:";
+
+/// The paths to look up in Debian's Contents index for the unresolved
+/// imports: every file that would make the image's interpreter find the
+/// top-level module in a directory of its sys.path (`DIR/NAME/__init__.py`,
+/// `DIR/NAME.py`, `DIR/NAME<extension suffix>`), the application's own
+/// directory and the zipped standard library left out.
+pub fn contents_query(py: &PythonDrift, facts: &PythonFacts) -> ContentsQuery {
+    let mut q = ContentsQuery::new();
+    let suffixes = facts.extension_suffixes();
+    let dirs: Vec<String> = facts
+        .sys_path()
+        .into_iter()
+        .filter(|d| *d != facts.app_dir && !d.ends_with(".zip"))
+        .collect();
+    for u in py.unresolved.iter().filter(|u| u.site.problem.is_none()) {
+        let top = u.site.top_level();
+        if top.is_empty() {
+            continue;
+        }
+        let key = format!("{CONTENTS_MODULE}{top}");
+        for dir in &dirs {
+            q.want(&key, &format!("{dir}/{top}/__init__.py"));
+            q.want(&key, &format!("{dir}/{top}.py"));
+            for s in &suffixes {
+                q.want(&key, &format!("{dir}/{top}{s}"));
+            }
+        }
+    }
+    q
+}
+
+/// Names, from the answer to [`contents_query`], the Debian packages
+/// (`deb:PACKAGE`) that ship each unresolved module.
+pub fn name_module_providers(py: &mut PythonDrift, found: &Providers) {
+    for (key, packages) in found {
+        if let Some(top) = key.strip_prefix(CONTENTS_MODULE) {
+            let list: Vec<String> = packages.iter().map(|p| format!("deb:{p}")).collect();
+            py.add_providers(top, &list);
+        }
     }
 }
 
@@ -1086,31 +1105,38 @@ mod tests {
     }
 
     #[test]
-    fn contents_paths_name_modules() {
-        assert_eq!(
-            contents_module("usr/lib/python3/dist-packages/yaml/__init__.py").as_deref(),
-            Some("yaml")
+    fn unresolved_modules_are_looked_up_where_the_interpreter_would_find_them() {
+        let (mut fs, manifest) = image();
+        file(
+            &mut fs,
+            "/app/svc/extra.py",
+            "import yaml\nimport yaml.nodes\n",
         );
+        let f = facts();
+        let mut d = analyse(&fs, &manifest, &f, &|_| vec![]).unwrap();
+        let q = contents_query(&d, &f);
+        assert!(q.names().contains("python:yaml"));
+        let index = "\
+usr/lib/python3/dist-packages/yaml/__init__.py    python/python3-yaml
+usr/lib/python3/dist-packages/yaml/nodes.py       python/python3-yaml
+usr/lib/python3/dist-packages/_yaml.cpython-311-x86_64-linux-gnu.so python/python3-yaml
+usr/share/doc/yaml/__init__.py                    doc/not-a-module
+";
+        let found = q.scan(index.as_bytes(), "test").unwrap();
         assert_eq!(
-            contents_module("usr/lib/python3/dist-packages/six.py").as_deref(),
-            Some("six")
+            found["python:yaml"].iter().collect::<Vec<_>>(),
+            ["python3-yaml"]
         );
-        assert_eq!(
-            contents_module("usr/lib/python3/dist-packages/yaml/nodes.py"),
-            None
-        );
-        assert_eq!(
-            contents_module("usr/lib/python3/dist-packages/PyYAML-6.0.egg-info/PKG-INFO"),
-            None
-        );
-        assert_eq!(
-            crate::drift::contents_library("usr/lib/x86_64-linux-gnu/libyaml-0.so.2"),
-            Some("libyaml-0.so.2")
-        );
-        assert_eq!(
-            crate::drift::contents_library("usr/share/doc/libyaml-0-2/copyright"),
-            None
-        );
+        name_module_providers(&mut d, &found);
+        let yaml: Vec<_> = d
+            .unresolved
+            .iter()
+            .filter(|u| u.site.top_level() == "yaml")
+            .collect();
+        assert!(!yaml.is_empty());
+        for u in yaml {
+            assert_eq!(u.providers, ["deb:python3-yaml"]);
+        }
     }
 
     #[test]

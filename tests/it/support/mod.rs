@@ -159,6 +159,18 @@ impl Fixture {
         f
     }
 
+    /// A second checkout of `other`'s repository (`git clone`), in a
+    /// directory of its own: another runner of the same project.
+    pub fn clone_of(other: &Fixture, label: &str) -> Fixture {
+        let dir = TempDir::new(label);
+        let root = dir.path().join("ws");
+        git(
+            dir.path(),
+            &["clone", "-q", other.root.to_str().unwrap(), "ws"],
+        );
+        Fixture { _dir: dir, root }
+    }
+
     /// A workspace with no Rust payload: a Cargo.toml and the given files.
     pub fn with_files(label: &str, files: &[(&str, &str)]) -> Fixture {
         let dir = TempDir::new(label);
@@ -372,3 +384,32 @@ impl Drop for DockerImage {
 
 pub mod oidc;
 pub mod registry;
+
+/// A files-only workspace (image.toml `image` in images/files, with the
+/// host's static /sbin/ldconfig as its program, so smoke and drift have
+/// something real to run) whose policy trusts a fresh signing key made with
+/// `cargo xtask keygen`. Returns the fixture, the key folder (kept alive)
+/// and the private key's path.
+pub fn signed_files_workspace(label: &str, image: &str) -> (Fixture, TempDir, String) {
+    let f = Fixture::with_files(
+        label,
+        &[
+            ("images/files/image.toml", image),
+            ("images/files/data/one.txt", "one\n"),
+            ("Cargo.lock", "version = 4\n"),
+        ],
+    );
+    fs::copy("/sbin/ldconfig", f.path("images/files/data/ldconfig"))
+        .expect("the host's static /sbin/ldconfig (Debian libc-bin)");
+    let keys = TempDir::new("keys");
+    let out = f.ok(&["keygen", "--out", keys.path().to_str().unwrap(), "--json"]);
+    let k: Value = serde_json::from_str(&out).unwrap();
+    let public = fs::read_to_string(k["public_key"].as_str().unwrap()).unwrap();
+    f.write(
+        "ci/release-policy.toml",
+        &format!("version = 1\n\n[signing]\ntrusted_keys = [\"\"\"\n{public}\"\"\"]\n"),
+    );
+    f.commit("policy trusts the lane's key");
+    let key = k["private_key"].as_str().unwrap().to_string();
+    (f, keys, key)
+}

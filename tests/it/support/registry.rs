@@ -207,6 +207,14 @@ pub enum Fault {
     /// Answer 403 to every request that starts a blob upload (a user with
     /// pull but no push permission).
     DenyPush,
+    /// Send manifest GET bodies one byte every 200 ms.
+    TrickleManifest,
+    /// Answer manifest GETs with 5 MiB, no Content-Length (read to close).
+    HugeManifest,
+    /// Answer manifest GETs with a redirect to the same path, forever.
+    RedirectLoop,
+    /// Redirect manifest GETs to this port of 127.0.0.1 (another host).
+    RedirectTo(u16),
 }
 
 /// A fault-injecting HTTP proxy on 127.0.0.1 in front of `upstream`.
@@ -383,6 +391,29 @@ fn handle(
         }
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
     }
+    let manifest_get = method == "GET" && path.contains("/manifests/");
+    if fault == Fault::RedirectLoop && manifest_get {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let hop = hits.load(Ordering::SeqCst);
+        let base = path.split('?').next().unwrap_or_default();
+        return respond(
+            client,
+            "307 Temporary Redirect",
+            &[("Location", format!("{base}?hop={hop}"))],
+            "",
+        );
+    }
+    if let Fault::RedirectTo(port) = fault
+        && manifest_get
+    {
+        hits.fetch_add(1, Ordering::SeqCst);
+        return respond(
+            client,
+            "307 Temporary Redirect",
+            &[("Location", format!("http://127.0.0.1:{port}{path}"))],
+            "",
+        );
+    }
     if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
         hits.fetch_add(1, Ordering::SeqCst);
         return respond(
@@ -464,8 +495,22 @@ fn handle(
         _ => {}
     }
     let mut c = client;
+    if fault == Fault::HugeManifest && manifest_get {
+        hits.fetch_add(1, Ordering::SeqCst);
+        rheaders.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+        body = vec![b' '; 5 << 20];
+    }
     c.write_all(closing_head(&status_line, &rheaders).as_bytes())?;
-    c.write_all(&body)?;
+    if fault == Fault::TrickleManifest && manifest_get {
+        hits.fetch_add(1, Ordering::SeqCst);
+        for b in &body {
+            c.write_all(std::slice::from_ref(b))?;
+            c.flush()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    } else {
+        c.write_all(&body)?;
+    }
     c.flush()?;
     let _ = c.shutdown(Shutdown::Both);
     Ok(())
@@ -522,6 +567,12 @@ impl Creds {
 
     /// Runs `xtask --workspace ROOT ARGS` with these credentials only.
     pub fn xtask(&self, f: &Fixture, args: &[&str]) -> Output {
+        run(&mut self.command(f, args))
+    }
+
+    /// The command `xtask --workspace ROOT ARGS` with these credentials
+    /// only, to run or spawn.
+    pub fn command(&self, f: &Fixture, args: &[&str]) -> std::process::Command {
         let mut cmd = f.command(args);
         cmd.env_remove("LANE_REGISTRY_USER")
             .env_remove("LANE_REGISTRY_PASSWORD")
@@ -534,6 +585,6 @@ impl Creds {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        run(&mut cmd)
+        cmd
     }
 }

@@ -74,7 +74,7 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
 }
 
 /// Which packages ship the queried files, from Debian's Contents index as
-/// apt keeps it: the `Contents-deb` targets of `arch` that apt-file's
+/// apt keeps it: the `Contents-deb` targets of `arch` and of `all` that apt-file's
 /// configuration makes `apt-get update` download (`apt-get indextargets`
 /// finds them, `apt-helper cat-file` decompresses them). Each file is
 /// streamed through [`ContentsQuery::scan`]; only the queried paths are
@@ -83,7 +83,12 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
 pub fn contents_providers(arch: &str, query: &ContentsQuery) -> Result<Option<Providers>> {
     let sh = Shell::new()?;
     // No apt at all is the same as no Contents index: nothing can be named.
-    let files = index_files(&sh, "Contents-deb", arch).unwrap_or_default();
+    // Architecture-independent packages (Python modules, scripts) are in
+    // the `all` index, next to the architecture's own.
+    let mut files = index_files(&sh, "Contents-deb", arch).unwrap_or_default();
+    if arch != "all" {
+        files.extend(index_files(&sh, "Contents-deb", "all").unwrap_or_default());
+    }
     if files.is_empty() {
         return Ok(None);
     }
@@ -218,31 +223,21 @@ pub fn locked_packages(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedPackag
         format!("{}: image {} has a [debian] table but {LOCK_PATH} cannot be read; run cargo xtask lock", deb.at, spec.name)
     })?;
     let lock = parse_lock(&text)?;
-    let Some(img) = lock.image.iter().find(|i| i.name == spec.name) else {
-        bail!(
-            "{}: image {} is not in {LOCK_PATH}; run cargo xtask lock",
-            deb.at,
-            spec.name
-        );
-    };
-    if img.exclude != deb.exclude {
-        bail!(
-            "{}: the [debian] exclude list of image {} ({}) differs from {LOCK_PATH} ({}); run cargo xtask lock",
-            deb.at,
-            spec.name,
-            deb.exclude.join(", "),
-            img.exclude.join(", ")
-        );
-    }
-    if img.packages != deb.packages {
-        bail!(
-            "{}: the [debian] packages of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",
-            deb.at,
-            spec.name,
-            deb.packages.join(", "),
-            img.packages.join(", ")
-        );
-    }
+    let img = lock.image.iter().find(|i| i.name == spec.name);
+    lane_core::lockfile::check_image(
+        LOCK_PATH,
+        &deb.at.to_string(),
+        &spec.name,
+        "debian",
+        img.map(|img| {
+            [
+                ("exclude entries", &deb.exclude[..], &img.exclude[..]),
+                ("packages", &deb.packages[..], &img.packages[..]),
+            ]
+        })
+        .as_ref()
+        .map(|l| &l[..]),
+    )?;
     Ok(lock
         .packages_of(&spec.name)
         .unwrap_or_default()
@@ -544,73 +539,4 @@ pub fn planned(root: &Path, spec: &ImageSpec) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
-}
-
-/// Which Debian packages ship the given top-level Python modules (for the
-/// system Python, `usr/lib/python3/dist-packages`) and library file names,
-/// from the `Contents` indexes of the machine's apt (apt-file's; run
-/// `apt-get update` with apt-file installed). Streams each index once;
-/// empty maps when apt has none.
-pub fn module_providers(
-    modules: &std::collections::BTreeSet<String>,
-    libraries: &std::collections::BTreeSet<String>,
-) -> Result<(
-    BTreeMap<String, std::collections::BTreeSet<String>>,
-    BTreeMap<String, std::collections::BTreeSet<String>>,
-)> {
-    use std::io::BufRead;
-    let mut mods: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    let mut libs: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    if modules.is_empty() && libraries.is_empty() {
-        return Ok((mods, libs));
-    }
-    let sh = Shell::new()?;
-    let format = "$(FILENAME)";
-    let identifier = "Identifier: Contents-deb";
-    let files = cmd!(sh, "apt-get indextargets --format {format} {identifier}")
-        .quiet()
-        .read()
-        .unwrap_or_default();
-    for f in files
-        .lines()
-        .map(str::trim)
-        .filter(|f| Path::new(f).exists())
-    {
-        let mut child = std::process::Command::new("/usr/lib/apt/apt-helper")
-            .args(["cat-file", f])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("reading the apt Contents index {f}"))?;
-        let Some(out) = child.stdout.take() else {
-            continue;
-        };
-        let mut reader = io::BufReader::with_capacity(1 << 20, out);
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 0 {
-            let l = line.trim_end();
-            let interesting = (!modules.is_empty()
-                && l.starts_with("usr/lib/python3/dist-packages/"))
-                || (!libraries.is_empty() && l.contains(".so"));
-            if interesting && let Some(i) = l.rfind([' ', '\t']) {
-                let path = l[..i].trim_end();
-                let pkgs = l[i + 1..]
-                    .split(',')
-                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
-                if let Some(m) = lane_core::python::resolve::contents_module(path)
-                    && modules.contains(&m)
-                {
-                    mods.entry(m).or_default().extend(pkgs.clone());
-                }
-                if let Some(name) = lane_core::drift::contents_library(path)
-                    && libraries.contains(name)
-                {
-                    libs.entry(name.to_string()).or_default().extend(pkgs);
-                }
-            }
-            line.clear();
-        }
-        let _ = child.wait();
-    }
-    Ok((mods, libs))
 }

@@ -63,6 +63,9 @@ pub struct Cache {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Every temporary path this process named, for [`remove_own_temporaries`].
+static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// A temporary path next to `path`, unique within this machine's processes.
 pub fn temp_path(path: &Path) -> PathBuf {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -70,7 +73,62 @@ pub fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    if let Ok(mut all) = TEMPORARIES.lock() {
+        all.push(tmp.clone());
+    }
+    tmp
+}
+
+/// Removes every temporary this process named that still exists (an
+/// interrupted run's half-written files and folders); returns how many.
+pub fn remove_own_temporaries() -> usize {
+    let all = match TEMPORARIES.lock() {
+        Ok(all) => all.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut removed = 0;
+    for p in all {
+        let gone = if p.is_dir() {
+            fs::remove_dir_all(&p).is_ok()
+        } else {
+            fs::remove_file(&p).is_ok()
+        };
+        removed += usize::from(gone);
+    }
+    removed
+}
+
+/// Removes what [`temp_path`] named in `dir` for a process that is gone (a
+/// run killed before its rename): `.NAME.tmp-PID-N` files and folders whose
+/// PID is no longer running. A live process's temporaries are left alone.
+pub fn sweep_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = stale_pid(name) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let _ = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+    }
+}
+
+/// The PID in a [`temp_path`] name (`.NAME.tmp-PID-N`).
+fn stale_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -97,6 +155,19 @@ impl Cache {
         fs::create_dir_all(dir.join("blobs/sha256"))
             .with_context(|| format!("creating {}", dir.display()))?;
         fs::create_dir_all(dir.join("actions"))?;
+        // What a killed run left half-written (the Debian and wheel caches
+        // share this folder).
+        for sub in [
+            "",
+            "blobs/sha256",
+            "actions",
+            "debs",
+            "debian/files",
+            "debian/unpacked",
+            "wheels",
+        ] {
+            sweep_stale(&dir.join(sub));
+        }
         let stat = match fs::read(dir.join("stat.json")) {
             // A damaged stat file only costs re-reading files: start empty.
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -177,5 +248,27 @@ impl Cache {
             self.stat_changed = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn temporaries_of_dead_processes_are_swept_and_others_kept() {
+        assert_eq!(super::stale_pid(".index.json.tmp-123-4"), Some(123));
+        assert_eq!(super::stale_pid("index.json"), None);
+        assert_eq!(super::stale_pid(".x.tmp-abc-1"), None);
+        let dir = std::env::temp_dir().join(format!("sweep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = super::temp_path(&dir.join("a"));
+        std::fs::write(&mine, b"live").unwrap();
+        // Above the kernel's PID limit (4194304): no process has it.
+        let dead = dir.join(".b.tmp-999999999-0");
+        std::fs::create_dir_all(dead.join("blobs")).unwrap();
+        std::fs::write(dir.join("c"), b"kept").unwrap();
+        super::sweep_stale(&dir);
+        assert!(mine.exists() && dir.join("c").exists());
+        assert!(!dead.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,12 @@
 //! `sha256-<hex>` fallback tag, exactly as a registry without the referrers
 //! API holds them. It gets the same cross-check as a registry: everything is
 //! re-hashed from what was stored.
+//!
+//! Writers are serialised by an exclusive `flock(2)` on `<root>/.lock`,
+//! held for each read-modify-write of an `index.json` (a tag move, a new
+//! candidate, a referrers index). Every file is written to a temporary name
+//! and renamed into place, so a process killed at any point leaves either
+//! the old or the new file; the kernel drops the lock with the process.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::cache::write_atomic;
+use crate::adapters::fault;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::{BlobStats, CrossCheck};
 use lane_core::evidence::{MEDIA_INDEX, MEDIA_MANIFEST};
@@ -25,6 +32,10 @@ use lane_core::store::{BlobCopy, Published, Store, parse_digest};
 pub struct LocalStore {
     pub root: PathBuf,
 }
+
+/// The local store's writer lock (released when dropped, or by the kernel
+/// when the process ends).
+struct StoreLock(#[allow(dead_code)] fs::File);
 
 impl LocalStore {
     pub fn new(root: PathBuf) -> LocalStore {
@@ -41,6 +52,27 @@ impl LocalStore {
     /// referrers index that names `sha256:../../x` is refused before this.
     fn blob_path(&self, repository: &Repository, digest: &Digest) -> PathBuf {
         self.repo(repository).join(digest.blob_path())
+    }
+
+    /// Holds the store's writer lock until the value is dropped; waits for
+    /// another process that holds it.
+    fn lock(&self) -> Result<StoreLock> {
+        use std::os::fd::AsRawFd;
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the local store lock {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking the local store {}", path.display()));
+        }
+        Ok(StoreLock(file))
     }
 
     fn index(&self, repository: &Repository) -> Result<Vec<Value>> {
@@ -90,10 +122,23 @@ impl LocalStore {
         Ok(Some(fs::metadata(&path)?.len()))
     }
 
+    /// [`LocalStore::add_entry`] of an image manifest, under the writer lock.
+    fn add_manifest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        size: u64,
+        tag: Option<&Tag>,
+    ) -> Result<()> {
+        let lock = self.lock()?;
+        self.add_entry(&lock, repository, digest, size, MEDIA_MANIFEST, tag)
+    }
+
     /// Adds `digest` to the repository's index: under `tag` (replacing what
-    /// the tag named), or untagged (once).
+    /// the tag named), or untagged (once). The caller holds the writer lock.
     fn add_entry(
         &self,
+        _locked: &StoreLock,
         repository: &Repository,
         digest: &Digest,
         size: u64,
@@ -161,6 +206,9 @@ impl Store for LocalStore {
 
     fn publish_candidate(&mut self, image: &BuiltImage) -> Result<Published> {
         let repo = &image.repository;
+        // Blobs a killed run left half-copied.
+        crate::adapters::cache::sweep_stale(&self.repo(repo).join("blobs/sha256"));
+        crate::adapters::cache::sweep_stale(&self.repo(repo));
         let layout = crate::adapters::layout::Layout::at(&image.name, &image.layout);
         let manifest = fs::read(layout.blob_path(&image.manifest_digest)).with_context(|| {
             format!(
@@ -185,17 +233,12 @@ impl Store for LocalStore {
             if let Some(n) = self.put_file(repo, d, &layout.blob_path(d))? {
                 uploaded.0 += 1;
                 uploaded.1 += n;
+                fault::point(fault::PUBLISH_BLOB_STORED);
             }
         }
         // Counted like a registry's blob uploads: the manifest is not a blob.
-        self.put(repo, &image.manifest_digest, &manifest)?;
-        self.add_entry(
-            repo,
-            &image.manifest_digest,
-            manifest.len() as u64,
-            MEDIA_MANIFEST,
-            None,
-        )?;
+        self.put_manifest(repo, &image.manifest_digest, &manifest)?;
+        fault::point(fault::PUBLISH_MANIFEST_STORED);
 
         // Cross-check: re-read and re-hash everything that was stored.
         let mut checks = Vec::new();
@@ -247,16 +290,16 @@ impl Store for LocalStore {
 
     fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
         let bytes = self.read_verified(repository, digest)?;
-        self.add_entry(
-            repository,
-            digest,
-            bytes.len() as u64,
-            MEDIA_MANIFEST,
-            Some(tag),
-        )?;
+        self.add_manifest(repository, digest, bytes.len() as u64, Some(tag))?;
         match self.resolve_tag(repository, tag)? {
             Some(d) if d == *digest => Ok(()),
-            other => bail!("tag {repository}:{tag} reads back as {other:?}, not {digest}"),
+            // Another process moved it between our write and this read.
+            Some(now) => Err(anyhow::Error::new(lane_core::distribution::Overtaken {
+                tag: tag.to_string(),
+                ours: digest.clone(),
+                now,
+            })),
+            None => bail!("tag {repository}:{tag} reads back as nothing, not {digest}"),
         }
     }
 
@@ -300,19 +343,28 @@ impl Store for LocalStore {
     fn put_manifest(&mut self, repo: &Repository, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let repository = repo;
         self.put(repository, digest, bytes)?;
-        self.add_entry(repository, digest, bytes.len() as u64, MEDIA_MANIFEST, None)?;
+        self.add_manifest(repository, digest, bytes.len() as u64, None)?;
         self.read_verified(repository, digest).map(|_| ())
     }
 
+    /// Under the writer lock, the entries the fallback tag lists now are
+    /// kept too: a concurrent attach to the same subject is never lost.
     fn put_referrers(&mut self, repo: &Repository, subject: &Digest, index: &Blob) -> Result<()> {
-        let repository = repo;
-        self.put(repository, &index.digest, &index.bytes)?;
+        let lock = self.lock()?;
+        let tag = subject.fallback_tag();
+        let now = lane_core::store::referrers(self, repo, subject)?;
+        let ours: Value = serde_json::from_slice(&index.bytes)
+            .context("the referrers index to store is not JSON")?;
+        let ours = ours["manifests"].as_array().cloned().unwrap_or_default();
+        let merged = lane_core::store::merged_referrers(now, ours)?;
+        self.put(repo, &merged.digest, &merged.bytes)?;
         self.add_entry(
-            repository,
-            &index.digest,
-            index.size(),
+            &lock,
+            repo,
+            &merged.digest,
+            merged.size(),
             MEDIA_INDEX,
-            Some(&subject.fallback_tag()),
+            Some(&tag),
         )
     }
 

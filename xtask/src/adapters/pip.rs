@@ -329,22 +329,16 @@ pub fn locked_wheels(root: &Path, spec: &ImageSpec) -> Result<Vec<LockedWheel>> 
     let lock = read_lock(root)?.with_context(|| {
         format!("{}: image {} has [python] requirements but {LOCK_PATH} does not exist; run cargo xtask lock", py.at, spec.name)
     })?;
-    let Some(img) = lock.image(&spec.name) else {
-        bail!(
-            "{}: image {} is not in {LOCK_PATH}; run cargo xtask lock",
-            py.at,
-            spec.name
-        );
-    };
-    if img.requirements != py.requirements {
-        bail!(
-            "{}: the [python] requirements of image {} ({}) differ from {LOCK_PATH} ({}); run cargo xtask lock",
-            py.at,
-            spec.name,
-            py.requirements.join(", "),
-            img.requirements.join(", ")
-        );
-    }
+    let img = lock.image(&spec.name);
+    lane_core::lockfile::check_image(
+        LOCK_PATH,
+        &py.at.to_string(),
+        &spec.name,
+        "python",
+        img.map(|img| [("requirements", &py.requirements[..], &img.requirements[..])])
+            .as_ref()
+            .map(|l| &l[..]),
+    )?;
     Ok(lock
         .wheels_of(&spec.name)
         .unwrap_or_default()
@@ -364,6 +358,16 @@ pub fn candidates(root: &Path) -> Result<PyLock> {
     }))
 }
 
+/// The lock's sha256 of a wheel, parsed by the one digest parser.
+pub fn locked_digest(w: &LockedWheel) -> Result<lane_core::id::Digest> {
+    w.sha256.parse().with_context(|| {
+        format!(
+            "{LOCK_PATH}: wheel {} has an invalid sha256 {:?}; run cargo xtask lock",
+            w.filename, w.sha256
+        )
+    })
+}
+
 /// The bytes of each locked wheel, from `cache_dir/wheels/<hex>.whl` or
 /// fetched through pip with the hash required; each is verified against
 /// the lock before anything opens it.
@@ -375,10 +379,7 @@ pub fn fetch_verified(
     let dir = cache_dir.join("wheels");
     let mut out = Vec::new();
     for w in wheels {
-        let digest: lane_core::id::Digest = w
-            .sha256
-            .parse()
-            .with_context(|| format!("{LOCK_PATH}: wheel {}", w.filename))?;
+        let digest = locked_digest(w)?;
         let cached = dir.join(format!("{}.whl", digest.hex()));
         if let Ok(bytes) = fs::read(&cached) {
             lock::verify(w, &bytes, &format!("cached copy {}", cached.display()))?;

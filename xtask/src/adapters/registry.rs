@@ -46,6 +46,98 @@ pub const ENV_USER: &str = "LANE_REGISTRY_USER";
 pub const ENV_PASSWORD: &str = "LANE_REGISTRY_PASSWORD";
 const DIGEST_HEADER: &str = "docker-content-digest";
 
+/// Seconds one request to the registry may take, body included
+/// (`LANE_REGISTRY_TIMEOUT`; default 300): a registry that trickles its
+/// answer ends the run with an error, not a hang.
+pub const ENV_TIMEOUT: &str = "LANE_REGISTRY_TIMEOUT";
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// The largest manifest, index or tag list the lane reads (the OCI
+/// distribution spec asks registries to take manifests up to 4 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest blob the lane holds in memory (evidence, configs).
+pub const MAX_SMALL_BLOB_BYTES: u64 = 64 << 20;
+/// The largest token-service answer or error body the lane reads.
+pub const MAX_SMALL_BODY_BYTES: u64 = 1 << 20;
+/// How many redirects one request follows.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The configured per-request timeout.
+fn request_timeout() -> Result<Duration> {
+    match std::env::var(ENV_TIMEOUT) {
+        Err(_) => Ok(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+            _ => bail!("{ENV_TIMEOUT}={v:?} is not a whole number of seconds above 0"),
+        },
+    }
+}
+
+/// Redirects: at most [`MAX_REDIRECTS`]; to another host only for a blob
+/// download (hosted registries serve blobs from storage elsewhere), and
+/// then without credentials (reqwest drops `Authorization` when the host
+/// changes). Any other request redirected to another host is refused.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let msg = format!("more than {MAX_REDIRECTS} redirects");
+            return attempt.error(msg);
+        }
+        let first = &attempt.previous()[0];
+        let next = attempt.url();
+        let same_host = next.host_str() == first.host_str()
+            && next.port_or_known_default() == first.port_or_known_default();
+        let blob_download = first.path().contains("/blobs/sha256:");
+        if same_host || blob_download {
+            return attempt.follow();
+        }
+        let msg = format!(
+            "the registry redirected {} to another host ({}); the lane follows only blob downloads to another host, and never with credentials",
+            first.path(),
+            next.host_str().unwrap_or("?")
+        );
+        attempt.error(msg)
+    })
+}
+
+/// Reads a response body of at most `cap` bytes: a larger one (by its
+/// Content-Length, or as it streams in) is refused, naming the limit.
+async fn read_capped(mut res: reqwest::Response, cap: u64, what: &str) -> Result<Vec<u8>> {
+    if let Some(n) = res.content_length()
+        && n > cap
+    {
+        bail!("{what}: the registry sent {n} bytes, more than the lane reads ({cap} bytes)");
+    }
+    let mut out = Vec::new();
+    loop {
+        let chunk = res
+            .chunk()
+            .await
+            .map_err(|e| anyhow!("{what}: {}", transport_error(&e)))?;
+        let Some(chunk) = chunk else { break };
+        if out.len() as u64 + chunk.len() as u64 > cap {
+            bail!("{what}: the registry sent more than the lane reads ({cap} bytes)");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A transport error in words; a timeout names the setting that bounds it.
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        let secs = request_timeout()
+            .map(|d| d.as_secs())
+            .unwrap_or(DEFAULT_TIMEOUT_SECS);
+        format!(
+            "no complete answer within {secs} s ({ENV_TIMEOUT}): {}",
+            error_chain(e)
+        )
+    } else {
+        error_chain(e)
+    }
+}
+
 /// `HOST[:PORT][/PREFIX]`: where images are published. Parsed once; every
 /// value of this type is a valid target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,9 +614,11 @@ pub fn preflight(target: &RegistryTarget, repositories: &[String]) -> Result<Rem
         .enable_all()
         .build()
         .context("starting the async runtime for the registry client")?;
+    let timeout = request_timeout()?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(120))
+        .timeout(timeout)
+        .redirect(redirect_policy())
         .user_agent(concat!("release-lane-xtask/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("creating the HTTP client")?;
@@ -537,7 +631,7 @@ pub fn preflight(target: &RegistryTarget, repositories: &[String]) -> Result<Rem
         protocol,
         use_monolithic_push: true,
         connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(120)),
+        read_timeout: Some(timeout),
         ..ClientConfig::default()
     })
     .map_err(|e| anyhow!("creating the registry client: {e}"))?;
@@ -594,6 +688,9 @@ impl Remote {
             resolved_sha256: back.sha256,
         };
         let failures = check_tag(digest, &check);
+        if let Some(o) = lane_core::distribution::overtaken(digest, &check) {
+            return Err(anyhow::Error::new(o));
+        }
         if !failures.is_empty() {
             bail!(
                 "{}",
@@ -689,8 +786,10 @@ impl Remote {
             let res = self.s.get(&url, repo, None, "listing the tags of").await?;
             match res.status() {
                 StatusCode::OK => {
-                    let v: serde_json::Value = serde_json::from_slice(&res.bytes().await?)
-                        .with_context(|| {
+                    let what = format!("the tag list of {}/{repo}", self.s.host());
+                    let body = read_capped(res, MAX_MANIFEST_BYTES, &what).await?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&body).with_context(|| {
                             format!("the tag list of {}/{repo} is not JSON", self.s.host())
                         })?;
                     let mut tags: Vec<String> = v["tags"]
@@ -726,7 +825,8 @@ impl Remote {
                     res.status()
                 );
             }
-            let bytes = res.bytes().await?.to_vec();
+            let what = format!("reading blob {digest} from {}/{repo}", self.s.host());
+            let bytes = read_capped(res, MAX_SMALL_BLOB_BYTES, &what).await?;
             let actual = sha256(&bytes);
             if actual != digest {
                 bail!(
@@ -780,8 +880,13 @@ impl Remote {
     }
 }
 
+/// How often a GET answered with a server error is sent again (after
+/// 0.1 s, 0.3 s, 0.9 s).
+const GET_RETRIES: u32 = 3;
+
 impl Session {
-    /// Sends an authorised GET; `what` names the request in errors.
+    /// Sends an authorised GET; `what` names the request in errors. A
+    /// server error (5xx) is retried [`GET_RETRIES`] times.
     async fn get(
         &self,
         url: &str,
@@ -789,11 +894,24 @@ impl Session {
         accept: Option<&str>,
         what: &str,
     ) -> Result<reqwest::Response> {
-        let mut req = self.http.get(url);
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a);
+        let mut delay = Duration::from_millis(100);
+        for attempt in 0.. {
+            let mut req = self.http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            let res = self.send(req, repo, None, what).await?;
+            // A GET changes nothing: a server error is asked again, a few
+            // times (the Distribution registry answers 500 to a read of a
+            // tag another client is writing at that moment).
+            if res.status().is_server_error() && attempt < GET_RETRIES {
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                continue;
+            }
+            return Ok(res);
         }
-        self.send(req, repo, None, what).await
+        unreachable!("the loop returns")
     }
 
     /// The one way a request reaches the registry: authorised for `repo`
@@ -810,7 +928,7 @@ impl Session {
             .await?
             .send()
             .await
-            .map_err(|e| anyhow!("{what} {}/{repo}: {}", self.host(), error_chain(&e)))
+            .map_err(|e| anyhow!("{what} {}/{repo}: {}", self.host(), transport_error(&e)))
     }
 
     /// Cancels an upload session the lane will not use. A registry that
@@ -950,9 +1068,13 @@ impl Session {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Token = res
-            .json()
-            .await
+        let body = read_capped(
+            res,
+            MAX_SMALL_BODY_BYTES,
+            &format!("the token service {realm}"),
+        )
+        .await?;
+        let t: Token = serde_json::from_slice(&body)
             .map_err(|e| anyhow!("the token service {realm} sent no token: {e}"))?;
         let t = t
             .token
@@ -1114,7 +1236,10 @@ impl Session {
         let status = res.status();
         let header = digest_header(res.headers());
         if status != StatusCode::CREATED {
-            let body = res.text().await.unwrap_or_default();
+            let body = read_capped(res, MAX_SMALL_BODY_BYTES, "the error body")
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             bail!(
                 "pushing the manifest to {}/{repo}:{reference}: registry answered {status}: {}",
                 self.host(),
@@ -1175,14 +1300,9 @@ impl Session {
                 self.host()
             );
         }
-        let bytes = res.bytes().await.map_err(|e| {
-            anyhow!(
-                "reading back {}/{repo}:{reference}: {}",
-                self.host(),
-                error_chain(&e)
-            )
-        })?;
-        Ok(Some((bytes.to_vec(), header)))
+        let what = format!("reading back {}/{repo}:{reference}", self.host());
+        let bytes = read_capped(res, MAX_MANIFEST_BYTES, &what).await?;
+        Ok(Some((bytes, header)))
     }
 
     /// Uploads one blob from the layout with oci-client, streaming the file.
@@ -1291,6 +1411,7 @@ impl Session {
             let n = self.upload_blob(repo, blob, &path, quiet).await?;
             stats.uploaded += 1;
             stats.bytes_uploaded += n;
+            crate::adapters::fault::point(crate::adapters::fault::PUBLISH_BLOB_STORED);
         }
         for blob in &image.blobs {
             self.known
@@ -1309,6 +1430,7 @@ impl Session {
                 bytes: &image.manifest,
             })
             .await?;
+        crate::adapters::fault::point(crate::adapters::fault::PUBLISH_MANIFEST_STORED);
         let mut blob_sizes = Vec::new();
         for blob in &image.blobs {
             blob_sizes.push((

@@ -6,6 +6,7 @@
 //! encodes layers through the action cache and writes each layout atomically
 //! (a temporary folder renamed into place).
 
+use crate::adapters::fault;
 use std::process::ExitCode;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -675,6 +676,7 @@ fn build_layer(
         };
         Ok((d.digest.to_string(), (d, file_digests)))
     })?;
+    fault::point(fault::BUILD_LAYER_CACHED);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -695,6 +697,9 @@ fn build_layer(
 /// Writes an OCI image layout into a temporary folder next to `layout` and
 /// renames it into place, so a failed build never leaves half a layout.
 fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<()> {
+    if let Some(parent) = layout.parent() {
+        crate::adapters::cache::sweep_stale(parent);
+    }
     let tmp = crate::adapters::cache::temp_path(layout);
     let result = (|| -> Result<()> {
         let blobs = tmp.join("blobs/sha256");
@@ -728,7 +733,17 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
         layout.file_name().unwrap_or_default().to_string_lossy()
     )));
     let had_old = fs::rename(layout, &old).is_ok();
+    fault::point(fault::BUILD_LAYOUT_SWAPPING);
     if let Err(e) = fs::rename(&tmp, layout) {
+        // Another process building the same image in this checkout put the
+        // same layout in place first (same inputs, same bytes): keep it.
+        if fs::read(layout.join("index.json")).is_ok_and(|i| i == docs.index.bytes) {
+            let _ = fs::remove_dir_all(&tmp);
+            if had_old {
+                let _ = fs::remove_dir_all(&old);
+            }
+            return Ok(());
+        }
         if had_old {
             let _ = fs::rename(&old, layout);
         }

@@ -18,7 +18,7 @@ use crate::adapters::layout::Layout;
 use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
 use crate::report::Reporter;
-use lane_core::contents::ContentsQuery;
+use lane_core::contents::{ContentsQuery, Providers};
 use lane_core::distribution::BuiltImage;
 use lane_core::drift::{
     ContentsState, CuratedManifest, DriftReport, ImageDrift, ImageFs, ProviderIndex, analyse,
@@ -264,35 +264,43 @@ pub fn analyse_built(
             fs,
         });
     }
+    // One scan of Debian's Contents index per architecture, for every
+    // image's missing libraries and interpreters and unresolved imports.
     let mut queries: BTreeMap<String, ContentsQuery> = BTreeMap::new();
-    for (a, arch) in analysed.iter().zip(&arches) {
-        queries
-            .entry(arch.clone())
-            .or_default()
-            .extend(contents_query(&a.drift, index));
+    for ((a, arch), py) in analysed.iter().zip(&arches).zip(&python) {
+        let query = queries.entry(arch.clone()).or_default();
+        query.extend(contents_query(&a.drift, index));
+        if let Some((py, facts)) = py {
+            query.extend(lane_core::python::resolve::contents_query(py, facts));
+        }
     }
+    let mut contents: BTreeMap<String, Option<Providers>> = BTreeMap::new();
     for (arch, query) in queries.iter().filter(|(_, q)| !q.is_empty()) {
         progress.say(format_args!(
             "drift: looking up {} in Debian's Contents index ({arch})",
             query.names().into_iter().collect::<Vec<_>>().join(", ")
         ));
-        let mut with_contents = index.clone();
-        match apt::contents_providers(arch, query)? {
-            Some(found) => {
-                with_contents.contents = found;
-                with_contents.contents_state = ContentsState::Consulted;
-            }
-            None => with_contents.contents_state = ContentsState::Absent,
-        }
-        for (a, _) in analysed.iter_mut().zip(&arches).filter(|(_, a)| *a == arch) {
-            if !a.drift.ok {
-                name_providers(&mut a.drift, &a.manifest, &with_contents);
-            }
-        }
+        contents.insert(arch.clone(), apt::contents_providers(arch, query)?);
     }
-    for (a, py) in analysed.iter_mut().zip(python) {
+    for ((a, arch), py) in analysed.iter_mut().zip(&arches).zip(python) {
+        let found = contents.get(arch);
+        if let Some(found) = found
+            && !a.drift.ok
+        {
+            let mut with_contents = index.clone();
+            match found {
+                Some(found) => {
+                    with_contents.contents = found.clone();
+                    with_contents.contents_state = ContentsState::Consulted;
+                }
+                None => with_contents.contents_state = ContentsState::Absent,
+            }
+            name_providers(&mut a.drift, &a.manifest, &with_contents);
+        }
         if let Some((mut py, facts)) = py {
-            python_providers(&mut py)?;
+            if let Some(Some(found)) = found {
+                lane_core::python::resolve::name_module_providers(&mut py, found);
+            }
             lane_core::python::resolve::link_extensions(
                 &mut py,
                 &a.fs,
@@ -314,26 +322,6 @@ pub fn analyse_built(
         }
     }
     Ok(analysed)
-}
-
-/// Names, from Debian's Contents index, the package that ships each
-/// unresolved module nothing else names.
-fn python_providers(py: &mut PythonDrift) -> Result<()> {
-    let modules: std::collections::BTreeSet<String> = py
-        .unresolved
-        .iter()
-        .filter(|u| u.site.problem.is_none())
-        .map(|u| u.site.top_level().to_string())
-        .collect();
-    if modules.is_empty() {
-        return Ok(());
-    }
-    let (mods, _) = apt::module_providers(&modules, &Default::default())?;
-    for (top, pkgs) in mods {
-        let list: Vec<String> = pkgs.into_iter().map(|p| format!("deb:{p}")).collect();
-        py.add_providers(&top, &list);
-    }
-    Ok(())
 }
 
 /// Check each image's curated packages against what its binaries load.

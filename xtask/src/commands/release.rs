@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::adapters::fault;
 use crate::adapters::registry::RegistryTarget;
 use crate::adapters::workspace::{GitFacts, Toolchain, Workspace};
 use crate::commands::build::{self, BuildOptions, BuildReport};
@@ -51,12 +52,35 @@ pub struct ImageRelease {
     pub tags: Vec<Tag>,
     pub accepted: bool,
     pub decision: Decision,
-    /// Tags moved (empty on rejection).
+    /// Tags this run moved, each read back (empty on rejection);
+    /// `tag_checks` says whether each still names this digest.
     pub tagged: Vec<Tag>,
+    /// Each moved tag checked once more after the record was attached: a
+    /// registry has no compare-and-swap, so another run may have moved it
+    /// since. A tag that no longer names this digest is reported here and
+    /// makes the run fail (docs/faults.md, races).
+    pub tag_checks: Vec<TagHeld>,
     /// Digests of the attached evidence artifacts.
     pub evidence: Vec<Digest>,
     pub record: PathBuf,
     pub provenance: Value,
+}
+
+/// Whether a tag this run moved still names its digest at the final check.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagHeld {
+    pub tag: Tag,
+    /// When this run sent the move (RFC 3339, nanoseconds).
+    pub moved_at: String,
+    /// When the move's own read-back returned: the move took effect
+    /// between `moved_at` and this.
+    pub confirmed_at: String,
+    /// When the final read was sent, after the record was attached.
+    pub checked_at: String,
+    /// What the tag named then.
+    pub names: Option<Digest>,
+    /// `names` is this run's digest.
+    pub held: bool,
 }
 
 /// Who ran the lane, as the report shows it.
@@ -83,6 +107,8 @@ pub struct ReleaseReport {
     /// `cargo xtask verify` will refuse this evidence).
     pub signing_key_trusted: bool,
     pub accepted: bool,
+    /// Every tag this run moved still named its digest at the final check.
+    pub tags_held: bool,
     pub images: Vec<ImageRelease>,
     /// Wall-clock seconds of each stage, in order.
     pub stages: Vec<(String, f64)>,
@@ -163,6 +189,12 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The time to nanoseconds: orders the tag moves and checks of concurrent
+/// runs on one machine.
+fn now_precise() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
 pub fn load_policy(ws: &Workspace) -> Result<(Policy, Digest)> {
     let path = ws.root.join(POLICY_PATH);
     let bytes = std::fs::read(&path).with_context(|| {
@@ -209,7 +241,9 @@ pub fn release(
         stages.end("provenance, evidence, accept/reject");
     }
     let accepted = images.iter().all(|i| i.accepted);
+    let tags_held = images.iter().all(|i| i.tag_checks.iter().all(|t| t.held));
     Ok(ReleaseReport {
+        tags_held,
         store: store.describe(),
         builder: BuilderView {
             id: facts.builder.id.clone(),
@@ -487,6 +521,7 @@ pub fn apply(
     signer: Option<&lane_core::signing::Signer>,
     progress: &Reporter,
 ) -> Result<ImageRelease> {
+    fault::point(fault::RELEASE_GATES_RUN);
     let Candidate {
         image,
         spec,
@@ -526,6 +561,7 @@ pub fn apply(
         accepted: decision.accepted,
         decision,
         tagged: Vec::new(),
+        tag_checks: Vec::new(),
         evidence: Vec::new(),
         record: record_path.clone(),
         provenance: provenance.clone(),
@@ -567,22 +603,37 @@ pub fn apply(
                 Ok(d) => release.evidence.push(d),
                 Err(e) => reject(&mut release, format!("attaching evidence failed: {e:#}")),
             }
+            fault::point(fault::RELEASE_EVIDENCE_ATTACHED);
         }
     }
+    let mut moved_at = Vec::new();
     if release.accepted {
         for tag in &spec.tags {
             progress.say(format_args!(
                 "accept: tag {}:{tag} -> {}",
                 spec.repository, image.manifest_digest
             ));
+            let at = now_precise();
             match store.tag(&spec.repository, &image.manifest_digest, tag) {
-                Ok(()) => release.tagged.push(tag.clone()),
+                Ok(()) => {
+                    release.tagged.push(tag.clone());
+                    moved_at.push((at, now_precise()));
+                }
+                // Moved, then moved again by another run before our
+                // read-back: the final check below reports it.
+                Err(e) if e.is::<lane_core::distribution::Overtaken>() => {
+                    progress.say(format_args!("accept: {e}"));
+                    release.tagged.push(tag.clone());
+                    moved_at.push((at, now_precise()));
+                }
                 Err(e) => {
                     reject(&mut release, format!("tagging {tag} failed: {e:#}"));
                     break;
                 }
             }
+            fault::point(fault::RELEASE_TAG_MOVED);
         }
+        fault::point(fault::RELEASE_TAGS_MOVED);
     }
     let record = record_json(&release, &gate_statement, facts)?;
     if let Some(p) = &published {
@@ -599,7 +650,32 @@ pub fn apply(
             release.evidence.push(d);
         }
     }
-    crate::adapters::cache::write_atomic(&record_path, &record.bytes)?;
+    // The final check of every moved tag: another run may have moved it
+    // since (registries have no compare-and-swap). The local record says
+    // what was found; the run fails when a tag was overtaken.
+    for (tag, (moved_at, confirmed_at)) in release.tagged.clone().into_iter().zip(moved_at) {
+        let checked_at = now_precise();
+        let names = store.resolve_tag(&spec.repository, &tag)?;
+        let held = names.as_ref() == Some(&image.manifest_digest);
+        if !held {
+            release.decision.failures.push(format!(
+                "tag {}:{tag} was moved by another run after this one moved it: it names {} now, not {}; this digest stays released by digest, the tag is not this run's",
+                spec.repository,
+                names.as_ref().map_or("nothing".to_string(), Digest::to_string),
+                image.manifest_digest
+            ));
+        }
+        release.tag_checks.push(TagHeld {
+            tag,
+            moved_at,
+            confirmed_at,
+            checked_at,
+            names,
+            held,
+        });
+    }
+    let local_record = record_json(&release, &gate_statement, facts)?;
+    crate::adapters::cache::write_atomic(&record_path, &local_record.bytes)?;
     Ok(release)
 }
 
@@ -1001,10 +1077,7 @@ fn provenance_inputs(
     }
     for w in wheels.iter().cloned() {
         inputs.push(Input::Wheel {
-            sha256: w
-                .sha256
-                .parse()
-                .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+            sha256: crate::adapters::pip::locked_digest(&w)?,
             name: w.name,
             version: w.version,
         });
@@ -1086,10 +1159,7 @@ fn sbom_inputs(
             .into_iter()
             .map(|w| {
                 Ok(lane_core::sbom::PythonDist {
-                    sha256: w
-                        .sha256
-                        .parse()
-                        .with_context(|| format!("python.lock: wheel {}", w.filename))?,
+                    sha256: crate::adapters::pip::locked_digest(&w)?,
                     name: w.name,
                     version: w.version,
                 })
@@ -1138,6 +1208,15 @@ pub fn summary(report: &ReleaseReport) -> String {
                 "REJECTED, no tag moved".into()
             }
         ));
+        for t in i.tag_checks.iter().filter(|t| !t.held) {
+            out.push_str(&format!(
+                "  OVERTAKEN: tag {} names {} now (another run moved it after this one)\n",
+                t.tag,
+                t.names
+                    .as_ref()
+                    .map_or("nothing".to_string(), Digest::to_string)
+            ));
+        }
         for g in &i.decision.gates {
             let state = if i.decision.required.contains(&g.gate) {
                 g.state.to_string()
@@ -1230,7 +1309,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if report.accepted {
+    Ok(if report.accepted && report.tags_held {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

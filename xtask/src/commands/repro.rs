@@ -1,9 +1,11 @@
 //! `cargo xtask repro`: build twice under varied conditions, compare digests.
 //!
-//! The first build runs from the checkout into `target/repro/first/`. The
+//! Each run works in a folder of its own, `target/repro/.run.tmp-PID-N/`,
+//! removed at the end unless the builds differ.
+//! The first build runs from the checkout into `first/` there. The
 //! second runs from a copy of the source tree at another path
-//! (`target/repro/copy/`), copied and built under umask 077 with shuffled file
-//! mtimes, into `target/repro/second/`. Both start with an empty cache and an
+//! (`copy/`), copied and built under umask 077 with shuffled file
+//! mtimes, into `second/`. Both start with an empty cache and an
 //! empty cargo target dir. On a mismatch the report names the image, the
 //! layer and the first differing file.
 
@@ -51,10 +53,27 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
 }
 
 pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproReport> {
-    let work = ws.root.join("target/repro");
-    if work.exists() {
-        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    // One folder per run (`target/repro/.run.tmp-PID-N`): two runs in one
+    // checkout at once never share it. It is removed at the end unless the
+    // builds differ; a killed run's folder is swept by the next run.
+    let base = ws.root.join("target/repro");
+    crate::adapters::cache::sweep_stale(&base);
+    let work = crate::adapters::cache::temp_path(&base.join("run"));
+    let report = compare_builds(ws, names, quiet, &work);
+    // Kept only when the builds differ, for inspection.
+    if !report.as_ref().is_ok_and(|r| !r.reproducible) {
+        let _ = fs::remove_dir_all(&work);
     }
+    report
+}
+
+/// Both builds in `work` and their comparison.
+fn compare_builds(
+    ws: &Workspace,
+    names: &[String],
+    quiet: bool,
+    work: &Path,
+) -> Result<ReproReport> {
     let progress = crate::report::Reporter::new(quiet);
     progress.say("repro: first build, from the checkout");
     let first_opts = options(&work.join("first"), quiet);

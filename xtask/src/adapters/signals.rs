@@ -1,0 +1,42 @@
+//! SIGINT and SIGTERM outside the smoke gate: the run stops at once and
+//! removes the temporaries it was writing (everything [`temp_path`] named
+//! that still exists: half-written cache blobs, layouts, store files), so
+//! nothing of it is left behind; then it exits with 128 + the signal.
+//! During the smoke gate the engine adapter installs its own handler, which
+//! stops the smoke run and removes its containers (`engine::smoke`).
+//!
+//! [`temp_path`]: crate::adapters::cache::temp_path
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    RECEIVED.store(sig, Ordering::SeqCst);
+}
+
+/// Installs the handlers and the thread that acts on them.
+pub fn install() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, handler) };
+    }
+    std::thread::spawn(|| {
+        loop {
+            let sig = RECEIVED.load(Ordering::SeqCst);
+            if sig != 0 {
+                let removed = crate::adapters::cache::remove_own_temporaries();
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                eprintln!("interrupted ({name}): stopped, {removed} temporary files removed");
+                std::process::exit(128 + sig);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
