@@ -252,7 +252,11 @@ pub struct BuiltLayer {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CacheStats {
     pub hits: u64,
+    /// Layers encoded and compressed here (neither cache had them).
     pub misses: u64,
+    /// Layers taken from the shared cache in a registry, verified.
+    #[serde(default)]
+    pub remote_hits: u64,
     /// Bytes of packaged file content read from disk.
     pub bytes_read: u64,
     /// Bytes of tar stream compressed.

@@ -230,8 +230,43 @@ pub fn encode<W: Write>(
         .mtime(0)
         .operating_system(255)
         .write(compressed, flate2::Compression::new(GZIP_LEVEL));
-    let tar_hash = HashWriter::new(gz);
-    let mut builder = tar::Builder::new(tar_hash);
+    let (tar_hash, file_digests) = write_tar(entries, mtime, contents, HashWriter::new(gz))?;
+    let (gz, diff_id, tar_size) = tar_hash.finish();
+    let compressed = gz.finish().context("finishing the gzip stream")?;
+    let (mut out, digest, size) = compressed.finish();
+    out.flush()?;
+    Ok((
+        LayerDigests {
+            digest,
+            diff_id,
+            size,
+            tar_size,
+        },
+        file_digests,
+    ))
+}
+
+/// The diff_id and size of the tar [`encode`] writes for `entries`,
+/// without compressing: what a layer taken from a shared cache must
+/// decompress to.
+pub fn tar_digest(
+    entries: &[Entry],
+    mtime: u64,
+    contents: &mut dyn Contents,
+) -> Result<(Digest, u64)> {
+    let (hashed, _) = write_tar(entries, mtime, contents, HashWriter::new(io::sink()))?;
+    let (_, diff_id, size) = hashed.finish();
+    Ok((diff_id, size))
+}
+
+/// The layer's tar stream into `out`, and each file's content digest.
+fn write_tar<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    contents: &mut dyn Contents,
+    out: W,
+) -> Result<(W, BTreeMap<String, Digest>)> {
+    let mut builder = tar::Builder::new(out);
     let mut file_digests = BTreeMap::new();
     for e in entries {
         let mut header = tar::Header::new_gnu();
@@ -274,20 +309,8 @@ pub fn encode<W: Write>(
             }
         }
     }
-    let tar_hash = builder.into_inner().context("finishing the tar stream")?;
-    let (gz, diff_id, tar_size) = tar_hash.finish();
-    let compressed = gz.finish().context("finishing the gzip stream")?;
-    let (mut out, digest, size) = compressed.finish();
-    out.flush()?;
-    Ok((
-        LayerDigests {
-            digest,
-            diff_id,
-            size,
-            tar_size,
-        },
-        file_digests,
-    ))
+    let out = builder.into_inner().context("finishing the tar stream")?;
+    Ok((out, file_digests))
 }
 
 /// The action-cache key of a layer: a digest over the encoder identity, the

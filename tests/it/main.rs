@@ -19,5 +19,6 @@ mod python;
 mod registry_base;
 mod release;
 mod release_registry;
+mod shared_cache;
 mod smoke;
 mod verify;

@@ -305,6 +305,31 @@ mod tidy {
         assert_eq!(found[0].1, ["a.rs:2", "b.rs:2"]);
     }
 
+    /// The CI example's build matrix names every image of the workspace.
+    #[test]
+    fn the_ci_build_matrix_names_every_image() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let workflow = std::fs::read_to_string(root.join(".github/workflows/release.yml")).unwrap();
+        let line = workflow
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("image: ["))
+            .expect("release.yml has a build matrix `image: [...]`");
+        let mut matrix: Vec<&str> = line
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        matrix.sort();
+        let mut images: Vec<String> = std::fs::read_dir(root.join("images"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("image.toml").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        images.sort();
+        assert_eq!(matrix, images, "release.yml's build matrix and images/");
+    }
+
     /// The README's test command is the one a fresh machine needs: it is
     /// `bash .ci/run`, which installs what is missing (ci/setup.sh) before
     /// it runs the tests, and CI runs exactly it.

@@ -105,6 +105,33 @@ impl Registry {
             .arg(format!("docker://{}/{reference}", self.host())))
     }
 
+    /// The tags of `repo`, sorted, read from the registry's storage.
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let dir = self
+            .storage()
+            .join("docker/registry/v2/repositories")
+            .join(repo)
+            .join("_manifests/tags");
+        let mut tags: Vec<String> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    /// The file the registry keeps blob `digest` in.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// The digest `repo:tag` resolves to now (sha256 of the bytes skopeo reads).
     pub fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
         self.skopeo_raw(&format!("{repo}:{tag}"))

@@ -12,6 +12,7 @@ pub mod pip;
 pub mod registry;
 pub mod registry_server;
 pub mod registry_store;
+pub mod remote_cache;
 pub mod signals;
 pub mod validators;
 pub mod workspace;

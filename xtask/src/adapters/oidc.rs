@@ -291,3 +291,64 @@ mod tests {
         assert!(e.contains("fork"), "{e}");
     }
 }
+
+/// Who runs the lane: a verified CI identity (refused here, with the fix,
+/// when a registry release needs one and it does not verify), else the
+/// local builder.
+pub fn builder_run(
+    root: &std::path::Path,
+    policy: &Policy,
+    to_registry: bool,
+    progress: &crate::report::Reporter,
+) -> Result<lane_core::provenance::BuilderRun> {
+    let get = |k: &str| std::env::var(k).ok();
+    let version = env!("CARGO_PKG_VERSION");
+    let local = || lane_core::provenance::BuilderRun::local(version, get("LANE_INVOCATION_ID"));
+    let now = chrono::Utc::now().timestamp();
+    match identify(root, policy, &get, now, version) {
+        Ok(Identified::NotCi) => {
+            progress.say(format_args!(
+                "preflight: not a CI run: builder {} (accepted into the local store only)",
+                lane_core::provenance::LOCAL_BUILDER_ID
+            ));
+            Ok(local())
+        }
+        Ok(Identified::Verified {
+            builder,
+            trusted: Ok(()),
+        }) => {
+            if let Some(i) = &builder.identity {
+                progress.say(format_args!(
+                    "preflight: CI identity verified: builder {} ({i})",
+                    builder.id
+                ));
+            }
+            Ok(*builder)
+        }
+        Ok(Identified::Verified {
+            builder,
+            trusted: Err(why),
+        }) => {
+            if to_registry {
+                bail!("preflight: CI identity: {why}");
+            }
+            progress.warn(format_args!(
+                "preflight: CI identity: {why}; the local store takes the release anyway"
+            ));
+            Ok(*builder)
+        }
+        Err(e) if to_registry => Err(e.context("preflight: CI identity")),
+        Err(e) => {
+            progress.warn(format_args!(
+                "preflight: CI identity not verified: {e:#}; this run is the local builder, which only the local store accepts"
+            ));
+            Ok(local())
+        }
+    }
+}
+
+/// True only for a verified CI identity the policy trusts.
+pub fn authoritative(policy: &Policy, builder: &lane_core::provenance::BuilderRun) -> bool {
+    builder.identity.is_some()
+        && lane_core::identity::trusted(&policy.trusted_builders, &builder.id).is_ok()
+}

@@ -810,6 +810,60 @@ impl Remote {
         })
     }
 
+    /// Uploads a blob from a file (streamed) unless the registry has it.
+    pub fn push_blob_file(&self, repo: &str, blob: &BlobRef, path: &Path) -> Result<()> {
+        self.rt.block_on(async {
+            if self
+                .s
+                .blob_size(repo, blob.digest.as_str())
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            self.s.upload_blob(repo, blob, path, true).await.map(|_| ())
+        })
+    }
+
+    /// GET of a blob into the file `dest`, streamed and hashed on the way,
+    /// refused past `cap` bytes; returns what the bytes hash to and how many
+    /// there were (the caller compares them with what it expects).
+    pub fn fetch_blob_to_file(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        dest: &Path,
+        cap: u64,
+    ) -> Result<(Digest, u64)> {
+        use std::io::Write as _;
+        self.rt.block_on(async {
+            let url = format!("{}/v2/{repo}/blobs/{digest}", self.s.base);
+            let what = format!("reading blob {digest} from {}/{repo}", self.s.host());
+            let mut res = self.s.get(&url, repo, None, &what).await?;
+            if res.status() != StatusCode::OK {
+                bail!("{what}: registry answered {}", res.status());
+            }
+            let file = std::fs::File::create(dest)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            let mut out = lane_core::layer::HashWriter::new(file);
+            let mut n = 0u64;
+            while let Some(chunk) = res
+                .chunk()
+                .await
+                .map_err(|e| anyhow!("{what}: {}", transport_error(&e)))?
+            {
+                n += chunk.len() as u64;
+                if n > cap {
+                    bail!("{what}: the registry sent more than the lane reads ({cap} bytes)");
+                }
+                out.write_all(&chunk)
+                    .with_context(|| format!("writing {}", dest.display()))?;
+            }
+            let (_, digest, count) = out.finish();
+            Ok((digest, count))
+        })
+    }
+
     /// GET of a blob's bytes (small blobs: evidence, configs).
     pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
         self.rt.block_on(async {

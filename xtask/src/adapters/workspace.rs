@@ -20,6 +20,22 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The committed release policy (ci/release-policy.toml), parsed, and
+    /// the digest of its bytes.
+    pub fn policy(&self) -> Result<(lane_core::gates::Policy, lane_core::id::Digest)> {
+        use lane_core::gates::POLICY_PATH;
+        let path = self.root.join(POLICY_PATH);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("reading {POLICY_PATH}; every release needs a policy file (see README.md)")
+        })?;
+        let text = String::from_utf8(bytes.clone())
+            .with_context(|| format!("{POLICY_PATH} is not UTF-8"))?;
+        Ok((
+            lane_core::gates::parse_policy(POLICY_PATH, &text)?,
+            lane_core::id::Digest::of(&bytes),
+        ))
+    }
+
     /// Finds the workspace: `explicit` if given, else the nearest ancestor of
     /// the current directory holding both `Cargo.toml` and `images/`.
     pub fn locate(explicit: Option<&Path>) -> Result<Workspace> {

@@ -178,6 +178,175 @@ pub fn generate_tree(dir: &Path, scale: u64) -> Result<u64> {
     Ok(total)
 }
 
+/// How many of the generated images are bases the others build on.
+const SCALE_BASES: usize = 5;
+
+/// Writes a workspace of `images` files-only images into `root` (which
+/// gets a Cargo.toml, .gitignore and images/; the caller commits it):
+/// `SCALE_BASES` bases on scratch, every other image on one of them, each
+/// with two layers of small generated files (about 40 KiB an image).
+/// Deterministic: the same `images` writes the same bytes.
+pub fn scale_workspace(root: &Path, images: usize) -> Result<()> {
+    fs::create_dir_all(root.join("images"))?;
+    fs::write(
+        root.join("Cargo.toml"),
+        "[workspace]\nmembers = []\n\n[workspace.metadata.lane]\nsource = \"https://git.example.com/scale\"\n",
+    )?;
+    fs::write(root.join(".gitignore"), "/target\n")?;
+    fs::write(root.join("Cargo.lock"), "version = 4\n")?;
+    let mut rng = Rng(0x5eed_5ca1_e000_0050);
+    for i in 0..images {
+        let (name, base) = if i < SCALE_BASES.min(images) {
+            (format!("base-{i:02}"), String::new())
+        } else {
+            (
+                format!("app-{i:02}"),
+                format!("base = \"workspace://base-{:02}\"\n", i % SCALE_BASES),
+            )
+        };
+        let dir = root.join("images").join(&name);
+        let mut toml =
+            format!("name = \"{name}\"\nrepository = \"scale/{name}\"\ntags = [\"v1\"]\n{base}");
+        for layer in ["data", "config"] {
+            for f in 0..4 {
+                let path = dir.join(layer).join(format!("f{f}.txt"));
+                fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+                let mut w = BufWriter::new(fs::File::create(&path)?);
+                write_content(&mut w, &mut rng, 4 << 10, 5)?;
+                w.flush()?;
+            }
+            toml.push_str(&format!(
+                "\n[[layer]]\nname = \"{layer}\"\nfiles = [{{ src = \"{layer}\", dest = \"/srv/{name}/{layer}\" }}]\n"
+            ));
+        }
+        fs::write(dir.join("image.toml"), toml)?;
+    }
+    Ok(())
+}
+
+/// A git repository of the generated workspace, committed at a fixed date.
+fn scale_checkout(root: &Path, images: usize) -> Result<Workspace> {
+    if root.exists() {
+        fs::remove_dir_all(root)?;
+    }
+    scale_workspace(root, images)?;
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(root);
+    sh.set_var("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z");
+    sh.set_var("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z");
+    let id = [
+        "-c",
+        "user.name=bench",
+        "-c",
+        "user.email=bench@example.com",
+    ];
+    xshell::cmd!(sh, "git init -q -b main").run()?;
+    xshell::cmd!(sh, "git {id...} add -A").run()?;
+    xshell::cmd!(sh, "git {id...} commit -q -m scale").run()?;
+    Ok(Workspace {
+        root: root.canonicalize()?,
+    })
+}
+
+/// The scale cases on a generated workspace of 50 images: a cold build in
+/// parallel against the same build with `--jobs 1`, a warm no-change
+/// build, and a fresh checkout whose only warm cache is the registry.
+fn scale(work: &Path, runs: usize) -> Result<Vec<Case>> {
+    const IMAGES: usize = 50;
+    let dir = work.join("registry-cache");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    let registry = RegistryServer::start(&dir, None)?;
+    let location = format!("{}/bench/lane-cache", registry.host());
+    let (mut parallel, mut serial, mut warm, mut remote) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut notes = Vec::new();
+    for run in 0..runs {
+        let a = scale_checkout(&work.join("scale-a"), IMAGES)?;
+        let mut opts = BuildOptions::for_workspace(&a);
+        opts.quiet = true;
+        opts.jobs = 1;
+        let t = Instant::now();
+        let one = build::build(&a, &[], &opts)?.images;
+        serial.push(t.elapsed().as_secs_f64());
+        let _ = fs::remove_dir_all(a.root.join("target"));
+        opts.jobs = build::default_jobs();
+        opts.shared_cache = Some(build::SharedCache {
+            location: format!("{location}-{run}"),
+            writes: true,
+        });
+        let t = Instant::now();
+        let many = build::build(&a, &[], &opts)?.images;
+        parallel.push(t.elapsed().as_secs_f64());
+        let digests = |r: &[BuiltImage]| {
+            r.iter()
+                .map(|i| i.manifest_digest.clone())
+                .collect::<Vec<_>>()
+        };
+        if digests(&one) != digests(&many) {
+            bail!("the parallel build of the scale workspace differs from the serial one");
+        }
+        opts.shared_cache = None;
+        let t = Instant::now();
+        build::build(&a, &[], &opts)?;
+        warm.push(t.elapsed().as_secs_f64());
+        // Another runner: a fresh checkout, only the registry cache warm.
+        let b = scale_checkout(&work.join("scale-b"), IMAGES)?;
+        let mut bopts = BuildOptions::for_workspace(&b);
+        bopts.quiet = true;
+        bopts.shared_cache = Some(build::SharedCache {
+            location: format!("{location}-{run}"),
+            writes: false,
+        });
+        let t = Instant::now();
+        let fresh = build::build(&b, &[], &bopts)?;
+        remote.push(t.elapsed().as_secs_f64());
+        if run == 0 {
+            let misses: u64 = fresh.images.iter().map(|i| i.cache.misses).sum();
+            let hits: u64 = fresh.images.iter().map(|i| i.cache.remote_hits).sum();
+            notes.push(format!(
+                "{IMAGES} images, {} layers; fresh checkout: {hits} layers from the registry cache, {misses} compressed",
+                many.iter().map(|i| i.layers.len()).sum::<usize>()
+            ));
+            if digests(&fresh.images) != digests(&one) {
+                bail!("the fresh checkout built from the registry cache differs");
+            }
+        }
+    }
+    let serial = Stat::of(serial);
+    let parallel = Stat::of(parallel);
+    let cold = parallel.clone();
+    let mut out = vec![Case {
+        name: format!(
+            "cold build of {IMAGES} generated images, parallel (--jobs {})",
+            build::default_jobs()
+        ),
+        unit: "seconds".into(),
+        ratio: Some(ratio(&parallel, &serial)),
+        lane: parallel,
+        reference_tool: "the same build with --jobs 1".into(),
+        reference: Some(serial),
+        notes: notes.clone(),
+    }];
+    for (name, v) in [
+        ("warm no-change build", warm),
+        ("fresh checkout, only the registry cache warm", remote),
+    ] {
+        let s = Stat::of(v);
+        out.push(Case {
+            name: format!("{name} ({IMAGES} generated images)"),
+            unit: "seconds".into(),
+            ratio: Some(ratio(&s, &cold)),
+            lane: s,
+            reference_tool: "the lane's own cold parallel build".into(),
+            reference: Some(cold.clone()),
+            notes: notes.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// The entries of a layer holding `dir` under `/data`, as the lane would
 /// package a `files` source directory.
 pub fn tree_entries(dir: &Path) -> Result<Vec<Entry>> {
@@ -303,6 +472,7 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     cases.extend(whole_release(&cws, &copy, &opts, runs)?);
     cases.extend(publish_vs_skopeo(&cws, &work, &opts, runs)?);
     cases.extend(python_imports(&cws, &work, &opts, runs)?);
+    cases.extend(scale(&work, runs)?);
     cases.extend(peak_memory(&work, runs, quick)?);
     Ok(BenchReport {
         quick,

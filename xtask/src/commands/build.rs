@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 
 use anyhow::{Context, Result, bail};
 
 use crate::adapters::cache::Cache;
+use crate::adapters::remote_cache::{ENV_CACHE, RemoteCache, RemoteStats};
 use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
 use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
@@ -112,6 +114,26 @@ pub struct BuildOptions {
     pub source: Option<SourceFacts>,
     /// No progress output (`--json`, tests).
     pub quiet: bool,
+    /// The shared action cache in a registry, if any (never for the
+    /// reproducible gate's builds).
+    pub shared_cache: Option<SharedCache>,
+    /// How many images build at once (independent images of one wave of
+    /// the image graph); 1 builds them one after another.
+    pub jobs: usize,
+}
+
+/// The default of `--jobs`: the machine's cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Where the shared cache is and whether this run may write to it.
+#[derive(Debug, Clone)]
+pub struct SharedCache {
+    /// `HOST[:PORT]/REPO`.
+    pub location: String,
+    /// Only an authoritative run writes.
+    pub writes: bool,
 }
 
 impl BuildOptions {
@@ -123,6 +145,8 @@ impl BuildOptions {
             cargo_target_dir: target.join("lane-cargo"),
             source: None,
             quiet: false,
+            shared_cache: None,
+            jobs: default_jobs(),
         }
     }
 }
@@ -172,6 +196,9 @@ pub struct PlannedEntry {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildReport {
     pub images: Vec<BuiltImage>,
+    /// What the shared cache did (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_cache: Option<RemoteStats>,
     #[serde(skip)]
     pub source: Option<SourceFacts>,
     #[serde(skip)]
@@ -482,7 +509,33 @@ impl<R: Read> Read for Counting<'_, R> {
 
 /// Runs the plan: cargo, layers (through the cache), layouts.
 pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
+    execute_shared(ws, plan, opts).map(|(images, _)| images)
+}
+
+/// [`execute`], and what the shared cache did.
+pub fn execute_shared(
+    ws: &Workspace,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
+) -> Result<(Vec<BuiltImage>, Option<RemoteStats>)> {
     let progress = Reporter { quiet: opts.quiet };
+    let remote = match &opts.shared_cache {
+        Some(c) => {
+            let rc = RemoteCache::open(&c.location, c.writes)?;
+            progress.say(format_args!(
+                "shared cache: {} ({}, {})",
+                c.location,
+                rc.who(),
+                if c.writes {
+                    "read and write: an authoritative run"
+                } else {
+                    "read only: not an authoritative run"
+                }
+            ));
+            Some(rc)
+        }
+        None => None,
+    };
     if !plan.binaries.is_empty() {
         progress.say(format_args!(
             "cargo build --locked --release ({})",
@@ -503,131 +556,249 @@ pub fn execute(ws: &Workspace, plan: &BuildPlan, opts: &BuildOptions) -> Result<
             opts.quiet,
         )?;
     }
+    let all = ws.load_images()?;
+    let cache = RwLock::new(Cache::open(&opts.cache_dir)?);
+    fs::create_dir_all(&opts.images_dir)
+        .with_context(|| format!("creating {}", opts.images_dir.display()))?;
+    let remote = Mutex::new(remote);
+    let ctx = Ctx {
+        ws,
+        plan,
+        opts,
+        all: &all,
+        arch: oci::arch_of_triple(&plan.toolchain.triple),
+        cache: &cache,
+        remote: &remote,
+        progress: &progress,
+    };
+    // Waves over the image graph: an image waits for its workspace base;
+    // the images of one wave build at once, at most `jobs` of them. The
+    // outcome is the same in any order: each image is a function of its
+    // inputs and its base.
+    let depth = depths(&plan.images);
+    let mut built: BTreeMap<String, (BuiltImage, BaseImage)> = BTreeMap::new();
+    for d in 0..=depth.iter().copied().max().unwrap_or(0) {
+        let wave: Vec<&PlannedImage> = plan
+            .images
+            .iter()
+            .zip(&depth)
+            .filter(|(_, x)| **x == d)
+            .map(|(p, _)| p)
+            .collect();
+        let results = in_parallel(&wave, opts.jobs, |p| build_image(&ctx, p, &built));
+        for (p, r) in wave.iter().zip(results) {
+            built.insert(p.spec.name.clone(), r?);
+        }
+    }
+    let out: Vec<BuiltImage> = plan
+        .images
+        .iter()
+        .map(|p| built[&p.spec.name].0.clone())
+        .collect();
+    cache
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a build thread panicked"))?
+        .save()?;
+    let stats = remote
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a build thread panicked"))?
+        .map(|r| r.stats);
+    for r in stats.iter().flat_map(|s| &s.rejected) {
+        progress.warn(format_args!("shared cache: entry ignored: {r}"));
+    }
+    Ok((out, stats))
+}
+
+/// What every image's build shares.
+struct Ctx<'a> {
+    ws: &'a Workspace,
+    plan: &'a BuildPlan,
+    opts: &'a BuildOptions,
+    all: &'a [ImageSpec],
+    arch: &'a str,
+    cache: &'a RwLock<Cache>,
+    remote: &'a Mutex<Option<RemoteCache>>,
+    progress: &'a Reporter,
+}
+
+fn read(cache: &RwLock<Cache>) -> std::sync::RwLockReadGuard<'_, Cache> {
+    cache.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(cache: &RwLock<Cache>) -> std::sync::RwLockWriteGuard<'_, Cache> {
+    cache.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How deep each image sits in the plan's graph: 0 without a workspace
+/// base, else one more than its base.
+fn depths(images: &[PlannedImage]) -> Vec<usize> {
+    let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
+    // The plan lists bases before the images on them.
+    for p in images {
+        let d = match &p.spec.base {
+            BaseRef::Workspace { image } => depth.get(image.as_str()).map_or(0, |d| d + 1),
+            _ => 0,
+        };
+        depth.insert(&p.spec.name, d);
+    }
+    images.iter().map(|p| depth[p.spec.name.as_str()]).collect()
+}
+
+/// `f` over `items` on at most `jobs` threads; the results in order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if jobs <= 1 || items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item ran")
+        })
+        .collect()
+}
+
+/// One image: its layers through the caches, its documents, its layout.
+fn build_image(
+    ctx: &Ctx,
+    planned: &PlannedImage,
+    built: &BTreeMap<String, (BuiltImage, BaseImage)>,
+) -> Result<(BuiltImage, BaseImage)> {
     let bin_path = |package: &str, bin: &str| -> PathBuf {
-        plan.binaries
+        ctx.plan
+            .binaries
             .iter()
             .find(|b| b.request.package == package && b.request.bin == bin)
             .map(|b| b.path.clone())
             .unwrap_or_default()
     };
-    let all = ws.load_images()?;
-    let mut cache = Cache::open(&opts.cache_dir)?;
-    fs::create_dir_all(&opts.images_dir)
-        .with_context(|| format!("creating {}", opts.images_dir.display()))?;
-    let arch = oci::arch_of_triple(&plan.toolchain.triple);
-    let mut built: BTreeMap<String, (BuiltImage, BaseImage)> = BTreeMap::new();
-    let mut out = Vec::new();
-    for planned in &plan.images {
-        let spec = &planned.spec;
-        let mut stats = CacheStats::default();
-        let mut records = Vec::new();
-        // The pinned Debian packages come first (verified before use), then
-        // the image's own layers, each through the action cache.
-        let mut layers = Vec::new();
-        if spec.debian.is_some() {
-            let entries = crate::adapters::apt::layer_entries(&ws.root, &opts.cache_dir, spec)?;
-            let created_by =
-                "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
-            layers.push((DEBIAN_LAYER.to_string(), entries, created_by));
-        }
-        // Wheels are verified and installed in memory before any layer is
-        // encoded: a bad wheel builds nothing.
-        let wheels = crate::adapters::pip::layer_entries(&ws.root, &opts.cache_dir, &all, spec)?;
-        if !wheels.is_empty() {
-            layers.push((
-                WHEELS_LAYER.to_string(),
-                wheels,
-                "cargo xtask build: Python wheels of lockfiles/python.lock".to_string(),
-            ));
-        }
-        for l in app_layer(spec).iter().chain(&spec.layers) {
-            let entries = resolve_layer(&ws.root, spec, l, &bin_path, true)?;
-            layers.push((
-                l.name.clone(),
-                entries,
-                format!("cargo xtask build: layer {}", l.name),
-            ));
-        }
-        for (name, entries, created_by) in layers {
-            let d = build_layer(
-                &mut cache,
-                &entries,
-                plan.source.source_date_epoch,
-                &mut stats,
-                &progress,
-                &spec.name,
-                &name,
-            )?;
-            records.push(LayerRecord::new(&d, created_by));
-        }
-        let pulled;
-        let base = match &spec.base {
-            BaseRef::Workspace { image } => Some(&built[image].1),
-            BaseRef::Pinned { repository, digest } => {
-                pulled = crate::adapters::base::fetch(&cache, repository, digest, opts.quiet)?;
-                Some(&pulled)
-            }
-            BaseRef::Scratch => None,
-        };
-        let repo_tags: Vec<String> = spec
-            .tags
-            .iter()
-            .map(|t| format!("{}:{t}", spec.repository))
-            .collect();
-        let docs = oci::image_docs(&ImageInputs {
-            arch,
-            runtime: &spec.config,
-            base,
-            layers: &records,
-            source: &plan.source,
-            ref_name: spec.tags[0].as_str(),
-            repo_tags: &repo_tags,
-        })?;
-        let layout = opts.images_dir.join(&spec.name);
-        write_layout(&cache, &layout, &docs)?;
-        let image = BuiltImage {
-            name: spec.name.clone(),
-            repository: spec.repository.clone(),
-            tags: spec.tags.clone(),
-            manifest_digest: docs.manifest.digest.clone(),
-            config_digest: docs.config.digest.clone(),
-            layout: layout.clone(),
-            layers: docs
-                .layers
-                .iter()
-                .map(|l| BuiltLayer {
-                    digest: l.digest.clone(),
-                    diff_id: l.diff_id.clone(),
-                    size: l.size,
-                })
-                .collect(),
-            cache: stats,
-        };
-        progress.say(format_args!(
-            "built {} {} ({} layers, cache {} hit / {} miss)",
-            spec.name,
-            image.manifest_digest,
-            image.layers.len(),
-            image.cache.hits,
-            image.cache.misses
-        ));
-        let as_base = BaseImage {
-            name: format!("workspace://{}", spec.name),
-            manifest_digest: docs.manifest.digest.to_string(),
-            layers: docs.layers.clone(),
-            config: docs.runtime.clone(),
-        };
-        built.insert(spec.name.clone(), (image.clone(), as_base));
-        out.push(image);
+    let spec = &planned.spec;
+    let mut stats = CacheStats::default();
+    let mut records = Vec::new();
+    // The pinned Debian packages come first (verified before use), then
+    // the image's own layers, each through the action cache.
+    let mut layers = Vec::new();
+    if spec.debian.is_some() {
+        let entries = crate::adapters::apt::layer_entries(&ctx.ws.root, &ctx.opts.cache_dir, spec)?;
+        let created_by = "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
+        layers.push((DEBIAN_LAYER.to_string(), entries, created_by));
     }
-    cache.save()?;
-    Ok(out)
+    // Wheels are verified and installed in memory before any layer is
+    // encoded: a bad wheel builds nothing.
+    let wheels =
+        crate::adapters::pip::layer_entries(&ctx.ws.root, &ctx.opts.cache_dir, ctx.all, spec)?;
+    if !wheels.is_empty() {
+        layers.push((
+            WHEELS_LAYER.to_string(),
+            wheels,
+            "cargo xtask build: Python wheels of lockfiles/python.lock".to_string(),
+        ));
+    }
+    for l in app_layer(spec).iter().chain(&spec.layers) {
+        let entries = resolve_layer(&ctx.ws.root, spec, l, &bin_path, true)?;
+        layers.push((
+            l.name.clone(),
+            entries,
+            format!("cargo xtask build: layer {}", l.name),
+        ));
+    }
+    for (name, entries, created_by) in layers {
+        let d = build_layer(
+            ctx.cache,
+            ctx.remote,
+            &entries,
+            ctx.plan.source.source_date_epoch,
+            &mut stats,
+            ctx.progress,
+            &spec.name,
+            &name,
+        )?;
+        records.push(LayerRecord::new(&d, created_by));
+    }
+    let pulled;
+    let base = match &spec.base {
+        BaseRef::Workspace { image } => Some(&built[image].1),
+        BaseRef::Pinned { repository, digest } => {
+            pulled =
+                crate::adapters::base::fetch(&read(ctx.cache), repository, digest, ctx.opts.quiet)?;
+            Some(&pulled)
+        }
+        BaseRef::Scratch => None,
+    };
+    let repo_tags: Vec<String> = spec
+        .tags
+        .iter()
+        .map(|t| format!("{}:{t}", spec.repository))
+        .collect();
+    let docs = oci::image_docs(&ImageInputs {
+        arch: ctx.arch,
+        runtime: &spec.config,
+        base,
+        layers: &records,
+        source: &ctx.plan.source,
+        ref_name: spec.tags[0].as_str(),
+        repo_tags: &repo_tags,
+    })?;
+    let layout = ctx.opts.images_dir.join(&spec.name);
+    write_layout(&read(ctx.cache), &layout, &docs)?;
+    let image = BuiltImage {
+        name: spec.name.clone(),
+        repository: spec.repository.clone(),
+        tags: spec.tags.clone(),
+        manifest_digest: docs.manifest.digest.clone(),
+        config_digest: docs.config.digest.clone(),
+        layout: layout.clone(),
+        layers: docs
+            .layers
+            .iter()
+            .map(|l| BuiltLayer {
+                digest: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+            })
+            .collect(),
+        cache: stats,
+    };
+    ctx.progress.say(format_args!(
+        "built {} {} ({} layers, cache {} hit / {} miss)",
+        spec.name,
+        image.manifest_digest,
+        image.layers.len(),
+        image.cache.hits,
+        image.cache.misses
+    ));
+    let as_base = BaseImage {
+        name: format!("workspace://{}", spec.name),
+        manifest_digest: docs.manifest.digest.to_string(),
+        layers: docs.layers.clone(),
+        config: docs.runtime.clone(),
+    };
+    Ok((image, as_base))
 }
 
 /// One layer through the action cache: a hit reuses the blob without reading
-/// any packaged file; a miss encodes it once, reading each file once.
+/// any packaged file; then the shared cache, if any (each entry verified);
+/// a miss encodes it once, reading each file once. The local cache is read
+/// by many builds at once and written under its lock only for a moment.
+#[allow(clippy::too_many_arguments)]
 fn build_layer(
-    cache: &mut Cache,
+    cache: &RwLock<Cache>,
+    remote: &Mutex<Option<RemoteCache>>,
     entries: &[Entry],
     mtime: u64,
     stats: &mut CacheStats,
@@ -644,13 +815,46 @@ fn build_layer(
             );
         }
     }
-    let key = layer::cache_key(entries, mtime, &|src| cache.known_digest(src, &metas[src]));
-    if let Some(key) = &key {
-        if let Some(d) = cache.lookup(key) {
-            stats.hits += 1;
+    let key_now =
+        |c: &Cache| layer::cache_key(entries, mtime, &|src| c.known_digest(src, &metas[src]));
+    let mut key = key_now(&read(cache));
+    if let Some(key) = &key
+        && let Some(d) = read(cache).lookup(key)
+    {
+        stats.hits += 1;
+        return Ok(d);
+    }
+    let mut shared = remote.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rc) = shared.as_mut() {
+        // The key needs every file's digest: hash what the stat cache does
+        // not know (reading, not compressing), then ask the shared cache.
+        if key.is_none() {
+            for (src, meta) in &metas {
+                if read(cache).known_digest(src, meta).is_none() {
+                    let f = fs::File::open(src).with_context(|| format!("reading {src}"))?;
+                    let mut r = layer::HashReader::new(io::BufReader::new(f));
+                    io::copy(&mut r, &mut io::sink()).with_context(|| format!("reading {src}"))?;
+                    let (digest, n) = r.finish();
+                    stats.bytes_read += n;
+                    write(cache).remember_digest(src, meta, digest.to_string());
+                }
+            }
+            key = key_now(&read(cache));
+        }
+        let mut ours = || {
+            let mut files = FsContents { bytes_read: 0 };
+            let r = layer::tar_digest(entries, mtime, &mut files);
+            stats.bytes_read += files.bytes_read;
+            r
+        };
+        if let Some(key) = &key
+            && let Some(d) = rc.fetch(key, &read(cache), &mut ours)
+        {
+            stats.remote_hits += 1;
             return Ok(d);
         }
     }
+    drop(shared);
     stats.misses += 1;
     let total: u64 = entries
         .iter()
@@ -668,7 +872,7 @@ fn build_layer(
         bar
     });
     let mut contents = FsContents { bytes_read: 0 };
-    let (digest, (d, file_digests)) = cache.put_blob(|file| {
+    let (digest, (d, file_digests)) = read(cache).put_blob(|file| {
         let w = io::BufWriter::with_capacity(1 << 20, file);
         let (d, file_digests) = match &bar {
             Some(bar) => layer::encode(entries, mtime, &mut contents, bar.wrap_write(w))?,
@@ -683,13 +887,19 @@ fn build_layer(
     debug_assert_eq!(digest, d.digest);
     stats.bytes_read += contents.bytes_read;
     stats.bytes_compressed += d.tar_size;
-    for (src, digest) in file_digests {
-        cache.remember_digest(&src, &metas[&src], digest.to_string());
+    {
+        let mut c = write(cache);
+        for (src, digest) in file_digests {
+            c.remember_digest(&src, &metas[&src], digest.to_string());
+        }
     }
     // The key can now be computed from the digests just read.
-    if let Some(key) = layer::cache_key(entries, mtime, &|src| cache.known_digest(src, &metas[src]))
-    {
-        cache.record(&key, &d)?;
+    let key = key_now(&read(cache));
+    if let Some(key) = key {
+        read(cache).record(&key, &d)?;
+        if let Some(rc) = remote.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            rc.store(&key, &d, &read(cache));
+        }
     }
     Ok(d)
 }
@@ -759,9 +969,10 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
 /// Plans and executes in one go.
 pub fn build(ws: &Workspace, names: &[String], opts: &BuildOptions) -> Result<BuildReport> {
     let (plan, git) = plan(ws, names, opts)?;
-    let images = execute(ws, &plan, opts)?;
+    let (images, shared_cache) = execute_shared(ws, &plan, opts)?;
     Ok(BuildReport {
         images,
+        shared_cache,
         source: Some(plan.source),
         git,
     })
@@ -782,6 +993,36 @@ pub struct Args {
     /// Print the plan (images, layers, every entry, binaries) and build nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Images built at once (default: the machine's cores); the digests
+    /// are the same for any value.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+}
+
+/// The shared action cache (`build` and `release`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// HOST[:PORT]/REPO of a registry repository used as a shared action
+    /// cache (default: $LANE_CACHE). Every run reads it (each entry is
+    /// verified before use); only an authoritative run, a verified CI
+    /// identity the policy trusts, writes to it. Credentials as for publish.
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub cache: Option<String>,
+}
+
+impl CacheArgs {
+    /// `--cache`, else `$LANE_CACHE`; writes when `authoritative`.
+    pub fn shared(&self, authoritative: bool) -> Option<SharedCache> {
+        self.cache
+            .clone()
+            .or_else(|| std::env::var(ENV_CACHE).ok().filter(|v| !v.is_empty()))
+            .map(|location| SharedCache {
+                location,
+                writes: authoritative,
+            })
+    }
 }
 
 pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
@@ -789,9 +1030,29 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         images,
         json,
         dry_run,
+        cache,
+        jobs,
     } = args;
     let mut opts = BuildOptions::for_workspace(ws);
     opts.quiet = json;
+    if let Some(n) = jobs {
+        opts.jobs = usize::from(n);
+    }
+    if cache.shared(false).is_some() && !dry_run {
+        // Who runs decides whether the shared cache takes writes: only a
+        // verified CI identity the committed policy trusts (no policy, no
+        // writes).
+        let progress = Reporter { quiet: json };
+        let authoritative = match ws.policy() {
+            Ok((policy, _)) => {
+                let builder =
+                    crate::adapters::oidc::builder_run(&ws.root, &policy, false, &progress)?;
+                crate::adapters::oidc::authoritative(&policy, &builder)
+            }
+            Err(_) => false,
+        };
+        opts.shared_cache = cache.shared(authoritative);
+    }
     if dry_run {
         let (plan, _) = plan(ws, &images, &opts)?;
         println!("{}", serde_json::to_string_pretty(&plan)?);

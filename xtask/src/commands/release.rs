@@ -36,6 +36,8 @@ pub struct ReleaseOptions {
     /// Signs the provenance, gate and SBOM statements; `None` leaves them
     /// unsigned (and `cargo xtask verify` then refuses them).
     pub signer: Option<lane_core::signing::Signer>,
+    /// The shared action cache (`--cache`, `$LANE_CACHE`).
+    pub cache: crate::commands::build::CacheArgs,
 }
 
 /// The outcome for one image, as `release --json` prints it and as the
@@ -110,6 +112,9 @@ pub struct ReleaseReport {
     /// Every tag this run moved still named its digest at the final check.
     pub tags_held: bool,
     pub images: Vec<ImageRelease>,
+    /// What the shared cache did in the build (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_cache: Option<crate::adapters::remote_cache::RemoteStats>,
     /// Wall-clock seconds of each stage, in order.
     pub stages: Vec<(String, f64)>,
 }
@@ -196,13 +201,7 @@ fn now_precise() -> String {
 }
 
 pub fn load_policy(ws: &Workspace) -> Result<(Policy, Digest)> {
-    let path = ws.root.join(POLICY_PATH);
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!("reading {POLICY_PATH}; every release needs a policy file (see README.md)")
-    })?;
-    let text =
-        String::from_utf8(bytes.clone()).with_context(|| format!("{POLICY_PATH} is not UTF-8"))?;
-    Ok((gates::parse_policy(POLICY_PATH, &text)?, Digest::of(&bytes)))
+    ws.policy()
 }
 
 /// Runs the lane: collect the facts, then per released image run the gates,
@@ -215,7 +214,7 @@ pub fn release(
 ) -> Result<ReleaseReport> {
     let progress = Reporter { quiet: opts.quiet };
     let mut stages = Stages::new();
-    let facts = collect(ws, &opts.images, store, &progress, &mut stages)?;
+    let facts = collect(ws, opts, store, &progress, &mut stages)?;
     let mut images = Vec::new();
     // Named images are released; their workspace bases are built (their
     // layers are part of the image) but not released on their own.
@@ -262,6 +261,7 @@ pub fn release(
         }),
         accepted,
         images,
+        shared_cache: facts.built.shared_cache.clone(),
         stages: stages.spent,
     })
 }
@@ -269,17 +269,19 @@ pub fn release(
 /// Step 1: preflight (store, then engine), build, second build, lock check.
 pub fn collect(
     ws: &Workspace,
-    names: &[String],
+    opts: &ReleaseOptions,
     store: &mut dyn Store,
     progress: &Reporter,
     stages: &mut Stages,
 ) -> Result<Facts> {
+    let names = &opts.images;
     let started_on = now();
     let (policy, policy_digest) = load_policy(ws)?;
 
     // Preflight: before any build work. First who runs the lane (a CI
     // identity is verified, or refused here with the fix), then the store.
-    let builder = builder_identity(ws, &policy, store.is_registry(), progress)?;
+    let builder =
+        crate::adapters::oidc::builder_run(&ws.root, &policy, store.is_registry(), progress)?;
     let all = ws.load_images()?;
     let selected = crate::adapters::workspace::select(&all, names)?;
     let repositories: Vec<Repository> = selected
@@ -313,6 +315,9 @@ pub fn collect(
     progress.say("build");
     let mut build_opts = BuildOptions::for_workspace(ws);
     build_opts.quiet = progress.quiet;
+    build_opts.shared_cache = opts
+        .cache
+        .shared(crate::adapters::oidc::authoritative(&policy, &builder));
     let built = build::build(ws, names, &build_opts)?;
     stages.end("build");
 
@@ -345,58 +350,6 @@ pub fn collect(
 /// policy), or the release to a registry stops here, naming the fix. A run
 /// outside CI is the local builder. Into the local store, a CI identity
 /// that fails is a warning and the run is the local builder.
-fn builder_identity(
-    ws: &Workspace,
-    policy: &Policy,
-    to_registry: bool,
-    progress: &Reporter,
-) -> Result<BuilderRun> {
-    use crate::adapters::oidc::{self, Identified};
-    let get = |k: &str| std::env::var(k).ok();
-    let version = env!("CARGO_PKG_VERSION");
-    let local = || BuilderRun::local(version, get("LANE_INVOCATION_ID"));
-    let now = chrono::Utc::now().timestamp();
-    match oidc::identify(&ws.root, policy, &get, now, version) {
-        Ok(Identified::NotCi) => {
-            progress.say(format_args!(
-                "preflight: not a CI run: builder {} (accepted into the local store only)",
-                lane_core::provenance::LOCAL_BUILDER_ID
-            ));
-            Ok(local())
-        }
-        Ok(Identified::Verified {
-            builder,
-            trusted: Ok(()),
-        }) => {
-            if let Some(i) = &builder.identity {
-                progress.say(format_args!(
-                    "preflight: CI identity verified: builder {} ({i})",
-                    builder.id
-                ));
-            }
-            Ok(*builder)
-        }
-        Ok(Identified::Verified {
-            builder,
-            trusted: Err(why),
-        }) => {
-            if to_registry {
-                bail!("preflight: CI identity: {why}");
-            }
-            progress.warn(format_args!(
-                "preflight: CI identity: {why}; the local store takes the release anyway"
-            ));
-            Ok(*builder)
-        }
-        Err(e) if to_registry => Err(e.context("preflight: CI identity")),
-        Err(e) => {
-            progress.warn(format_args!(
-                "preflight: CI identity not verified: {e:#}; this run is the local builder, which only the local store accepts"
-            ));
-            Ok(local())
-        }
-    }
-}
 
 /// Step 2 for one image: the image checks, the candidate published by
 /// digest and cross-checked, the provenance and SBOM made and checked.
@@ -1286,6 +1239,8 @@ pub struct Args {
     /// `cargo xtask verify` refuses it.
     #[arg(long, value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: crate::commands::build::CacheArgs,
 }
 
 pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
@@ -1294,6 +1249,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         registry,
         json,
         signing_key,
+        cache,
     } = args;
     let signer =
         crate::adapters::keys::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
@@ -1302,6 +1258,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         images,
         quiet: json,
         signer,
+        cache,
     };
     let report = release(ws, &opts, store.as_mut())?;
     if json {

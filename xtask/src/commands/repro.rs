@@ -49,6 +49,9 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
         cargo_target_dir: dir.join("cargo"),
         source: None,
         quiet,
+        // An independent rebuild: never from a shared cache.
+        shared_cache: None,
+        jobs: crate::commands::build::default_jobs(),
     }
 }
 
