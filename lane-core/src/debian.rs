@@ -1052,7 +1052,7 @@ mod tests {
         assert_eq!(d[2][0].name, "python3");
     }
 
-    const INDEX: &str = "\
+    pub(super) const INDEX: &str = "\
 Package: app
 Version: 1.0
 Architecture: amd64
@@ -1192,7 +1192,7 @@ SHA256: ff
         assert!(diff_locks(&c, &a).contains(&"package libc version changed: 2.0 -> 2.1".into()));
     }
 
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(super) fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in entries {
             let mut h = tar::Header::new_gnu();
@@ -1204,7 +1204,7 @@ SHA256: ff
         b.into_inner().unwrap()
     }
 
-    fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    pub(super) fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut ar = ar::Builder::new(Vec::new());
         for (name, bytes) in members {
             ar.append(
@@ -1282,5 +1282,76 @@ SHA256: ff
             "etc/x"
         );
         assert!(sanitise_path("./usr/../../x").is_err());
+    }
+}
+
+/// Hostile Debian inputs (docs/faults.md): `Packages` indexes and control
+/// stanzas, dependency fields, versions, `lockfiles/debian.lock`. No panic;
+/// lock errors name the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated_text};
+    use proptest::prelude::*;
+
+    const LOCK_SAMPLE: &str = include_str!("../../lockfiles/debian.lock");
+
+    fn index_and_resolve(text: &str) {
+        let Ok(stanzas) = parse_stanzas(text) else {
+            return;
+        };
+        for s in &stanzas {
+            for field in ["Depends", "Pre-Depends", "Provides"] {
+                if let Some(v) = s.get(field) {
+                    let _ = parse_deps(v);
+                }
+            }
+        }
+        if let Ok(index) = Index::from_stanzas(&stanzas, "amd64") {
+            let _ = resolve(&index, "amd64", "t", &[("img".into(), vec!["app".into()])]);
+        }
+    }
+
+    #[test]
+    fn the_lock_sample_parses() {
+        parse_lock(LOCK_SAMPLE).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn packages_index_arbitrary_text(text in any::<String>()) {
+            index_and_resolve(&text);
+        }
+
+        #[test]
+        fn packages_index_mutated(text in mutated_text(tests::INDEX)) {
+            index_and_resolve(&text);
+        }
+
+        #[test]
+        fn dependency_fields_and_versions_arbitrary(
+            field in "[a-z0-9.+:~|,() <>=-]{0,40}",
+            a in "[0-9a-z.+:~-]{0,12}",
+            b in any::<String>(),
+        ) {
+            let _ = parse_deps(&field);
+            let _ = version_cmp(&a, &b);
+            prop_assert_eq!(version_cmp(&a, &a), Ordering::Equal);
+        }
+
+        #[test]
+        fn debian_lock_arbitrary_text(text in any::<String>()) {
+            if let Err(e) = parse_lock(&text) {
+                clear_error(&e, LOCK_PATH)?;
+            }
+        }
+
+        #[test]
+        fn debian_lock_mutated(text in mutated_text(LOCK_SAMPLE)) {
+            if let Err(e) = parse_lock(&text) {
+                clear_error(&e, LOCK_PATH)?;
+            }
+        }
     }
 }
