@@ -689,8 +689,10 @@ impl Remote {
             let res = self.s.get(&url, repo, None, "listing the tags of").await?;
             match res.status() {
                 StatusCode::OK => {
-                    let v: serde_json::Value = serde_json::from_slice(&res.bytes().await?)
-                        .with_context(|| {
+                    let what = format!("the tag list of {}/{repo}", self.s.host());
+                    let body = read_body(res, MAX_TAG_LIST_BYTES, &what).await?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&body).with_context(|| {
                             format!("the tag list of {}/{repo} is not JSON", self.s.host())
                         })?;
                     let mut tags: Vec<String> = v["tags"]
@@ -711,8 +713,9 @@ impl Remote {
         })
     }
 
-    /// GET of a blob's bytes (small blobs: evidence, configs).
-    pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
+    /// GET of a blob's bytes, refused above `limit` bytes (one of
+    /// `lane_core::oci`'s caps).
+    pub fn fetch_blob(&self, repo: &str, digest: &str, limit: u64) -> Result<Vec<u8>> {
         self.rt.block_on(async {
             let url = format!("{}/v2/{repo}/blobs/{digest}", self.s.base);
             let res = self
@@ -726,7 +729,8 @@ impl Remote {
                     res.status()
                 );
             }
-            let bytes = res.bytes().await?.to_vec();
+            let what = format!("blob {digest} from {}/{repo}", self.s.host());
+            let bytes = read_body(res, limit, &what).await?;
             let actual = sha256(&bytes);
             if actual != digest {
                 bail!(
@@ -950,9 +954,13 @@ impl Session {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Token = res
-            .json()
-            .await
+        let body = read_body(
+            res,
+            MAX_TOKEN_BYTES,
+            &format!("the token service {realm}'s answer"),
+        )
+        .await?;
+        let t: Token = serde_json::from_slice(&body)
             .map_err(|e| anyhow!("the token service {realm} sent no token: {e}"))?;
         let t = t
             .token
@@ -1114,11 +1122,13 @@ impl Session {
         let status = res.status();
         let header = digest_header(res.headers());
         if status != StatusCode::CREATED {
-            let body = res.text().await.unwrap_or_default();
+            let body = read_body(res, MAX_ERROR_BODY_BYTES, "the error body")
+                .await
+                .unwrap_or_default();
             bail!(
                 "pushing the manifest to {}/{repo}:{reference}: registry answered {status}: {}",
                 self.host(),
-                body.trim()
+                error_body(&body)
             );
         }
         Ok(header)
@@ -1175,14 +1185,9 @@ impl Session {
                 self.host()
             );
         }
-        let bytes = res.bytes().await.map_err(|e| {
-            anyhow!(
-                "reading back {}/{repo}:{reference}: {}",
-                self.host(),
-                error_chain(&e)
-            )
-        })?;
-        Ok(Some((bytes.to_vec(), header)))
+        let what = format!("the manifest {}/{repo}:{reference}", self.host());
+        let bytes = read_body(res, lane_core::oci::MAX_MANIFEST_BYTES, &what).await?;
+        Ok(Some((bytes, header)))
     }
 
     /// Uploads one blob from the layout with oci-client, streaming the file.
@@ -1347,6 +1352,81 @@ impl Session {
                 tags: Vec::new(),
             },
         })
+    }
+}
+
+/// Most bytes of a tag list the lane reads.
+pub const MAX_TAG_LIST_BYTES: u64 = 16 << 20;
+
+/// Most bytes of a token service's answer the lane reads.
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
+
+/// Most bytes of a registry's error body the lane reads; [`error_body`]
+/// shows less.
+pub const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
+
+/// Most characters of an error body a message shows.
+const ERROR_BODY_SHOWN: usize = 512;
+
+/// A response body, refused (with the cap named) once it passes `limit`
+/// bytes: by its Content-Length before reading, by counting while reading
+/// (a registry may send no length, or a false one).
+async fn read_body(mut res: reqwest::Response, limit: u64, what: &str) -> Result<Vec<u8>> {
+    if let Some(n) = res.content_length() {
+        lane_core::oci::check_size(what, n, limit)?;
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("reading {what}: {}", error_chain(&e)))?
+    {
+        out.extend_from_slice(&chunk);
+        if out.len() as u64 > limit {
+            bail!("{what} is more than {limit} bytes, more than the lane reads (docs/faults.md)");
+        }
+    }
+    Ok(out)
+}
+
+/// A registry error body in one line: the `errors` of the Distribution
+/// specification (`CODE: message`), else the text itself, shortened.
+pub fn error_body(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let text = match serde_json::from_slice::<Errors>(body) {
+        Ok(e) if !e.errors.is_empty() => e
+            .errors
+            .iter()
+            .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                (false, false) => format!("{}: {}", e.code, e.message),
+                (false, true) => e.code.clone(),
+                _ => e.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    let one: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match one.char_indices().nth(ERROR_BODY_SHOWN) {
+        Some((cut, _)) => format!("{}...", &one[..cut]),
+        None if one.is_empty() => "(no body)".to_string(),
+        None => one,
     }
 }
 
