@@ -218,7 +218,7 @@ usr/share/doc/with space/libz.so.1                      doc/spaced
     }
 }
 
-/// Hostile Contents indexes (docs/faults.md): no panic; a file with no
+/// Hostile Contents indexes (docs/fault-matrix-parsers.md): no panic; a file with no
 /// `PATH PACKAGES` line is refused naming it.
 #[cfg(test)]
 mod properties {

@@ -1354,7 +1354,7 @@ SHA256: ff
     }
 }
 
-/// Hostile Debian inputs (docs/faults.md): `Packages` indexes and control
+/// Hostile Debian inputs (docs/fault-matrix-parsers.md): `Packages` indexes and control
 /// stanzas, dependency fields, versions, `lockfiles/debian.lock`. No panic;
 /// lock errors name the file.
 #[cfg(test)]

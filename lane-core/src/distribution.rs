@@ -356,7 +356,7 @@ mod tests {
     }
 }
 
-/// Hostile OCI layouts (docs/faults.md): `index.json` and the manifest it
+/// Hostile OCI layouts (docs/fault-matrix-parsers.md): `index.json` and the manifest it
 /// names, arbitrary and mutated (the index naming the mutated manifest's
 /// own digest, so the manifest parser sees it). No panic, a clear error.
 #[cfg(test)]

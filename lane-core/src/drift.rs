@@ -1862,7 +1862,7 @@ usr/lib/x86_64-linux-gnu/elsewhere/libz.so.1 libs/not-searched
 }
 
 /// Hostile ELF files, layer tars and `lockfiles/library-index.toml`
-/// (docs/faults.md): no panic, a reason for every refusal, caps on entries
+/// (docs/fault-matrix-parsers.md): no panic, a reason for every refusal, caps on entries
 /// and on the bytes of one file held.
 #[cfg(test)]
 mod properties {

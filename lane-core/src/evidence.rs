@@ -202,7 +202,7 @@ mod tests {
     }
 }
 
-/// A hostile existing referrers index (docs/faults.md): whatever the store
+/// A hostile existing referrers index (docs/fault-matrix-parsers.md): whatever the store
 /// holds at the fallback tag, adding a referrer gives a valid index.
 #[cfg(test)]
 mod properties {

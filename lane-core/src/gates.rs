@@ -566,7 +566,7 @@ mod tests {
     }
 }
 
-/// Hostile `ci/release-policy.toml` files (docs/faults.md): no panic, and
+/// Hostile `ci/release-policy.toml` files (docs/fault-matrix-parsers.md): no panic, and
 /// every error names the file.
 #[cfg(test)]
 mod properties {

@@ -1,10 +1,10 @@
-//! Hostile inputs for the property tests of every parser (docs/faults.md):
+//! Hostile inputs for the property tests of every parser (docs/fault-matrix-parsers.md):
 //! arbitrary bytes, and mutations of a valid sample (byte flips,
 //! truncation, insertion, deletion, duplication of a range; for text also
 //! whole lines: duplicated, dropped, swapped). Each property test states its
 //! own case count through [`config`]; failures are not persisted to files:
 //! a failing input found here is kept as a plain `#[test]` next to the
-//! parser instead (see docs/faults.md).
+//! parser instead (see docs/fault-matrix-parsers.md).
 
 use proptest::prelude::*;
 use proptest::sample::Index;

@@ -477,7 +477,7 @@ mod tests {
     }
 }
 
-/// Hostile identities (docs/faults.md): digests from registries' documents
+/// Hostile identities (docs/fault-matrix-parsers.md): digests from registries' documents
 /// and headers, references and tags from the command line.
 #[cfg(test)]
 mod properties {

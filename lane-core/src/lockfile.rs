@@ -66,7 +66,7 @@ pub fn parse_bases(text: &str) -> Result<BasesLock> {
     Ok(lock)
 }
 
-/// Hostile lockfiles (docs/faults.md; the Debian and Python locks have
+/// Hostile lockfiles (docs/fault-matrix-parsers.md; the Debian and Python locks have
 /// their own next to their types): `lockfiles/bases.lock`.
 #[cfg(test)]
 mod properties {

@@ -87,7 +87,7 @@ pub const MAX_LAYER_BYTES: u64 = 2 << 30;
 pub fn check_size(what: &str, size: u64, limit: u64) -> Result<()> {
     if size > limit {
         anyhow::bail!(
-            "{what} is {size} bytes, more than the {limit} the lane reads (docs/faults.md)"
+            "{what} is {size} bytes, more than the {limit} the lane reads (docs/fault-matrix-parsers.md)"
         );
     }
     Ok(())
@@ -111,22 +111,25 @@ pub fn parse_base_manifest(reference: &str, bytes: &[u8]) -> Result<BaseManifest
     )?;
     let manifest: serde_json::Value = serde_json::from_slice(bytes)
         .with_context(|| format!("base {reference}: the manifest is not JSON"))?;
-    if manifest["mediaType"] != crate::evidence::MEDIA_MANIFEST
+    if manifest["mediaType"] != "application/vnd.oci.image.manifest.v1+json"
         && manifest["config"]["mediaType"] != "application/vnd.oci.image.config.v1+json"
     {
         anyhow::bail!(
             "base {reference} is not an OCI image manifest (an index or another media type); pin the digest of one platform's manifest"
         );
     }
-    let config = crate::store::parse_digest(
-        &manifest["config"]["digest"],
-        &format!("base {reference}: the manifest's config"),
-    )?;
+    let digest = |v: &serde_json::Value, what: &str| -> Result<Digest> {
+        v.as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("base {reference}: {what} names no valid digest"))
+    };
+    let config = digest(&manifest["config"]["digest"], "the manifest's config")?;
     let layers = manifest["layers"]
         .as_array()
         .with_context(|| format!("base {reference}: the manifest has no layers"))?
         .iter()
-        .map(|l| crate::store::parse_digest(&l["digest"], &format!("base {reference}: a layer")))
+        .map(|l| digest(&l["digest"], "a layer"))
         .collect::<Result<Vec<_>>>()?;
     Ok(BaseManifest { config, layers })
 }
@@ -595,7 +598,7 @@ mod tests {
     }
 }
 
-/// Hostile base image documents from a registry (docs/faults.md): the
+/// Hostile base image documents from a registry (docs/fault-matrix-parsers.md): the
 /// manifest and config of a pinned base. No panic; errors name the base.
 #[cfg(test)]
 mod properties {
@@ -608,7 +611,7 @@ mod properties {
     fn manifest() -> Vec<u8> {
         let d = |s: &[u8]| crate::layer::sha256(s);
         serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": crate::evidence::MEDIA_MANIFEST,
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d(b"c"), "size": 1},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(b"l"), "size": 2}]
         }))

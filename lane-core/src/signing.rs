@@ -241,7 +241,7 @@ mod tests {
     }
 }
 
-/// Hostile DSSE envelopes (docs/faults.md): attached evidence read from a
+/// Hostile DSSE envelopes (docs/fault-matrix-parsers.md): attached evidence read from a
 /// store, arbitrary and mutated (bytes of a signed envelope). No panic; an
 /// envelope is trusted only if a trusted key's signature verifies, and a
 /// tampered payload never is.

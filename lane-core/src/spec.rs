@@ -995,7 +995,7 @@ mod tests {
     }
 }
 
-/// Hostile `image.toml` files (docs/faults.md): no panic, and every error
+/// Hostile `image.toml` files (docs/fault-matrix-parsers.md): no panic, and every error
 /// names the file.
 #[cfg(test)]
 mod properties {

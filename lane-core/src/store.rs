@@ -255,7 +255,7 @@ pub fn manifest_blobs(what: &str, bytes: &[u8]) -> Result<Vec<Digest>> {
     Ok(blobs)
 }
 
-/// Hostile documents from a store (docs/faults.md): referrers indexes and
+/// Hostile documents from a store (docs/fault-matrix-parsers.md): referrers indexes and
 /// manifests, arbitrary, mutated and oversized. No panic; a digest that is
 /// not one is refused before use.
 #[cfg(test)]

@@ -573,7 +573,7 @@ def later():
     }
 }
 
-/// Hostile Python sources (docs/faults.md): the application's own files,
+/// Hostile Python sources (docs/fault-matrix-parsers.md): the application's own files,
 /// parsed with Ruff's parser. No panic; a syntax error names the file.
 #[cfg(test)]
 mod properties {

@@ -582,7 +582,7 @@ mod tests {
     }
 }
 
-/// Hostile `lockfiles/python.lock` files (docs/faults.md): no panic, every
+/// Hostile `lockfiles/python.lock` files (docs/fault-matrix-parsers.md): no panic, every
 /// error names the file.
 #[cfg(test)]
 mod properties {

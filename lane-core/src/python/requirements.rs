@@ -352,7 +352,7 @@ impl Marker {
     pub fn parse(text: &str) -> Result<Marker> {
         let toks = tokenize(text)?;
         // Evaluating and dropping a marker recurses over its tree: a hostile
-        // METADATA must not get to make that tree deep (docs/faults.md).
+        // METADATA must not get to make that tree deep (docs/fault-matrix-parsers.md).
         let mut depth = 0usize;
         for t in &toks {
             match t {
@@ -497,7 +497,7 @@ mod tests {
     }
 }
 
-/// Hostile requirements and markers (docs/faults.md): `Requires-Dist` lines
+/// Hostile requirements and markers (docs/fault-matrix-parsers.md): `Requires-Dist` lines
 /// come from a wheel's METADATA, so from whoever built the wheel.
 #[cfg(test)]
 mod properties {

@@ -331,7 +331,7 @@ mod tests {
     }
 }
 
-/// Hostile versions and specifiers (docs/faults.md): from wheels' METADATA
+/// Hostile versions and specifiers (docs/fault-matrix-parsers.md): from wheels' METADATA
 /// and file names, and from `image.toml`.
 #[cfg(test)]
 mod properties {

@@ -893,7 +893,7 @@ pub(crate) mod tests {
     }
 }
 
-/// Hostile wheels (docs/faults.md): file names, METADATA, and the zip
+/// Hostile wheels (docs/fault-matrix-parsers.md): file names, METADATA, and the zip
 /// archive itself, arbitrary and mutated. No panic; every refusal names the
 /// wheel; size and entry caps hold.
 #[cfg(test)]

@@ -331,6 +331,18 @@ pub fn config_entry(config: &DockerConfig, host: &str) -> Result<Option<ConfigEn
         .map(|s| ConfigEntry::Helper(s.clone())))
 }
 
+/// Parses Docker's `config.json` (`path` names it in errors; the message
+/// never quotes the file, which holds secrets).
+pub fn parse_docker_config(path: &str, text: &str) -> Result<DockerConfig> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "{path} is not valid JSON: line {}, column {}",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
 /// Parses what `docker-credential-NAME get` prints: `{"Username", "Secret"}`.
 pub fn parse_helper_output(text: &str) -> Result<(String, Secret)> {
     #[derive(serde::Deserialize)]
@@ -385,14 +397,7 @@ pub fn resolve_credential(host: &str) -> Result<Option<Credential>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{} is not valid JSON: line {}, column {}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let config = parse_docker_config(&path.display().to_string(), &text)?;
     match config_entry(&config, host).with_context(|| format!("reading {}", path.display()))? {
         None => Ok(None),
         Some(ConfigEntry::Inline { user, secret }) => Ok(Some(Credential {
@@ -1383,7 +1388,9 @@ async fn read_body(mut res: reqwest::Response, limit: u64, what: &str) -> Result
     {
         out.extend_from_slice(&chunk);
         if out.len() as u64 > limit {
-            bail!("{what} is more than {limit} bytes, more than the lane reads (docs/faults.md)");
+            bail!(
+                "{what} is more than {limit} bytes, more than the lane reads (docs/fault-matrix-parsers.md)"
+            );
         }
     }
     Ok(out)
@@ -1596,5 +1603,121 @@ mod tests {
                 service: Some("reg".into())
             }
         );
+    }
+
+    /// Hostile registry inputs (docs/fault-matrix-parsers.md): `config.json`, helper
+    /// output, `WWW-Authenticate`, error bodies, registry names. No panic;
+    /// errors name the file and never quote a secret.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        fn config(cases: u32) -> Config {
+            Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        const PATH: &str = "/home/u/.docker/config.json";
+        const SAMPLE: &str = r#"{"auths":{"https://r.example.com/v1/":{"auth":"dXNlcjpzM2NyZXQ="},"b:5000":{"username":"u","password":"s3cret"}},"credsStore":"desktop","credHelpers":{"c.example.com":"ecr"}}"#;
+
+        fn mutate(text: &str, at: usize, with: &str, cut: usize) -> String {
+            let mut b = text.as_bytes().to_vec();
+            let at = at % (b.len() + 1);
+            b.splice(at..(at + cut).min(b.len()), with.bytes());
+            String::from_utf8_lossy(&b).into_owned()
+        }
+
+        fn check_config(text: &str) -> Result<(), TestCaseError> {
+            match parse_docker_config(PATH, text) {
+                Ok(c) => {
+                    for host in ["r.example.com", "b:5000", "c.example.com", "x"] {
+                        if let Err(e) = config_entry(&c, host) {
+                            let message = format!("{e:#}");
+                            prop_assert!(!message.contains("s3cret"), "{}", message);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    prop_assert!(message.contains(PATH), "{}", message);
+                    prop_assert!(!message.contains("s3cret"), "{}", message);
+                }
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn the_sample_config_reads() {
+            let c = parse_docker_config(PATH, SAMPLE).unwrap();
+            assert!(matches!(
+                config_entry(&c, "r.example.com").unwrap(),
+                Some(ConfigEntry::Inline { .. })
+            ));
+        }
+
+        #[test]
+        fn error_bodies_are_one_short_line() {
+            let body = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+            assert_eq!(
+                error_body(body),
+                "DENIED: requested access to the resource is denied"
+            );
+            let long = "x\n".repeat(10_000);
+            let shown = error_body(long.as_bytes());
+            assert!(shown.len() < 600 && !shown.contains('\n'), "{shown}");
+            assert_eq!(error_body(b""), "(no body)");
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+            #[test]
+            fn docker_config_arbitrary(text in any::<String>()) {
+                check_config(&text)?;
+            }
+
+            #[test]
+            fn docker_config_mutated(at in any::<usize>(), with in "[\"{}:,a-z0-9=%\\\\]{0,6}", cut in 0usize..8) {
+                check_config(&mutate(SAMPLE, at, &with, cut))?;
+            }
+
+            #[test]
+            fn helper_output_arbitrary(text in any::<String>(), at in any::<usize>(), with in "[\"{}:,]{0,3}") {
+                let sample = r#"{"ServerURL":"r","Username":"u","Secret":"s3cret"}"#;
+                for t in [text, mutate(sample, at, &with, 2)] {
+                    if let Err(e) = parse_helper_output(&t) {
+                        let message = format!("{e:#}");
+                        prop_assert!(!message.contains("s3cret"));
+                    }
+                }
+            }
+
+            #[test]
+            fn challenges_arbitrary(value in any::<String>(), shaped in "(Bearer|Basic|bearer)? ?([a-z]{1,6}=\"[^\"]{0,12}\"?,? ?){0,4}") {
+                for v in [value, shaped] {
+                    if let Challenge::Bearer { realm, .. } = parse_challenge(&v) {
+                        prop_assert!(v.contains(&realm));
+                    }
+                }
+            }
+
+            #[test]
+            fn error_bodies_arbitrary(body in prop::collection::vec(any::<u8>(), 0..2048), text in any::<String>()) {
+                for b in [body, format!(r#"{{"errors":[{{"code":"{text}","message":"{text}"}}]}}"#).into_bytes()] {
+                    let shown = error_body(&b);
+                    prop_assert!(!shown.is_empty() && shown.chars().count() <= 515);
+                    prop_assert!(!shown.contains('\n'));
+                }
+            }
+
+            #[test]
+            fn registry_targets_arbitrary(s in any::<String>(), shaped in "[a-z0-9.:/\\[\\]-]{0,30}") {
+                let _ = s.parse::<RegistryTarget>();
+                let _ = shaped.parse::<RegistryTarget>();
+            }
+        }
     }
 }
