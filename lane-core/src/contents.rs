@@ -217,3 +217,38 @@ usr/share/doc/with space/libz.so.1                      doc/spaced
         assert!(query().scan(&b""[..], "empty").unwrap().is_empty());
     }
 }
+
+/// Hostile Contents indexes (docs/fault-matrix-parsers.md): no panic; a file with no
+/// `PATH PACKAGES` line is refused naming it.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated};
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = "FILE LOCATION\nusr/lib/x86_64-linux-gnu/libssl.so.3 libs/libssl3,libs/libssl3t64\nusr/bin/python3.11 python/python3.11-minimal\n";
+    const ORIGIN: &str = "Contents-amd64.lz4";
+
+    fn check(index: &[u8]) -> Result<(), TestCaseError> {
+        let mut q = ContentsQuery::new();
+        q.want("libssl.so.3", "usr/lib/x86_64-linux-gnu/libssl.so.3");
+        q.want("python3.11", "usr/bin/python3.11");
+        if let Err(e) = q.scan(index, ORIGIN) {
+            clear_error(&e, ORIGIN)?;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+        #[test]
+        fn contents_arbitrary_bytes(index in hostile::bytes(1024)) {
+            check(&index)?;
+        }
+
+        #[test]
+        fn contents_mutated(index in mutated(SAMPLE.as_bytes().to_vec())) {
+            check(&index)?;
+        }
+    }
+}

@@ -72,8 +72,36 @@ use crate::spec::{ImagePath, Owner};
 /// The lockfile, relative to the workspace root.
 pub const LOCK_PATH: &str = "lockfiles/debian.lock";
 
-/// Most bytes of file content one package may unpack to.
+/// Most bytes one package's `data.tar` may decompress to, and most bytes of
+/// file content its entries may hold (a hard link counts its target's bytes
+/// again: the lane copies them).
 pub const MAX_UNPACKED: u64 = 1 << 30;
+
+/// Most bytes one package's `control.tar` may decompress to.
+pub const MAX_CONTROL_UNPACKED: u64 = 64 << 20;
+
+/// Most entries one `data.tar` (or `control.tar`) may hold. Debian's
+/// largest packages have some tens of thousands of files.
+pub const MAX_ENTRIES: usize = 500_000;
+
+/// Most members a `.deb`'s ar archive may have (a .deb has three).
+pub const MAX_AR_MEMBERS: usize = 16;
+
+/// The caps [`read_deb`] applies; tests use smaller ones.
+#[derive(Debug, Clone, Copy)]
+struct DebLimits {
+    control: u64,
+    unpacked: u64,
+    entries: usize,
+    members: usize,
+}
+
+const DEB_LIMITS: DebLimits = DebLimits {
+    control: MAX_CONTROL_UNPACKED,
+    unpacked: MAX_UNPACKED,
+    entries: MAX_ENTRIES,
+    members: MAX_AR_MEMBERS,
+};
 
 // ---------------------------------------------------------------------------
 // deb822
@@ -785,9 +813,13 @@ fn decompress(member: &str, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
             let mut limited = LimitedWriter {
                 out: &mut out,
                 limit,
+                exceeded: false,
             };
-            lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut limited)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let r = lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut limited);
+            if limited.exceeded {
+                bail!("it unpacks to more than {limit} bytes");
+            }
+            r.map_err(|e| anyhow::anyhow!("not valid xz: {e:?}"))?;
         }
         "zst" => {
             ruzstd::decoding::StreamingDecoder::new(bytes)
@@ -806,11 +838,13 @@ fn decompress(member: &str, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
 struct LimitedWriter<'a> {
     out: &'a mut Vec<u8>,
     limit: u64,
+    exceeded: bool,
 }
 
 impl io::Write for LimitedWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.out.len() as u64 + buf.len() as u64 > self.limit {
+            self.exceeded = true;
             return Err(io::Error::other("size limit exceeded"));
         }
         self.out.extend_from_slice(buf);
@@ -825,10 +859,20 @@ impl io::Write for LimitedWriter<'_> {
 /// `data.tar.*`) applying the rules of the module docs. Errors list every
 /// problem found, prefixed with the package name.
 pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
+    read_deb_limited(package, bytes, DEB_LIMITS)
+}
+
+fn read_deb_limited(package: &str, bytes: &[u8], limits: DebLimits) -> Result<DebContents> {
     let mut ar = ar::Archive::new(bytes);
     let (mut control_tar, mut data_tar) = (None, None);
     let mut members = Vec::new();
     while let Some(m) = ar.next_entry() {
+        if members.len() >= limits.members {
+            bail!(
+                "package {package}: the ar archive has more than {} members; a .deb has three",
+                limits.members
+            );
+        }
         let mut m = m.with_context(|| format!("package {package}: reading the ar archive"))?;
         let id = String::from_utf8_lossy(m.header().identifier())
             .trim_end_matches('/')
@@ -845,12 +889,12 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
         }
         if id.starts_with("control.tar") && control_tar.is_none() {
             control_tar = Some(
-                decompress(&id, &buf, 64 << 20)
+                decompress(&id, &buf, limits.control)
                     .with_context(|| format!("package {package}: unpacking {id}"))?,
             );
         } else if id.starts_with("data.tar") && data_tar.is_none() {
             data_tar = Some(
-                decompress(&id, &buf, MAX_UNPACKED)
+                decompress(&id, &buf, limits.unpacked)
                     .with_context(|| format!("package {package}: unpacking {id}"))?,
             );
         }
@@ -865,10 +909,17 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
     };
 
     let mut control = None;
-    for e in tar::Archive::new(&control_tar[..])
+    for (n, e) in tar::Archive::new(&control_tar[..])
         .entries()
         .with_context(|| format!("package {package}: reading control.tar"))?
+        .enumerate()
     {
+        if n >= limits.entries {
+            bail!(
+                "package {package}: control.tar has more than {} entries",
+                limits.entries
+            );
+        }
         let mut e = e.with_context(|| format!("package {package}: reading control.tar"))?;
         let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
         if e.header().entry_type().is_file() && name.trim_start_matches("./") == "control" {
@@ -884,10 +935,17 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
     let mut problems = Vec::new();
     let mut entries: Vec<DebEntry> = Vec::new();
     let mut index: BTreeMap<ImagePath, usize> = BTreeMap::new();
-    for e in tar::Archive::new(&data_tar[..])
+    // File content held, hard-link copies included (see MAX_UNPACKED).
+    let mut content = 0u64;
+    for (n, e) in tar::Archive::new(&data_tar[..])
         .entries()
         .with_context(|| format!("package {package}: reading data.tar"))?
+        .enumerate()
     {
+        if n >= limits.entries {
+            problems.push(format!("data.tar has more than {} entries", limits.entries));
+            break;
+        }
         let mut e = e.with_context(|| format!("package {package}: reading data.tar"))?;
         let Ok(raw) = String::from_utf8(e.path_bytes().into_owned()) else {
             problems.push(format!(
@@ -920,6 +978,7 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
                 let mut buf = Vec::new();
                 e.read_to_end(&mut buf)
                     .with_context(|| format!("package {package}: reading {path}"))?;
+                content += buf.len() as u64;
                 DebKind::File(buf)
             }
             tar::EntryType::Symlink => {
@@ -944,7 +1003,17 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
                     Some(DebEntry {
                         kind: DebKind::File(bytes),
                         ..
-                    }) => DebKind::File(bytes.clone()),
+                    }) => {
+                        content += bytes.len() as u64;
+                        if content > limits.unpacked {
+                            problems.push(format!(
+                                "its files hold more than {} bytes (hard links count again)",
+                                limits.unpacked
+                            ));
+                            break;
+                        }
+                        DebKind::File(bytes.clone())
+                    }
                     _ => {
                         problems.push(format!(
                             "hard link {path} -> {target} does not name an earlier regular file of the archive"
@@ -1045,7 +1114,7 @@ mod tests {
         assert_eq!(d[2][0].name, "python3");
     }
 
-    const INDEX: &str = "\
+    pub(super) const INDEX: &str = "\
 Package: app
 Version: 1.0
 Architecture: amd64
@@ -1185,7 +1254,7 @@ SHA256: ff
         assert!(diff_locks(&c, &a).contains(&"package libc version changed: 2.0 -> 2.1".into()));
     }
 
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(super) fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in entries {
             let mut h = tar::Header::new_gnu();
@@ -1197,7 +1266,7 @@ SHA256: ff
         b.into_inner().unwrap()
     }
 
-    fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    pub(super) fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut ar = ar::Builder::new(Vec::new());
         for (name, bytes) in members {
             ar.append(
@@ -1275,5 +1344,254 @@ SHA256: ff
             "etc/x"
         );
         assert!(sanitise_path("./usr/../../x").is_err());
+    }
+}
+
+/// Hostile Debian inputs (docs/fault-matrix-parsers.md): `Packages` indexes and control
+/// stanzas, dependency fields, versions, `lockfiles/debian.lock`. No panic;
+/// lock errors name the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated, mutated_text};
+    use proptest::prelude::*;
+
+    const LOCK_SAMPLE: &str = include_str!("../../lockfiles/debian.lock");
+
+    fn index_and_resolve(text: &str) {
+        let Ok(stanzas) = parse_stanzas(text) else {
+            return;
+        };
+        for s in &stanzas {
+            for field in ["Depends", "Pre-Depends", "Provides"] {
+                if let Some(v) = s.get(field) {
+                    let _ = parse_deps(v);
+                }
+            }
+        }
+        if let Ok(index) = Index::from_stanzas(&stanzas, "amd64") {
+            let _ = resolve(&index, "amd64", "t", &[("img".into(), vec!["app".into()])]);
+        }
+    }
+
+    const PACKAGE: &str = "hostile-pkg";
+
+    /// A .deb with `data` (an uncompressed tar) compressed as `member` says.
+    fn deb_with(member: &str, data: &[u8]) -> Vec<u8> {
+        let control = tests::tar_of(&[("./control", b"Package: p\nVersion: 1\n")]);
+        let data = match member.rsplit_once('.').map_or("", |(_, s)| s) {
+            "xz" => {
+                let mut xz = Vec::new();
+                lzma_rs::xz_compress(&mut &data[..], &mut xz).unwrap();
+                xz
+            }
+            "zst" => {
+                ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+            "gz" => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                std::io::Write::write_all(&mut gz, data).unwrap();
+                gz.finish().unwrap()
+            }
+            _ => data.to_vec(),
+        };
+        tests::deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", control),
+            (member, data),
+        ])
+    }
+
+    fn sample_data() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, ty: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(ty);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("./", tar::EntryType::Directory, b"", None);
+        add("./usr/bin/", tar::EntryType::Directory, b"", None);
+        add(
+            "./usr/bin/tool",
+            tar::EntryType::Regular,
+            b"\x7fELF tool",
+            None,
+        );
+        add(
+            "./usr/bin/alias",
+            tar::EntryType::Symlink,
+            b"",
+            Some("tool"),
+        );
+        add(
+            "./usr/bin/again",
+            tar::EntryType::Link,
+            b"",
+            Some("./usr/bin/tool"),
+        );
+        b.into_inner().unwrap()
+    }
+
+    fn check_deb(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if let Err(e) = read_deb(PACKAGE, bytes) {
+            clear_error(&e, PACKAGE)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_deb_samples_read() {
+        for member in ["data.tar", "data.tar.gz", "data.tar.xz", "data.tar.zst"] {
+            let c = read_deb(PACKAGE, &deb_with(member, &sample_data())).unwrap();
+            assert_eq!(c.entries.len(), 4, "{member}");
+        }
+    }
+
+    fn small(unpacked: u64, entries: usize) -> DebLimits {
+        DebLimits {
+            control: MAX_CONTROL_UNPACKED,
+            unpacked,
+            entries,
+            members: MAX_AR_MEMBERS,
+        }
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_at_the_cap() {
+        // 4 MiB of zeros inside one file: a few KiB compressed.
+        let data = tests::tar_of(&[("./big", &vec![0u8; 4 << 20][..])]);
+        for member in ["data.tar.gz", "data.tar.xz", "data.tar.zst", "data.tar"] {
+            let deb = deb_with(member, &data);
+            let e = format!(
+                "{:#}",
+                read_deb_limited(PACKAGE, &deb, small(1 << 20, MAX_ENTRIES)).unwrap_err()
+            );
+            assert!(
+                e.contains(&format!(
+                    "package {PACKAGE}: unpacking {member}: it unpacks to more than 1048576 bytes"
+                )),
+                "{member}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn hard_links_count_against_the_content_cap() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(300 << 10);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "./f", &vec![1u8; 300 << 10][..])
+            .unwrap();
+        for i in 0..10 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            h.set_link_name("./f").unwrap();
+            h.set_cksum();
+            b.append_data(&mut h, format!("./l{i}"), &b""[..]).unwrap();
+        }
+        let deb = deb_with("data.tar.gz", &b.into_inner().unwrap());
+        let e = format!(
+            "{:#}",
+            read_deb_limited(PACKAGE, &deb, small(1 << 20, MAX_ENTRIES)).unwrap_err()
+        );
+        assert!(
+            e.contains("hold more than 1048576 bytes (hard links count again)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_entries_and_members_are_refused() {
+        let names: Vec<String> = (0..20).map(|i| format!("./f{i}")).collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+        let deb = deb_with("data.tar", &tests::tar_of(&files));
+        let e = format!(
+            "{:#}",
+            read_deb_limited(PACKAGE, &deb, small(MAX_UNPACKED, 10)).unwrap_err()
+        );
+        assert!(e.contains("data.tar has more than 10 entries"), "{e}");
+        let mut members = vec![("debian-binary", b"2.0\n".to_vec())];
+        members.extend((0..MAX_AR_MEMBERS).map(|_| ("junk", Vec::new())));
+        let e = format!(
+            "{:#}",
+            read_deb(PACKAGE, &tests::deb_of(&members)).unwrap_err()
+        );
+        assert!(e.contains("more than 16 members"), "{e}");
+    }
+
+    #[test]
+    fn the_lock_sample_parses() {
+        parse_lock(LOCK_SAMPLE).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn packages_index_arbitrary_text(text in any::<String>()) {
+            index_and_resolve(&text);
+        }
+
+        #[test]
+        fn packages_index_mutated(text in mutated_text(tests::INDEX)) {
+            index_and_resolve(&text);
+        }
+
+        #[test]
+        fn dependency_fields_and_versions_arbitrary(
+            field in "[a-z0-9.+:~|,() <>=-]{0,40}",
+            a in "[0-9a-z.+:~-]{0,12}",
+            b in any::<String>(),
+        ) {
+            let _ = parse_deps(&field);
+            let _ = version_cmp(&a, &b);
+            prop_assert_eq!(version_cmp(&a, &a), Ordering::Equal);
+        }
+
+        #[test]
+        fn debian_lock_arbitrary_text(text in any::<String>()) {
+            if let Err(e) = parse_lock(&text) {
+                clear_error(&e, LOCK_PATH)?;
+            }
+        }
+
+        #[test]
+        fn debian_lock_mutated(text in mutated_text(LOCK_SAMPLE)) {
+            if let Err(e) = parse_lock(&text) {
+                clear_error(&e, LOCK_PATH)?;
+            }
+        }
+    }
+
+    proptest! {
+            #![proptest_config(hostile::config(256))]
+            #[test]
+            fn deb_arbitrary_bytes(bytes in hostile::bytes(2048)) {
+                check_deb(&bytes)?;
+                let mut ar = b"!<arch>\n".to_vec();
+                ar.extend(bytes);
+                check_deb(&ar)?;
+            }
+
+            #[test]
+            fn deb_mutated(
+                bytes in prop::sample::select(vec!["data.tar", "data.tar.gz", "data.tar.xz", "data.tar.zst"])
+                    .prop_flat_map(|m| mutated(deb_with(m, &sample_data())))
+            ) {
+                check_deb(&bytes)?;
+            }
+
+            #[test]
+            fn deb_data_tar_mutated(data in mutated(sample_data())) {
+                check_deb(&deb_with("data.tar", &data))?;
+            }
     }
 }

@@ -44,6 +44,11 @@ impl LocalImage {
         index: &[u8],
         read_blob: &dyn Fn(&Digest) -> Result<Vec<u8>>,
     ) -> Result<LocalImage> {
+        crate::oci::check_size(
+            "index.json",
+            index.len() as u64,
+            crate::oci::MAX_MANIFEST_BYTES,
+        )?;
         let index: serde_json::Value =
             serde_json::from_slice(index).context("index.json is not JSON")?;
         let entry = index["manifests"]
@@ -66,6 +71,11 @@ impl LocalImage {
                 sha256(&manifest)
             );
         }
+        crate::oci::check_size(
+            "the manifest",
+            manifest.len() as u64,
+            crate::oci::MAX_MANIFEST_BYTES,
+        )?;
         let m: serde_json::Value =
             serde_json::from_slice(&manifest).context("the manifest is not JSON")?;
         let descriptor = |d: &serde_json::Value| -> Result<BlobRef> {
@@ -409,5 +419,53 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("lowercase hex"), "{err:#}");
+    }
+}
+
+/// Hostile OCI layouts (docs/fault-matrix-parsers.md): `index.json` and the manifest it
+/// names, arbitrary and mutated (the index naming the mutated manifest's
+/// own digest, so the manifest parser sees it). No panic, a clear error.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated};
+    use proptest::prelude::*;
+
+    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":2,"mediaType":"c"},"layers":[{"digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":5,"mediaType":"l"}]}"#;
+
+    fn check(index: &[u8], manifest: Vec<u8>) -> Result<(), TestCaseError> {
+        let r = LocalImage::parse("x", Path::new("/l"), index, &move |_| Ok(manifest.clone()));
+        if let Err(e) = r {
+            hostile::clear_error(&e, "")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_naming_the_cap() {
+        let mut big = MANIFEST.as_bytes().to_vec();
+        big.resize(crate::oci::MAX_MANIFEST_BYTES as usize + 1, b' ');
+        let index = format!(r#"{{"manifests":[{{"digest":"{}"}}]}}"#, sha256(&big));
+        let e = LocalImage::parse("x", Path::new("/l"), index.as_bytes(), &move |_| {
+            Ok(big.clone())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("more than the 4194304"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn layout_arbitrary(index in hostile::bytes(256), manifest in hostile::bytes(256)) {
+            check(&index, manifest)?;
+        }
+
+        #[test]
+        fn layout_mutated(manifest in mutated(MANIFEST.as_bytes().to_vec()), index_mutation in mutated(b"{\"manifests\":[{\"digest\":\"DIGEST\"}]}".to_vec())) {
+            let index = format!(r#"{{"manifests":[{{"digest":"{}"}}]}}"#, sha256(&manifest));
+            check(index.as_bytes(), manifest.clone())?;
+            let index = String::from_utf8_lossy(&index_mutation).replace("DIGEST", sha256(&manifest).as_str());
+            check(index.as_bytes(), manifest)?;
+        }
     }
 }

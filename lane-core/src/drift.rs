@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use object::Endianness;
 use object::elf;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
@@ -106,6 +106,14 @@ fn keep_content(path: &str, head: &[u8]) -> bool {
         || app_source
 }
 
+/// Most entries one layer's tar stream may hold (drift keeps every path).
+pub const MAX_LAYER_ENTRIES: usize = 1_000_000;
+
+/// Most bytes of one file drift holds in memory (ELF files, the loader's
+/// and dpkg's files, Python metadata and sources); other files are skipped
+/// unread.
+pub const MAX_FILE_READ: u64 = 1 << 30;
+
 impl ImageFs {
     pub fn new() -> ImageFs {
         ImageFs::default()
@@ -165,14 +173,27 @@ impl ImageFs {
     /// way: whiteouts (`.wh.NAME`, `.wh..wh..opq`) first hide entries of the
     /// layers below, then the layer's own entries are added in order.
     pub fn apply_layer(&mut self, tar_stream: impl Read) -> Result<()> {
+        self.apply_layer_limited(tar_stream, MAX_LAYER_ENTRIES, MAX_FILE_READ)
+    }
+
+    fn apply_layer_limited(
+        &mut self,
+        tar_stream: impl Read,
+        max_entries: usize,
+        max_file: u64,
+    ) -> Result<()> {
         let mut archive = tar::Archive::new(tar_stream);
         let mut opaque = Vec::new();
         let mut whiteouts = Vec::new();
         let mut entries: Vec<(String, Node)> = Vec::new();
-        for entry in archive
+        for (n, entry) in archive
             .entries()
             .context("reading the layer's tar stream")?
+            .enumerate()
         {
+            if n >= max_entries {
+                bail!("the layer has more than {max_entries} entries");
+            }
             let mut entry = entry.context("reading a tar entry")?;
             let raw = entry.path()?.to_string_lossy().into_owned();
             let path = normalise(&raw);
@@ -209,11 +230,25 @@ impl ImageFs {
                     found.unwrap_or(Node::File { data: None })
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    // The first bytes decide; only a kept file is read
+                    // whole (and at most `max_file` bytes of it).
                     let mut data = Vec::new();
-                    entry
+                    (&mut entry)
+                        .take(4)
                         .read_to_end(&mut data)
                         .with_context(|| format!("reading {path} from the layer"))?;
                     let keep = keep_content(&path, &data);
+                    if keep {
+                        (&mut entry)
+                            .take(max_file + 1 - data.len() as u64)
+                            .read_to_end(&mut data)
+                            .with_context(|| format!("reading {path} from the layer"))?;
+                        if data.len() as u64 > max_file {
+                            bail!(
+                                "{path} in the layer is larger than {max_file} bytes, the most drift reads of one file"
+                            );
+                        }
+                    }
                     Node::File {
                         data: keep.then_some(data),
                     }
@@ -1523,7 +1558,7 @@ pub fn provided_by(providers: &[String], contents: ContentsState) -> String {
 mod tests {
     use super::*;
 
-    fn tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    pub(super) fn tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();
@@ -1813,5 +1848,190 @@ usr/lib/x86_64-linux-gnu/elsewhere/libz.so.1 libs/not-searched
             "{}",
             f[0]
         );
+    }
+}
+
+/// Hostile ELF files, layer tars and `lockfiles/library-index.toml`
+/// (docs/fault-matrix-parsers.md): no panic, a reason for every refusal, caps on entries
+/// and on the bytes of one file held.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated, mutated_text};
+    use proptest::prelude::*;
+
+    /// A small but complete ELF64 shared object: PT_LOAD over the whole
+    /// file, PT_INTERP, PT_DYNAMIC with NEEDED, SONAME, RUNPATH, FLAGS_1,
+    /// STRTAB and STRSZ.
+    pub(super) fn sample_elf() -> Vec<u8> {
+        let interp = b"/lib64/ld-linux-x86-64.so.2\0";
+        let strtab = b"\0libc.so.6\0libx.so.1\0$ORIGIN/../lib\0";
+        let (interp_at, dyn_at) = (64 + 3 * 56, 264u64);
+        let dynamic: [(u64, u64); 7] = [
+            (1, 1),                     // DT_NEEDED libc.so.6
+            (14, 11),                   // DT_SONAME libx.so.1
+            (29, 21),                   // DT_RUNPATH
+            (0x6fff_fffb, 0x0800_0000), // DT_FLAGS_1 = DF_1_PIE
+            (5, dyn_at + 7 * 16),       // DT_STRTAB (vaddr = offset)
+            (10, strtab.len() as u64),  // DT_STRSZ
+            (0, 0),
+        ];
+        let total = dyn_at + 7 * 16 + strtab.len() as u64;
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        f.extend_from_slice(&3u16.to_le_bytes()); // ET_DYN
+        f.extend_from_slice(&62u16.to_le_bytes()); // x86-64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes()); // entry
+        f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+        f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+        f.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 3, 64, 0, 0] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut ph = |ty: u32, off: u64, size: u64| {
+            f.extend_from_slice(&ty.to_le_bytes());
+            f.extend_from_slice(&5u32.to_le_bytes());
+            for v in [off, off, off, size, size, 8] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        ph(1, 0, total); // PT_LOAD
+        ph(3, interp_at, interp.len() as u64); // PT_INTERP
+        ph(2, dyn_at, 7 * 16); // PT_DYNAMIC
+        f.extend_from_slice(interp);
+        f.resize(dyn_at as usize, 0);
+        for (tag, val) in dynamic {
+            f.extend_from_slice(&tag.to_le_bytes());
+            f.extend_from_slice(&val.to_le_bytes());
+        }
+        f.extend_from_slice(strtab);
+        assert_eq!(f.len() as u64, total);
+        f
+    }
+
+    fn layer() -> Vec<u8> {
+        super::tests::tar(&[
+            ("etc/", tar::EntryType::Directory, b"", ""),
+            ("etc/ld.so.conf", tar::EntryType::Regular, b"/opt/lib\n", ""),
+            (
+                "usr/lib/libx.so.1",
+                tar::EntryType::Regular,
+                &sample_elf(),
+                "",
+            ),
+            ("usr/lib/libx.so", tar::EntryType::Symlink, b"", "libx.so.1"),
+            (
+                "usr/lib/again",
+                tar::EntryType::Link,
+                b"",
+                "usr/lib/libx.so.1",
+            ),
+            ("usr/lib/.wh.gone", tar::EntryType::Regular, b"", ""),
+            ("opt/.wh..wh..opq", tar::EntryType::Regular, b"", ""),
+        ])
+    }
+
+    #[test]
+    fn the_elf_sample_parses() {
+        let info = parse_elf(&sample_elf()).unwrap();
+        assert_eq!(
+            info.interpreter.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        assert_eq!(info.needed, ["libc.so.6"]);
+        assert_eq!(info.soname.as_deref(), Some("libx.so.1"));
+        assert_eq!(info.runpath, Some(vec!["$ORIGIN/../lib".to_string()]));
+        assert!(info.pie);
+    }
+
+    #[test]
+    fn layers_are_capped_in_entries_and_file_size() {
+        let mut fs = ImageFs::new();
+        let e = fs
+            .apply_layer_limited(layer().as_slice(), 3, MAX_FILE_READ)
+            .unwrap_err();
+        assert!(e.to_string().contains("more than 3 entries"), "{e}");
+        let e = fs
+            .apply_layer_limited(layer().as_slice(), MAX_LAYER_ENTRIES, 100)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("usr/lib/libx.so.1 in the layer is larger than 100 bytes"),
+            "{e}"
+        );
+        // A big file drift does not need is skipped, not held.
+        let big = super::tests::tar(&[("data.bin", tar::EntryType::Regular, &[7u8; 4096], "")]);
+        fs.apply_layer_limited(big.as_slice(), MAX_LAYER_ENTRIES, 100)
+            .unwrap();
+        assert_eq!(fs.get("/data.bin"), Some(&Node::File { data: None }));
+    }
+
+    fn check_elf(data: &[u8]) -> Result<(), TestCaseError> {
+        if let Err(e) = parse_elf(data) {
+            prop_assert!(!e.trim().is_empty());
+        }
+        let _ = crate::python::resolve::builtin_modules(data);
+        Ok(())
+    }
+
+    fn check_layer(data: &[u8]) -> Result<(), TestCaseError> {
+        let mut fs = ImageFs::new();
+        match fs.apply_layer(data) {
+            Ok(()) => {
+                for (_, d) in fs.elf_files() {
+                    let _ = parse_elf(d);
+                }
+                let _ = fs.resolve("/usr/lib/libx.so");
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                prop_assert!(!message.trim().is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(1024))]
+        #[test]
+        fn elf_arbitrary_bytes(mut data in hostile::bytes(512), class in 1u8..3) {
+            check_elf(&data)?;
+            if data.len() > 5 {
+                data[..4].copy_from_slice(b"\x7fELF");
+                data[4] = class;
+            }
+            check_elf(&data)?;
+        }
+
+        #[test]
+        fn elf_mutated(data in mutated(sample_elf())) {
+            check_elf(&data)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn layer_arbitrary_bytes(data in hostile::bytes(2048)) {
+            check_layer(&data)?;
+        }
+
+        #[test]
+        fn layer_mutated(data in mutated(layer())) {
+            check_layer(&data)?;
+        }
+
+        #[test]
+        fn library_index_arbitrary_and_mutated(
+            text in any::<String>(),
+            m in mutated_text("[libraries]\n\"libssl.so.3\" = [\"libssl3\"]\n\"libz.so.1\" = [\"zlib1g\", \"zlib1g-ng\"]\n"),
+        ) {
+            for t in [text, m] {
+                if let Err(e) = ProviderIndex::parse(&t, "lockfiles/library-index.toml") {
+                    hostile::clear_error(&e, "lockfiles/library-index.toml")?;
+                }
+            }
+        }
     }
 }

@@ -201,3 +201,39 @@ mod tests {
         );
     }
 }
+
+/// A hostile existing referrers index (docs/fault-matrix-parsers.md): whatever the store
+/// holds at the fallback tag, adding a referrer gives a valid index.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated};
+    use proptest::prelude::*;
+
+    fn artifact() -> Artifact {
+        super::artifact(
+            MEDIA_DSSE,
+            MEDIA_DSSE,
+            Blob {
+                bytes: b"{}".to_vec(),
+                digest: crate::layer::sha256(b"{}"),
+            },
+            crate::layer::sha256(b"subject").as_str(),
+            10,
+            &[(ANNOTATION_PREDICATE, "p")],
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn referrers_index_arbitrary_and_mutated(bytes in hostile::bytes(512), m in mutated(add_referrer(None, &artifact()).unwrap().bytes)) {
+            for existing in [bytes, m] {
+                let index = add_referrer(Some(&existing), &artifact()).unwrap();
+                let v: Value = serde_json::from_slice(&index.bytes).unwrap();
+                prop_assert!(v["manifests"].as_array().is_some_and(|m| !m.is_empty()));
+            }
+        }
+    }
+}

@@ -565,3 +565,39 @@ mod tests {
         }
     }
 }
+
+/// Hostile `ci/release-policy.toml` files (docs/fault-matrix-parsers.md): no panic, and
+/// every error names the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated_text};
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = include_str!("../../ci/release-policy.toml");
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = parse_policy(POLICY_PATH, text) {
+            clear_error(&e, POLICY_PATH)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_sample_parses() {
+        parse_policy(POLICY_PATH, SAMPLE).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn policy_arbitrary_text(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn policy_mutated(text in mutated_text(SAMPLE)) {
+            check(&text)?;
+        }
+    }
+}

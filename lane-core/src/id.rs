@@ -476,3 +476,27 @@ mod tests {
         assert!("bad host!.x/a@sha256:x".parse::<Reference>().is_err());
     }
 }
+
+/// Hostile identities (docs/fault-matrix-parsers.md): digests from registries' documents
+/// and headers, references and tags from the command line.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+        #[test]
+        fn identities_arbitrary(s in any::<String>(), shaped in "(sha256:)?[0-9a-f./]{0,70}|[a-z0-9.:/@_-]{0,40}") {
+            for t in [&s, &shaped] {
+                if let Ok(d) = t.parse::<Digest>() {
+                    prop_assert!(!d.blob_path().contains(".."));
+                }
+                let _ = t.parse::<Reference>();
+                let _ = t.parse::<Tag>();
+                let _ = t.parse::<Repository>();
+            }
+        }
+    }
+}

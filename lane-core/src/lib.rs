@@ -13,6 +13,8 @@ pub mod distribution;
 pub mod drift;
 pub mod evidence;
 pub mod gates;
+#[cfg(test)]
+mod hostile;
 pub mod id;
 pub mod identity;
 pub mod layer;

@@ -82,3 +82,67 @@ pub fn check_image(
     }
     Ok(())
 }
+
+/// `lockfiles/bases.lock`: the registry bases an image may name, pinned by
+/// digest (written by hand; `build` checks an image's base against it).
+pub const BASES_LOCK: &str = "lockfiles/bases.lock";
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasesLock {
+    pub version: u32,
+    #[serde(default)]
+    pub base: Vec<LockedBase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBase {
+    pub reference: String,
+}
+
+/// Parses `lockfiles/bases.lock`; every error names the file.
+pub fn parse_bases(text: &str) -> Result<BasesLock> {
+    let lock: BasesLock = toml::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{BASES_LOCK}: {}; expected version = 1 and [[base]] reference = \"HOST/REPOSITORY@sha256:...\"",
+            e.message().trim_end_matches('.')
+        )
+    })?;
+    if lock.version != 1 {
+        bail!(
+            "{BASES_LOCK}: version {} is not supported; write version = 1",
+            lock.version
+        );
+    }
+    Ok(lock)
+}
+
+/// Hostile lockfiles (docs/fault-matrix-parsers.md; the Debian and Python locks have
+/// their own next to their types): `lockfiles/bases.lock`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated_text};
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = "version = 1\n\n[[base]]\nreference = \"registry.example.com/base@sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+
+    #[test]
+    fn the_sample_parses() {
+        assert_eq!(parse_bases(SAMPLE).unwrap().base.len(), 1);
+        parse_bases(include_str!("../../lockfiles/bases.lock")).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn bases_lock_arbitrary_and_mutated(text in any::<String>(), m in mutated_text(SAMPLE)) {
+            for t in [text, m] {
+                if let Err(e) = parse_bases(&t) {
+                    clear_error(&e, BASES_LOCK)?;
+                }
+            }
+        }
+    }
+}

@@ -69,6 +69,144 @@ impl LayerRecord {
     }
 }
 
+/// Most bytes of a manifest, image index or referrers index the lane reads
+/// from a store (the Distribution registry refuses larger manifests too).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Most bytes of a config or evidence blob (DSSE envelope, SBOM, release
+/// record) the lane holds in memory.
+pub const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
+
+/// Most bytes of a layer blob the lane holds in memory: a base layer pulled
+/// from a registry, a layer `promote --to` copies when the registry cannot
+/// mount it.
+pub const MAX_LAYER_BYTES: u64 = 2 << 30;
+
+/// Refuses `size` bytes of `what` above `limit` (one of the caps above),
+/// naming the cap.
+pub fn check_size(what: &str, size: u64, limit: u64) -> Result<()> {
+    if size > limit {
+        anyhow::bail!(
+            "{what} is {size} bytes, more than the {limit} the lane reads (docs/fault-matrix-parsers.md)"
+        );
+    }
+    Ok(())
+}
+
+/// A registry base image's manifest, as `build` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseManifest {
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+}
+
+/// Parses the manifest of the base `reference` (bytes already checked
+/// against its digest): an OCI image manifest of one platform, config and
+/// layers named by valid digests.
+pub fn parse_base_manifest(reference: &str, bytes: &[u8]) -> Result<BaseManifest> {
+    check_size(
+        &format!("base {reference}: the manifest"),
+        bytes.len() as u64,
+        MAX_MANIFEST_BYTES,
+    )?;
+    let manifest: serde_json::Value = serde_json::from_slice(bytes)
+        .with_context(|| format!("base {reference}: the manifest is not JSON"))?;
+    if manifest["mediaType"] != "application/vnd.oci.image.manifest.v1+json"
+        && manifest["config"]["mediaType"] != "application/vnd.oci.image.config.v1+json"
+    {
+        anyhow::bail!(
+            "base {reference} is not an OCI image manifest (an index or another media type); pin the digest of one platform's manifest"
+        );
+    }
+    let digest = |v: &serde_json::Value, what: &str| -> Result<Digest> {
+        v.as_str()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("base {reference}: {what} names no valid digest"))
+    };
+    let config = digest(&manifest["config"]["digest"], "the manifest's config")?;
+    let layers = manifest["layers"]
+        .as_array()
+        .with_context(|| format!("base {reference}: the manifest has no layers"))?
+        .iter()
+        .map(|l| digest(&l["digest"], "a layer"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BaseManifest { config, layers })
+}
+
+/// Parses the config of the base `reference` (bytes checked against its
+/// digest): the diff_ids, one per layer of the manifest, and the runtime
+/// configuration the image inherits.
+pub fn parse_base_config(
+    reference: &str,
+    bytes: &[u8],
+    layers: usize,
+) -> Result<(Vec<Digest>, RuntimeConfig)> {
+    check_size(
+        &format!("base {reference}: the config"),
+        bytes.len() as u64,
+        MAX_DOCUMENT_BYTES,
+    )?;
+    let config: serde_json::Value = serde_json::from_slice(bytes)
+        .with_context(|| format!("base {reference}: the config is not JSON"))?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str())
+        .map(|d| {
+            d.parse::<Digest>()
+                .with_context(|| format!("base {reference}: diff_id {d:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if layers != diff_ids.len() {
+        anyhow::bail!(
+            "base {reference}: {layers} layers but {} diff_ids in its config",
+            diff_ids.len()
+        );
+    }
+    let c = &config["config"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let env = strings(&c["Env"])
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let labels = c["Labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    let runtime = RuntimeConfig {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env,
+        user: c["User"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        workdir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        exposed_ports: c["ExposedPorts"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        labels,
+    };
+    Ok((diff_ids, runtime))
+}
+
 /// What an image inherits from a base image of the workspace.
 #[derive(Debug, Clone, Default)]
 pub struct BaseImage {
@@ -457,5 +595,80 @@ mod tests {
         assert_eq!(m.env["A"], "1");
         assert_eq!(m.env["B"], "2");
         assert_eq!(m.user.as_deref(), Some("1"));
+    }
+}
+
+/// Hostile base image documents from a registry (docs/fault-matrix-parsers.md): the
+/// manifest and config of a pinned base. No panic; errors name the base.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated};
+    use proptest::prelude::*;
+
+    const REF: &str = "registry.example.com/base@sha256:0";
+
+    fn manifest() -> Vec<u8> {
+        let d = |s: &[u8]| crate::layer::sha256(s);
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d(b"c"), "size": 1},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(b"l"), "size": 2}]
+        }))
+        .unwrap()
+    }
+
+    fn config() -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/usr/bin", "A=b=c"], "Entrypoint": ["/bin/x"], "Cmd": ["-h"],
+                "User": "1000", "WorkingDir": "/w", "ExposedPorts": {"80/tcp": {}}, "Labels": {"k": "v"}},
+            "rootfs": {"type": "layers", "diff_ids": [crate::layer::sha256(b"t")]}
+        }))
+        .unwrap()
+    }
+
+    fn check(m: &[u8], c: &[u8]) -> Result<(), TestCaseError> {
+        match parse_base_manifest(REF, m) {
+            Ok(bm) => {
+                if let Err(e) = parse_base_config(REF, c, bm.layers.len()) {
+                    clear_error(&e, REF)?;
+                }
+            }
+            Err(e) => clear_error(&e, REF)?,
+        }
+        if let Err(e) = parse_base_config(REF, c, 1) {
+            clear_error(&e, REF)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_samples_parse_and_oversized_documents_are_refused() {
+        let m = parse_base_manifest(REF, &manifest()).unwrap();
+        let (diff_ids, runtime) = parse_base_config(REF, &config(), m.layers.len()).unwrap();
+        assert_eq!(diff_ids.len(), 1);
+        assert_eq!(runtime.env["A"], "b=c");
+        let mut big = manifest();
+        big.resize(MAX_MANIFEST_BYTES as usize + 1, b' ');
+        let e = parse_base_manifest(REF, &big).unwrap_err().to_string();
+        assert!(e.contains("more than the 4194304"), "{e}");
+        let mut big = config();
+        big.resize(MAX_DOCUMENT_BYTES as usize + 1, b' ');
+        let e = parse_base_config(REF, &big, 1).unwrap_err().to_string();
+        assert!(e.contains("more than the 67108864"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn base_documents_arbitrary(m in hostile::bytes(512), c in hostile::bytes(512)) {
+            check(&m, &c)?;
+        }
+
+        #[test]
+        fn base_documents_mutated(m in mutated(manifest()), c in mutated(config())) {
+            check(&m, &c)?;
+        }
     }
 }

@@ -240,3 +240,71 @@ mod tests {
         );
     }
 }
+
+/// Hostile DSSE envelopes (docs/fault-matrix-parsers.md): attached evidence read from a
+/// store, arbitrary and mutated (bytes of a signed envelope). No panic; an
+/// envelope is trusted only if a trusted key's signature verifies, and a
+/// tampered payload never is.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated};
+    use crate::testing::signer;
+    use crate::verify::{Envelope, Evidence, VerifyOptions, check};
+    use proptest::prelude::*;
+
+    fn signed() -> Vec<u8> {
+        let statement = br#"{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"x","predicate":{}}"#;
+        serde_json::to_vec(&envelope(statement, Some(&signer(1)))).unwrap()
+    }
+
+    fn check_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let (trusted, _) = trusted_keys(&[signer(1).public_pem().unwrap()]);
+        let original: Value = serde_json::from_slice(&signed()).unwrap();
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            if let SignatureCheck::Trusted(_) = check_envelope(&v, &trusted) {
+                // Only the payload and its type are signed: those must be
+                // the original ones.
+                prop_assert_eq!(
+                    &v["payload"].as_str().and_then(evidence::unbase64),
+                    &original["payload"].as_str().and_then(evidence::unbase64)
+                );
+                prop_assert_eq!(&v["payloadType"], &original["payloadType"]);
+            }
+            let policy = crate::gates::Policy {
+                trusted_keys: vec![signer(1).public_pem().unwrap()],
+                ..Default::default()
+            };
+            let evidence = Evidence {
+                envelopes: vec![Envelope {
+                    artifact: "sha256:x".into(),
+                    annotated_predicate: None,
+                    envelope: v,
+                }],
+                ..Default::default()
+            };
+            let verdict = check("sha256:00", &evidence, &policy, VerifyOptions::default());
+            prop_assert!(!verdict.verified);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn dsse_arbitrary_bytes(bytes in hostile::bytes(512)) {
+            check_bytes(&bytes)?;
+        }
+
+        #[test]
+        fn dsse_mutated(bytes in mutated(signed())) {
+            check_bytes(&bytes)?;
+        }
+
+        #[test]
+        fn trusted_keys_arbitrary(pem in any::<String>()) {
+            let (keys, bad) = trusted_keys(&[pem]);
+            prop_assert_eq!(keys.len() + bad.len(), 1);
+        }
+    }
+}

@@ -994,3 +994,53 @@ mod tests {
         assert_eq!(spec.smoke.len(), 2);
     }
 }
+
+/// Hostile `image.toml` files (docs/fault-matrix-parsers.md): no panic, and every error
+/// names the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated_text};
+    use proptest::prelude::*;
+
+    const PATH: &str = "images/x/image.toml";
+    const SAMPLES: &[&str] = &[
+        include_str!("../../images/hello/image.toml"),
+        include_str!("../../images/pyhello/image.toml"),
+        include_str!("../../images/base-cc/image.toml"),
+        include_str!("../../images/base-python/image.toml"),
+    ];
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = parse(PATH, text) {
+            clear_error(&e, PATH)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_samples_parse() {
+        for s in SAMPLES {
+            parse(PATH, s).unwrap();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn image_toml_arbitrary_text(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn image_toml_mutated(text in prop::sample::select(SAMPLES).prop_flat_map(mutated_text)) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn base_references_arbitrary(s in any::<String>()) {
+            let _ = parse_base(&s);
+            let _ = ImagePath::parse(&s);
+        }
+    }
+}

@@ -194,15 +194,7 @@ pub fn copy_plan(
         if !m.matches(&bytes) {
             bail!("{repository}@{m} is served with other bytes; not copying");
         }
-        let doc: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{repository}@{m} is not a JSON manifest"))?;
-        let mut blobs = vec![parse_digest(
-            &doc["config"]["digest"],
-            "the manifest's config",
-        )?];
-        for l in doc["layers"].as_array().into_iter().flatten() {
-            blobs.push(parse_digest(&l["digest"], "a manifest layer")?);
-        }
+        let blobs = manifest_blobs(&format!("{repository}@{m}"), &bytes)?;
         out.push(CopyItem {
             digest: m,
             bytes,
@@ -248,7 +240,115 @@ pub fn referrers(
     let Some(bytes) = store.manifest(repository, &Target::Tag(subject.fallback_tag()))? else {
         return Ok(Vec::new());
     };
+    parse_referrers(&bytes)
+}
+
+/// The entries of a referrers index read from a store (at most
+/// [`crate::oci::MAX_MANIFEST_BYTES`]); every entry's digest is still to be
+/// parsed by its user ([`parse_digest`]).
+pub fn parse_referrers(bytes: &[u8]) -> Result<Vec<serde_json::Value>> {
+    crate::oci::check_size(
+        "the referrers index",
+        bytes.len() as u64,
+        crate::oci::MAX_MANIFEST_BYTES,
+    )?;
     let index: serde_json::Value =
-        serde_json::from_slice(&bytes).context("the referrers index is not JSON")?;
+        serde_json::from_slice(bytes).context("the referrers index is not JSON")?;
     Ok(index["manifests"].as_array().cloned().unwrap_or_default())
+}
+
+/// The blobs a manifest read from a store names (config, then layers),
+/// each digest parsed.
+pub fn manifest_blobs(what: &str, bytes: &[u8]) -> Result<Vec<Digest>> {
+    crate::oci::check_size(what, bytes.len() as u64, crate::oci::MAX_MANIFEST_BYTES)?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(bytes).with_context(|| format!("{what} is not a JSON manifest"))?;
+    let mut blobs = vec![parse_digest(
+        &doc["config"]["digest"],
+        "the manifest's config",
+    )?];
+    for l in doc["layers"].as_array().into_iter().flatten() {
+        blobs.push(parse_digest(&l["digest"], "a manifest layer")?);
+    }
+    Ok(blobs)
+}
+
+/// Hostile documents from a store (docs/fault-matrix-parsers.md): referrers indexes and
+/// manifests, arbitrary, mutated and oversized. No panic; a digest that is
+/// not one is refused before use.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated};
+    use proptest::prelude::*;
+
+    fn index() -> Vec<u8> {
+        let d = crate::layer::sha256(b"artifact");
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MEDIA_INDEX,
+            "manifests": [{"mediaType": crate::evidence::MEDIA_MANIFEST, "digest": d, "size": 10,
+                "artifactType": crate::evidence::MEDIA_DSSE, "annotations": {"a": "b"}}]
+        }))
+        .unwrap()
+    }
+
+    fn manifest() -> Vec<u8> {
+        let d = |s: &[u8]| crate::layer::sha256(s);
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": crate::evidence::MEDIA_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d(b"c"), "size": 1},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d(b"l"), "size": 2}]
+        }))
+        .unwrap()
+    }
+
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse_referrers(bytes) {
+            Ok(entries) => {
+                for e in &entries {
+                    if let Ok(d) = parse_digest(&e["digest"], "an entry") {
+                        prop_assert!(!d.blob_path().contains(".."));
+                    }
+                }
+                let _ = merged_referrers(entries.clone(), entries);
+            }
+            Err(e) => hostile::clear_error(&e, "referrers index")?,
+        }
+        if let Err(e) = manifest_blobs("repo@digest", bytes) {
+            hostile::clear_error(&e, "")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_documents_are_refused_naming_the_cap() {
+        let mut big = b"{\"manifests\": [".to_vec();
+        big.resize(crate::oci::MAX_MANIFEST_BYTES as usize + 1, b' ');
+        let e = parse_referrers(&big).unwrap_err().to_string();
+        assert!(e.contains("more than the 4194304"), "{e}");
+        let e = manifest_blobs("repo@x", &big).unwrap_err().to_string();
+        assert!(
+            e.contains("repo@x is 4194305 bytes, more than the 4194304"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn samples_parse() {
+        assert_eq!(parse_referrers(&index()).unwrap().len(), 1);
+        assert_eq!(manifest_blobs("m", &manifest()).unwrap().len(), 2);
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn store_documents_arbitrary(bytes in hostile::bytes(512)) {
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn store_documents_mutated(bytes in prop_oneof![mutated(index()), mutated(manifest())]) {
+            check(&bytes)?;
+        }
+    }
 }

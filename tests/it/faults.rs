@@ -458,7 +458,7 @@ fn a_slow_huge_or_redirecting_registry_ends_the_run_with_a_clear_error() {
         ),
         (
             Fault::HugeManifest,
-            "more than the lane reads (4194304 bytes)",
+            "is more than 4194304 bytes, more than the lane reads",
         ),
         (Fault::RedirectLoop, "more than 5 redirects"),
         (Fault::RedirectTo(thief.port), "redirected"),

@@ -124,6 +124,79 @@ pub fn collect(
     let lines = Lines::new(source);
     let options = ParseOptions::from(Mode::Module).with_target_version(PythonVersion::PY311);
     let parsed = ruff_python_parser::parse_unchecked(source, options);
+    // Ruff's parser grows its stack as it recurses; walking and dropping the
+    // tree recurse too, so a hostile file nested deeper than any real one
+    // is refused here, and its tree is never dropped recursively.
+    let mut depth = Depth::default();
+    match parsed.syntax() {
+        ast::Mod::Module(m) => depth.visit_body(&m.body),
+        ast::Mod::Expression(e) => depth.visit_expr(&e.body),
+    }
+    if depth.max > MAX_NESTING {
+        std::mem::forget(parsed);
+        return Err(SourceError {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "nested more than {MAX_NESTING} levels deep (CPython's parser refuses such code too)"
+            ),
+        });
+    }
+    let result = collect_parsed(file, module, is_package, source, &lines, &parsed);
+    stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, move || drop(parsed));
+    result
+}
+
+/// Deepest nesting of statements, expressions and patterns read in one
+/// source file. CPython 3.11's own parser gives up well before (its stack
+/// holds 6000 rules, several per level), so no file the image could run is
+/// refused.
+pub const MAX_NESTING: u32 = 6000;
+
+/// Below this much free stack, a recursive walk continues on a new segment
+/// of [`STACK_SEGMENT`] bytes (the `stacker` crate, which Ruff's parser uses).
+const STACK_RED_ZONE: usize = 256 << 10;
+const STACK_SEGMENT: usize = 8 << 20;
+
+/// How deep a syntax tree nests (counted up to [`MAX_NESTING`] + 1).
+#[derive(Default)]
+struct Depth {
+    depth: u32,
+    max: u32,
+}
+
+impl Depth {
+    fn enter(&mut self, walk: impl FnOnce(&mut Self)) {
+        self.depth += 1;
+        self.max = self.max.max(self.depth);
+        if self.depth <= MAX_NESTING {
+            stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || walk(self));
+        }
+        self.depth -= 1;
+    }
+}
+
+impl<'a> Visitor<'a> for Depth {
+    fn visit_stmt(&mut self, stmt: &'a Stmt) {
+        self.enter(|v| visitor::walk_stmt(v, stmt));
+    }
+    fn visit_expr(&mut self, expr: &'a Expr) {
+        self.enter(|v| visitor::walk_expr(v, expr));
+    }
+    fn visit_pattern(&mut self, pattern: &'a ast::Pattern) {
+        self.enter(|v| visitor::walk_pattern(v, pattern));
+    }
+}
+
+fn collect_parsed(
+    file: &str,
+    module: &str,
+    is_package: bool,
+    source: &str,
+    lines: &Lines,
+    parsed: &ruff_python_parser::Parsed<ast::Mod>,
+) -> Result<Vec<ImportSite>, SourceError> {
     let error = |offset: usize, message: String| {
         let (line, column) = lines.at(offset);
         SourceError {
@@ -139,7 +212,7 @@ pub fn collect(
     if let Some(e) = parsed.unsupported_syntax_errors().first() {
         return Err(error(e.range.start().to_usize(), e.to_string()));
     }
-    let Some(parsed) = parsed.try_into_module() else {
+    let ast::Mod::Module(parsed) = parsed.syntax() else {
         return Err(error(0, "not a module".into()));
     };
     let package = if is_package {
@@ -153,13 +226,13 @@ pub fn collect(
     let mut c = Collector {
         file,
         source,
-        lines: &lines,
+        lines,
         package,
         optional: 0,
         type_checking: 0,
         out: Vec::new(),
     };
-    c.visit_body(&parsed.syntax().body);
+    c.visit_body(&parsed.body);
     Ok(c.out)
 }
 
@@ -273,7 +346,25 @@ fn is_type_checking(test: &Expr) -> bool {
 }
 
 impl<'a> Visitor<'a> for Collector<'_> {
+    // The tree is at most MAX_NESTING deep (collect checked): each level
+    // runs on enough stack.
     fn visit_stmt(&mut self, stmt: &'a Stmt) {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.stmt(stmt));
+    }
+
+    fn visit_expr(&mut self, expr: &'a Expr) {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.expr(expr));
+    }
+
+    fn visit_pattern(&mut self, pattern: &'a ast::Pattern) {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            visitor::walk_pattern(self, pattern)
+        });
+    }
+}
+
+impl<'a> Collector<'_> {
+    fn stmt(&mut self, stmt: &'a Stmt) {
         match stmt {
             Stmt::Import(i) => {
                 for alias in &i.names {
@@ -330,7 +421,7 @@ impl<'a> Visitor<'a> for Collector<'_> {
         }
     }
 
-    fn visit_expr(&mut self, expr: &'a Expr) {
+    fn expr(&mut self, expr: &'a Expr) {
         if let Expr::Call(call) = expr {
             let dynamic = match call.func.as_ref() {
                 Expr::Name(n) => matches!(n.id.as_str(), "__import__" | "import_module"),
@@ -385,7 +476,7 @@ impl<'a> Visitor<'a> for Collector<'_> {
 mod tests {
     use super::*;
 
-    const SRC: &str = r#""""A module."""
+    pub(super) const SRC: &str = r#""""A module."""
 import os, sys
 import xml.etree.ElementTree as ET
 from . import greet
@@ -479,5 +570,67 @@ def later():
         assert_eq!(module_of("pkg/sub/m.py"), Some(("pkg.sub.m".into(), false)));
         assert_eq!(module_of("my-script.py"), None);
         assert_eq!(module_of("README.md"), None);
+    }
+}
+
+/// Hostile Python sources (docs/fault-matrix-parsers.md): the application's own files,
+/// parsed with Ruff's parser. No panic; a syntax error names the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated_text};
+    use proptest::prelude::*;
+
+    const FILE: &str = "app/pkg/mod.py";
+
+    fn check(source: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = collect(FILE, "pkg.mod", false, source) {
+            prop_assert_eq!(&e.file, FILE);
+            prop_assert!(!e.message.trim().is_empty());
+        }
+        Ok(())
+    }
+
+    // Regression guard: deep nesting must be an error or a result, not a
+    // stack overflow.
+    #[test]
+    fn deeply_nested_sources_do_not_crash() {
+        for open in [
+            "(",
+            "[",
+            "{",
+            "not ",
+            "-",
+            "lambda: ",
+            "2**",
+            "a if b else ",
+        ] {
+            let src = format!("x = {}1\n", open.repeat(20_000));
+            let _ = collect(FILE, "pkg.mod", false, &src);
+        }
+        let src = format!("x = {}1\n", "not ".repeat(20_000));
+        let e = collect(FILE, "pkg.mod", false, &src).unwrap_err();
+        assert!(e.message.contains("nested more than 6000 levels"), "{e}");
+        // Deep but not too deep: read, on a grown stack.
+        let src = format!("x = {}1\nimport os\n", "-".repeat(5_000));
+        assert_eq!(collect(FILE, "pkg.mod", false, &src).unwrap().len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn python_source_arbitrary_text(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn python_source_mutated(text in mutated_text(tests::SRC)) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn module_names_arbitrary(path in any::<String>()) {
+            let _ = module_of(&path);
+        }
     }
 }

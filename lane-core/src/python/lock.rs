@@ -569,3 +569,45 @@ mod tests {
         assert!(e.contains("does not match lockfiles/python.lock"), "{e}");
     }
 }
+
+/// Hostile `lockfiles/python.lock` files (docs/fault-matrix-parsers.md): no panic, every
+/// error names the file.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated_text};
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = include_str!("../../../lockfiles/python.lock");
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        match parse(text) {
+            Ok(lock) => {
+                let _ = diff(&lock, &parse(SAMPLE).unwrap());
+                for i in &lock.image {
+                    let _ = lock.wheels_of(&i.name);
+                }
+            }
+            Err(e) => clear_error(&e, LOCK_PATH)?,
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_sample_parses() {
+        parse(SAMPLE).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(256))]
+        #[test]
+        fn python_lock_arbitrary_text(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn python_lock_mutated(text in mutated_text(SAMPLE)) {
+            check(&text)?;
+        }
+    }
+}

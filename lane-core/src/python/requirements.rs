@@ -334,6 +334,14 @@ impl P {
     }
 }
 
+/// Most tokens (variables, strings, operators, `and`/`or`, parentheses) a
+/// PEP 508 marker may have: real markers have a few dozen. Keeps the marker
+/// tree shallow enough for the recursive `eval` and drop.
+pub const MAX_MARKER_TOKENS: usize = 512;
+
+/// Deepest nesting of parentheses in a marker (the parser recurses on each).
+pub const MAX_MARKER_DEPTH: usize = 32;
+
 const VERSION_VARS: &[&str] = &[
     "python_version",
     "python_full_version",
@@ -342,10 +350,28 @@ const VERSION_VARS: &[&str] = &[
 
 impl Marker {
     pub fn parse(text: &str) -> Result<Marker> {
-        let mut p = P {
-            toks: tokenize(text)?,
-            i: 0,
-        };
+        let toks = tokenize(text)?;
+        // Evaluating and dropping a marker recurses over its tree: a hostile
+        // METADATA must not get to make that tree deep (docs/fault-matrix-parsers.md).
+        let mut depth = 0usize;
+        for t in &toks {
+            match t {
+                Tok::Open => depth += 1,
+                Tok::Close => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > MAX_MARKER_DEPTH {
+                bail!("marker is nested more than {MAX_MARKER_DEPTH} parentheses deep");
+            }
+        }
+        if toks.len() > MAX_MARKER_TOKENS {
+            bail!(
+                "marker has {} tokens, more than the {MAX_MARKER_TOKENS} (about {} terms) the lane reads",
+                toks.len(),
+                MAX_MARKER_TOKENS / 4
+            );
+        }
+        let mut p = P { toks, i: 0 };
         let m = p.or()?;
         if p.i != p.toks.len() {
             bail!("unexpected {:?} in marker {text:?}", p.toks[p.i]);
@@ -468,5 +494,73 @@ mod tests {
                 .unwrap()
                 .eval(&env(), &test)
         );
+    }
+}
+
+/// Hostile requirements and markers (docs/fault-matrix-parsers.md): `Requires-Dist` lines
+/// come from a wheel's METADATA, so from whoever built the wheel.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile::{self, mutated_text};
+    use proptest::prelude::*;
+
+    const SAMPLES: &[&str] = &[
+        "requests[socks, security] (>=2.8.1, ==2.8.*) ; python_version < \"2.7\"",
+        "pytest ; extra == 'test' and (os_name == \"nt\" or platform_machine != 'x86_64')",
+        "name @ https://example.com/x.whl ; sys_platform not in 'win32 cygwin'",
+        "six >=1.5",
+    ];
+
+    fn check(text: &str) {
+        if let Ok(r) = Requirement::parse(text) {
+            let env = MarkerEnv::cpython_linux("3.11.2", "x86_64");
+            let _ = r.applies(&env, &BTreeSet::from(["test".to_string()]));
+            let _ = r.pinned_version();
+            let _ = r.key();
+        }
+        let _ = Marker::parse(text);
+    }
+
+    // Regressions: a marker nested or chained deeply enough overflowed the
+    // stack (parse, eval, drop) and aborted the process.
+    #[test]
+    fn a_deeply_nested_marker_is_refused() {
+        let text = format!(
+            "{}os_name == 'a'{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let e = Marker::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("nested"), "{e}");
+    }
+
+    #[test]
+    fn a_marker_with_too_many_terms_is_refused() {
+        let text = vec!["os_name == 'a'"; 100_000].join(" and ");
+        let e = Requirement::parse(&format!("x ; {text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("terms"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+        #[test]
+        fn requirements_arbitrary_text(text in any::<String>()) {
+            check(&text);
+        }
+
+        #[test]
+        fn requirements_from_the_grammar(
+            text in "[a-z(]{0,3}[ ()a-z_.'\"=!<>~,;@\\[\\]0-9*-]{0,60}"
+        ) {
+            check(&text);
+        }
+
+        #[test]
+        fn requirements_mutated(text in prop::sample::select(SAMPLES).prop_flat_map(mutated_text)) {
+            check(&text);
+        }
     }
 }

@@ -330,3 +330,44 @@ mod tests {
         assert_eq!(parse_specifiers(">=1, <2").unwrap().len(), 2);
     }
 }
+
+/// Hostile versions and specifiers (docs/fault-matrix-parsers.md): from wheels' METADATA
+/// and file names, and from `image.toml`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::hostile;
+    use proptest::prelude::*;
+
+    fn check(text: &str) {
+        if let Ok(v) = Version::parse(text) {
+            assert_eq!(v.cmp(&v), std::cmp::Ordering::Equal);
+            let _ = v.is_prerelease();
+        }
+        if let Ok(specs) = parse_specifiers(text)
+            && let Ok(v) = Version::parse("1.0.post1")
+        {
+            let _ = satisfies(&v, &specs);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+        #[test]
+        fn versions_arbitrary(text in any::<String>()) {
+            check(&text);
+        }
+
+        #[test]
+        fn versions_from_the_grammar(
+            text in "[v0-9!.+a-z_*=<>~,-]{0,30}",
+            other in "[0-9]{1,30}(\\.[0-9]{1,25}){0,3}(a|b|rc|post|dev)?[0-9]{0,25}",
+        ) {
+            check(&text);
+            check(&other);
+            if let (Ok(a), Ok(s)) = (Version::parse(&other), Specifier::parse(&format!("~={other}"))) {
+                let _ = s.contains(&a);
+            }
+        }
+    }
+}

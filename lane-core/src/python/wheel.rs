@@ -23,8 +23,25 @@ use sha2::Digest as _;
 use super::normalize;
 use crate::spec::ImagePath;
 
-/// Most bytes one wheel may unpack to.
+/// Most bytes one wheel may unpack to (counted as the entries decompress,
+/// not as their headers claim).
 pub const MAX_UNPACKED: u64 = 1 << 30;
+
+/// Most entries (files and directories) one wheel's zip archive may list.
+/// The largest wheels on PyPI have some tens of thousands.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// The caps [`read`] applies; tests use smaller ones.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    unpacked: u64,
+    entries: usize,
+}
+
+const LIMITS: Limits = Limits {
+    unpacked: MAX_UNPACKED,
+    entries: MAX_ENTRIES,
+};
 
 /// The fields of a wheel file name (`{name}-{ver}(-{build})?-{py}-{abi}-{plat}.whl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +228,10 @@ fn bad_path(name: &str) -> Option<&'static str> {
 /// Reads and checks a wheel. `filename` names it in errors and must match
 /// the dist-info directory inside.
 pub fn read(filename: &str, bytes: &[u8]) -> Result<Wheel> {
+    read_limited(filename, bytes, LIMITS)
+}
+
+fn read_limited(filename: &str, bytes: &[u8], limits: Limits) -> Result<Wheel> {
     let parsed = parse_filename(filename)?;
     let refuse = |problems: Vec<String>| -> Result<Wheel> {
         bail!(
@@ -220,6 +241,13 @@ pub fn read(filename: &str, bytes: &[u8]) -> Result<Wheel> {
     };
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
         .with_context(|| format!("wheel {filename}: not a zip archive"))?;
+    if zip.len() > limits.entries {
+        return refuse(vec![format!(
+            "lists {} entries, more than the {} the lane reads",
+            zip.len(),
+            limits.entries
+        )]);
+    }
     let mut problems = Vec::new();
     let mut files: BTreeMap<String, WheelFile> = BTreeMap::new();
     let mut total = 0u64;
@@ -255,15 +283,18 @@ pub fn read(filename: &str, bytes: &[u8]) -> Result<Wheel> {
             problems.push(format!("{name:?} is not a regular file (mode {mode:o})"));
             continue;
         }
-        total = total.saturating_add(f.size());
-        if total > MAX_UNPACKED {
-            problems.push(format!("unpacks to more than {MAX_UNPACKED} bytes"));
-            break;
-        }
-        let mut data = Vec::with_capacity(f.size().min(1 << 24) as usize);
-        if let Err(e) = (&mut f).take(MAX_UNPACKED).read_to_end(&mut data) {
+        // The size a header claims is a hint; the bytes that come out of
+        // the decompressor are what is counted against the cap.
+        let left = limits.unpacked - total;
+        let mut data = Vec::with_capacity(f.size().min(left).min(1 << 24) as usize);
+        if let Err(e) = (&mut f).take(left + 1).read_to_end(&mut data) {
             problems.push(format!("{name:?} cannot be read: {e}"));
             continue;
+        }
+        total += data.len() as u64;
+        if total > limits.unpacked {
+            problems.push(format!("unpacks to more than {} bytes", limits.unpacked));
+            break;
         }
         if files.contains_key(&name) {
             problems.push(format!("{name:?} is in the archive twice"));
@@ -859,5 +890,123 @@ pub(crate) mod tests {
             relative("usr/local/lib/python3.11/dist-packages", "usr/local/bin/x"),
             "../../../bin/x"
         );
+    }
+}
+
+/// Hostile wheels (docs/fault-matrix-parsers.md): file names, METADATA, and the zip
+/// archive itself, arbitrary and mutated. No panic; every refusal names the
+/// wheel; size and entry caps hold.
+#[cfg(test)]
+mod properties {
+    use super::tests::{METADATA, WHEEL, make_wheel};
+    use super::*;
+    use crate::hostile::{self, clear_error, mutated, mutated_text};
+    use proptest::prelude::*;
+
+    const NAME: &str = "demo-1.0-py3-none-any.whl";
+
+    fn sample() -> Vec<u8> {
+        make_wheel(
+            &[
+                ("demo/__init__.py", b"import six\n"),
+                ("demo-1.0.dist-info/METADATA", METADATA),
+                ("demo-1.0.dist-info/WHEEL", WHEEL),
+                (
+                    "demo-1.0.dist-info/entry_points.txt",
+                    b"[console_scripts]\ndemo = demo.cli:main\n",
+                ),
+                ("demo-1.0.data/scripts/tool", b"#!python\nprint(1)\n"),
+            ],
+            None,
+        )
+    }
+
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match read(NAME, bytes) {
+            Ok(w) => {
+                let _ = install(&w, &InstallScheme::debian_local("3.11"));
+            }
+            Err(e) => clear_error(&e, NAME)?,
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_sample_reads() {
+        read(NAME, &sample()).unwrap();
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_refused_at_the_cap() {
+        let zeros = vec![0u8; 4 << 20];
+        let bytes = make_wheel(
+            &[
+                ("demo/big.bin", &zeros),
+                ("demo-1.0.dist-info/METADATA", METADATA),
+                ("demo-1.0.dist-info/WHEEL", WHEEL),
+            ],
+            None,
+        );
+        assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
+        let limits = Limits {
+            unpacked: 1 << 20,
+            entries: MAX_ENTRIES,
+        };
+        let e = format!("{:#}", read_limited(NAME, &bytes, limits).unwrap_err());
+        assert!(e.contains("unpacks to more than 1048576 bytes"), "{e}");
+        assert!(e.contains(NAME), "{e}");
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let names: Vec<String> = (0..20).map(|i| format!("demo/m{i}.py")).collect();
+        let mut files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        files.push(("demo-1.0.dist-info/METADATA", METADATA));
+        files.push(("demo-1.0.dist-info/WHEEL", WHEEL));
+        let limits = Limits {
+            unpacked: MAX_UNPACKED,
+            entries: 10,
+        };
+        let e = format!(
+            "{:#}",
+            read_limited(NAME, &make_wheel(&files, None), limits).unwrap_err()
+        );
+        assert!(e.contains("lists 23 entries, more than the 10"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(128))]
+        #[test]
+        fn wheel_arbitrary_bytes(bytes in hostile::bytes(4096)) {
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn wheel_mutated(bytes in mutated(sample())) {
+            check(&bytes)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+        #[test]
+        fn wheel_filename_arbitrary(name in any::<String>(), structured in "[a-zA-Z0-9_.-]{0,40}(\\.whl)?") {
+            let _ = parse_filename(&name);
+            let _ = parse_filename(&structured);
+        }
+
+        #[test]
+        fn metadata_arbitrary_and_mutated(
+            text in any::<String>(),
+            m in mutated_text(std::str::from_utf8(METADATA).unwrap()),
+        ) {
+            for t in [text, m] {
+                if let Ok(md) = parse_metadata(&t) {
+                    for r in &md.requires_dist {
+                        let _ = super::super::requirements::Requirement::parse(r);
+                    }
+                }
+            }
+        }
     }
 }

@@ -52,13 +52,6 @@ const DIGEST_HEADER: &str = "docker-content-digest";
 pub const ENV_TIMEOUT: &str = "LANE_REGISTRY_TIMEOUT";
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
-/// The largest manifest, index or tag list the lane reads (the OCI
-/// distribution spec asks registries to take manifests up to 4 MiB).
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// The largest blob the lane holds in memory (evidence, configs).
-pub const MAX_SMALL_BLOB_BYTES: u64 = 64 << 20;
-/// The largest token-service answer or error body the lane reads.
-pub const MAX_SMALL_BODY_BYTES: u64 = 1 << 20;
 /// How many redirects one request follows.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -98,29 +91,6 @@ fn redirect_policy() -> reqwest::redirect::Policy {
         );
         attempt.error(msg)
     })
-}
-
-/// Reads a response body of at most `cap` bytes: a larger one (by its
-/// Content-Length, or as it streams in) is refused, naming the limit.
-async fn read_capped(mut res: reqwest::Response, cap: u64, what: &str) -> Result<Vec<u8>> {
-    if let Some(n) = res.content_length()
-        && n > cap
-    {
-        bail!("{what}: the registry sent {n} bytes, more than the lane reads ({cap} bytes)");
-    }
-    let mut out = Vec::new();
-    loop {
-        let chunk = res
-            .chunk()
-            .await
-            .map_err(|e| anyhow!("{what}: {}", transport_error(&e)))?;
-        let Some(chunk) = chunk else { break };
-        if out.len() as u64 + chunk.len() as u64 > cap {
-            bail!("{what}: the registry sent more than the lane reads ({cap} bytes)");
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// A transport error in words; a timeout names the setting that bounds it.
@@ -423,6 +393,18 @@ pub fn config_entry(config: &DockerConfig, host: &str) -> Result<Option<ConfigEn
         .map(|s| ConfigEntry::Helper(s.clone())))
 }
 
+/// Parses Docker's `config.json` (`path` names it in errors; the message
+/// never quotes the file, which holds secrets).
+pub fn parse_docker_config(path: &str, text: &str) -> Result<DockerConfig> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "{path} is not valid JSON: line {}, column {}",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
 /// Parses what `docker-credential-NAME get` prints: `{"Username", "Secret"}`.
 pub fn parse_helper_output(text: &str) -> Result<(String, Secret)> {
     #[derive(serde::Deserialize)]
@@ -477,14 +459,7 @@ pub fn resolve_credential(host: &str) -> Result<Option<Credential>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let config: DockerConfig = serde_json::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{} is not valid JSON: line {}, column {}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let config = parse_docker_config(&path.display().to_string(), &text)?;
     match config_entry(&config, host).with_context(|| format!("reading {}", path.display()))? {
         None => Ok(None),
         Some(ConfigEntry::Inline { user, secret }) => Ok(Some(Credential {
@@ -787,7 +762,7 @@ impl Remote {
             match res.status() {
                 StatusCode::OK => {
                     let what = format!("the tag list of {}/{repo}", self.s.host());
-                    let body = read_capped(res, MAX_MANIFEST_BYTES, &what).await?;
+                    let body = read_body(res, MAX_TAG_LIST_BYTES, &what).await?;
                     let v: serde_json::Value =
                         serde_json::from_slice(&body).with_context(|| {
                             format!("the tag list of {}/{repo} is not JSON", self.s.host())
@@ -864,8 +839,9 @@ impl Remote {
         })
     }
 
-    /// GET of a blob's bytes (small blobs: evidence, configs).
-    pub fn fetch_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
+    /// GET of a blob's bytes, refused above `limit` bytes (one of
+    /// `lane_core::oci`'s caps).
+    pub fn fetch_blob(&self, repo: &str, digest: &str, limit: u64) -> Result<Vec<u8>> {
         self.rt.block_on(async {
             let url = format!("{}/v2/{repo}/blobs/{digest}", self.s.base);
             let res = self
@@ -879,8 +855,8 @@ impl Remote {
                     res.status()
                 );
             }
-            let what = format!("reading blob {digest} from {}/{repo}", self.s.host());
-            let bytes = read_capped(res, MAX_SMALL_BLOB_BYTES, &what).await?;
+            let what = format!("blob {digest} from {}/{repo}", self.s.host());
+            let bytes = read_body(res, limit, &what).await?;
             let actual = sha256(&bytes);
             if actual != digest {
                 bail!(
@@ -1122,10 +1098,10 @@ impl Session {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = read_capped(
+        let body = read_body(
             res,
-            MAX_SMALL_BODY_BYTES,
-            &format!("the token service {realm}"),
+            MAX_TOKEN_BYTES,
+            &format!("the token service {realm}'s answer"),
         )
         .await?;
         let t: Token = serde_json::from_slice(&body)
@@ -1290,14 +1266,13 @@ impl Session {
         let status = res.status();
         let header = digest_header(res.headers());
         if status != StatusCode::CREATED {
-            let body = read_capped(res, MAX_SMALL_BODY_BYTES, "the error body")
+            let body = read_body(res, MAX_ERROR_BODY_BYTES, "the error body")
                 .await
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             bail!(
                 "pushing the manifest to {}/{repo}:{reference}: registry answered {status}: {}",
                 self.host(),
-                body.trim()
+                error_body(&body)
             );
         }
         Ok(header)
@@ -1354,8 +1329,8 @@ impl Session {
                 self.host()
             );
         }
-        let what = format!("reading back {}/{repo}:{reference}", self.host());
-        let bytes = read_capped(res, MAX_MANIFEST_BYTES, &what).await?;
+        let what = format!("the manifest {}/{repo}:{reference}", self.host());
+        let bytes = read_body(res, lane_core::oci::MAX_MANIFEST_BYTES, &what).await?;
         Ok(Some((bytes, header)))
     }
 
@@ -1526,6 +1501,83 @@ impl Session {
     }
 }
 
+/// Most bytes of a tag list the lane reads.
+pub const MAX_TAG_LIST_BYTES: u64 = 16 << 20;
+
+/// Most bytes of a token service's answer the lane reads.
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
+
+/// Most bytes of a registry's error body the lane reads; [`error_body`]
+/// shows less.
+pub const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
+
+/// Most characters of an error body a message shows.
+const ERROR_BODY_SHOWN: usize = 512;
+
+/// A response body, refused (with the cap named) once it passes `limit`
+/// bytes: by its Content-Length before reading, by counting while reading
+/// (a registry may send no length, or a false one).
+async fn read_body(mut res: reqwest::Response, limit: u64, what: &str) -> Result<Vec<u8>> {
+    if let Some(n) = res.content_length() {
+        lane_core::oci::check_size(what, n, limit)?;
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("reading {what}: {}", transport_error(&e)))?
+    {
+        out.extend_from_slice(&chunk);
+        if out.len() as u64 > limit {
+            bail!(
+                "{what} is more than {limit} bytes, more than the lane reads (docs/fault-matrix-parsers.md)"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A registry error body in one line: the `errors` of the Distribution
+/// specification (`CODE: message`), else the text itself, shortened.
+pub fn error_body(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let text = match serde_json::from_slice::<Errors>(body) {
+        Ok(e) if !e.errors.is_empty() => e
+            .errors
+            .iter()
+            .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                (false, false) => format!("{}: {}", e.code, e.message),
+                (false, true) => e.code.clone(),
+                _ => e.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    let one: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match one.char_indices().nth(ERROR_BODY_SHOWN) {
+        Some((cut, _)) => format!("{}...", &one[..cut]),
+        None if one.is_empty() => "(no body)".to_string(),
+        None => one,
+    }
+}
+
 fn digest_header(headers: &reqwest::header::HeaderMap) -> Option<String> {
     headers
         .get(DIGEST_HEADER)
@@ -1692,5 +1744,121 @@ mod tests {
                 service: Some("reg".into())
             }
         );
+    }
+
+    /// Hostile registry inputs (docs/fault-matrix-parsers.md): `config.json`, helper
+    /// output, `WWW-Authenticate`, error bodies, registry names. No panic;
+    /// errors name the file and never quote a secret.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        fn config(cases: u32) -> Config {
+            Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        const PATH: &str = "/home/u/.docker/config.json";
+        const SAMPLE: &str = r#"{"auths":{"https://r.example.com/v1/":{"auth":"dXNlcjpzM2NyZXQ="},"b:5000":{"username":"u","password":"s3cret"}},"credsStore":"desktop","credHelpers":{"c.example.com":"ecr"}}"#;
+
+        fn mutate(text: &str, at: usize, with: &str, cut: usize) -> String {
+            let mut b = text.as_bytes().to_vec();
+            let at = at % (b.len() + 1);
+            b.splice(at..(at + cut).min(b.len()), with.bytes());
+            String::from_utf8_lossy(&b).into_owned()
+        }
+
+        fn check_config(text: &str) -> Result<(), TestCaseError> {
+            match parse_docker_config(PATH, text) {
+                Ok(c) => {
+                    for host in ["r.example.com", "b:5000", "c.example.com", "x"] {
+                        if let Err(e) = config_entry(&c, host) {
+                            let message = format!("{e:#}");
+                            prop_assert!(!message.contains("s3cret"), "{}", message);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    prop_assert!(message.contains(PATH), "{}", message);
+                    prop_assert!(!message.contains("s3cret"), "{}", message);
+                }
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn the_sample_config_reads() {
+            let c = parse_docker_config(PATH, SAMPLE).unwrap();
+            assert!(matches!(
+                config_entry(&c, "r.example.com").unwrap(),
+                Some(ConfigEntry::Inline { .. })
+            ));
+        }
+
+        #[test]
+        fn error_bodies_are_one_short_line() {
+            let body = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+            assert_eq!(
+                error_body(body),
+                "DENIED: requested access to the resource is denied"
+            );
+            let long = "x\n".repeat(10_000);
+            let shown = error_body(long.as_bytes());
+            assert!(shown.len() < 600 && !shown.contains('\n'), "{shown}");
+            assert_eq!(error_body(b""), "(no body)");
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+            #[test]
+            fn docker_config_arbitrary(text in any::<String>()) {
+                check_config(&text)?;
+            }
+
+            #[test]
+            fn docker_config_mutated(at in any::<usize>(), with in "[\"{}:,a-z0-9=%\\\\]{0,6}", cut in 0usize..8) {
+                check_config(&mutate(SAMPLE, at, &with, cut))?;
+            }
+
+            #[test]
+            fn helper_output_arbitrary(text in any::<String>(), at in any::<usize>(), with in "[\"{}:,]{0,3}") {
+                let sample = r#"{"ServerURL":"r","Username":"u","Secret":"s3cret"}"#;
+                for t in [text, mutate(sample, at, &with, 2)] {
+                    if let Err(e) = parse_helper_output(&t) {
+                        let message = format!("{e:#}");
+                        prop_assert!(!message.contains("s3cret"));
+                    }
+                }
+            }
+
+            #[test]
+            fn challenges_arbitrary(value in any::<String>(), shaped in "(Bearer|Basic|bearer)? ?([a-z]{1,6}=\"[^\"]{0,12}\"?,? ?){0,4}") {
+                for v in [value, shaped] {
+                    if let Challenge::Bearer { realm, .. } = parse_challenge(&v) {
+                        prop_assert!(v.contains(&realm));
+                    }
+                }
+            }
+
+            #[test]
+            fn error_bodies_arbitrary(body in prop::collection::vec(any::<u8>(), 0..2048), text in any::<String>()) {
+                for b in [body, format!(r#"{{"errors":[{{"code":"{text}","message":"{text}"}}]}}"#).into_bytes()] {
+                    let shown = error_body(&b);
+                    prop_assert!(!shown.is_empty() && shown.chars().count() <= 515);
+                    prop_assert!(!shown.contains('\n'));
+                }
+            }
+
+            #[test]
+            fn registry_targets_arbitrary(s in any::<String>(), shaped in "[a-z0-9.:/\\[\\]-]{0,30}") {
+                let _ = s.parse::<RegistryTarget>();
+                let _ = shaped.parse::<RegistryTarget>();
+            }
+        }
     }
 }

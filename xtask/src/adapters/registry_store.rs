@@ -134,7 +134,7 @@ impl Store for RegistryStore {
     fn blob(&mut self, repository: &Repository, digest: &Digest) -> Result<Vec<u8>> {
         let remote = self.remote()?;
         let repo = remote.repo(repository.as_str());
-        remote.fetch_blob(&repo, digest.as_str())
+        remote.fetch_blob(&repo, digest.as_str(), lane_core::oci::MAX_DOCUMENT_BYTES)
     }
 
     fn copy_blob(&mut self, from: &Repository, to: &Repository, blob: &Digest) -> Result<BlobCopy> {
@@ -156,7 +156,8 @@ impl Store for RegistryStore {
                     "  copying {} from {from} ({why})",
                     blob.short()
                 ));
-                let data = remote.fetch_blob(&from, blob.as_str())?;
+                let data =
+                    remote.fetch_blob(&from, blob.as_str(), lane_core::oci::MAX_LAYER_BYTES)?;
                 remote.push_small_blob(&to, blob.as_str(), &data)?;
                 BlobCopy::Uploaded(data.len() as u64)
             }

@@ -163,9 +163,12 @@ impl RemoteCache {
         let config = lane_core::store::parse_digest(&m["config"]["digest"], "the entry's config")?;
         let layer = lane_core::store::parse_digest(&m["layers"][0]["digest"], "the entry's layer")?;
         // fetch_blob checks the document hashes to its digest.
-        let doc: ResultDocument =
-            serde_json::from_slice(&self.remote.fetch_blob(&self.repo, config.as_str())?)
-                .context("the result document does not parse")?;
+        let doc: ResultDocument = serde_json::from_slice(&self.remote.fetch_blob(
+            &self.repo,
+            config.as_str(),
+            lane_core::oci::MAX_DOCUMENT_BYTES,
+        )?)
+        .context("the result document does not parse")?;
         if doc.key != *key {
             bail!("the result document is for key {}, not this one", doc.key);
         }
