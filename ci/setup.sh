@@ -9,7 +9,8 @@
 #     validators' venv), apt-file (its apt configuration makes apt-get update
 #     fetch Debian's Contents index, from which drift names packages),
 #     openssl (checks the lane's signatures; the test OIDC issuer's RS256
-#     keys and signatures);
+#     keys and signatures), pigz (the parallel gzip reference of
+#     `cargo xtask bench`);
 #   - apt's indexes: Packages (lock, Debian base images) and Contents
 #     (drift), refreshed with apt-get update when absent (LANE_APT_UPDATE=1
 #     forces a refresh);
@@ -23,7 +24,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(docker-registry apache2-utils skopeo umoci time python3-venv apt-file openssl)
+packages=(docker-registry apache2-utils skopeo umoci time python3-venv apt-file openssl pigz)
 missing=()
 for p in "${packages[@]}"; do
   if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then

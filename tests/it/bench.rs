@@ -21,9 +21,18 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "warm rebuild",
         "rebuild after one changed file",
         "peak memory",
+        "layer assembly against parallel gzip",
+        "cold build of 50 generated images",
+        "warm no-change build (50 generated images)",
+        "fresh checkout, only the registry cache warm (50 generated images)",
     ] {
         case(want);
     }
+    // The fresh checkout compressed nothing: every layer came from the
+    // registry cache.
+    let fresh = case("fresh checkout, only the registry cache warm");
+    let note = fresh["notes"][0].as_str().unwrap();
+    assert!(note.ends_with(", 0 compressed"), "{fresh}");
     for c in cases {
         for side in ["lane", "reference"] {
             for k in ["min", "median", "max"] {

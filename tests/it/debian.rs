@@ -472,3 +472,48 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
         );
     }
 }
+
+/// The release's pinned-inputs check is remembered while nothing it reads
+/// changes (issue 16): the second check does not read apt's indexes (its
+/// report counts no package); an edited `[debian]` table is checked again
+/// and found stale, and a stale answer is never remembered.
+#[test]
+fn the_release_lock_check_is_remembered_until_its_inputs_change() {
+    use xtask::adapters::apt::lock_check_cached;
+    let f = Fixture::copy_of_repo("lock-cache");
+    let images = xtask::adapters::workspace::Workspace {
+        root: f.root.clone(),
+    }
+    .load_images()
+    .unwrap();
+    let cache = f.path("target/lane-cache");
+    let first = lock_check_cached(&f.root, &images, &cache).unwrap();
+    assert!(first.changes.is_empty(), "{:?}", first.changes);
+    assert!(first.packages >= 6, "the first check read the indexes");
+    let remembered = fs::read_dir(cache.join("lock-check")).unwrap().count();
+    assert_eq!(remembered, 1);
+    let second = lock_check_cached(&f.root, &images, &cache).unwrap();
+    assert!(second.changes.is_empty());
+    assert_eq!(
+        second.packages, 0,
+        "the second check was answered from the cache"
+    );
+
+    f.edit(
+        "images/base-cc/image.toml",
+        "  \"tzdata\",",
+        "  \"tzdata\",\n  \"libzstd1\",",
+    );
+    let images = xtask::adapters::workspace::Workspace {
+        root: f.root.clone(),
+    }
+    .load_images()
+    .unwrap();
+    let stale = lock_check_cached(&f.root, &images, &cache).unwrap_err();
+    assert!(format!("{stale:#}").contains("libzstd1"), "{stale:#}");
+    assert_eq!(
+        fs::read_dir(cache.join("lock-check")).unwrap().count(),
+        1,
+        "a stale answer is not remembered"
+    );
+}

@@ -141,7 +141,15 @@ pub struct LockReport {
 /// difference from the committed one.
 pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
     let sh = Shell::new()?;
-    let requests: Vec<ImageRequest> = images
+    let requests = image_requests(images);
+    let (arch, suite) = machine_target(&sh)?;
+    let index = machine_index(&sh, &arch)?;
+    lock_with(root, &requests, &arch, &suite, &index, check)
+}
+
+/// What `lock` asks the resolver for, per image with a `[debian]` table.
+fn image_requests(images: &[ImageSpec]) -> Vec<ImageRequest> {
+    images
         .iter()
         .filter_map(|i| {
             let d = i.debian.as_ref()?;
@@ -152,10 +160,61 @@ pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport
                 bases: workspace_bases(images, i),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// `lock --check` for the release's pinned-inputs gate, remembered: when
+/// nothing it reads changed since a check that found the lock fresh (the
+/// lock's bytes, the images' `[debian]` tables, the machine's architecture
+/// and suite, and each apt `Packages` index by path, size and mtime), the
+/// answer is the same and the indexes are not read again.
+pub fn lock_check_cached(
+    root: &Path,
+    images: &[ImageSpec],
+    cache_dir: &Path,
+) -> Result<LockReport> {
+    let sh = Shell::new()?;
+    let requests = image_requests(images);
     let (arch, suite) = machine_target(&sh)?;
+    let mut inputs = format!("{arch}\n{suite}\n{requests:?}\n");
+    inputs.push_str(&fs::read_to_string(root.join(LOCK_PATH)).unwrap_or_default());
+    for f in index_files(&sh, "Packages", &arch)? {
+        let meta = fs::metadata(&f).with_context(|| format!("reading {f}"))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        inputs.push_str(&format!("\n{f} {} {mtime}", meta.len()));
+    }
+    let marker = cache_dir
+        .join("lock-check")
+        .join(layer::sha256(inputs.as_bytes()).hex());
+    if marker.is_file() {
+        return Ok(LockReport {
+            path: LOCK_PATH.into(),
+            packages: 0,
+            changes: Vec::new(),
+            written: false,
+        });
+    }
     let index = machine_index(&sh, &arch)?;
-    let new = resolve_images(&index, &arch, &suite, &requests)?;
+    let report = lock_with(root, &requests, &arch, &suite, &index, true)?;
+    if report.changes.is_empty() {
+        crate::adapters::cache::write_atomic(&marker, b"fresh\n")?;
+    }
+    Ok(report)
+}
+
+fn lock_with(
+    root: &Path,
+    requests: &[ImageRequest],
+    arch: &str,
+    suite: &str,
+    index: &Index,
+    check: bool,
+) -> Result<LockReport> {
+    let new = resolve_images(index, arch, suite, requests)?;
     let path = root.join(LOCK_PATH);
     let old = match fs::read_to_string(&path) {
         Ok(text) => Some(parse_lock(&text)?),

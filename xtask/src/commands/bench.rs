@@ -448,6 +448,13 @@ tar --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner -cf - -C
   | tee >(sha256sum > "$2.tar.sha256") | gzip -n -6 | tee "$2" | sha256sum > "$2.sha256"
 wait"#;
 
+/// The same with pigz on two threads (Debian's pigz), the parallel
+/// reference for layer assembly on this machine's cores.
+const PIGZ_PIPELINE: &str = r#"set -o pipefail
+tar --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner -cf - -C "$1" . \
+  | tee >(sha256sum > "$2.tar.sha256") | pigz -p 2 -n -6 | tee "$2" | sha256sum > "$2.sha256"
+wait"#;
+
 fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("finding the xtask executable")
 }
@@ -492,11 +499,16 @@ fn lane_layer(input: &Path, out: &Path, work: &Path) -> Result<(f64, u64)> {
 
 /// The reference pipeline on the directory `input`: (seconds, peak KiB).
 fn gnu_layer(input: &Path, out: &Path, work: &Path) -> Result<(f64, u64)> {
+    pipeline_layer(GNU_PIPELINE, input, out, work)
+}
+
+/// A reference shell pipeline over `input` into `out`: (seconds, peak KiB).
+fn pipeline_layer(pipeline: &str, input: &Path, out: &Path, work: &Path) -> Result<(f64, u64)> {
     measure(
         Path::new("bash"),
         &[
             "-c".as_ref(),
-            GNU_PIPELINE.as_ref(),
+            pipeline.as_ref(),
             "gnu".as_ref(),
             input.as_ref(),
             out.as_ref(),
@@ -511,7 +523,7 @@ fn layer_assembly(work: &Path, runs: usize, quick: bool) -> Result<Vec<Case>> {
     let tree = work.join("tree");
     let total = generate_tree(&tree, if quick { 1 } else { 10 })?;
     let mb = total as f64 / 1e6;
-    let (mut lane_t, mut gnu_t) = (Vec::new(), Vec::new());
+    let (mut lane_t, mut gnu_t, mut pigz_t) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lane_size, mut gnu_size) = (0, 0);
     for _ in 0..runs {
         let out = work.join("lane.tar.gz");
@@ -522,8 +534,22 @@ fn layer_assembly(work: &Path, runs: usize, quick: bool) -> Result<Vec<Case>> {
         let (s, _) = gnu_layer(&tree, &out, work)?;
         gnu_t.push(mb / s);
         gnu_size = fs::metadata(&out)?.len();
+        let out = work.join("pigz.tar.gz");
+        let (s, _) = pipeline_layer(PIGZ_PIPELINE, &tree, &out, work)?;
+        pigz_t.push(mb / s);
     }
-    let (lane, reference) = (Stat::of(lane_t), Stat::of(gnu_t));
+    let lane_stat = Stat::of(lane_t);
+    let pigz = Stat::of(pigz_t);
+    out.push(Case {
+        name: format!("layer assembly against parallel gzip, {mb:.0} MB tree"),
+        unit: "MB/s (higher is better)".into(),
+        ratio: Some(ratio(&lane_stat, &pigz)),
+        lane: lane_stat.clone(),
+        reference_tool: "tar --sort=name | pigz -p 2 -n -6 | sha256sum (+ tar sha256)".into(),
+        reference: Some(pigz),
+        notes: vec!["the lane compresses each layer on one core; independent layers and images are built at once (build --jobs)".into()],
+    });
+    let (lane, reference) = (lane_stat, Stat::of(gnu_t));
     out.push(Case {
         name: format!("layer assembly, {mb:.0} MB tree (tar+gzip+both digests)"),
         unit: "MB/s (higher is better)".into(),

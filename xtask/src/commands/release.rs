@@ -669,11 +669,11 @@ fn lock_freshness(ws: &Workspace, images: &[ImageSpec]) -> Result<Vec<String>> {
     if images.iter().all(|i| i.debian.is_none()) {
         return Ok(Vec::new()); // nothing is locked
     }
-    let mut stale = match crate::adapters::apt::lock(&ws.root, images, true) {
+    let cache = ws.root.join("target/lane-cache");
+    let mut stale = match crate::adapters::apt::lock_check_cached(&ws.root, images, &cache) {
         Ok(report) => report.changes,
         Err(e) => vec![format!("{e:#}")],
     };
-    let cache = ws.root.join("target/lane-cache");
     if let Err(e) = crate::adapters::pip::lock(&ws.root, &cache, images, true) {
         stale.push(format!("{e:#}"));
     }
