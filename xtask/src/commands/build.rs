@@ -775,12 +775,16 @@ fn build_image(
         cache: stats,
     };
     ctx.progress.say(format_args!(
-        "built {} {} ({} layers, cache {} hit / {} miss)",
+        "built {} {} ({} layers, cache {} hit / {} miss{})",
         spec.name,
         image.manifest_digest,
         image.layers.len(),
         image.cache.hits,
-        image.cache.misses
+        image.cache.misses,
+        match image.cache.remote_hits {
+            0 => String::new(),
+            n => format!(" / {n} from the shared cache"),
+        }
     ));
     let as_base = BaseImage {
         name: format!("workspace://{}", spec.name),
