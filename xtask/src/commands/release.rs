@@ -568,22 +568,19 @@ pub fn apply(
             ));
             let at = now_precise();
             match store.tag(&spec.repository, &image.manifest_digest, tag) {
-                Ok(()) => {
-                    release.tagged.push(tag.clone());
-                    moved_at.push((at, now_precise()));
-                }
+                Ok(()) => {}
                 // Moved, then moved again by another run before our
                 // read-back: the final check below reports it.
                 Err(e) if e.is::<lane_core::distribution::Overtaken>() => {
                     progress.say(format_args!("accept: {e}"));
-                    release.tagged.push(tag.clone());
-                    moved_at.push((at, now_precise()));
                 }
                 Err(e) => {
                     reject(&mut release, format!("tagging {tag} failed: {e:#}"));
                     break;
                 }
             }
+            release.tagged.push(tag.clone());
+            moved_at.push((at, now_precise()));
             fault::point(fault::RELEASE_TAG_MOVED);
         }
         fault::point(fault::RELEASE_TAGS_MOVED);
