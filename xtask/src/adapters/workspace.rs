@@ -443,6 +443,7 @@ pub fn cargo_build(
     sde: u64,
     bins: &BTreeSet<BinaryRequest>,
     quiet: bool,
+    umask: Option<u32>,
 ) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(&ws.root);
@@ -482,12 +483,32 @@ pub fn cargo_build(
             .env("TZ", "UTC")
             .env("LC_ALL", "C")
             .env("CARGO_TERM_COLOR", "never");
-        c.run().with_context(|| {
+        let what = || {
             format!(
                 "cargo build of {} failed (hermetic environment, --locked); fix the build error above, or run cargo update if Cargo.lock is stale",
-                group.iter().map(|b| format!("{}:{}", b.package, b.bin)).collect::<Vec<_>>().join(", ")
+                group
+                    .iter()
+                    .map(|b| format!("{}:{}", b.package, b.bin))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
-        })?;
+        };
+        let mut c = std::process::Command::from(c);
+        if let Some(mask) = umask {
+            use std::os::unix::process::CommandExt;
+            // Only the child's umask: other threads of the lane keep theirs.
+            // SAFETY: umask(2) is async-signal-safe and allocates nothing.
+            unsafe {
+                c.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let status = c.status().with_context(what)?;
+        if !status.success() {
+            bail!("{} ({status})", what());
+        }
     }
     Ok(())
 }

@@ -120,6 +120,9 @@ pub struct BuildOptions {
     /// How many images build at once (independent images of one wave of
     /// the image graph); 1 builds them one after another.
     pub jobs: usize,
+    /// The umask cargo runs under (the reproducibility check's second
+    /// build sets 077); `None` inherits the process's.
+    pub cargo_umask: Option<u32>,
 }
 
 /// The default of `--jobs`: the machine's cores.
@@ -147,6 +150,7 @@ impl BuildOptions {
             quiet: false,
             shared_cache: None,
             jobs: default_jobs(),
+            cargo_umask: None,
         }
     }
 }
@@ -554,6 +558,7 @@ pub fn execute_shared(
             plan.source.source_date_epoch,
             &requests,
             opts.quiet,
+            opts.cargo_umask,
         )?;
     }
     let all = ws.load_images()?;

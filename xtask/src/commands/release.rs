@@ -152,8 +152,9 @@ impl Default for Stages {
 
 /// Step 1 of the lane: every fact the gates and the provenance share,
 /// gathered once. Preflight (store and engine) comes first, before any
-/// build work; then the build, the independent second build and the lock
-/// freshness check.
+/// build work; then the build, while the independent second build and the
+/// lock freshness check run in the background ([`Pending`]): their results
+/// (`repro`, `stale`) are filled in by [`Pending::finish`].
 pub struct Facts {
     pub git: GitFacts,
     pub policy: Policy,
@@ -214,7 +215,7 @@ pub fn release(
 ) -> Result<ReleaseReport> {
     let progress = Reporter { quiet: opts.quiet };
     let mut stages = Stages::new();
-    let facts = collect(ws, opts, store, &progress, &mut stages)?;
+    let (mut facts, pending) = collect(ws, opts, store, &progress, &mut stages)?;
     let mut images = Vec::new();
     // Named images are released; their workspace bases are built (their
     // layers are part of the image) but not released on their own.
@@ -225,8 +226,23 @@ pub fn release(
         .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
         .cloned()
         .collect();
+    // The image checks, the candidates' publish and their statements run
+    // while the second build and the lock check finish in the background.
+    let mut candidates = Vec::new();
     for image in released {
-        let candidate = run_gates(ws, &facts, image, store, &progress, &mut stages)?;
+        candidates.push(run_gates(ws, &facts, image, store, &progress, &mut stages)?);
+    }
+    pending.finish(&mut facts, &progress, &mut stages);
+    for mut candidate in candidates {
+        // In the gates' order: source-state, pinned-inputs, reproducible, ...
+        let at = 1.min(candidate.results.len());
+        candidate.results.splice(
+            at..at,
+            [
+                pinned_inputs(&candidate.spec, &facts.stale, &facts.lockfiles),
+                reproducible(&facts.repro, &candidate.image.name),
+            ],
+        );
         let decision = decide(&facts.policy, store.is_registry(), &candidate.results);
         images.push(apply(
             ws,
@@ -266,14 +282,40 @@ pub fn release(
     })
 }
 
-/// Step 1: preflight (store, then engine), build, second build, lock check.
+/// What runs in the background while the candidates are built, checked
+/// and published: the independent second build and `lock --check`.
+pub struct Pending {
+    second: crate::commands::repro::SecondBuild,
+    lock: std::thread::JoinHandle<Result<Vec<String>>>,
+}
+
+impl Pending {
+    /// Waits for both and fills in `facts.repro` and `facts.stale`.
+    pub fn finish(self, facts: &mut Facts, progress: &Reporter, stages: &mut Stages) {
+        progress.say("gates: reproducible (waiting for the second build)");
+        facts.repro = self
+            .second
+            .compare(&facts.built.images)
+            .map_err(|e| format!("{e:#}"));
+        stages.end("gate: reproducible (waiting)");
+        facts.stale = match self.lock.join() {
+            Ok(Ok(stale)) => stale,
+            Ok(Err(e)) => vec![format!("{e:#}")],
+            Err(_) => vec!["the lock check's thread panicked".to_string()],
+        };
+        stages.end("gate: pinned inputs (waiting)");
+    }
+}
+
+/// Step 1: preflight (store, then engine); then the build, with the second
+/// build and the lock check started in the background.
 pub fn collect(
     ws: &Workspace,
     opts: &ReleaseOptions,
     store: &mut dyn Store,
     progress: &Reporter,
     stages: &mut Stages,
-) -> Result<Facts> {
+) -> Result<(Facts, Pending)> {
     let names = &opts.images;
     let started_on = now();
     let (policy, policy_digest) = load_policy(ws)?;
@@ -310,24 +352,30 @@ pub fn collect(
         }
     };
     stages.end("preflight");
-    let git = crate::adapters::workspace::git_facts(&ws.root)?;
+    let (source, git) = crate::adapters::workspace::source_facts(ws)?;
+
+    // The independent second build (from a copy, from empty caches, never
+    // the shared cache) and `lock --check` need nothing of the build:
+    // they start now and are waited for before the decision.
+    progress.say("gates: reproducible (second build from a copy, in the background)");
+    let second = crate::commands::repro::SecondBuild::start(ws, names, &source);
+    progress.say("gates: lockfiles fresh (lock --check, in the background)");
+    let lock = {
+        let (ws, all) = (ws.clone(), all.clone());
+        std::thread::spawn(move || lock_freshness(&ws, &all))
+    };
+    let pending = Pending { second, lock };
 
     progress.say("build");
     let mut build_opts = BuildOptions::for_workspace(ws);
     build_opts.quiet = progress.quiet;
+    build_opts.source = Some(source);
     build_opts.shared_cache = opts
         .cache
         .shared(crate::adapters::oidc::authoritative(&policy, &builder));
     let built = build::build(ws, names, &build_opts)?;
     stages.end("build");
-
-    progress.say("gates: reproducible (second build from a copy)");
-    let repro = crate::commands::repro::repro(ws, names, true).map_err(|e| format!("{e:#}"));
-    stages.end("gate: reproducible");
-    progress.say("gates: lockfiles fresh (lock --check)");
-    let stale = lock_freshness(ws, &all)?;
-    stages.end("gate: pinned inputs");
-    Ok(Facts {
+    let facts = Facts {
         git,
         policy,
         policy_digest,
@@ -337,12 +385,13 @@ pub fn collect(
         selected,
         engine,
         built,
-        repro,
-        stale,
+        repro: Err("the second build has not finished".to_string()),
+        stale: vec!["the lock check has not finished".to_string()],
         source_url: ws.source_url()?,
         toolchain: crate::adapters::workspace::toolchain()?,
         lockfiles: lockfile_digests(ws)?,
-    })
+    };
+    Ok((facts, pending))
 }
 
 /// The identity preflight: a CI run proves its identity with an OIDC token
@@ -367,11 +416,9 @@ pub fn run_gates(
         .find(|s| s.name == image.name)
         .context("built image not selected")?
         .clone();
-    let mut results = vec![
-        source_state(&facts.git),
-        pinned_inputs(&spec, &facts.stale, &facts.lockfiles),
-        reproducible(&facts.repro, &image.name),
-    ];
+    // pinned-inputs and reproducible come from the background work,
+    // added after it finished (`release`).
+    let mut results = vec![source_state(&facts.git)];
     let checks = image_gates(ws, &spec, &image, facts.engine.as_ref().err(), progress);
     results.extend(checks.results);
     stages.end("gates: image checks");

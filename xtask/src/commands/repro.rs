@@ -2,12 +2,15 @@
 //!
 //! Each run works in a folder of its own, `target/repro/.run.tmp-PID-N/`,
 //! removed at the end unless the builds differ.
-//! The first build runs from the checkout into `first/` there. The
-//! second runs from a copy of the source tree at another path
-//! (`copy/`), copied and built under umask 077 with shuffled file
-//! mtimes, into `second/`. Both start with an empty cache and an
-//! empty cargo target dir. On a mismatch the report names the image, the
-//! layer and the first differing file.
+//! The second build, the independent one, runs from a copy of the source
+//! tree at another path (`copy/`: files created 0600 or 0700, folders 0700,
+//! as under umask 077, with shuffled mtimes) into `second/`, with an empty
+//! cache, an empty cargo target dir, cargo under umask 077 and no shared
+//! cache. It runs in the background ([`SecondBuild`]) while the first
+//! build runs: `repro` builds the first from the checkout into `first/`,
+//! also from empty caches; `release` compares it with its own candidate.
+//! On a mismatch the report names the image, the layer and the first
+//! differing file.
 
 use std::process::ExitCode;
 
@@ -16,6 +19,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +28,7 @@ use crate::adapters::workspace::Workspace;
 use crate::commands::build::{self, BuildOptions};
 use lane_core::distribution::BuiltImage;
 use lane_core::layer::{HashReader, sha256};
+use lane_core::oci::SourceFacts;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReproReport {
@@ -42,6 +47,9 @@ pub struct ReproImage {
     pub difference: Option<String>,
 }
 
+/// The umask of the independent build's copy and of its cargo.
+const UMASK: u32 = 0o077;
+
 fn options(dir: &Path, quiet: bool) -> BuildOptions {
     BuildOptions {
         images_dir: dir.join("images"),
@@ -52,59 +60,113 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
         // An independent rebuild: never from a shared cache.
         shared_cache: None,
         jobs: crate::commands::build::default_jobs(),
+        cargo_umask: None,
     }
+}
+
+/// The independent second build, running in a thread of its own.
+pub struct SecondBuild {
+    work: PathBuf,
+    handle: Option<JoinHandle<Result<Vec<BuiltImage>>>>,
+}
+
+impl SecondBuild {
+    /// Starts the second build of `names` in the background, from a copy of
+    /// the checkout, with `source` (the copy is not a git checkout: it gets
+    /// the first build's source facts). Its folder is
+    /// `target/repro/.run.tmp-PID-N`: two runs in one checkout at once never
+    /// share it, and a killed run's folder is swept by the next run.
+    pub fn start(ws: &Workspace, names: &[String], source: &SourceFacts) -> SecondBuild {
+        let base = ws.root.join("target/repro");
+        crate::adapters::cache::sweep_stale(&base);
+        let work = crate::adapters::cache::temp_path(&base.join("run"));
+        let (ws, names, source, dir) = (ws.clone(), names.to_vec(), source.clone(), work.clone());
+        let handle = std::thread::spawn(move || second_build(&ws, &names, &source, &dir));
+        SecondBuild {
+            work,
+            handle: Some(handle),
+        }
+    }
+
+    /// The run's folder (the first build of `repro` goes in `first/`).
+    pub fn work(&self) -> &Path {
+        &self.work
+    }
+
+    /// Waits for the second build and compares it with `first`. The folder
+    /// is removed unless the builds differ (kept for inspection).
+    pub fn compare(mut self, first: &[BuiltImage]) -> Result<ReproReport> {
+        let second = self.wait();
+        let report = second.and_then(|second| compare(first, &second));
+        if report.as_ref().is_ok_and(|r| !r.reproducible) {
+            self.work = PathBuf::new(); // kept
+        }
+        report
+    }
+
+    fn wait(&mut self) -> Result<Vec<BuiltImage>> {
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the second build's thread panicked"))?,
+            None => bail!("the second build was already taken"),
+        }
+    }
+}
+
+impl Drop for SecondBuild {
+    /// Abandoned (the first build failed) or compared: the thread is
+    /// waited for, and the folder removed unless kept.
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            let _ = self.wait();
+        }
+        if !self.work.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.work);
+        }
+    }
+}
+
+/// The copy and the build from it, in `work/copy` and `work/second`.
+fn second_build(
+    ws: &Workspace,
+    names: &[String],
+    source: &SourceFacts,
+    work: &Path,
+) -> Result<Vec<BuiltImage>> {
+    let copy = work.join("copy");
+    copy_tree(&ws.root, &copy)?;
+    let copy_ws = Workspace {
+        root: copy.canonicalize()?,
+    };
+    let mut opts = options(&work.join("second"), true);
+    opts.source = Some(source.clone());
+    opts.cargo_umask = Some(UMASK);
+    build::build(&copy_ws, names, &opts)
+        .map(|r| r.images)
+        .context("the second build (from a copy of the source tree)")
 }
 
 pub fn repro(ws: &Workspace, names: &[String], quiet: bool) -> Result<ReproReport> {
-    // One folder per run (`target/repro/.run.tmp-PID-N`): two runs in one
-    // checkout at once never share it. It is removed at the end unless the
-    // builds differ; a killed run's folder is swept by the next run.
-    let base = ws.root.join("target/repro");
-    crate::adapters::cache::sweep_stale(&base);
-    let work = crate::adapters::cache::temp_path(&base.join("run"));
-    let report = compare_builds(ws, names, quiet, &work);
-    // Kept only when the builds differ, for inspection.
-    if !report.as_ref().is_ok_and(|r| !r.reproducible) {
-        let _ = fs::remove_dir_all(&work);
-    }
-    report
+    let progress = crate::report::Reporter::new(quiet);
+    let (source, _) = crate::adapters::workspace::source_facts(ws)?;
+    let second = SecondBuild::start(ws, names, &source);
+    progress.say(format_args!(
+        "repro: second build in the background, from a copy at {} (umask 077, shuffled mtimes)",
+        second.work().join("copy").display()
+    ));
+    progress.say("repro: first build, from the checkout");
+    let mut first_opts = options(&second.work().join("first"), quiet);
+    first_opts.source = Some(source);
+    let first = build::build(ws, names, &first_opts)?;
+    progress.say("repro: waiting for the second build");
+    second.compare(&first.images)
 }
 
-/// Both builds in `work` and their comparison.
-fn compare_builds(
-    ws: &Workspace,
-    names: &[String],
-    quiet: bool,
-    work: &Path,
-) -> Result<ReproReport> {
-    let progress = crate::report::Reporter::new(quiet);
-    progress.say("repro: first build, from the checkout");
-    let first_opts = options(&work.join("first"), quiet);
-    let (plan, _) = build::plan(ws, names, &first_opts)?;
-    let first = build::execute(ws, &plan, &first_opts)?;
-
-    let copy = work.join("copy");
-    progress.say(format_args!(
-        "repro: copying the source tree to {} (umask 077, shuffled mtimes)",
-        copy.display()
-    ));
-    let old_umask = unsafe { libc::umask(0o077) };
-    let result = (|| -> Result<Vec<BuiltImage>> {
-        copy_tree(&ws.root, &copy)?;
-        let copy_ws = Workspace {
-            root: copy.canonicalize()?,
-        };
-        let mut second_opts = options(&work.join("second"), quiet);
-        // The copy is not a git checkout: it gets the same source facts.
-        second_opts.source = Some(plan.source.clone());
-        progress.say("repro: second build, from the copy");
-        build::build(&copy_ws, names, &second_opts).map(|r| r.images)
-    })();
-    unsafe { libc::umask(old_umask) };
-    let second = result?;
-
+/// Compares two builds image by image (by name).
+pub fn compare(first: &[BuiltImage], second: &[BuiltImage]) -> Result<ReproReport> {
     let mut images = Vec::new();
-    for a in &first {
+    for a in first {
         let b = second
             .iter()
             .find(|b| b.name == a.name)
@@ -126,9 +188,26 @@ fn compare_builds(
 }
 
 /// Copies the files git knows of (tracked and untracked-but-not-ignored),
-/// creating them fresh under the current umask and giving each a different
-/// mtime.
+/// creating them fresh as under umask 077 (files 0600 or 0700, folders
+/// 0700), without changing the process's umask, and giving each a
+/// different mtime.
 fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
+    let mkdir = |dir: &Path| -> Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for m in missing.iter().rev() {
+            fs::create_dir(m).with_context(|| format!("creating {}", m.display()))?;
+            fs::set_permissions(m, fs::Permissions::from_mode(0o777 & !UMASK))?;
+        }
+        Ok(())
+    };
     for (i, rel) in crate::adapters::workspace::source_files(root)?
         .iter()
         .enumerate()
@@ -139,7 +218,7 @@ fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
         }; // deleted in the work tree
         let to = dest.join(rel);
         if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent)?;
+            mkdir(parent)?;
         }
         if meta.file_type().is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
@@ -149,12 +228,14 @@ fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
             continue;
         }
         let exec = meta.permissions().mode() & 0o100 != 0;
+        let mode = if exec { 0o777 } else { 0o666 } & !UMASK;
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(if exec { 0o777 } else { 0o666 })
+            .mode(mode)
             .open(&to)
             .with_context(|| format!("creating {}", to.display()))?;
+        out.set_permissions(fs::Permissions::from_mode(mode))?;
         std::io::copy(&mut fs::File::open(&from)?, &mut out)?;
         // A spread of mtimes unrelated to the originals (and to each other).
         let shuffled = 1_000_000_000 + (i as u64).wrapping_mul(2_654_435_761) % 700_000_000;
