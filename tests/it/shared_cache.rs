@@ -3,6 +3,7 @@
 //! refused; a run that is not authoritative writes nothing; the
 //! reproducible gate stays an independent rebuild.
 
+use base64::Engine as _;
 use std::fs;
 
 use serde_json::{Value, json};
@@ -161,26 +162,50 @@ fn poisoned_cache_entries_are_refused_and_the_build_stays_right() {
     remote
         .push_small_blob(CACHE_REPO, doc.digest.as_str(), &doc.bytes)
         .unwrap();
+    // The writer embeds the document in the config descriptor (`data`);
+    // the forgery does too, consistently.
+    assert!(m0["config"]["data"].is_string(), "{m0}");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut manifest = m0.clone();
     manifest["config"]["digest"] = json!(doc.digest);
     manifest["config"]["size"] = json!(doc.size());
-    let manifest = lane_core::oci::canonical_json(&manifest).unwrap();
-    remote
-        .put_manifest_read_back(
-            &xtask::adapters::registry::ManifestPut {
-                repo: CACHE_REPO,
-                reference: &tag,
-                media_type: lane_core::evidence::MEDIA_MANIFEST,
-                bytes: &manifest.bytes,
-            },
-            "the forged entry",
-        )
-        .unwrap();
+    manifest["config"]["data"] = json!(b64(&doc.bytes));
+    let put = |manifest: &Value| {
+        let manifest = lane_core::oci::canonical_json(manifest).unwrap();
+        remote
+            .put_manifest_read_back(
+                &xtask::adapters::registry::ManifestPut {
+                    repo: CACHE_REPO,
+                    reference: &tag,
+                    media_type: lane_core::evidence::MEDIA_MANIFEST,
+                    bytes: &manifest.bytes,
+                },
+                "the forged entry",
+            )
+            .unwrap();
+    };
+    put(&manifest);
     let d = Fixture::clone_of(&a, "poison-d");
     let r = build(&d, &Creds::none(), &reg);
     let rejected = r["shared_cache"]["rejected"].to_string();
     assert!(
         rejected.contains(&tag) && rejected.contains("this key's entries make"),
+        "{r}"
+    );
+    assert_eq!(files(&r)["cache"]["misses"], 1, "{r}");
+    assert_eq!(files(&r)["manifest_digest"], right);
+
+    // 3. An embedded document that is not the blob its descriptor names
+    // (the first layer's document named, the forged one embedded):
+    // refused before anything else is read.
+    let mut m1 = m0.clone();
+    m1["config"]["data"] = json!(b64(&doc.bytes));
+    put(&m1);
+    let e = Fixture::clone_of(&a, "poison-e");
+    let r = build(&e, &Creds::none(), &reg);
+    let rejected = r["shared_cache"]["rejected"].to_string();
+    assert!(
+        rejected.contains(&tag) && rejected.contains("embedded result document"),
         "{r}"
     );
     assert_eq!(files(&r)["cache"]["misses"], 1, "{r}");

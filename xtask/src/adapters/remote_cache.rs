@@ -6,7 +6,12 @@
 //! mtime, every entry's metadata and content digest), tagged
 //! `layer-<key hex>`: an OCI image manifest whose `artifactType` and config
 //! are the result document ([`MEDIA_RESULT`]: the key, the layer's digest,
-//! diff_id and sizes) and whose one layer is the gzip blob itself.
+//! diff_id and sizes) and whose one layer is the gzip blob itself. The
+//! config descriptor also embeds the document (`data`, OCI 1.1), so a
+//! reader needs two round trips, the manifest and the blob; the embedded
+//! bytes are checked against the descriptor's digest and size like any
+//! blob. Builds on many threads share a [`RemotePool`]: one connection
+//! per thread, so fetches and writes run at once.
 //!
 //! Nothing read from the cache is trusted: the result document must name
 //! the key asked for and the manifest's layer; the blob, streamed to a
@@ -20,6 +25,9 @@
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::Mutex;
+
+use base64::Engine as _;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -162,13 +170,28 @@ impl RemoteCache {
             serde_json::from_slice(&manifest).context("the entry's manifest is not JSON")?;
         let config = lane_core::store::parse_digest(&m["config"]["digest"], "the entry's config")?;
         let layer = lane_core::store::parse_digest(&m["layers"][0]["digest"], "the entry's layer")?;
-        // fetch_blob checks the document hashes to its digest.
-        let doc: ResultDocument = serde_json::from_slice(&self.remote.fetch_blob(
-            &self.repo,
-            config.as_str(),
-            lane_core::oci::MAX_DOCUMENT_BYTES,
-        )?)
-        .context("the result document does not parse")?;
+        let doc = match m["config"]["data"].as_str() {
+            // Embedded: the same check as for a fetched blob.
+            Some(data) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .context("the entry's embedded result document is not base64")?;
+                if Digest::of(&bytes) != config
+                    || m["config"]["size"].as_u64() != Some(bytes.len() as u64)
+                {
+                    bail!("the embedded result document does not hash to its descriptor {config}");
+                }
+                bytes
+            }
+            // fetch_blob checks the document hashes to its digest.
+            None => self.remote.fetch_blob(
+                &self.repo,
+                config.as_str(),
+                lane_core::oci::MAX_DOCUMENT_BYTES,
+            )?,
+        };
+        let doc: ResultDocument =
+            serde_json::from_slice(&doc).context("the result document does not parse")?;
         if doc.key != *key {
             bail!("the result document is for key {}, not this one", doc.key);
         }
@@ -255,7 +278,12 @@ impl RemoteCache {
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "artifactType": MEDIA_RESULT,
-            "config": { "mediaType": MEDIA_RESULT, "digest": doc.digest, "size": doc.size() },
+            "config": {
+                "mediaType": MEDIA_RESULT,
+                "digest": doc.digest,
+                "size": doc.size(),
+                "data": base64::engine::general_purpose::STANDARD.encode(&doc.bytes),
+            },
             "layers": [{ "mediaType": MEDIA_LAYER, "digest": d.digest, "size": d.size }],
         }))?;
         let tag = Self::tag(key);
@@ -270,5 +298,56 @@ impl RemoteCache {
         )?;
         self.stats.written += 1;
         Ok(())
+    }
+}
+
+/// The shared cache for builds on many threads: one [`RemoteCache`] (its
+/// own connection) per thread, so fetches and writes run at once.
+pub struct RemotePool {
+    slots: Vec<Mutex<RemoteCache>>,
+}
+
+impl RemotePool {
+    /// `n` connections to the cache (at least one), each through the
+    /// preflight of [`RemoteCache::open`].
+    pub fn open(location: &str, writes: bool, n: usize) -> Result<RemotePool> {
+        let slots = (0..n.max(1))
+            .map(|_| RemoteCache::open(location, writes).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RemotePool { slots })
+    }
+
+    /// Who the cache's registry sees.
+    pub fn who(&self) -> String {
+        self.with(|rc| rc.who())
+    }
+
+    /// Runs `f` with a connection no other thread is using (waiting for
+    /// the first one when all are busy).
+    pub fn with<R>(&self, f: impl FnOnce(&mut RemoteCache) -> R) -> R {
+        for slot in &self.slots {
+            if let Ok(mut rc) = slot.try_lock() {
+                return f(&mut rc);
+            }
+        }
+        f(&mut self.slots[0].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// What every connection did, added up (rejections in order).
+    pub fn stats(self) -> RemoteStats {
+        let mut out: Option<RemoteStats> = None;
+        for slot in self.slots {
+            let s = slot.into_inner().unwrap_or_else(|e| e.into_inner()).stats;
+            match &mut out {
+                None => out = Some(s),
+                Some(o) => {
+                    o.hits += s.hits;
+                    o.misses += s.misses;
+                    o.written += s.written;
+                    o.rejected.extend(s.rejected);
+                }
+            }
+        }
+        out.unwrap_or_default()
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Mutex, RwLock};
 use anyhow::{Context, Result, bail};
 
 use crate::adapters::cache::Cache;
-use crate::adapters::remote_cache::{ENV_CACHE, RemoteCache, RemoteStats};
+use crate::adapters::remote_cache::{ENV_CACHE, RemotePool, RemoteStats};
 use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
 use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
@@ -525,7 +525,7 @@ pub fn execute_shared(
     let progress = Reporter { quiet: opts.quiet };
     let remote = match &opts.shared_cache {
         Some(c) => {
-            let rc = RemoteCache::open(&c.location, c.writes)?;
+            let rc = RemotePool::open(&c.location, c.writes, opts.jobs)?;
             progress.say(format_args!(
                 "shared cache: {} ({}, {})",
                 c.location,
@@ -565,7 +565,6 @@ pub fn execute_shared(
     let cache = RwLock::new(Cache::open(&opts.cache_dir)?);
     fs::create_dir_all(&opts.images_dir)
         .with_context(|| format!("creating {}", opts.images_dir.display()))?;
-    let remote = Mutex::new(remote);
     let ctx = Ctx {
         ws,
         plan,
@@ -604,10 +603,7 @@ pub fn execute_shared(
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a build thread panicked"))?
         .save()?;
-    let stats = remote
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a build thread panicked"))?
-        .map(|r| r.stats);
+    let stats = remote.map(RemotePool::stats);
     for r in stats.iter().flat_map(|s| &s.rejected) {
         progress.warn(format_args!("shared cache: entry ignored: {r}"));
     }
@@ -622,7 +618,7 @@ struct Ctx<'a> {
     all: &'a [ImageSpec],
     arch: &'a str,
     cache: &'a RwLock<Cache>,
-    remote: &'a Mutex<Option<RemoteCache>>,
+    remote: &'a Option<RemotePool>,
     progress: &'a Reporter,
 }
 
@@ -807,7 +803,7 @@ fn build_image(
 #[allow(clippy::too_many_arguments)]
 fn build_layer(
     cache: &RwLock<Cache>,
-    remote: &Mutex<Option<RemoteCache>>,
+    remote: &Option<RemotePool>,
     entries: &[Entry],
     mtime: u64,
     stats: &mut CacheStats,
@@ -833,8 +829,7 @@ fn build_layer(
         stats.hits += 1;
         return Ok(d);
     }
-    let mut shared = remote.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rc) = shared.as_mut() {
+    if let Some(pool) = remote {
         // The key needs every file's digest: hash what the stat cache does
         // not know (reading, not compressing), then ask the shared cache.
         if key.is_none() {
@@ -857,13 +852,12 @@ fn build_layer(
             r
         };
         if let Some(key) = &key
-            && let Some(d) = rc.fetch(key, &read(cache), &mut ours)
+            && let Some(d) = pool.with(|rc| rc.fetch(key, &read(cache), &mut ours))
         {
             stats.remote_hits += 1;
             return Ok(d);
         }
     }
-    drop(shared);
     stats.misses += 1;
     let total: u64 = entries
         .iter()
@@ -906,8 +900,8 @@ fn build_layer(
     let key = key_now(&read(cache));
     if let Some(key) = key {
         read(cache).record(&key, &d)?;
-        if let Some(rc) = remote.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            rc.store(&key, &d, &read(cache));
+        if let Some(pool) = remote {
+            pool.with(|rc| rc.store(&key, &d, &read(cache)));
         }
     }
     Ok(d)
