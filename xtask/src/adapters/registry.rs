@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -552,6 +553,19 @@ pub fn parse_challenge(value: &str) -> Challenge {
 
 /// A registry that passed the preflight: reachable, credentials accepted,
 /// push permission granted on every repository the run will publish to.
+/// Blob uploads (and blob checks) of one publish in flight at once.
+pub const UPLOADS_AT_ONCE: usize = 4;
+
+/// What publishing one blob took.
+enum BlobOutcome {
+    /// The repository already held it.
+    Present,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// Uploaded: the bytes sent.
+    Uploaded(u64),
+}
+
 pub struct Remote {
     rt: tokio::runtime::Runtime,
     s: Session,
@@ -1393,6 +1407,50 @@ impl Session {
         Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// One blob of a layout into `repo`: already there (same size), mounted
+    /// from a repository this run pushed it to, or uploaded.
+    async fn push_layout_blob(
+        &self,
+        image: &LocalImage,
+        repo: &str,
+        blob: &BlobRef,
+        quiet: bool,
+    ) -> Result<BlobOutcome> {
+        let host = self.host().to_string();
+        let reporter = crate::report::Reporter::new(quiet);
+        match self.blob_size(repo, blob.digest.as_str()).await? {
+            Some(size) if size == blob.size => return Ok(BlobOutcome::Present),
+            Some(size) => bail!(
+                "registry {host} holds blob {} in {repo} with {size} bytes, but the layout's blob has {}; the registry's storage is inconsistent",
+                blob.digest,
+                blob.size
+            ),
+            None => {}
+        }
+        // Cross-repository mount when this run already has the blob elsewhere.
+        let source = self
+            .known
+            .lock()
+            .unwrap()
+            .get(blob.digest.as_str())
+            .cloned();
+        if let Some(from) = source.filter(|f| f != repo)
+            && self.mount_blob(repo, &from, blob.digest.as_str()).await? == Mount::Mounted
+        {
+            reporter.say(format!("  mounted {} from {from}", blob.digest.short()));
+            return Ok(BlobOutcome::Mounted);
+        }
+        let path = image.blob_path(&blob.digest);
+        reporter.say(format!(
+            "  uploading {} ({} bytes)",
+            short(blob.digest.as_str()),
+            blob.size
+        ));
+        let n = self.upload_blob(repo, blob, &path, quiet).await?;
+        crate::adapters::fault::point(crate::adapters::fault::PUBLISH_BLOB_STORED);
+        Ok(BlobOutcome::Uploaded(n))
+    }
+
     async fn publish_async(
         &self,
         image: &LocalImage,
@@ -1401,46 +1459,26 @@ impl Session {
     ) -> Result<PublishReport> {
         use lane_core::distribution::{BlobStats, CrossCheck, Observed, check_digest};
         let host = self.host().to_string();
-        let reporter = crate::report::Reporter::new(quiet);
-        let say = |m: String| reporter.say(m);
         let mut stats = BlobStats::default();
-        for blob in &image.blobs {
-            match self.blob_size(repo, blob.digest.as_str()).await? {
-                Some(size) if size == blob.size => {
-                    stats.skipped += 1;
-                    continue;
+        // At most UPLOADS_AT_ONCE blobs in flight; outcomes in blob order.
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(
+            image
+                .blobs
+                .iter()
+                .map(|blob| self.push_layout_blob(image, repo, blob, quiet)),
+        )
+        .buffered(UPLOADS_AT_ONCE)
+        .try_collect()
+        .await?;
+        for o in outcomes {
+            match o {
+                BlobOutcome::Present => stats.skipped += 1,
+                BlobOutcome::Mounted => stats.mounted += 1,
+                BlobOutcome::Uploaded(n) => {
+                    stats.uploaded += 1;
+                    stats.bytes_uploaded += n;
                 }
-                Some(size) => bail!(
-                    "registry {host} holds blob {} in {repo} with {size} bytes, but the layout's blob has {}; the registry's storage is inconsistent",
-                    blob.digest,
-                    blob.size
-                ),
-                None => {}
             }
-            // Cross-repository mount when this run already has the blob elsewhere.
-            let source = self
-                .known
-                .lock()
-                .unwrap()
-                .get(blob.digest.as_str())
-                .cloned();
-            if let Some(from) = source.filter(|f| f != repo)
-                && self.mount_blob(repo, &from, blob.digest.as_str()).await? == Mount::Mounted
-            {
-                say(format!("  mounted {} from {from}", blob.digest.short()));
-                stats.mounted += 1;
-                continue;
-            }
-            let path = image.blob_path(&blob.digest);
-            say(format!(
-                "  uploading {} ({} bytes)",
-                short(blob.digest.as_str()),
-                blob.size
-            ));
-            let n = self.upload_blob(repo, blob, &path, quiet).await?;
-            stats.uploaded += 1;
-            stats.bytes_uploaded += n;
-            crate::adapters::fault::point(crate::adapters::fault::PUBLISH_BLOB_STORED);
         }
         for blob in &image.blobs {
             self.known
@@ -1460,13 +1498,15 @@ impl Session {
             })
             .await?;
         crate::adapters::fault::point(crate::adapters::fault::PUBLISH_MANIFEST_STORED);
-        let mut blob_sizes = Vec::new();
-        for blob in &image.blobs {
-            blob_sizes.push((
+        let blob_sizes: Vec<_> = futures_util::stream::iter(image.blobs.iter().map(|blob| async {
+            Ok::<_, anyhow::Error>((
                 blob.clone(),
                 self.blob_size(repo, blob.digest.as_str()).await?,
-            ));
-        }
+            ))
+        }))
+        .buffered(UPLOADS_AT_ONCE)
+        .try_collect()
+        .await?;
         let observed = Observed {
             pushed_digest_header: back.put_header,
             fetched_digest_header: back.get_header,
