@@ -25,9 +25,16 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "cold build of 50 generated images",
         "warm no-change build (50 generated images)",
         "fresh checkout, only the registry cache warm (50 generated images)",
+        "release of 6 generated images on base-cc",
     ] {
         case(want);
     }
+    // Every generated image (and base-cc under them) was released, accepted.
+    let release = case("release of 6 generated images");
+    assert_eq!(
+        release["notes"][0], "7 images released (all accepted), every gate run on each",
+        "{release}"
+    );
     // The fresh checkout compressed nothing: every layer came from the
     // registry cache.
     let fresh = case("fresh checkout, only the registry cache warm");

@@ -226,12 +226,60 @@ pub fn scale_workspace(root: &Path, images: usize) -> Result<()> {
     Ok(())
 }
 
+/// The generated workspace made releasable: the checkout's `base-cc`
+/// (pinned Debian packages, locked here by the lane's own `lock`) under the
+/// five bases, and on every image a smoke check that runs base-cc's
+/// dynamic loader.
+pub fn runtime_scale_workspace(checkout: &Path, root: &Path, images: usize) -> Result<()> {
+    scale_workspace(root, images)?;
+    let from = checkout.join("images/base-cc");
+    for rel in crate::adapters::workspace::source_files(&from)? {
+        let dst = root.join("images/base-cc").join(&rel);
+        fs::create_dir_all(dst.parent().unwrap_or(root))?;
+        fs::copy(from.join(&rel), &dst)?;
+    }
+    let smoke = "\n[[smoke]]\nname = \"loader\"\ncommand = [\"/lib64/ld-linux-x86-64.so.2\", \"--version\"]\nexpect_exit = 0\n";
+    for e in fs::read_dir(root.join("images"))? {
+        let toml = e?.path().join("image.toml");
+        let text = fs::read_to_string(&toml)?;
+        if text.contains("name = \"base-cc\"") {
+            continue;
+        }
+        let text = if text.contains("base = ") {
+            text
+        } else {
+            text.replacen(
+                "tags = [\"v1\"]\n",
+                "tags = [\"v1\"]\nbase = \"workspace://base-cc\"\n",
+                1,
+            )
+        };
+        fs::write(&toml, format!("{text}{smoke}"))?;
+    }
+    // The checkout's release policy (local-store releases need no more).
+    fs::create_dir_all(root.join("ci"))?;
+    fs::copy(
+        checkout.join("ci/release-policy.toml"),
+        root.join("ci/release-policy.toml"),
+    )?;
+    let ws = Workspace {
+        root: root.canonicalize()?,
+    };
+    crate::adapters::apt::lock(&ws.root, &ws.load_images()?, false)?;
+    Ok(())
+}
+
 /// A git repository of the generated workspace, committed at a fixed date.
 fn scale_checkout(root: &Path, images: usize) -> Result<Workspace> {
     if root.exists() {
         fs::remove_dir_all(root)?;
     }
     scale_workspace(root, images)?;
+    commit_checkout(root)
+}
+
+/// Commits everything in `root` at a fixed date.
+fn commit_checkout(root: &Path) -> Result<Workspace> {
     let sh = xshell::Shell::new()?;
     sh.change_dir(root);
     sh.set_var("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z");
@@ -349,6 +397,74 @@ fn scale(work: &Path, runs: usize) -> Result<Vec<Case>> {
         });
     }
     Ok(out)
+}
+
+/// A release of `images` generated images (50 in a full run; on base-cc,
+/// each with a smoke check) into the local store, against the cold build of
+/// the same images.
+pub fn release_scale(
+    checkout: &Path,
+    work: &Path,
+    runs: usize,
+    images: usize,
+) -> Result<Vec<Case>> {
+    let root = work.join("scale-release");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    runtime_scale_workspace(checkout, &root, images)?;
+    let ws = commit_checkout(&root)?;
+    let (mut total, mut bare) = (Vec::new(), Vec::new());
+    let mut notes = Vec::new();
+    for _ in 0..runs {
+        let _ = fs::remove_dir_all(root.join("target"));
+        let mut opts = BuildOptions::for_workspace(&ws);
+        opts.quiet = true;
+        let t = Instant::now();
+        build::build(&ws, &[], &opts)?;
+        bare.push(t.elapsed().as_secs_f64());
+        let _ = fs::remove_dir_all(root.join("target"));
+        let mut store = crate::adapters::local_store::LocalStore::new(
+            root.join(crate::commands::publish::LOCAL_STORE),
+        );
+        let ropts = crate::commands::release::ReleaseOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let r = crate::commands::release::release(&ws, &ropts, &mut store)?;
+        total.push(t.elapsed().as_secs_f64());
+        if !r.accepted {
+            bail!(
+                "the release of the generated workspace was rejected: {}",
+                crate::commands::release::summary(&r)
+            );
+        }
+        notes = vec![
+            format!(
+                "{} images released (all accepted), every gate run on each",
+                r.images.len()
+            ),
+            format!(
+                "stages: {}",
+                r.stages
+                    .iter()
+                    .map(|(n, s)| format!("{n} {s:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+    }
+    let (lane, reference) = (Stat::of(total), Stat::of(bare));
+    Ok(vec![Case {
+        name: format!("release of {images} generated images on base-cc (local store)"),
+        unit: "seconds".into(),
+        ratio: Some(ratio(&lane, &reference)),
+        lane,
+        reference_tool: "a cold build of the same images".into(),
+        reference: Some(reference),
+        notes,
+    }])
 }
 
 /// The entries of a layer holding `dir` under `/data`, as the lane would
@@ -484,6 +600,13 @@ pub fn bench(ws: &Workspace, quick: bool) -> Result<BenchReport> {
     cases.extend(publish_vs_skopeo(&cws, &work, &opts, runs)?);
     cases.extend(python_imports(&cws, &work, &opts, runs)?);
     cases.extend(scale(&work, runs)?);
+    // --quick releases 6 of the generated images (5 bases, one image).
+    cases.extend(release_scale(
+        &ws.root,
+        &work,
+        runs,
+        if quick { SCALE_BASES + 1 } else { 50 },
+    )?);
     cases.extend(peak_memory(&work, runs, quick)?);
     Ok(BenchReport {
         quick,

@@ -646,7 +646,11 @@ fn depths(images: &[PlannedImage]) -> Vec<usize> {
 }
 
 /// `f` over `items` on at most `jobs` threads; the results in order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     if jobs <= 1 || items.len() <= 1 {
         return items.iter().map(f).collect();
     }

@@ -228,9 +228,25 @@ pub fn release(
         .collect();
     // The image checks, the candidates' publish and their statements run
     // while the second build and the lock check finish in the background.
+    // The image checks (drift, smoke) of independent images run at once,
+    // as many as the build runs; each image's result is its own.
+    let checks = build::in_parallel(&released, build::default_jobs(), |image| {
+        let spec = facts.selected.iter().find(|s| s.name == image.name);
+        spec.map(|spec| image_gates(ws, spec, image, facts.engine.as_ref().err(), &progress))
+    });
+    stages.end("gates: image checks");
     let mut candidates = Vec::new();
-    for image in released {
-        candidates.push(run_gates(ws, &facts, image, store, &progress, &mut stages)?);
+    for (image, checks) in released.into_iter().zip(checks) {
+        let checks = checks.context("built image not selected")?;
+        candidates.push(run_gates(
+            ws,
+            &facts,
+            image,
+            checks,
+            store,
+            &progress,
+            &mut stages,
+        )?);
     }
     pending.finish(&mut facts, &progress, &mut stages);
     for mut candidate in candidates {
@@ -406,6 +422,7 @@ pub fn run_gates(
     ws: &Workspace,
     facts: &Facts,
     image: BuiltImage,
+    checks: ImageChecks,
     store: &mut dyn Store,
     progress: &Reporter,
     stages: &mut Stages,
@@ -419,9 +436,7 @@ pub fn run_gates(
     // pinned-inputs and reproducible come from the background work,
     // added after it finished (`release`).
     let mut results = vec![source_state(&facts.git)];
-    let checks = image_gates(ws, &spec, &image, facts.engine.as_ref().err(), progress);
     results.extend(checks.results);
-    stages.end("gates: image checks");
 
     progress.say(format_args!(
         "publish {} by digest to {}",
@@ -854,7 +869,7 @@ fn sbom_complete(sbom: &Result<Value>, curated: &[String]) -> GateResult {
 }
 
 /// What the image checks found, for the gates and for the SBOM.
-struct ImageChecks {
+pub struct ImageChecks {
     results: Vec<GateResult>,
     /// Names of the packages in the image's dpkg database.
     curated: Vec<String>,
