@@ -11,7 +11,9 @@
 //!   modes as declared (masked to 0o7777), no atime/ctime/xattrs;
 //! - one header format (GNU, with GNU long names), one writer (the `tar` crate);
 //! - gzip from `flate2` with its zlib-rs backend (pure Rust) at [`GZIP_LEVEL`], mtime 0,
-//!   no file name, OS byte "unknown".
+//!   no file name, OS byte "unknown": one deflate stream for a layer whose
+//!   files hold less than [`BLOCKS_FROM`] bytes, else [`crate::blockgz`]'s
+//!   blocks (compressed on many cores, the same bytes for any number).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -25,10 +27,61 @@ use crate::spec::{ImagePath, Owner};
 /// The compression level every layer uses. Part of every cache key.
 pub const GZIP_LEVEL: u32 = 6;
 
+/// From this many bytes of file content a layer is compressed in blocks
+/// ([`crate::blockgz`]) on every core; smaller layers are one stream (their
+/// bytes are those of format 1).
+pub const BLOCKS_FROM: u64 = 64 << 20;
+
 /// Names the encoder in cache keys and provenance; bump `format` when the
 /// byte layout of a layer changes for the same entries.
 pub fn encoder_id() -> String {
-    format!("lane-layer/format=1 tar=0.4 flate2=1/zlib-rs gzip-level={GZIP_LEVEL} header=gnu")
+    format!(
+        "lane-layer/format=2 tar=0.4 flate2=1/zlib-rs gzip-level={GZIP_LEVEL} header=gnu blocks={}KiB-from={}MiB",
+        crate::blockgz::BLOCK >> 10,
+        BLOCKS_FROM >> 20
+    )
+}
+
+/// Whether [`encode`] compresses `entries` in blocks.
+pub fn in_blocks(entries: &[Entry]) -> bool {
+    let content: u64 = entries
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+    content >= BLOCKS_FROM
+}
+
+/// The gzip writer of one layer: one stream, or blocks.
+enum Gz<W: Write> {
+    Stream(flate2::write::GzEncoder<W>),
+    Blocks(crate::blockgz::BlockGz<W>),
+}
+
+impl<W: Write> Write for Gz<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Gz::Stream(w) => w.write(buf),
+            Gz::Blocks(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Gz::Stream(w) => w.flush(),
+            Gz::Blocks(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Gz<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Gz::Stream(w) => w.finish(),
+            Gz::Blocks(w) => w.finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,11 +278,31 @@ pub fn encode<W: Write>(
     contents: &mut dyn Contents,
     out: W,
 ) -> Result<(LayerDigests, BTreeMap<String, Digest>)> {
+    encode_on(entries, mtime, contents, out, 1)
+}
+
+/// [`encode`], a layer in blocks compressed on `workers` threads (the
+/// bytes are the same for any `workers`).
+pub fn encode_on<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    contents: &mut dyn Contents,
+    out: W,
+    workers: usize,
+) -> Result<(LayerDigests, BTreeMap<String, Digest>)> {
     let compressed = HashWriter::new(out);
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(compressed, flate2::Compression::new(GZIP_LEVEL));
+    let gz = if in_blocks(entries) {
+        Gz::Blocks(crate::blockgz::BlockGz::new(
+            compressed, GZIP_LEVEL, workers,
+        )?)
+    } else {
+        Gz::Stream(
+            flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(255)
+                .write(compressed, flate2::Compression::new(GZIP_LEVEL)),
+        )
+    };
     let (tar_hash, file_digests) = write_tar(entries, mtime, contents, HashWriter::new(gz))?;
     let (gz, diff_id, tar_size) = tar_hash.finish();
     let compressed = gz.finish().context("finishing the gzip stream")?;
@@ -447,6 +520,55 @@ mod tests {
                 "sha256:ae73c205dc854fa524d206c76e4a5d18b5ca96eee791a63db4660628d60430ec"
             ),
             "the layer encoder changed; bump encoder_id's format and update this digest on purpose"
+        );
+    }
+
+    /// A layer of BLOCKS_FROM bytes and more is compressed in blocks: the
+    /// same bytes on one thread or four, one gzip member that decompresses
+    /// to the tar of the diff_id, pinned like the single stream.
+    #[test]
+    fn a_large_layer_is_compressed_in_blocks_the_same_on_any_number_of_threads() {
+        let n = BLOCKS_FROM as usize + 12345;
+        let mut x: u64 = 1;
+        let big: Vec<u8> = (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if i % 64 < 8 {
+                    (x >> 56) as u8
+                } else {
+                    b"lane layer "[i % 11]
+                }
+            })
+            .collect();
+        let entries = normalise(vec![file("/big.bin", "b", n as u64)]).unwrap();
+        assert!(in_blocks(&entries));
+        let run = |workers| {
+            let mut out = Vec::new();
+            let (d, _) = encode_on(
+                &entries,
+                1_700_000_000,
+                &mut Mem(BTreeMap::from([("b".into(), big.clone())])),
+                &mut out,
+                workers,
+            )
+            .unwrap();
+            (d, out)
+        };
+        let (one, bytes) = run(1);
+        let (four, bytes4) = run(4);
+        assert_eq!(one, four);
+        assert!(bytes == bytes4);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(one.diff_id, sha256(&tar));
+        assert_eq!(
+            one.digest.as_str(),
+            "sha256:4af3a26fc104dc32c8c4f44f6b2949285f077c39806489119d3452dec3f16c33",
+            "the block encoder changed; bump encoder_id's format and update this digest on purpose"
         );
     }
 

@@ -7,6 +7,7 @@
 //! the clock in this crate; a tidy test keeps I/O crates out of its
 //! dependency tree.
 
+pub mod blockgz;
 pub mod contents;
 pub mod debian;
 pub mod distribution;

@@ -221,6 +221,67 @@ fn skopeo_and_umoci_accept_the_layout() {
     );
 }
 
+/// A layer of 64 MiB and more is compressed in blocks on every core: GNU
+/// gzip reads it back to the tar of its diff_id, umoci unpacks the file,
+/// and a rebuild from nothing (`--jobs 1`) gives the same layer. (That the
+/// bytes do not depend on the number of threads is a unit test of
+/// lane_core::layer.)
+#[test]
+fn a_large_layer_in_blocks_is_read_by_gzip_and_umoci() {
+    let f = Fixture::with_files(
+        "big-layer",
+        &[(
+            "images/big/image.toml",
+            "name = \"big\"\nrepository = \"test/big\"\ntags = [\"v1\"]\n\n[[layer]]\nname = \"data\"\nfiles = [{ src = \"data\", dest = \"/data\" }]\n",
+        )],
+    );
+    let size = lane_core::layer::BLOCKS_FROM as usize + 4321;
+    let mut text = Vec::with_capacity(size);
+    let mut i = 0u64;
+    while text.len() < size {
+        text.extend_from_slice(
+            format!("line {i} of a large layer {}\n", i * 7919 % 1000).as_bytes(),
+        );
+        i += 1;
+    }
+    text.truncate(size);
+    fs::create_dir_all(f.path("images/big/data")).unwrap();
+    fs::write(f.path("images/big/data/big.txt"), &text).unwrap();
+    f.commit("a large layer");
+    let report = f.build_json(&[]);
+    let layer = &image(&report, "big")["layers"][0];
+    let blob = f.path(&format!(
+        "target/images/big/blobs/sha256/{}",
+        layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+    ));
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -dc < {} | sha256sum", blob.display())),
+    );
+    let tar_sha = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        format!("sha256:{}", tar_sha.split_whitespace().next().unwrap()),
+        layer["diff_id"].as_str().unwrap()
+    );
+    let bundle = f.path("bundle");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:v1", f.path("target/images/big").display()))
+            .arg(&bundle),
+    );
+    assert!(fs::read(bundle.join("rootfs/data/big.txt")).unwrap() == text);
+
+    let _ = fs::remove_dir_all(f.path("target"));
+    let one: serde_json::Value =
+        serde_json::from_str(&f.ok(&["build", "--json", "--jobs", "1"])).unwrap();
+    assert_eq!(image(&one, "big")["layers"][0], *layer);
+}
+
 /// Sets every file's mtime under `dir` to a different value.
 fn touch_all(dir: &std::path::Path) {
     for (i, e) in walkdir::WalkDir::new(dir).into_iter().enumerate() {

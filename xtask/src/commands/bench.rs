@@ -517,11 +517,12 @@ pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
         }])?
     };
     let w = BufWriter::with_capacity(1 << 20, fs::File::create(out)?);
-    let (d, _) = layer::encode(
+    let (d, _) = layer::encode_on(
         &entries,
         1_700_000_000,
         &mut crate::commands::build::FsContents { bytes_read: 0 },
         w,
+        crate::commands::build::default_jobs(),
     )?;
     Ok(d)
 }

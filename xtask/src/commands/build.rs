@@ -881,9 +881,12 @@ fn build_layer(
     let mut contents = FsContents { bytes_read: 0 };
     let (digest, (d, file_digests)) = read(cache).put_blob(|file| {
         let w = io::BufWriter::with_capacity(1 << 20, file);
+        // A large layer is compressed in blocks on every core (the same
+        // bytes for any number of cores).
+        let cores = default_jobs();
         let (d, file_digests) = match &bar {
-            Some(bar) => layer::encode(entries, mtime, &mut contents, bar.wrap_write(w))?,
-            None => layer::encode(entries, mtime, &mut contents, w)?,
+            Some(bar) => layer::encode_on(entries, mtime, &mut contents, bar.wrap_write(w), cores)?,
+            None => layer::encode_on(entries, mtime, &mut contents, w, cores)?,
         };
         Ok((d.digest.to_string(), (d, file_digests)))
     })?;
