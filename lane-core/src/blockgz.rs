@@ -173,7 +173,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 20 == 0 {
+            if x.is_multiple_of(20) {
                 out.extend_from_slice(&x.to_le_bytes());
             } else {
                 out.extend_from_slice(format!("word{} ", x % 300).as_bytes());
