@@ -327,9 +327,19 @@ pub fn tar_digest(
     mtime: u64,
     contents: &mut dyn Contents,
 ) -> Result<(Digest, u64)> {
-    let (hashed, _) = write_tar(entries, mtime, contents, HashWriter::new(io::sink()))?;
+    tar_digests(entries, mtime, contents).map(|(tar, _)| tar)
+}
+
+/// [`tar_digest`] and, from the same pass, every file's content digest
+/// (keyed by source handle, as [`encode`] returns them).
+pub fn tar_digests(
+    entries: &[Entry],
+    mtime: u64,
+    contents: &mut dyn Contents,
+) -> Result<((Digest, u64), BTreeMap<String, Digest>)> {
+    let (hashed, files) = write_tar(entries, mtime, contents, HashWriter::new(io::sink()))?;
     let (_, diff_id, size) = hashed.finish();
-    Ok((diff_id, size))
+    Ok(((diff_id, size), files))
 }
 
 /// The layer's tar stream into `out`, and each file's content digest.

@@ -4,6 +4,7 @@
 //! [`Store`] trait.
 
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 
 use crate::adapters::registry::{self, ManifestPut, Mount, RegistryTarget, Remote};
 use crate::report::Reporter;
@@ -22,6 +23,10 @@ pub struct RegistryStore {
     target: RegistryTarget,
     remote: Option<Remote>,
     quiet: bool,
+    /// Manifests this store published and cross-checked in this run (by
+    /// repository and digest): tagging one sends the bytes it read back,
+    /// without fetching them again.
+    checked: BTreeMap<(String, Digest), Vec<u8>>,
 }
 
 impl RegistryStore {
@@ -30,6 +35,7 @@ impl RegistryStore {
             target,
             remote: None,
             quiet,
+            checked: BTreeMap::new(),
         }
     }
 
@@ -73,7 +79,15 @@ impl Store for RegistryStore {
         let remote = self.remote()?;
         let repo = remote.repo(image.repository.as_str());
         Ok(match remote.publish(&local, &repo, quiet) {
-            Ok(report) => published(report, local.manifest.len() as u64),
+            Ok(report) => {
+                if report.cross_check.ok {
+                    self.checked.insert(
+                        (repo, local.manifest_digest.clone()),
+                        local.manifest.clone(),
+                    );
+                }
+                published(report, local.manifest.len() as u64)
+            }
             Err(e) => Published {
                 ok: false,
                 digest: local.manifest_digest.clone(),
@@ -99,14 +113,21 @@ impl Store for RegistryStore {
     }
 
     fn tag(&mut self, repository: &Repository, digest: &Digest, tag: &Tag) -> Result<()> {
+        let repo = self.remote()?.repo(repository.as_str());
+        let known = self.checked.get(&(repo.clone(), digest.clone())).cloned();
         let remote = self.remote()?;
-        let repo = remote.repo(repository.as_str());
-        let bytes = remote
-            .fetch_manifest(&repo, digest.as_str(), MEDIA_MANIFEST)?
-            .with_context(|| format!("{repo}@{digest} is not in the registry"))?;
-        if !digest.matches(&bytes) {
-            bail!("{repo}@{digest} is served with other bytes; not tagging");
-        }
+        let bytes = match known {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = remote
+                    .fetch_manifest(&repo, digest.as_str(), MEDIA_MANIFEST)?
+                    .with_context(|| format!("{repo}@{digest} is not in the registry"))?;
+                if !digest.matches(&bytes) {
+                    bail!("{repo}@{digest} is served with other bytes; not tagging");
+                }
+                bytes
+            }
+        };
         remote.tag_read_back(&repo, tag, digest, &bytes)?;
         Ok(())
     }

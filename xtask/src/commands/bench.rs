@@ -290,9 +290,11 @@ fn commit_checkout(root: &Path) -> Result<Workspace> {
         "-c",
         "user.email=bench@example.com",
     ];
-    xshell::cmd!(sh, "git init -q -b main").run()?;
-    xshell::cmd!(sh, "git {id...} add -A").run()?;
-    xshell::cmd!(sh, "git {id...} commit -q -m scale").run()?;
+    xshell::cmd!(sh, "git init -q -b main").quiet().run()?;
+    xshell::cmd!(sh, "git {id...} add -A").quiet().run()?;
+    xshell::cmd!(sh, "git {id...} commit -q -m scale")
+        .quiet()
+        .run()?;
     Ok(Workspace {
         root: root.canonicalize()?,
     })
@@ -675,7 +677,10 @@ fn layer_assembly(work: &Path, runs: usize, quick: bool) -> Result<Vec<Case>> {
         lane: lane_stat.clone(),
         reference_tool: "tar --sort=name | pigz -p 2 -n -6 | sha256sum (+ tar sha256)".into(),
         reference: Some(pigz),
-        notes: vec!["the lane compresses each layer on one core; independent layers and images are built at once (build --jobs)".into()],
+        notes: vec![format!(
+            "a layer of {} MiB and more is compressed in 1 MiB blocks on every core (pigz's format; the same bytes for any number of cores); smaller layers are one stream, and independent images build at once (build --jobs)",
+            layer::BLOCKS_FROM >> 20
+        )],
     });
     let (lane, reference) = (lane_stat, Stat::of(gnu_t));
     out.push(Case {

@@ -834,26 +834,31 @@ fn build_layer(
         return Ok(d);
     }
     if let Some(pool) = remote {
-        // The key needs every file's digest: hash what the stat cache does
-        // not know (reading, not compressing), then ask the shared cache.
+        // The key needs every file's digest, and the entry is checked
+        // against the tar this run would write: when the stat cache does
+        // not know every file, one pass (reading, not compressing) gives
+        // both; else the tar is hashed only when an entry is found.
+        let mut tar = None;
         if key.is_none() {
-            for (src, meta) in &metas {
-                if read(cache).known_digest(src, meta).is_none() {
-                    let f = fs::File::open(src).with_context(|| format!("reading {src}"))?;
-                    let mut r = layer::HashReader::new(io::BufReader::new(f));
-                    io::copy(&mut r, &mut io::sink()).with_context(|| format!("reading {src}"))?;
-                    let (digest, n) = r.finish();
-                    stats.bytes_read += n;
-                    write(cache).remember_digest(src, meta, digest.to_string());
-                }
+            let mut files = FsContents { bytes_read: 0 };
+            let (digests, file_digests) = layer::tar_digests(entries, mtime, &mut files)?;
+            stats.bytes_read += files.bytes_read;
+            let mut c = write(cache);
+            for (src, digest) in file_digests {
+                c.remember_digest(&src, &metas[&src], digest.to_string());
             }
+            drop(c);
+            tar = Some(digests);
             key = key_now(&read(cache));
         }
-        let mut ours = || {
-            let mut files = FsContents { bytes_read: 0 };
-            let r = layer::tar_digest(entries, mtime, &mut files);
-            stats.bytes_read += files.bytes_read;
-            r
+        let mut ours = || match tar.take() {
+            Some(known) => Ok(known),
+            None => {
+                let mut files = FsContents { bytes_read: 0 };
+                let r = layer::tar_digest(entries, mtime, &mut files);
+                stats.bytes_read += files.bytes_read;
+                r
+            }
         };
         if let Some(key) = &key
             && let Some(d) = pool.with(|rc| rc.fetch(key, &read(cache), &mut ours))
