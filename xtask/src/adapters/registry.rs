@@ -709,10 +709,7 @@ impl Remote {
                 return Ok(());
             }
             let reference = self.s.reference(repo, digest);
-            self.s
-                .oci
-                .store_auth_if_needed(reference.resolve_registry(), &self.s.oci_auth())
-                .await;
+            self.s.oci_credentials(&reference).await;
             self.s
                 .oci
                 .push_blob(&reference, bytes.to_vec(), digest)
@@ -1226,6 +1223,17 @@ impl Session {
         )
     }
 
+    /// Gives oci-client the credentials for an upload. A registry that
+    /// asked for none in the preflight gets none: oci-client would
+    /// otherwise ask `/v2/` for a challenge before every upload.
+    async fn oci_credentials(&self, reference: &Reference) {
+        if self.challenge != Challenge::None {
+            self.oci
+                .store_auth_if_needed(reference.resolve_registry(), &self.oci_auth())
+                .await;
+        }
+    }
+
     fn oci_auth(&self) -> RegistryAuth {
         match &self.credential {
             Some(c) if self.challenge != Challenge::None => {
@@ -1357,9 +1365,7 @@ impl Session {
         quiet: bool,
     ) -> Result<u64> {
         let reference = self.reference(repo, blob.digest.as_str());
-        self.oci
-            .store_auth_if_needed(reference.resolve_registry(), &self.oci_auth())
-            .await;
+        self.oci_credentials(&reference).await;
         let bar = crate::report::Reporter::new(quiet).bar(blob.size, 0, crate::report::BYTES_BAR);
         bar.set_message(format!("uploading {}", short(blob.digest.as_str())));
         let file =
