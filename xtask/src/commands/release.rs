@@ -410,14 +410,9 @@ pub fn collect(
     Ok((facts, pending))
 }
 
-/// The identity preflight: a CI run proves its identity with an OIDC token
-/// (verified, claims matching the checkout, workflow trusted by the
-/// policy), or the release to a registry stops here, naming the fix. A run
-/// outside CI is the local builder. Into the local store, a CI identity
-/// that fails is a warning and the run is the local builder.
-
-/// Step 2 for one image: the image checks, the candidate published by
-/// digest and cross-checked, the provenance and SBOM made and checked.
+/// Step 2 for one image: the image checks' results (run beforehand, at once
+/// for independent images), the candidate published by digest and
+/// cross-checked, the provenance and SBOM made and checked.
 pub fn run_gates(
     ws: &Workspace,
     facts: &Facts,
