@@ -599,43 +599,76 @@ impl fmt::Debug for Remote {
 /// through the target's prefix) before anything is built or pushed.
 pub fn preflight(target: &RegistryTarget, repositories: &[String]) -> Result<Remote> {
     let credential = resolve_credential(target.host())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime for the registry client")?;
-    let timeout = request_timeout()?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        .redirect(redirect_policy())
-        .user_agent(concat!("release-lane-xtask/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("creating the HTTP client")?;
-    let protocol = if target.is_loopback() {
-        ClientProtocol::HttpsExcept(vec![target.host().to_string()])
-    } else {
-        ClientProtocol::Https
-    };
-    let oci = Client::try_from(ClientConfig {
-        protocol,
-        use_monolithic_push: true,
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(timeout),
-        ..ClientConfig::default()
-    })
-    .map_err(|e| anyhow!("creating the registry client: {e}"))?;
-    let mut s = Session {
-        base: format!("{}://{}", target.scheme(), target.host()),
-        target: target.clone(),
-        http,
-        oci,
-        credential,
-        challenge: Challenge::None,
-        tokens: Default::default(),
-        known: Default::default(),
-    };
-    rt.block_on(s.preflight_async(repositories))?;
-    Ok(Remote { rt, s })
+    let mut remote = Remote::connect(target, credential, Challenge::None)?;
+    remote.rt.block_on(remote.s.preflight_async(repositories))?;
+    Ok(remote)
+}
+
+impl Remote {
+    /// A runtime and fresh HTTP clients for `target`; no request is made.
+    fn connect(
+        target: &RegistryTarget,
+        credential: Option<Credential>,
+        challenge: Challenge,
+    ) -> Result<Remote> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime for the registry client")?;
+        let timeout = request_timeout()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(timeout)
+            .redirect(redirect_policy())
+            .user_agent(concat!("release-lane-xtask/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("creating the HTTP client")?;
+        let protocol = if target.is_loopback() {
+            ClientProtocol::HttpsExcept(vec![target.host().to_string()])
+        } else {
+            ClientProtocol::Https
+        };
+        let oci = Client::try_from(ClientConfig {
+            protocol,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(timeout),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| anyhow!("creating the registry client: {e}"))?;
+        Ok(Remote {
+            rt,
+            s: Session {
+                base: format!("{}://{}", target.scheme(), target.host()),
+                target: target.clone(),
+                http,
+                oci,
+                credential,
+                challenge,
+                tokens: Default::default(),
+                known: Default::default(),
+            },
+        })
+    }
+
+    /// A second connection to the same registry, for another thread: what
+    /// this one's preflight learned (credential, challenge, bearer tokens)
+    /// without asking again; its own runtime and HTTP clients.
+    pub fn another(&self) -> Result<Remote> {
+        let r = Remote::connect(
+            &self.s.target,
+            self.s.credential.clone(),
+            self.s.challenge.clone(),
+        )?;
+        let tokens = self
+            .s
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        *r.s.tokens.lock().unwrap_or_else(|e| e.into_inner()) = tokens;
+        Ok(r)
+    }
 }
 
 impl Remote {

@@ -117,6 +117,20 @@ impl RemoteCache {
         })
     }
 
+    /// Another connection to the same cache (for another thread), without
+    /// a second preflight; its stats start at zero.
+    fn another(&self) -> Result<RemoteCache> {
+        Ok(RemoteCache {
+            remote: self.remote.another()?,
+            repo: self.repo.clone(),
+            stats: RemoteStats {
+                location: self.stats.location.clone(),
+                writes: self.stats.writes,
+                ..RemoteStats::default()
+            },
+        })
+    }
+
     /// Who the cache's registry sees (`authenticated as USER`, ...).
     pub fn who(&self) -> String {
         self.remote.who()
@@ -308,12 +322,15 @@ pub struct RemotePool {
 }
 
 impl RemotePool {
-    /// `n` connections to the cache (at least one), each through the
-    /// preflight of [`RemoteCache::open`].
+    /// `n` connections to the cache (at least one): the first through the
+    /// preflight of [`RemoteCache::open`], the others from what it learned.
     pub fn open(location: &str, writes: bool, n: usize) -> Result<RemotePool> {
-        let slots = (0..n.max(1))
-            .map(|_| RemoteCache::open(location, writes).map(Mutex::new))
-            .collect::<Result<Vec<_>>>()?;
+        let first = RemoteCache::open(location, writes)?;
+        let mut slots = Vec::with_capacity(n.max(1));
+        for _ in 1..n {
+            slots.push(Mutex::new(first.another()?));
+        }
+        slots.insert(0, Mutex::new(first));
         Ok(RemotePool { slots })
     }
 
@@ -335,19 +352,17 @@ impl RemotePool {
 
     /// What every connection did, added up (rejections in order).
     pub fn stats(self) -> RemoteStats {
-        let mut out: Option<RemoteStats> = None;
-        for slot in self.slots {
-            let s = slot.into_inner().unwrap_or_else(|e| e.into_inner()).stats;
-            match &mut out {
-                None => out = Some(s),
-                Some(o) => {
-                    o.hits += s.hits;
-                    o.misses += s.misses;
-                    o.written += s.written;
-                    o.rejected.extend(s.rejected);
-                }
-            }
+        let mut all = self
+            .slots
+            .into_iter()
+            .map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner()).stats);
+        let mut out = all.next().unwrap_or_default();
+        for s in all {
+            out.hits += s.hits;
+            out.misses += s.misses;
+            out.written += s.written;
+            out.rejected.extend(s.rejected);
         }
-        out.unwrap_or_default()
+        out
     }
 }
