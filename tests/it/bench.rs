@@ -40,6 +40,14 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     let fresh = case("fresh checkout, only the registry cache warm");
     let note = fresh["notes"][0].as_str().unwrap();
     assert!(note.ends_with(", 0 compressed"), "{fresh}");
+    // Where its time went: the lane's CPU and the registry's, both measured.
+    let cpu = fresh["notes"][1].as_str().unwrap();
+    assert!(
+        cpu.starts_with("fresh checkout, mean of the runs: ")
+            && cpu.contains("CPU: the lane ")
+            && !cpu.contains("the registry 0.00 s"),
+        "{fresh}"
+    );
     for c in cases {
         for side in ["lane", "reference"] {
             for k in ["min", "median", "max"] {
@@ -68,5 +76,22 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
             .unwrap()
             .contains("0 misses, 0 bytes read, 0 bytes compressed"),
         "{warm}"
+    );
+}
+
+#[test]
+fn bench_case_runs_only_the_groups_named() {
+    let f = Fixture::copy_of_repo("bench-case");
+    let out = f.ok(&["bench", "--quick", "--case", "memory", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        column(&report["cases"], "name"),
+        ["peak memory, one 64 MiB layer"],
+        "{report}"
+    );
+    let err = f.fails(&["bench", "--case", "nothing"]);
+    assert!(
+        err.contains("possible values") && err.contains("publish"),
+        "{err}"
     );
 }

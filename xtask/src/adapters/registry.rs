@@ -1525,27 +1525,28 @@ impl Session {
                 .unwrap()
                 .insert(blob.digest.to_string(), repo.to_string());
         }
-        // The manifest, by digest, exactly as built.
+        // The manifest, by digest, exactly as built, read back; the size of
+        // every blob it names checked at the same time (independent
+        // requests: the cross-check below needs both).
         let digest = &image.manifest_digest;
         let media_type = &image.manifest_media_type;
-        let back = self
-            .put_read_back(&ManifestPut {
-                repo,
-                reference: digest.as_str(),
-                media_type,
-                bytes: &image.manifest,
-            })
-            .await?;
-        crate::adapters::fault::point(crate::adapters::fault::PUBLISH_MANIFEST_STORED);
-        let blob_sizes: Vec<_> = futures_util::stream::iter(image.blobs.iter().map(|blob| async {
+        let put = ManifestPut {
+            repo,
+            reference: digest.as_str(),
+            media_type,
+            bytes: &image.manifest,
+        };
+        let manifest = self.put_read_back(&put);
+        let blob_sizes = futures_util::stream::iter(image.blobs.iter().map(|blob| async {
             Ok::<_, anyhow::Error>((
                 blob.clone(),
                 self.blob_size(repo, blob.digest.as_str()).await?,
             ))
         }))
         .buffered(UPLOADS_AT_ONCE)
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<_>>();
+        let (back, blob_sizes) = futures_util::future::try_join(manifest, blob_sizes).await?;
+        crate::adapters::fault::point(crate::adapters::fault::PUBLISH_MANIFEST_STORED);
         let observed = Observed {
             pushed_digest_header: back.put_header,
             fetched_digest_header: back.get_header,

@@ -14,6 +14,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
+/// CPU seconds (user and system) of process `pid` (`self` for this one)
+/// from `/proc/PID/stat`; with `children`, those of its waited-for
+/// children too (git, cargo).
+pub fn cpu_seconds(pid: &str, children: bool) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no command name"))?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    if f.len() < 4 {
+        bail!("{path}: fewer fields than expected");
+    }
+    let ticks = f[0] + f[1] + if children { f[2] + f[3] } else { 0 };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
 /// A running registry, killed on drop.
 pub struct RegistryServer {
     child: Child,
@@ -124,6 +151,12 @@ impl RegistryServer {
     /// `127.0.0.1:PORT`, as `--registry` takes it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// CPU seconds (user and system) the registry process has used so far
+    /// (`/proc/PID/stat`), for the benchmarks' accounting.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&self.child.id().to_string(), false)
     }
 
     /// Where the registry keeps blobs and manifests.
