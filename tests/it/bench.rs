@@ -59,6 +59,16 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         }
         assert!(c["ratio"].as_f64().is_some_and(|v| v > 0.0), "{c}");
     }
+    // skopeo's reference is a true first publish (a registry of its own
+    // each run), by the registry's access log.
+    let first = case("publish to a fresh repository");
+    assert!(
+        first["notes"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("(every blob uploaded, none mounted, by the registry's access log)"),
+        "{first}"
+    );
     // An unchanged re-publish uploads no blob bytes.
     let again = case("publish again");
     assert!(

@@ -61,11 +61,26 @@ impl RegistryServer {
     /// auth for one `(user, password)` when given. Returns once `GET /v2/`
     /// answers.
     pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> Result<RegistryServer> {
+        RegistryServer::start_with(dir, auth, false)
+    }
+
+    /// [`RegistryServer::start`] without auth, with the registry's access
+    /// log (one line a request, with the client's user agent) in
+    /// `registry.log`: [`RegistryServer::log`].
+    pub fn start_logging_requests(dir: &Path) -> Result<RegistryServer> {
+        RegistryServer::start_with(dir, None, true)
+    }
+
+    fn start_with(
+        dir: &Path,
+        auth: Option<(&str, &str)>,
+        access_log: bool,
+    ) -> Result<RegistryServer> {
         let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));
         // The free port can be taken between the check and the bind: retry.
         let mut logs = String::new();
         for _ in 0..3 {
-            match RegistryServer::try_start(dir, auth.clone())? {
+            match RegistryServer::try_start(dir, auth.clone(), access_log)? {
                 Ok(server) => return Ok(server),
                 Err(log) => logs.push_str(&log),
             }
@@ -77,12 +92,14 @@ impl RegistryServer {
     fn try_start(
         dir: &Path,
         auth: Option<(String, String)>,
+        access_log: bool,
     ) -> Result<std::result::Result<RegistryServer, String>> {
         let storage = dir.join("storage");
         fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
         let port = free_port()?;
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            !access_log,
             storage.display()
         );
         if let Some((user, password)) = &auth {
@@ -157,6 +174,12 @@ impl RegistryServer {
     /// (`/proc/PID/stat`), for the benchmarks' accounting.
     pub fn cpu_seconds(&self) -> Result<f64> {
         cpu_seconds(&self.child.id().to_string(), false)
+    }
+
+    /// What the registry has written to its log so far.
+    pub fn log(&self) -> Result<String> {
+        let path = self.dir.join("registry.log");
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     /// Where the registry keeps blobs and manifests.

@@ -898,7 +898,7 @@ fn publish_vs_skopeo(
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
-        let registry = RegistryServer::start(&dir, None)?;
+        let registry = RegistryServer::start_logging_requests(&dir)?;
         // The product path: the registry store, publish by digest with the
         // cross-check, then the tag read back; a fresh repository each run.
         let target = format!("{}/bench/lane-{run}", registry.host())
@@ -930,6 +930,15 @@ fn publish_vs_skopeo(
             );
         }
         sk_bytes = image.blobs.iter().map(|b| b.size).sum::<u64>();
+        // The reference must be a first publish: by the registry's access
+        // log, skopeo uploaded every blob and mounted none.
+        let (uploads, mounts) = skopeo_uploads(&registry.log()?);
+        if uploads != image.blobs.len() || mounts != 0 {
+            bail!(
+                "skopeo copy was not a first publish: the registry logged {uploads} blob uploads and {mounts} mounts from it for {} blobs",
+                image.blobs.len()
+            );
+        }
     }
     let skopeo = Stat::of(sk);
     for (name, v, bytes) in [
@@ -945,11 +954,27 @@ fn publish_vs_skopeo(
             reference_tool: "skopeo copy oci:LAYOUT docker://... to a fresh repository".into(),
             reference: Some(skopeo.clone()),
             notes: vec![format!(
-                "blob bytes uploaded: lane {bytes}, skopeo {sk_bytes}"
+                "blob bytes uploaded: lane {bytes}, skopeo {sk_bytes} (every blob uploaded, none mounted, by the registry's access log)"
             )],
         });
     }
     Ok(out)
+}
+
+/// Blob uploads and cross-repository mounts skopeo asked of a registry, by
+/// its access log (combined log format, the user agent last): a `PATCH`
+/// to an upload session is an upload, a `POST ...?mount=` a mount.
+fn skopeo_uploads(log: &str) -> (usize, usize) {
+    let ours = log.lines().filter(|l| l.contains("\"skopeo/"));
+    let (mut uploads, mut mounts) = (0, 0);
+    for l in ours {
+        if l.contains("\"PATCH /v2/") && l.contains("/blobs/uploads/") {
+            uploads += 1;
+        } else if l.contains("\"POST /v2/") && l.contains("mount=") {
+            mounts += 1;
+        }
+    }
+    (uploads, mounts)
 }
 
 /// Case 5: peak memory while encoding one large layer.
@@ -1346,4 +1371,21 @@ fn python_imports(
             format!("deptry: {issues}"),
         ],
     }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skopeo_uploads;
+
+    #[test]
+    fn skopeo_uploads_and_mounts_are_counted_from_the_access_log() {
+        let log = r#"127.0.0.1 - - [29/Nov/2026:10:33:11 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "skopeo/1.9.3"
+127.0.0.1 - - [29/Nov/2026:10:33:11 +0000] "PATCH /v2/bench/skopeo-1/blobs/uploads/d795?_state=x HTTP/1.1" 202 0 "" "skopeo/1.9.3"
+127.0.0.1 - - [29/Nov/2026:10:33:11 +0000] "POST /v2/bench/skopeo-1/blobs/uploads/?mount=sha256%3Aab&from=bench%2Fskopeo-0 HTTP/1.1" 201 0 "" "skopeo/1.9.3"
+127.0.0.1 - - [29/Nov/2026:10:33:11 +0000] "PATCH /v2/bench/lane-1/blobs/uploads/e1?_state=y HTTP/1.1" 202 0 "" "release-lane-xtask/0.1.0"
+time="2026-11-29T10:33:11Z" level=error msg="response completed with error" err.code="blob unknown"
+"#;
+        assert_eq!(skopeo_uploads(log), (1, 1));
+        assert_eq!(skopeo_uploads(""), (0, 0));
+    }
 }
