@@ -26,19 +26,25 @@ pub fn cpu_seconds(pid: &str, children: bool) -> Result<f64> {
         .rsplit_once(')')
         .map(|(_, r)| r)
         .with_context(|| format!("{path}: no command name"))?;
-    let f: Vec<u64> = rest
+    let f = rest
         .split_whitespace()
         .skip(11)
         .take(4)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
+        .map(|v| {
+            v.parse::<u64>()
+                .with_context(|| format!("{path}: {v:?} is not a count of clock ticks"))
+        })
+        .collect::<Result<Vec<u64>>>()?;
     if f.len() < 4 {
         bail!("{path}: fewer fields than expected");
     }
     let ticks = f[0] + f[1] + if children { f[2] + f[3] } else { 0 };
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / hz)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) gave {hz}: no clock tick rate to read {path} with");
+    }
+    Ok(ticks as f64 / hz as f64)
 }
 
 /// A running registry, killed on drop.
