@@ -1113,7 +1113,12 @@ pub fn table(r: &BenchReport) -> String {
 ///
 /// Generates its own inputs under target/bench/ (about 200 MB; 20 MB with
 /// --quick) and reports, per case, the lane's figure, the reference's and
-/// their ratio (min/median/max over 3 runs; 1 with --quick).
+/// their ratio (min/median/max over 3 runs, 9 interleaved for the publish
+/// cases and the import analysis; 1 and 3 with --quick). Needs the
+/// Distribution registry, skopeo, pigz, GNU time and the Docker Engine
+/// (ci/setup.sh installs them). A full run takes about 10 minutes on 2 cores.
+///
+/// Example: cargo xtask bench --case publish --case scale
 #[derive(clap::Args)]
 pub struct Args {
     /// Small inputs and one run: a smoke check of the harness.
@@ -1122,6 +1127,8 @@ pub struct Args {
     /// Only these groups of cases (repeat the flag for more; all by default).
     #[arg(long = "case", value_enum, value_name = "GROUP")]
     pub cases: Vec<CaseGroup>,
+    /// Print the report as JSON: {quick, machine, cases: [{name, unit, lane:
+    /// {min, median, max}, reference_tool, reference, ratio, notes}]}.
     #[arg(long)]
     pub json: bool,
 }
