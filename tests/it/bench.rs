@@ -24,6 +24,7 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "layer assembly against parallel gzip",
         "cold build of 50 generated images",
         "warm no-change build (50 generated images)",
+        "build with every layer cached, no file fingerprint known (50 generated images)",
         "fresh checkout, only the registry cache warm (50 generated images)",
         "release of 6 generated images on base-cc",
     ] {
@@ -40,6 +41,16 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     let fresh = case("fresh checkout, only the registry cache warm");
     let note = fresh["notes"][0].as_str().unwrap();
     assert!(note.ends_with(", 0 compressed"), "{fresh}");
+    // With every layer cached and no fingerprint known, files are hashed,
+    // nothing is compressed.
+    let lost = case("build with every layer cached, no file fingerprint known");
+    assert!(
+        lost["notes"][1]
+            .as_str()
+            .unwrap()
+            .ends_with(" bytes of files hashed for the keys, 0 compressed, nothing fetched"),
+        "{lost}"
+    );
     // Where its time went: the lane's CPU and the registry's, both measured.
     let cpu = fresh["notes"][1].as_str().unwrap();
     assert!(

@@ -138,6 +138,43 @@ fn warm_rebuild_reads_and_compresses_nothing() {
 }
 
 #[test]
+fn files_git_wrote_again_are_hashed_not_compressed_again() {
+    // A branch switch, a new clone into the same target/, a CI cache
+    // restored into a fresh checkout: the files are the same, their
+    // fingerprints (inode, mtime, ctime) are not.
+    let f = three_layers();
+    let cold = f.build_json(&[]);
+    fs::remove_dir_all(f.path("images/files/data")).unwrap();
+    run_ok(Command::new("git").arg("-C").arg(f.path("")).args([
+        "checkout",
+        "--",
+        "images/files/data",
+    ]));
+    let again = f.build_json(&[]);
+    let c = &image(&again, "files")["cache"];
+    assert_eq!(c["hits"], 3, "{again}");
+    assert_eq!(c["misses"], 0, "{again}");
+    assert_eq!(c["bytes_compressed"], 0, "nothing is recompressed: {again}");
+    assert!(
+        c["bytes_read"].as_u64().unwrap() > 0,
+        "the files were hashed: {again}"
+    );
+    assert_eq!(
+        image(&cold, "files")["manifest_digest"],
+        image(&again, "files")["manifest_digest"]
+    );
+    // A file whose content changed is still built again, alone.
+    fs::write(f.path("images/files/data/one.txt"), "changed\n").unwrap();
+    let changed = f.build_json(&[]);
+    let c = &image(&changed, "files")["cache"];
+    assert_eq!(
+        (c["hits"].as_u64(), c["misses"].as_u64()),
+        (Some(2), Some(1)),
+        "{changed}"
+    );
+}
+
+#[test]
 fn skopeo_and_umoci_accept_the_layout() {
     let f = three_layers();
     let report = f.build_json(&[]);

@@ -59,6 +59,8 @@ pub struct Cache {
     dir: PathBuf,
     stat: BTreeMap<String, StatEntry>,
     stat_changed: bool,
+    /// Whether the cache held any layer when it was opened.
+    holds_layers: bool,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -173,10 +175,14 @@ impl Cache {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => BTreeMap::new(),
         };
+        let holds_layers = fs::read_dir(dir.join("actions"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         Ok(Cache {
             dir: dir.to_path_buf(),
             stat,
             stat_changed: false,
+            holds_layers,
         })
     }
 
@@ -200,6 +206,12 @@ impl Cache {
             },
         );
         self.stat_changed = true;
+    }
+
+    /// Whether the cache held any layer when it was opened (false on a cold
+    /// build: no lookup can hit, so nothing is hashed ahead of compressing).
+    pub fn holds_layers(&self) -> bool {
+        self.holds_layers
     }
 
     /// A cached layer for `key`, if its blob is still there with its size.

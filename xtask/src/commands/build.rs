@@ -827,6 +827,31 @@ fn build_layer(
     let key_now =
         |c: &Cache| layer::cache_key(entries, mtime, &|src| c.known_digest(src, &metas[src]));
     let mut key = key_now(&read(cache));
+    // Files the stat cache does not know (a new clone, files git rewrote on
+    // a branch switch, a cache restored into a new checkout) may still make
+    // a layer the cache holds: hash them (reading, not compressing) and
+    // look again, unless the cache is empty. Without this, such a build
+    // compressed every layer again.
+    if key.is_none() && remote.is_none() && read(cache).holds_layers() {
+        let mut files = FsContents { bytes_read: 0 };
+        let mut digests = Vec::new();
+        for src in metas.keys() {
+            if read(cache).known_digest(src, &metas[src]).is_none() {
+                let mut r = layer::HashReader::new(
+                    files.open(src).with_context(|| format!("reading {src}"))?,
+                );
+                io::copy(&mut r, &mut io::sink()).with_context(|| format!("reading {src}"))?;
+                digests.push((src, r.finish().0));
+            }
+        }
+        stats.bytes_read += files.bytes_read;
+        let mut c = write(cache);
+        for (src, digest) in digests {
+            c.remember_digest(src, &metas[src], digest.to_string());
+        }
+        drop(c);
+        key = key_now(&read(cache));
+    }
     if let Some(key) = &key
         && let Some(d) = read(cache).lookup(key)
     {
@@ -850,6 +875,13 @@ fn build_layer(
             drop(c);
             tar = Some(digests);
             key = key_now(&read(cache));
+            // The local cache may hold it under the key just computed.
+            if let Some(key) = &key
+                && let Some(d) = read(cache).lookup(key)
+            {
+                stats.hits += 1;
+                return Ok(d);
+            }
         }
         let mut ours = || match tar.take() {
             Some(known) => Ok(known),
