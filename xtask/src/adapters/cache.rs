@@ -3,7 +3,10 @@
 //! - `blobs/sha256/<hex>`: layer blobs, named by their digest;
 //! - `actions/<hex>.json`: layer cache key -> [`LayerDigests`];
 //! - `stat.json`: file fingerprint (device, inode, size, mtime, ctime, mode)
-//!   -> content digest, so an unchanged file is never read again.
+//!   -> content digest, so an unchanged file is never read again. A file
+//!   whose fingerprint is unknown (a branch switch, a new clone) is hashed
+//!   before its layer is looked up, while the cache holds any layer: only
+//!   a layer whose content changed is compressed again.
 //!
 //! Every write goes to a temporary file in the same folder and is renamed into
 //! place: an interrupted build leaves at worst a stray temporary file, never a
