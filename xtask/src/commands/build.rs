@@ -827,30 +827,42 @@ fn build_layer(
     let key_now =
         |c: &Cache| layer::cache_key(entries, mtime, &|src| c.known_digest(src, &metas[src]));
     let mut key = key_now(&read(cache));
-    // Files the stat cache does not know (a new clone, files git rewrote on
-    // a branch switch, a cache restored into a new checkout) may still make
-    // a layer the cache holds: hash them (reading, not compressing) and
-    // look again, unless the cache is empty. Without this, such a build
-    // compressed every layer again.
-    if key.is_none() && remote.is_none() && read(cache).holds_layers() {
+    // Some file's digest is unknown (a cold build, a new clone, files git
+    // rewrote on a branch switch, a cache restored into a new checkout):
+    // hash what is needed (reading, not compressing) and compute the key,
+    // when a cache may hold the layer. With a shared cache, whose entries
+    // are checked against the tar this run would write, one pass gives
+    // both the files' digests and the tar's; else only the unknown files
+    // are hashed, and only when the local cache holds any layer (on an
+    // empty one no lookup can hit).
+    let mut tar = None;
+    if key.is_none() {
         let mut files = FsContents { bytes_read: 0 };
-        let mut digests = Vec::new();
-        for src in metas.keys() {
-            if read(cache).known_digest(src, &metas[src]).is_none() {
-                let mut r = layer::HashReader::new(
-                    files.open(src).with_context(|| format!("reading {src}"))?,
-                );
-                io::copy(&mut r, &mut io::sink()).with_context(|| format!("reading {src}"))?;
-                digests.push((src, r.finish().0));
+        let mut digests: Vec<(String, lane_core::id::Digest)> = Vec::new();
+        if remote.is_some() {
+            let (tar_digests, file_digests) = layer::tar_digests(entries, mtime, &mut files)?;
+            tar = Some(tar_digests);
+            digests.extend(file_digests);
+        } else if read(cache).holds_layers() {
+            for src in metas.keys() {
+                if read(cache).known_digest(src, &metas[src]).is_none() {
+                    let mut r = layer::HashReader::new(
+                        files.open(src).with_context(|| format!("reading {src}"))?,
+                    );
+                    io::copy(&mut r, &mut io::sink()).with_context(|| format!("reading {src}"))?;
+                    digests.push((src.clone(), r.finish().0));
+                }
             }
         }
         stats.bytes_read += files.bytes_read;
-        let mut c = write(cache);
-        for (src, digest) in digests {
-            c.remember_digest(src, &metas[src], digest.to_string());
+        if !digests.is_empty() {
+            let mut c = write(cache);
+            for (src, digest) in digests {
+                c.remember_digest(&src, &metas[&src], digest.to_string());
+            }
+            drop(c);
+            key = key_now(&read(cache));
         }
-        drop(c);
-        key = key_now(&read(cache));
     }
     if let Some(key) = &key
         && let Some(d) = read(cache).lookup(key)
@@ -859,30 +871,6 @@ fn build_layer(
         return Ok(d);
     }
     if let Some(pool) = remote {
-        // The key needs every file's digest, and the entry is checked
-        // against the tar this run would write: when the stat cache does
-        // not know every file, one pass (reading, not compressing) gives
-        // both; else the tar is hashed only when an entry is found.
-        let mut tar = None;
-        if key.is_none() {
-            let mut files = FsContents { bytes_read: 0 };
-            let (digests, file_digests) = layer::tar_digests(entries, mtime, &mut files)?;
-            stats.bytes_read += files.bytes_read;
-            let mut c = write(cache);
-            for (src, digest) in file_digests {
-                c.remember_digest(&src, &metas[&src], digest.to_string());
-            }
-            drop(c);
-            tar = Some(digests);
-            key = key_now(&read(cache));
-            // The local cache may hold it under the key just computed.
-            if let Some(key) = &key
-                && let Some(d) = read(cache).lookup(key)
-            {
-                stats.hits += 1;
-                return Ok(d);
-            }
-        }
         let mut ours = || match tar.take() {
             Some(known) => Ok(known),
             None => {
