@@ -312,6 +312,37 @@ pub struct Index {
     pub packages: BTreeMap<String, Candidate>,
     /// virtual name -> names of the packages that provide it.
     pub providers: BTreeMap<String, BTreeSet<String>>,
+    /// Where the packages come from (the words of resolution errors).
+    pub source: IndexSource,
+}
+
+/// What an [`Index`] was made from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexSource {
+    /// The machine's apt `Packages` indexes (`cargo xtask lock`).
+    #[default]
+    Apt,
+    /// The committed lock's own packages, with the `control` of each
+    /// verified .deb (`lock --check`, the pinned-inputs gate).
+    Lock,
+}
+
+impl IndexSource {
+    fn name(self) -> &'static str {
+        match self {
+            IndexSource::Apt => "the apt index",
+            IndexSource::Lock => LOCK_PATH,
+        }
+    }
+
+    fn fix(self, package: &str) -> String {
+        match self {
+            IndexSource::Apt => {
+                format!("check the name (apt-cache policy {package}) or run apt-get update")
+            }
+            IndexSource::Lock => "run cargo xtask lock and commit the result".to_string(),
+        }
+    }
 }
 
 impl Index {
@@ -362,6 +393,10 @@ impl Index {
                 }
             }
         }
+        Ok(Index::of(packages, IndexSource::Apt))
+    }
+
+    fn of(packages: BTreeMap<String, Candidate>, source: IndexSource) -> Index {
         let mut providers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for c in packages.values() {
             for p in &c.provides {
@@ -371,10 +406,74 @@ impl Index {
                     .insert(c.deb.name.clone());
             }
         }
-        Ok(Index {
+        Index {
             packages,
             providers,
-        })
+            source,
+        }
+    }
+
+    /// The index the lock's own packages make: each locked package as the
+    /// lock records it, with the Pre-Depends, Depends, Provides and
+    /// Priority of the `control` file of its verified .deb (`controls`, in
+    /// the order of `lock.package`). Resolving the images inside it is the
+    /// check that the lock is closed: it asks nothing of today's index.
+    pub fn of_lock(lock: &Lock, controls: &[String]) -> Result<Index> {
+        if controls.len() != lock.package.len() {
+            bail!(
+                "{LOCK_PATH}: {} packages but {} control files",
+                lock.package.len(),
+                controls.len()
+            );
+        }
+        let mut packages = BTreeMap::new();
+        for (p, control) in lock.package.iter().zip(controls) {
+            let what = || {
+                format!(
+                    "package {} {} (the control file of its .deb)",
+                    p.name, p.version
+                )
+            };
+            let stanzas = parse_stanzas(control).with_context(what)?;
+            let [s] = stanzas.as_slice() else {
+                bail!(
+                    "{}: expected one paragraph, found {}",
+                    what(),
+                    stanzas.len()
+                );
+            };
+            for (field, locked) in [("Package", &p.name), ("Version", &p.version)] {
+                if s.get(field) != Some(locked.as_str()) {
+                    bail!(
+                        "{}: {field} is {:?}, the lock says {locked:?}; run cargo xtask lock",
+                        what(),
+                        s.get(field).unwrap_or("")
+                    );
+                }
+            }
+            let mut depends = parse_deps(s.get("Pre-Depends").unwrap_or("")).with_context(what)?;
+            depends.extend(parse_deps(s.get("Depends").unwrap_or("")).with_context(what)?);
+            let c = Candidate {
+                deb: LockedPackage {
+                    required_by: Vec::new(),
+                    ..p.clone()
+                },
+                priority: s.get("Priority").unwrap_or("optional").to_string(),
+                depends,
+                provides: parse_deps(s.get("Provides").unwrap_or(""))
+                    .with_context(what)?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            };
+            if packages.insert(p.name.clone(), c).is_some() {
+                bail!(
+                    "{LOCK_PATH}: package {} is locked twice; run cargo xtask lock",
+                    p.name
+                );
+            }
+        }
+        Ok(Index::of(packages, IndexSource::Lock))
     }
 
     /// The package that satisfies one alternative, if any.
@@ -548,7 +647,9 @@ pub fn resolve_images(
             }
             if !index.packages.contains_key(root) {
                 errors.push(format!(
-                    "image {image}: package {root:?} is not in the apt index for {architecture}; check the name (apt-cache policy {root}) or run apt-get update"
+                    "image {image}: package {root:?} is not in {} for {architecture}; {}",
+                    index.source.name(),
+                    index.source.fix(root)
                 ));
                 continue;
             }
@@ -574,13 +675,18 @@ pub fn resolve_images(
                     match group.iter().find_map(|d| index.satisfy(d)) {
                         Some(dep) => todo.push(dep.deb.name.clone()),
                         None => errors.push(format!(
-                            "package {name} {} depends on {}, which no package in the apt index satisfies (requested by {root} in image {image}); run apt-get update or change the package list",
+                            "package {name} {} depends on {}, which no package in {} satisfies (requested by {root} in image {image}); {}",
                             c.deb.version,
                             group
                                 .iter()
                                 .map(ToString::to_string)
                                 .collect::<Vec<_>>()
-                                .join(" | ")
+                                .join(" | "),
+                            index.source.name(),
+                            match index.source {
+                                IndexSource::Apt => "run apt-get update or change the package list".to_string(),
+                                IndexSource::Lock => index.source.fix(&name),
+                            }
                         )),
                     }
                 }
@@ -641,6 +747,49 @@ pub fn render_lock(lock: &Lock) -> Result<String> {
 
 pub fn parse_lock(text: &str) -> Result<Lock> {
     crate::lockfile::parse(LOCK_PATH, text, |l: &Lock| l.version)
+}
+
+/// Whether the committed `lock` satisfies the images' `requests` on its own,
+/// as `cargo build --locked` trusts Cargo.lock: every requested package is
+/// locked, and every Pre-Depends and Depends of each locked package is met
+/// inside the lock (`controls`: the `control` file of each locked .deb,
+/// verified against the lock, in the order of `lock.package`). Today's apt
+/// index is not asked. One line per problem; empty when satisfied.
+pub fn unsatisfied(
+    lock: &Lock,
+    architecture: &str,
+    requests: &[ImageRequest],
+    controls: &[String],
+) -> Vec<String> {
+    if lock.architecture != architecture {
+        return vec![format!(
+            "{LOCK_PATH} is for architecture {}, this build is for {architecture}; run cargo xtask lock on a {architecture} machine",
+            lock.architecture
+        )];
+    }
+    let index = match Index::of_lock(lock, controls) {
+        Ok(index) => index,
+        Err(e) => return vec![format!("{e:#}")],
+    };
+    match resolve_images(&index, &lock.architecture, &lock.suite, requests) {
+        Ok(resolved) => diff_locks(lock, &resolved),
+        Err(e) => {
+            let mut out = Vec::new();
+            for r in requests {
+                match lock.image.iter().find(|i| i.name == r.name) {
+                    None => out.push(format!("image {} is not in the lock", r.name)),
+                    Some(i) => out.extend(crate::lockfile::list_changes(
+                        &r.name,
+                        "package",
+                        &i.packages,
+                        &r.packages,
+                    )),
+                }
+            }
+            out.push(format!("{e:#}"));
+            out
+        }
+    }
 }
 
 /// What differs between the committed lock and a fresh resolution, one line

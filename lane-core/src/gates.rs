@@ -240,6 +240,23 @@ pub struct Policy {
     pub require_authoritative_for_registry: bool,
     /// PEM public keys trusted to sign evidence.
     pub trusted_keys: Vec<String>,
+    /// What of the source state the image itself carries (`[identity]
+    /// stamp`); by default nothing, so its digest is a function of its
+    /// inputs alone.
+    pub stamp: Stamp,
+}
+
+/// `[identity] stamp` of the policy: what of the commit an image carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stamp {
+    /// Nothing: the commit lives in the provenance and the release record
+    /// only, and a commit that changes no input keeps the digest.
+    #[default]
+    None,
+    /// The manifest annotation `org.opencontainers.image.revision` names
+    /// the commit: every commit then gives every image a new digest.
+    Revision,
 }
 
 impl Default for Policy {
@@ -251,6 +268,7 @@ impl Default for Policy {
             audience: crate::identity::DEFAULT_AUDIENCE.into(),
             require_authoritative_for_registry: true,
             trusted_keys: Vec::new(),
+            stamp: Stamp::None,
         }
     }
 }
@@ -265,6 +283,14 @@ struct RawPolicy {
     builder: RawBuilder,
     #[serde(default)]
     signing: RawSigning,
+    #[serde(default)]
+    identity: RawIdentity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    stamp: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,6 +399,13 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
         crate::identity::check_trusted_pattern(t)
             .map_err(|e| anyhow::anyhow!("{path}: builder.trusted: {e}"))?;
     }
+    let stamp = match raw.identity.stamp.as_deref() {
+        None | Some("none") => Stamp::None,
+        Some("revision") => Stamp::Revision,
+        Some(other) => bail!(
+            "{path}: identity.stamp = {other:?} is not known; write \"none\" (the default: the digest depends on the inputs alone) or \"revision\" (the manifest names the commit; every commit then changes every digest)"
+        ),
+    };
     Ok(Policy {
         extra_required,
         trusted_builders: raw.builder.trusted,
@@ -380,6 +413,7 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
         audience,
         require_authoritative_for_registry: true,
         trusted_keys: raw.signing.trusted_keys,
+        stamp,
     })
 }
 

@@ -216,13 +216,24 @@ pub struct BaseImage {
     pub config: RuntimeConfig,
 }
 
-/// Facts about the source the image is built from.
+/// What of the source the image's documents carry. None of it comes from
+/// the commit unless the policy stamps it: the time is [`FIXED_EPOCH`] (or
+/// an explicit `SOURCE_DATE_EPOCH`), the revision is absent by default
+/// (docs/identity-of-images.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SourceFacts {
-    pub revision: String,
+    /// The commit, only when the policy sets `[identity] stamp =
+    /// "revision"`: then the manifest's `org.opencontainers.image.revision`.
+    pub revision: Option<String>,
+    /// `created`, history and every file's mtime.
     pub source_date_epoch: u64,
+    /// The committed source URL (`[workspace.metadata.lane] source`).
     pub source_url: String,
 }
+
+/// The time of every image unless `SOURCE_DATE_EPOCH` is set:
+/// 1970-01-01T00:00:00Z, as ko and Jib do, so the time is no input.
+pub const FIXED_EPOCH: u64 = 0;
 
 /// Everything that goes into one image's documents.
 pub struct ImageInputs<'a> {
@@ -395,14 +406,13 @@ pub fn image_docs(inputs: &ImageInputs) -> Result<ImageDocs> {
     let mut annotations = HashMap::from([
         (ANNOTATION_CREATED.to_string(), created),
         (
-            ANNOTATION_REVISION.to_string(),
-            inputs.source.revision.clone(),
-        ),
-        (
             ANNOTATION_SOURCE.to_string(),
             inputs.source.source_url.clone(),
         ),
     ]);
+    if let Some(revision) = &inputs.source.revision {
+        annotations.insert(ANNOTATION_REVISION.to_string(), revision.clone());
+    }
     if let Some(b) = inputs.base {
         annotations.insert(ANNOTATION_BASE_DIGEST.into(), b.manifest_digest.clone());
         annotations.insert(ANNOTATION_BASE_NAME.into(), b.name.clone());
@@ -504,7 +514,7 @@ mod tests {
             created_by: "lane layer app".into(),
         }];
         let source = SourceFacts {
-            revision: "abc".into(),
+            revision: Some("abc".into()),
             source_date_epoch: 0,
             source_url: "https://x".into(),
         };

@@ -473,13 +473,14 @@ fn dynamic_hello_runs_on_base_cc_in_docker() {
     }
 }
 
-/// The release's pinned-inputs check is remembered while nothing it reads
-/// changes (issue 16): the second check does not read apt's indexes (its
-/// report counts no package); an edited `[debian]` table is checked again
-/// and found stale, and a stale answer is never remembered.
+/// The release's pinned-inputs check (`lock --check`) is judged from the
+/// lock and the verified .debs alone, and remembered while nothing it reads
+/// changes: the second check is answered from the cache; an edited
+/// `[debian]` table is checked again, names the package and the fix, and a
+/// failing answer is never remembered.
 #[test]
 fn the_release_lock_check_is_remembered_until_its_inputs_change() {
-    use xtask::adapters::apt::lock_check_cached;
+    use xtask::adapters::apt::check;
     let f = Fixture::copy_of_repo("lock-cache");
     let images = xtask::adapters::workspace::Workspace {
         root: f.root.clone(),
@@ -487,16 +488,18 @@ fn the_release_lock_check_is_remembered_until_its_inputs_change() {
     .load_images()
     .unwrap();
     let cache = f.path("target/lane-cache");
-    let first = lock_check_cached(&f.root, &images, &cache).unwrap();
+    let first = check(&f.root, &images, &cache).unwrap();
     assert!(first.changes.is_empty(), "{:?}", first.changes);
-    assert!(first.packages >= 6, "the first check read the indexes");
+    assert!(first.packages >= 6, "{first:?}");
     let remembered = fs::read_dir(cache.join("lock-check")).unwrap().count();
     assert_eq!(remembered, 1);
-    let second = lock_check_cached(&f.root, &images, &cache).unwrap();
-    assert!(second.changes.is_empty());
-    assert_eq!(
-        second.packages, 0,
-        "the second check was answered from the cache"
+    // Answered from the cache: no .deb is read again (the cache is gone).
+    fs::remove_dir_all(cache.join("debs")).unwrap();
+    let second = check(&f.root, &images, &cache).unwrap();
+    assert!(second.changes.is_empty(), "{:?}", second.changes);
+    assert!(
+        !cache.join("debs").exists(),
+        "the second check fetched nothing"
     );
 
     f.edit(
@@ -509,11 +512,13 @@ fn the_release_lock_check_is_remembered_until_its_inputs_change() {
     }
     .load_images()
     .unwrap();
-    let stale = lock_check_cached(&f.root, &images, &cache).unwrap_err();
-    assert!(format!("{stale:#}").contains("libzstd1"), "{stale:#}");
+    let stale = check(&f.root, &images, &cache).unwrap();
+    let said = stale.changes.join("\n");
+    assert!(said.contains("libzstd1"), "{said}");
+    assert!(said.contains("run cargo xtask lock"), "{said}");
     assert_eq!(
         fs::read_dir(cache.join("lock-check")).unwrap().count(),
         1,
-        "a stale answer is not remembered"
+        "a failing answer is not remembered"
     );
 }

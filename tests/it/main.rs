@@ -13,6 +13,7 @@ mod docker_load;
 mod drift;
 mod faults;
 mod identity;
+mod inputs;
 mod promote_mount;
 mod publish;
 mod python;

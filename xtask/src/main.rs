@@ -55,13 +55,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     xtask::adapters::signals::install();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Work still running in the background when the run stopped early (a
+    // release's lock check or second build after a failed build) may have
+    // named temporaries: none of them is left behind.
+    xtask::adapters::cache::remove_own_temporaries();
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -414,6 +414,60 @@ pub fn resolve(
     })
 }
 
+/// A [`WheelSource`] that offers only the wheels of a committed lock: for
+/// a requirement, the highest locked version of that distribution that
+/// satisfies it, its bytes from `fetch` (which verifies them against the
+/// lock). Resolving the images against it is the check that the lock is
+/// closed; no index is asked.
+pub struct InLock<'a, F: FnMut(&LockedWheel) -> Result<Vec<u8>>> {
+    pub lock: &'a PyLock,
+    pub fetch: F,
+}
+
+impl<F: FnMut(&LockedWheel) -> Result<Vec<u8>>> WheelSource for InLock<'_, F> {
+    fn best(&mut self, requirement: &str) -> Result<(String, Vec<u8>)> {
+        let req = Requirement::parse(requirement)?;
+        let mut best: Option<(Version, &LockedWheel)> = None;
+        for w in self
+            .lock
+            .wheel
+            .iter()
+            .filter(|w| normalize(&w.name) == req.key())
+        {
+            let Ok(v) = Version::parse(&w.version) else {
+                continue;
+            };
+            if req.allows(&v) && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                best = Some((v, w));
+            }
+        }
+        let Some((_, w)) = best else {
+            bail!(
+                "no wheel in {LOCK_PATH} satisfies {requirement}; run cargo xtask lock and commit the result"
+            );
+        };
+        Ok((w.filename.clone(), (self.fetch)(w)?))
+    }
+}
+
+/// Whether the committed `lock` satisfies the images on its own: every
+/// requirement locked, and every `Requires-Dist` of each locked wheel that
+/// applies to the image's interpreter (`images[].python`) and `machine` met
+/// by a locked wheel (read from its verified bytes, `fetch`). What an index
+/// offers today is not asked. One line per problem; empty when satisfied.
+pub fn unsatisfied<F: FnMut(&LockedWheel) -> Result<Vec<u8>>>(
+    lock: &PyLock,
+    images: &[ImageRequest],
+    machine: &str,
+    fetch: F,
+) -> Vec<String> {
+    let mut source = InLock { lock, fetch };
+    match resolve(images, &lock.platform, machine, &mut source) {
+        Ok(resolved) => diff(lock, &resolved),
+        Err(e) => vec![format!("{e:#}")],
+    }
+}
+
 /// Checks fetched bytes against the lock before anything opens them.
 pub fn verify(w: &LockedWheel, bytes: &[u8], origin: &str) -> Result<()> {
     let actual = crate::id::Digest::of(bytes);

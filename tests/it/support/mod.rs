@@ -382,6 +382,7 @@ impl Drop for DockerImage {
     }
 }
 
+pub mod apt;
 pub mod oidc;
 pub mod registry;
 

@@ -73,6 +73,85 @@ pub fn machine_index(sh: &Shell, arch: &str) -> Result<Index> {
     Index::from_stanzas(&stanzas, arch)
 }
 
+/// A locked package the machine's apt index has a newer version of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outdated {
+    pub name: String,
+    pub locked: String,
+    pub available: String,
+    /// The codename of the suite that offers it (`bookworm-security`).
+    pub suite: String,
+    /// Whether that suite is a security suite (Debian's security updates).
+    pub security: bool,
+}
+
+/// `cargo xtask lock --outdated`: each package of the committed lock for
+/// which one of the machine's apt `Packages` indexes offers a higher
+/// version, with the suite that offers the highest and whether it is a
+/// security suite (its codename ends in `-security` or its label says
+/// Security). A report of what the index offers today, never a verdict.
+pub fn outdated(root: &Path) -> Result<Vec<Outdated>> {
+    let Some((_, lock)) = read_lock(root)? else {
+        return Ok(Vec::new());
+    };
+    let sh = Shell::new()?;
+    let format = "$(FILENAME)\t$(CODENAME)\t$(LABEL)";
+    let identifier = "Identifier: Packages".to_string();
+    let architecture = format!("Architecture: {}", lock.architecture);
+    let targets = cmd!(
+        sh,
+        "apt-get indextargets --format {format} {identifier} {architecture}"
+    )
+    .quiet()
+    .read()
+    .context("asking apt for its indexes (apt-get indextargets)")?;
+    let mut best: BTreeMap<&str, (String, String, bool)> = BTreeMap::new();
+    for line in targets.lines() {
+        let mut cols = line.split('\t');
+        let (Some(file), codename, label) = (cols.next(), cols.next(), cols.next()) else {
+            continue;
+        };
+        if !Path::new(file).is_file() {
+            continue;
+        }
+        let codename = codename.unwrap_or("").to_string();
+        let security = codename.ends_with("-security") || label.unwrap_or("").contains("Security");
+        let text = cmd!(sh, "/usr/lib/apt/apt-helper cat-file {file}")
+            .quiet()
+            .read()
+            .with_context(|| format!("reading the apt index {file}"))?;
+        let index = Index::from_stanzas(
+            &parse_stanzas(&text).with_context(|| format!("parsing the apt index {file}"))?,
+            &lock.architecture,
+        )?;
+        for p in &lock.package {
+            let Some(c) = index.packages.get(&p.name) else {
+                continue;
+            };
+            let higher = best
+                .get(p.name.as_str())
+                .map_or(p.version.as_str(), |(v, _, _)| v.as_str());
+            if version_cmp(&c.deb.version, higher) == std::cmp::Ordering::Greater {
+                best.insert(&p.name, (c.deb.version.clone(), codename.clone(), security));
+            }
+        }
+    }
+    Ok(lock
+        .package
+        .iter()
+        .filter_map(|p| {
+            let (available, suite, security) = best.get(p.name.as_str())?.clone();
+            Some(Outdated {
+                name: p.name.clone(),
+                locked: p.version.clone(),
+                available,
+                suite,
+                security,
+            })
+        })
+        .collect())
+}
+
 /// Which packages ship the queried files, from Debian's Contents index as
 /// apt keeps it: the `Contents-deb` targets of `arch` and of `all` that apt-file's
 /// configuration makes `apt-get update` download (`apt-get indextargets`
@@ -136,18 +215,45 @@ pub struct LockReport {
     pub written: bool,
 }
 
-/// `cargo xtask lock [--check]`: resolves every `[debian]` table against the
-/// machine's apt index; writes the lock, or with `check` fails naming every
-/// difference from the committed one.
-pub fn lock(root: &Path, images: &[ImageSpec], check: bool) -> Result<LockReport> {
+/// `cargo xtask lock`: resolves every `[debian]` table against the
+/// machine's apt index and writes the lock (the changes are listed).
+pub fn lock(root: &Path, images: &[ImageSpec]) -> Result<LockReport> {
     let sh = Shell::new()?;
     let requests = image_requests(images);
     let (arch, suite) = machine_target(&sh)?;
     let index = machine_index(&sh, &arch)?;
-    lock_with(root, &requests, &arch, &suite, &index, check)
+    let new = resolve_images(&index, &arch, &suite, &requests)?;
+    let changes = match read_lock(root)? {
+        Some((_, old)) => diff_locks(&old, &new),
+        None => vec![format!("{LOCK_PATH} does not exist")],
+    };
+    let text = render_lock(&new)?;
+    let path = root.join(LOCK_PATH);
+    let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+    if written {
+        crate::adapters::cache::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(LockReport {
+        path: LOCK_PATH.into(),
+        packages: new.package.len(),
+        changes,
+        written,
+    })
 }
 
-/// What `lock` asks the resolver for, per image with a `[debian]` table.
+/// The committed lock: its bytes and its contents; `None` when absent.
+fn read_lock(root: &Path) -> Result<Option<(String, Lock)>> {
+    match fs::read_to_string(root.join(LOCK_PATH)) {
+        Ok(text) => {
+            let lock = parse_lock(&text)?;
+            Ok(Some((text, lock)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {LOCK_PATH}")),
+    }
+}
+
+/// What one image asks the resolver for, per image with a `[debian]` table.
 fn image_requests(images: &[ImageSpec]) -> Vec<ImageRequest> {
     images
         .iter()
@@ -163,93 +269,74 @@ fn image_requests(images: &[ImageSpec]) -> Vec<ImageRequest> {
         .collect()
 }
 
-/// `lock --check` for the release's pinned-inputs gate, remembered: when
-/// nothing it reads changed since a check that found the lock fresh (the
-/// lock's bytes, the images' `[debian]` tables, the machine's architecture
-/// and suite, and each apt `Packages` index by path, size and mtime), the
-/// answer is the same and the indexes are not read again.
-pub fn lock_check_cached(
-    root: &Path,
-    images: &[ImageSpec],
-    cache_dir: &Path,
-) -> Result<LockReport> {
-    let sh = Shell::new()?;
+/// Bump when the rules of [`check`] change: remembered answers are ignored.
+const CHECK_FORMAT: u32 = 2;
+
+/// `cargo xtask lock --check` and the release's pinned-inputs gate: whether
+/// the committed lock satisfies the images' `[debian]` tables on its own
+/// (`lane_core::debian::unsatisfied`): every requested package locked, the
+/// locked set closed under Pre-Depends and Depends, judged from the lock
+/// and the `control` of each .deb, fetched and verified against the lock's
+/// size and sha256. What the apt index offers today is not asked (that is
+/// `lock --outdated`). `changes` lists every problem (empty: satisfied).
+///
+/// The answer is a function of the lock's bytes, the `[debian]` tables and
+/// the build's architecture, so a satisfied answer is remembered under
+/// their digest and not worked out again.
+pub fn check(root: &Path, images: &[ImageSpec], cache_dir: &Path) -> Result<LockReport> {
     let requests = image_requests(images);
-    let (arch, suite) = machine_target(&sh)?;
-    let mut inputs = format!("{arch}\n{suite}\n{requests:?}\n");
-    inputs.push_str(&fs::read_to_string(root.join(LOCK_PATH)).unwrap_or_default());
-    for f in index_files(&sh, "Packages", &arch)? {
-        let meta = fs::metadata(&f).with_context(|| format!("reading {f}"))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        inputs.push_str(&format!("\n{f} {} {mtime}", meta.len()));
-    }
+    let report = |packages, changes| LockReport {
+        path: LOCK_PATH.into(),
+        packages,
+        changes,
+        written: false,
+    };
+    let Some((text, lock)) = read_lock(root)? else {
+        if requests.is_empty() {
+            return Ok(report(0, Vec::new()));
+        }
+        return Ok(report(
+            0,
+            vec![format!(
+                "{LOCK_PATH} does not exist; run cargo xtask lock and commit it"
+            )],
+        ));
+    };
+    let (arch, _) = machine_target(&Shell::new()?)?;
+    let inputs = format!("{CHECK_FORMAT}\n{arch}\n{requests:?}\n{text}");
     let marker = cache_dir
         .join("lock-check")
         .join(layer::sha256(inputs.as_bytes()).hex());
     if marker.is_file() {
-        return Ok(LockReport {
-            path: LOCK_PATH.into(),
-            packages: 0,
-            changes: Vec::new(),
-            written: false,
-        });
+        return Ok(report(lock.package.len(), Vec::new()));
     }
-    let index = machine_index(&sh, &arch)?;
-    let report = lock_with(root, &requests, &arch, &suite, &index, true)?;
-    if report.changes.is_empty() {
-        crate::adapters::cache::write_atomic(&marker, b"fresh\n")?;
+    let controls = locked_controls(cache_dir, &lock.package)?;
+    let changes = unsatisfied(&lock, &arch, &requests, &controls);
+    if changes.is_empty() {
+        crate::adapters::cache::write_atomic(&marker, b"satisfied\n")?;
     }
-    Ok(report)
+    Ok(report(lock.package.len(), changes))
 }
 
-fn lock_with(
-    root: &Path,
-    requests: &[ImageRequest],
-    arch: &str,
-    suite: &str,
-    index: &Index,
-    check: bool,
-) -> Result<LockReport> {
-    let new = resolve_images(index, arch, suite, requests)?;
-    let path = root.join(LOCK_PATH);
-    let old = match fs::read_to_string(&path) {
-        Ok(text) => Some(parse_lock(&text)?),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {LOCK_PATH}")),
-    };
-    let changes = match &old {
-        Some(old) => diff_locks(old, &new),
-        None => vec![format!("{LOCK_PATH} does not exist")],
-    };
-    if check {
-        if !changes.is_empty() {
-            bail!(
-                "{LOCK_PATH} does not match the images' [debian] tables and the apt index:\n  {}\nrun cargo xtask lock and commit the result",
-                changes.join("\n  ")
-            );
-        }
-        return Ok(LockReport {
-            path: LOCK_PATH.into(),
-            packages: new.package.len(),
-            changes,
-            written: false,
-        });
+/// The `control` file of each package's .deb (fetched and verified against
+/// the lock first; read from the unpack cache the build fills too).
+fn locked_controls(cache_dir: &Path, pkgs: &[LockedPackage]) -> Result<Vec<String>> {
+    let bytes = fetch_verified(cache_dir, pkgs)?;
+    let mut out = Vec::new();
+    for (p, b) in pkgs.iter().zip(&bytes) {
+        let status = format!("var/lib/dpkg/status.d/{}", p.name);
+        let entries = unpack_cached(cache_dir, p, b)?;
+        let source = entries
+            .iter()
+            .find(|e| e.path.as_str() == status)
+            .and_then(|e| match &e.kind {
+                EntryKind::File { source, .. } => Some(source.clone()),
+                _ => None,
+            })
+            .with_context(|| format!("package {} {}: no control file", p.name, p.version))?;
+        out.push(fs::read_to_string(&source).with_context(|| format!("reading {source}"))?);
     }
-    let text = render_lock(&new)?;
-    let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
-    if written {
-        crate::adapters::cache::write_atomic(&path, text.as_bytes())?;
-    }
-    Ok(LockReport {
-        path: LOCK_PATH.into(),
-        packages: new.package.len(),
-        changes,
-        written,
-    })
+    Ok(out)
 }
 
 /// The workspace base images of `spec` that have a `[debian]` table,
@@ -352,37 +439,70 @@ fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
     Ok(debs.join(format!("{}.deb", locked_digest(pkg)?.hex())))
 }
 
+/// `NAME[:ARCH]=VERSION`, as `apt-get download` takes a package.
+fn apt_spec(p: &LockedPackage) -> String {
+    if p.architecture == "all" {
+        format!("{}={}", p.name, p.version)
+    } else {
+        format!("{}:{}={}", p.name, p.architecture, p.version)
+    }
+}
+
+/// Runs `apt-get download SPECS...` in `dir`; `Err(apt's message)`.
+fn apt_download(dir: &Path, specs: &[String]) -> Result<std::result::Result<(), String>> {
+    let sh = Shell::new()?;
+    sh.change_dir(dir);
+    // Output is captured: apt's warnings (e.g. about its sandbox user)
+    // appear only when the download fails.
+    let out = cmd!(sh, "apt-get download -q {specs...}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running apt-get download")?;
+    Ok(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    })
+}
+
 /// Downloads `pkgs` with one `apt-get download NAME[:ARCH]=VERSION ...` into
-/// a temporary folder; returns their bytes in order (unverified).
+/// a temporary folder; returns their bytes in order (unverified). When
+/// apt cannot fetch them all, each is tried alone so the error names every
+/// pinned package the machine's apt sources no longer serve (with version
+/// and sha256) and the ways out; the folder is removed either way, so
+/// nothing half-fetched is left.
 fn download(debs: &Path, pkgs: &[&LockedPackage]) -> Result<Vec<Vec<u8>>> {
     let tmp = crate::adapters::cache::temp_path(&debs.join("fetch"));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| -> Result<Vec<Vec<u8>>> {
-        let sh = Shell::new()?;
-        sh.change_dir(&tmp);
-        let specs: Vec<String> = pkgs
-            .iter()
-            .map(|p| {
-                if p.architecture == "all" {
-                    format!("{}={}", p.name, p.version)
-                } else {
-                    format!("{}:{}={}", p.name, p.architecture, p.version)
+        let specs: Vec<String> = pkgs.iter().map(|p| apt_spec(p)).collect();
+        if let Err(first) = apt_download(&tmp, &specs)? {
+            let mut lacking = Vec::new();
+            let mut said = first;
+            for p in pkgs {
+                if let Err(e) = apt_download(&tmp, &[apt_spec(p)])? {
+                    lacking.push(format!(
+                        "{} {} ({}, {})",
+                        p.name, p.version, p.filename, p.sha256
+                    ));
+                    said = e;
                 }
-            })
-            .collect();
-        // Output is captured: apt's warnings (e.g. about its sandbox user)
-        // appear only when the download fails.
-        let specs_arg = &specs;
-        let out = cmd!(sh, "apt-get download -q {specs_arg...}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .context("running apt-get download")?;
-        if !out.status.success() {
+            }
+            if lacking.is_empty() {
+                bail!(
+                    "downloading {} through apt failed: {said}; run apt-get update",
+                    specs.join(" ")
+                );
+            }
             bail!(
-                "downloading {} through apt failed: {}; run apt-get update, or cargo xtask lock if a version left the archive",
-                specs.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "the machine's apt sources do not serve {} pinned in {LOCK_PATH}:\n  {}\napt said: {said}\nnothing was built. Either re-lock to versions the archive serves now (cargo xtask lock, then commit lockfiles/), or point the machine's apt at a snapshot of the archive that still holds them (apt sources: a snapshot mirror of the date the lock was written), then apt-get update",
+                if lacking.len() == 1 {
+                    "a package"
+                } else {
+                    "packages"
+                },
+                lacking.join("\n  ")
             );
         }
         let mut all = Vec::new();

@@ -237,28 +237,16 @@ fn read_lock(root: &Path) -> Result<Option<PyLock>> {
     }
 }
 
-/// `cargo xtask lock [--check]` for the `[python]` tables (run after the
-/// Debian lock, which gives each image's Python). `None` when no image has
-/// wheels and there is no Python lock.
-pub fn lock(
+/// What the resolver is asked for each image with a `[python]` table, with
+/// the Python target of each (from the Debian lock).
+fn requests(
     root: &Path,
-    cache_dir: &Path,
     images: &[ImageSpec],
-    check: bool,
-) -> Result<Option<LockReport>> {
-    let with_python: Vec<&ImageSpec> = images.iter().filter(|i| i.python.is_some()).collect();
-    let old = read_lock(root)?;
-    if with_python.is_empty() && old.is_none() {
-        return Ok(None);
-    }
+) -> Result<(Vec<ImageRequest>, BTreeMap<String, PyTarget>)> {
     let mut requests = Vec::new();
-    let mut platform = String::new();
-    let mut machine = String::from("x86_64");
     let mut target_of = BTreeMap::new();
-    for spec in &with_python {
+    for spec in images.iter().filter(|i| i.python.is_some()) {
         let t = target(root, images, spec)?;
-        platform = t.platform.clone();
-        machine = t.machine.clone();
         requests.push(ImageRequest {
             name: spec.name.clone(),
             python: t.full_version.clone(),
@@ -270,39 +258,42 @@ pub fn lock(
         });
         target_of.insert(spec.name.clone(), t);
     }
+    Ok((requests, target_of))
+}
+
+fn empty_lock() -> PyLock {
+    PyLock {
+        version: 1,
+        platform: String::new(),
+        image: Vec::new(),
+        wheel: Vec::new(),
+    }
+}
+
+/// `cargo xtask lock` for the `[python]` tables (run after the Debian lock,
+/// which gives each image's Python): asks pip for the best wheel of each
+/// requirement and its closure, and writes the lock. `None` when no image
+/// has wheels and there is no Python lock.
+pub fn lock(root: &Path, cache_dir: &Path, images: &[ImageSpec]) -> Result<Option<LockReport>> {
+    let old = read_lock(root)?;
+    let (requests, target_of) = requests(root, images)?;
+    if requests.is_empty() && old.is_none() {
+        return Ok(None);
+    }
     let new = match target_of.values().next() {
         Some(t) => {
             let mut src = Pip {
                 target: t,
                 cache: cache_dir.join("wheels"),
             };
-            lock::resolve(&requests, &platform, &machine, &mut src)?
+            lock::resolve(&requests, &t.platform, &t.machine, &mut src)?
         }
-        None => PyLock {
-            version: 1,
-            platform: String::new(),
-            image: Vec::new(),
-            wheel: Vec::new(),
-        },
+        None => empty_lock(),
     };
     let changes = match &old {
         Some(old) => lock::diff(old, &new),
         None => vec![format!("{LOCK_PATH} does not exist")],
     };
-    if check {
-        if !changes.is_empty() {
-            bail!(
-                "{LOCK_PATH} does not match the images' [python] tables and pip's answers:\n  {}\nrun cargo xtask lock and commit the result",
-                changes.join("\n  ")
-            );
-        }
-        return Ok(Some(LockReport {
-            path: LOCK_PATH.into(),
-            wheels: new.wheel.len(),
-            changes,
-            written: false,
-        }));
-    }
     let text = lock::render(&new)?;
     let path = root.join(LOCK_PATH);
     let written = fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
@@ -315,6 +306,52 @@ pub fn lock(
         changes,
         written,
     }))
+}
+
+/// `cargo xtask lock --check` and the pinned-inputs gate for the
+/// `[python]` tables: whether the committed lock satisfies them on its own
+/// (`lane_core::python::lock::unsatisfied`: every requirement locked, every
+/// applicable `Requires-Dist` of a locked wheel met inside the lock), read
+/// from the locked wheels, fetched with their hash required and verified.
+/// pip's index is not asked what it offers today. `None` when no image has
+/// wheels and there is no Python lock.
+pub fn check(root: &Path, cache_dir: &Path, images: &[ImageSpec]) -> Result<Option<LockReport>> {
+    let old = read_lock(root)?;
+    let (requests, target_of) = requests(root, images)?;
+    let report = |wheels, changes| {
+        Some(LockReport {
+            path: LOCK_PATH.into(),
+            wheels,
+            changes,
+            written: false,
+        })
+    };
+    let Some(old) = old else {
+        if requests.is_empty() {
+            return Ok(None);
+        }
+        return Ok(report(
+            0,
+            vec![format!(
+                "{LOCK_PATH} does not exist; run cargo xtask lock and commit it"
+            )],
+        ));
+    };
+    let Some(t) = target_of.values().next() else {
+        return Ok(report(old.wheel.len(), lock::diff(&old, &empty_lock())));
+    };
+    let mut changes = Vec::new();
+    if old.platform != t.platform {
+        changes.push(format!(
+            "{LOCK_PATH} is for wheel platform {}, the images' Debian packages give {}; run cargo xtask lock",
+            old.platform, t.platform
+        ));
+    }
+    changes.extend(lock::unsatisfied(&old, &requests, &t.machine, |w| {
+        fetch_verified(cache_dir, t, std::slice::from_ref(w))
+            .map(|mut all| all.pop().unwrap_or_default())
+    }));
+    Ok(report(old.wheel.len(), changes))
 }
 
 /// The locked wheels of an image, checking the lock still matches its

@@ -274,8 +274,12 @@ pub fn source_files(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Source facts for the images: from git, with `SOURCE_DATE_EPOCH` from the
-/// environment taking precedence over the commit time when it is set.
+/// Source facts for the images, from the inputs alone: the time is
+/// `SOURCE_DATE_EPOCH` when set, else [`lane_core::oci::FIXED_EPOCH`],
+/// never the commit's; the revision goes into the image only when the
+/// policy (if there is one) sets `[identity] stamp = "revision"`. The git
+/// facts (HEAD, its time, a clean tree) are returned for the provenance and
+/// the record.
 pub fn source_facts(ws: &Workspace) -> Result<(SourceFacts, GitFacts)> {
     let git = git_facts(&ws.root)?;
     let sde = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -283,11 +287,16 @@ pub fn source_facts(ws: &Workspace) -> Result<(SourceFacts, GitFacts)> {
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        Err(_) => git.commit_time,
+        Err(_) => lane_core::oci::FIXED_EPOCH,
+    };
+    let stamp = if ws.root.join(lane_core::gates::POLICY_PATH).is_file() {
+        ws.policy()?.0.stamp
+    } else {
+        lane_core::gates::Stamp::None
     };
     Ok((
         SourceFacts {
-            revision: git.revision.clone(),
+            revision: (stamp == lane_core::gates::Stamp::Revision).then(|| git.revision.clone()),
             source_date_epoch: sde,
             source_url: ws.source_url()?,
         },

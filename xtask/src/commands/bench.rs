@@ -265,7 +265,7 @@ pub fn runtime_scale_workspace(checkout: &Path, root: &Path, images: usize) -> R
     let ws = Workspace {
         root: root.canonicalize()?,
     };
-    crate::adapters::apt::lock(&ws.root, &ws.load_images()?, false)?;
+    crate::adapters::apt::lock(&ws.root, &ws.load_images()?)?;
     Ok(())
 }
 

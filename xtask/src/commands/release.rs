@@ -717,19 +717,25 @@ fn source_state(git: &GitFacts) -> GateResult {
     )
 }
 
-/// Whether the committed locks still match the image definitions and the
-/// machine's package index (`cargo xtask lock --check`): `Ok(changes)`.
+/// Whether the committed locks satisfy the image definitions on their own
+/// (`cargo xtask lock --check`: every request locked, the locked set
+/// closed, read from the verified artifacts; today's index is not asked):
+/// `Ok(problems)`.
 fn lock_freshness(ws: &Workspace, images: &[ImageSpec]) -> Result<Vec<String>> {
-    if images.iter().all(|i| i.debian.is_none()) {
+    if images
+        .iter()
+        .all(|i| i.debian.is_none() && i.python.is_none())
+    {
         return Ok(Vec::new()); // nothing is locked
     }
     let cache = ws.root.join("target/lane-cache");
-    let mut stale = match crate::adapters::apt::lock_check_cached(&ws.root, images, &cache) {
+    let mut stale = match crate::adapters::apt::check(&ws.root, images, &cache) {
         Ok(report) => report.changes,
         Err(e) => vec![format!("{e:#}")],
     };
-    if let Err(e) = crate::adapters::pip::lock(&ws.root, &cache, images, true) {
-        stale.push(format!("{e:#}"));
+    match crate::adapters::pip::check(&ws.root, &cache, images) {
+        Ok(report) => stale.extend(report.into_iter().flat_map(|r| r.changes)),
+        Err(e) => stale.push(format!("{e:#}")),
     }
     Ok(stale)
 }
@@ -746,9 +752,15 @@ fn pinned_inputs(
         GateName::PinnedInputs,
         stale.is_empty(),
         if stale.is_empty() {
-            format!("base {base}; {} lockfile(s), fresh", lockfiles.len())
+            format!(
+                "base {base}; {} lockfile(s), satisfied by their own pins",
+                lockfiles.len()
+            )
         } else {
-            format!("stale lock: {}", stale.join("; "))
+            format!(
+                "the locks do not satisfy the image definitions: {}; run cargo xtask lock and commit the result",
+                stale.join("; ")
+            )
         },
         json!({ "base": base, "lockfiles": lockfiles, "stale": stale }),
     )

@@ -1,0 +1,293 @@
+//! Identity and verdict from the inputs alone (issue 25): the lock is the
+//! pin (an index that moved changes no verdict and no digest; what it
+//! offers now is a report), a pinned .deb the mirror lacks is named with
+//! the ways out, and a commit that touches no input of an image keeps its
+//! digest and every cached layer. Every apt index here is the test's own
+//! (`support::apt::TestApt`): what the machine's index offers today plays
+//! no part.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::apt::TestApt;
+use crate::support::{Fixture, gate, hello, image, report, run, show, stdout};
+
+/// Fills the fixture's .deb cache through the machine's apt (`lock
+/// --check` fetches and verifies every locked .deb) and returns the lock.
+fn locked_debs(f: &Fixture) -> String {
+    f.ok(&["lock", "--check"]);
+    f.read("lockfiles/debian.lock")
+}
+
+/// `xtask ARGS` in `f` with its apt pointed at `apt`.
+fn with_apt(f: &Fixture, apt: &TestApt, args: &[&str]) -> std::process::Output {
+    run(apt.env(&mut f.command(args)))
+}
+
+fn digests(build: &Value) -> Vec<(String, String)> {
+    build["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["manifest_digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Acceptance 1: on an apt index that offers a newer (security) version
+/// of a locked package, a fresh clone's release is accepted with the same
+/// digest as on the lock's own index; `lock --check` passes, `lock
+/// --outdated` names the moved package and its security suite.
+#[test]
+fn a_newer_index_changes_no_verdict_and_no_digest() {
+    let f = Fixture::copy_of_repo("newer-index");
+    let lock = locked_debs(&f);
+    let debs = f.path("target/lane-cache/debs");
+    let own = TestApt::new(&lock, &debs, &[], &[]);
+    let newer = TestApt::new(&lock, &debs, &[("libc6", "2.36-9+deb12u999")], &[]);
+
+    // The lock's own index: nothing is outdated.
+    let out = with_apt(&f, &own, &["lock", "--outdated", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let outdated: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(outdated["debian"], serde_json::json!([]), "{outdated}");
+
+    // The newer index: still satisfied, and the move is reported.
+    let out = with_apt(&f, &newer, &["lock", "--check"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = with_apt(&f, &newer, &["lock", "--outdated", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let outdated: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let moved = outdated["debian"].as_array().unwrap();
+    assert_eq!(moved.len(), 1, "{outdated}");
+    assert_eq!(moved[0]["name"], "libc6");
+    assert_eq!(moved[0]["available"], "2.36-9+deb12u999");
+    assert_eq!(moved[0]["suite"], "bookworm-security");
+    assert_eq!(moved[0]["security"], true);
+    let out = with_apt(&f, &newer, &["lock", "--outdated"]);
+    assert!(
+        stdout(&out).contains("libc6") && stdout(&out).contains("security update"),
+        "{}",
+        show(&out)
+    );
+
+    // A release on each index, each from a fresh clone with empty caches
+    // (every .deb is fetched through that index): accepted, same digest.
+    let mut released = Vec::new();
+    for apt in [&own, &newer] {
+        let clone = Fixture::clone_of(&f, "newer-index-clone");
+        let out = with_apt(&clone, apt, &["release", "--json", "hello"]);
+        let r = report(&out);
+        let h = hello(&r);
+        assert_eq!(
+            h["accepted"],
+            true,
+            "{}\n{}",
+            show(&out),
+            serde_json::to_string_pretty(h).unwrap()
+        );
+        assert_eq!(gate(h, "pinned-inputs")["state"], "passed");
+        released.push(h["digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(released[0], released[1], "the digest moved with the index");
+}
+
+/// Acceptance 5: a pinned .deb that the mirror lacks stops the build with
+/// an error naming the package, its version and sha256, and the ways out;
+/// no layout, no half-written cache file, nothing in the store.
+#[test]
+fn a_pinned_deb_the_mirror_lacks_is_named_and_nothing_is_written() {
+    let f = Fixture::copy_of_repo("lacking-deb");
+    let lock = locked_debs(&f);
+    let apt = TestApt::new(&lock, &f.path("target/lane-cache/debs"), &[], &["tzdata"]);
+    let tzdata = lock
+        .split("[[package]]")
+        .find(|b| b.contains("name = \"tzdata\""))
+        .unwrap();
+    let field = |k: &str| {
+        tzdata
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} = \"")))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_string()
+    };
+    let clone = Fixture::clone_of(&f, "lacking-deb-clone");
+    for args in [&["build", "base-cc"][..], &["release", "hello"][..]] {
+        let out = with_apt(&clone, &apt, args);
+        assert!(!out.status.success(), "{args:?}: {}", show(&out));
+        let said = show(&out);
+        for needle in [
+            "do not serve",
+            "tzdata",
+            &field("version"),
+            &field("sha256"),
+            "cargo xtask lock",
+            "snapshot",
+        ] {
+            assert!(said.contains(needle), "{args:?}: no {needle:?} in {said}");
+        }
+    }
+    assert!(!clone.path("target/images/base-cc").exists());
+    assert!(!clone.path("target/images/hello").exists());
+    let hex = field("sha256").trim_start_matches("sha256:").to_string();
+    assert!(
+        !clone
+            .path(&format!("target/lane-cache/debs/{hex}.deb"))
+            .exists()
+    );
+    assert_no_temporaries(&clone.path("target"));
+    // Nothing was published or tagged in the local store.
+    let store = clone.path("target/local-registry");
+    if store.exists() {
+        let blobs = walk_files(&store);
+        assert!(
+            blobs
+                .iter()
+                .all(|p| !p.contains("/blobs/") && !p.ends_with("index.json")
+                    || p.ends_with(".lock")),
+            "the store holds {blobs:?}"
+        );
+    }
+}
+
+fn walk_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_temporaries(dir: &Path) {
+    let left: Vec<String> = walk_files(dir)
+        .into_iter()
+        .filter(|p| p.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporaries left: {left:?}");
+}
+
+/// Acceptance 2 (the digest part) and 3: a commit that changes only
+/// README.md keeps every image's digest and misses no layer (nothing is
+/// compressed); a change of an image's definition, of a file it ships, and
+/// of the lock misses the cache and changes the digest. A policy that sets
+/// `[identity] stamp = "revision"` puts the commit back into the manifest.
+#[test]
+fn a_commit_that_touches_no_input_keeps_every_digest_and_every_cached_layer() {
+    let f = Fixture::copy_of_repo("readme-commit");
+    let first = f.build_json(&[]);
+    f.edit(
+        "README.md",
+        "# release-lane",
+        "# release-lane\n\nOne more line.",
+    );
+    f.commit("README only");
+    let second = f.build_json(&[]);
+    assert_eq!(digests(&first), digests(&second));
+    for i in second["images"].as_array().unwrap() {
+        assert_eq!(i["cache"]["misses"], 0, "{}: {}", i["name"], i["cache"]);
+        assert_eq!(i["cache"]["bytes_compressed"], 0, "{}", i["name"]);
+    }
+    let manifest = |f: &Fixture, name: &str, build: &Value| -> Value {
+        let d = image(build, name)["manifest_digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        serde_json::from_str(&f.read(&format!("target/images/{name}/blobs/sha256/{d}"))).unwrap()
+    };
+    let m = manifest(&f, "hello", &second);
+    assert!(
+        m["annotations"]
+            .get("org.opencontainers.image.revision")
+            .is_none(),
+        "{m}"
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.created"],
+        "1970-01-01T00:00:00Z"
+    );
+
+    // Each input: image.toml, a file it ships, the lock.
+    let hello = |b: &Value| image(b, "hello")["manifest_digest"].clone();
+    let base = |b: &Value| image(b, "base-cc")["manifest_digest"].clone();
+    f.edit(
+        "images/hello/image.toml",
+        "env = { HELLO_ENV = \"production\" }",
+        "env = { HELLO_ENV = \"production\", EXAMPLE_INPUT = \"changed\" }",
+    );
+    f.commit("image.toml");
+    let changed = f.build_json(&["hello"]);
+    assert_ne!(hello(&changed), hello(&second), "image.toml is an input");
+    let rootfs = walk_files(&f.path("images/hello/rootfs"));
+    let shipped = rootfs.first().expect("hello ships files");
+    fs::write(
+        shipped,
+        format!("{}\nchanged\n", fs::read_to_string(shipped).unwrap()),
+    )
+    .unwrap();
+    f.commit("a shipped file");
+    let file_changed = f.build_json(&["hello"]);
+    assert_ne!(
+        hello(&file_changed),
+        hello(&changed),
+        "a shipped file is an input"
+    );
+    let misses: u64 = image(&file_changed, "hello")["cache"]["misses"]
+        .as_u64()
+        .unwrap();
+    assert!(misses >= 1, "{}", image(&file_changed, "hello")["cache"]);
+
+    // The lock: base-cc without netbase (its table and its lock entry, as
+    // `lock` would write them; base-python keeps it, so its entry stays).
+    let text = f.read("images/base-cc/image.toml");
+    let edited: String = text
+        .lines()
+        .filter(|l| !l.contains("\"netbase\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(text, edited, "base-cc lists netbase");
+    f.write("images/base-cc/image.toml", &edited);
+    f.edit(
+        "lockfiles/debian.lock",
+        "\"tzdata\", \"netbase\"]",
+        "\"tzdata\"]",
+    );
+    f.ok(&["lock", "--check"]);
+    f.commit("lock");
+    let relocked = f.build_json(&["base-cc"]);
+    assert_ne!(base(&relocked), base(&second), "the lock is an input");
+
+    // Stamping the revision is the policy's choice, and then every commit
+    // changes the digest.
+    f.edit(
+        "ci/release-policy.toml",
+        "version = 1\n",
+        "version = 1\n\n[identity]\nstamp = \"revision\"\n",
+    );
+    f.commit("stamp the revision");
+    let stamped = f.build_json(&["base-cc"]);
+    let m = manifest(&f, "base-cc", &stamped);
+    let head = crate::support::git(&f.root, &["rev-parse", "HEAD"]);
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.revision"],
+        head.trim()
+    );
+    f.commit("another commit");
+    let again = f.build_json(&["base-cc"]);
+    assert_ne!(base(&again), base(&stamped));
+}
