@@ -28,6 +28,7 @@ pub enum GateName {
     SbomComplete,
     AuthoritativeBuilder,
     NoUnusedPackages,
+    SecurityUpdates,
 }
 
 /// Gates every release must pass, whatever the policy says.
@@ -52,6 +53,10 @@ pub const OPTIONAL: &[(GateName, &str)] = &[
         GateName::NoUnusedPackages,
         "no curated package is unused (drift report)",
     ),
+    (
+        GateName::SecurityUpdates,
+        "no Debian security update of a locked package has been offered for longer than [gates] security_update_max_age_days (set that to add this gate)",
+    ),
 ];
 
 impl GateName {
@@ -75,6 +80,7 @@ impl GateName {
             GateName::SbomComplete => "sbom-complete",
             GateName::AuthoritativeBuilder => "authoritative-builder",
             GateName::NoUnusedPackages => "no-unused-packages",
+            GateName::SecurityUpdates => "security-updates",
         }
     }
 
@@ -143,6 +149,19 @@ pub struct GateResult {
     pub summary: String,
     /// Machine-readable evidence (digests compared, logs, reports).
     pub evidence: serde_json::Value,
+    /// Carried over from earlier evidence of the same digest instead of run
+    /// again (`crate::reuse`); absent when the gate ran in this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reused>,
+}
+
+/// Where a carried-over gate result was proved: the signed gate statement
+/// (the digest of the artifact that carries it) and the commit it was
+/// proved on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reused {
+    pub from: String,
+    pub revision: String,
 }
 
 impl GateResult {
@@ -152,6 +171,7 @@ impl GateResult {
             state,
             summary,
             evidence,
+            reused: None,
         }
     }
 
@@ -203,6 +223,7 @@ pub fn decide(required: &[GateName], results: &[GateResult]) -> Decision {
                 state: GateState::Missing,
                 summary: "the gate did not run".into(),
                 evidence: serde_json::Value::Null,
+                reused: None,
             },
         };
         if r.state != GateState::Passed {
@@ -244,6 +265,9 @@ pub struct Policy {
     /// stamp`); by default nothing, so its digest is a function of its
     /// inputs alone.
     pub stamp: Stamp,
+    /// `[gates] security_update_max_age_days`: when set, the
+    /// `security-updates` gate is required (`crate::security_age`).
+    pub security_update_max_age_days: Option<u32>,
 }
 
 /// `[identity] stamp` of the policy: what of the commit an image carries.
@@ -269,6 +293,7 @@ impl Default for Policy {
             require_authoritative_for_registry: true,
             trusted_keys: Vec::new(),
             stamp: Stamp::None,
+            security_update_max_age_days: None,
         }
     }
 }
@@ -298,6 +323,7 @@ struct RawIdentity {
 struct RawGates {
     #[serde(default)]
     require: Vec<String>,
+    security_update_max_age_days: Option<u32>,
     // The following keys exist only to be refused with a clear message.
     #[serde(default)]
     optional: Vec<String>,
@@ -370,6 +396,15 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
             extra_required.push(gate);
         }
     }
+    match raw.gates.security_update_max_age_days {
+        Some(_) if !extra_required.contains(&GateName::SecurityUpdates) => {
+            extra_required.push(GateName::SecurityUpdates);
+        }
+        None if extra_required.contains(&GateName::SecurityUpdates) => bail!(
+            "{path}: gates.require lists \"security-updates\" but gates.security_update_max_age_days is not set; write the number of days a security update may be offered before a release is rejected (for example security_update_max_age_days = 7)"
+        ),
+        _ => {}
+    }
     if raw.builder.require_authoritative_for_registry == Some(false) {
         bail!(
             "{path}: builder.require_authoritative_for_registry = false would let a local run release to a registry; remove it (use the local store for development)"
@@ -414,6 +449,7 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Policy> {
         require_authoritative_for_registry: true,
         trusted_keys: raw.signing.trusted_keys,
         stamp,
+        security_update_max_age_days: raw.gates.security_update_max_age_days,
     })
 }
 
@@ -543,13 +579,37 @@ mod tests {
         assert!(e.contains("known gates: source-state,"), "{e}");
         assert_eq!(
             GateName::all().count(),
-            10,
+            11,
             "every gate is built-in or optional"
         );
         for g in GateName::all() {
             assert_eq!(g.as_str().parse::<GateName>(), Ok(g));
             assert_eq!(serde_json::to_value(g).unwrap(), json!(g.as_str()));
         }
+    }
+
+    #[test]
+    fn a_security_age_limit_adds_its_gate_and_the_gate_needs_the_limit() {
+        let p = parse_policy(
+            "p.toml",
+            "version = 1\n[gates]\nsecurity_update_max_age_days = 7\n",
+        )
+        .unwrap();
+        assert_eq!(p.security_update_max_age_days, Some(7));
+        assert!(p.required(false).contains(&GateName::SecurityUpdates));
+        assert!(
+            !Policy::default()
+                .required(true)
+                .contains(&GateName::SecurityUpdates),
+            "off by default"
+        );
+        let e = parse_policy(
+            "p.toml",
+            "version = 1\n[gates]\nrequire = [\"security-updates\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("security_update_max_age_days is not set"), "{e}");
     }
 
     #[test]

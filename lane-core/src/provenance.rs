@@ -291,12 +291,29 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Result<Value> {
 /// `configuration` is the release policy; `url` the CI run when the
 /// invocation id is one. Required gates that did not pass are `failedTests`;
 /// gates the policy does not require and that did not pass are `warnedTests`.
+/// The `configuration` entry of a gate statement that names the digest of
+/// the image's gate definitions (`crate::reuse::definitions`).
+pub const CONFIG_GATE_DEFINITIONS: &str = "gate-definitions";
+/// The `configuration` entry that names the commit the image-bound gates
+/// ran on (an earlier commit's when they were carried over).
+pub const CONFIG_REVISION: &str = "image-gates-revision";
+
+/// What the image-bound gates of a statement were run against: the gate
+/// definitions and the commit they ran on. Lets a later release of the
+/// same digest carry them over (`crate::reuse`).
+#[derive(Debug, Clone)]
+pub struct GateBasis {
+    pub definitions: Digest,
+    pub revision: String,
+}
+
 pub fn gate_statement(
     subject_: &Subject,
     decision: &Decision,
     policy_path: &str,
     policy_digest: &Digest,
     run_url: Option<&str>,
+    basis: Option<&GateBasis>,
 ) -> Value {
     let pick = |f: &dyn Fn(&crate::gates::GateResult) -> bool| -> Vec<String> {
         decision
@@ -316,6 +333,21 @@ pub fn gate_statement(
     });
     if let Some(u) = run_url.filter(|u| u.starts_with("https://")) {
         predicate["url"] = json!(u);
+    }
+    if let Some(b) = basis {
+        let config = predicate["configuration"]
+            .as_array_mut()
+            .expect("configuration is a list");
+        config.push(json!({
+            "name": CONFIG_GATE_DEFINITIONS,
+            "digest": { "sha256": b.definitions.hex() },
+        }));
+        if b.revision.len() == 40 && b.revision.bytes().all(|c| c.is_ascii_hexdigit()) {
+            config.push(json!({
+                "name": CONFIG_REVISION,
+                "digest": { "gitCommit": b.revision },
+            }));
+        }
     }
     json!({
         "_type": STATEMENT_TYPE,
@@ -471,6 +503,7 @@ mod tests {
             "ci/release-policy.toml",
             &Digest::of(b"policy"),
             Some("https://ci.example.com/org/repo/actions/runs/42/attempts/1"),
+            None,
         );
         let p = &s["predicate"];
         assert_eq!(p["result"], "FAILED");

@@ -4,8 +4,13 @@
 //! the only way to `verified`. Fetching the evidence is the adapter's job
 //! (xtask's `commands::verify`).
 
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::evidence::{ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
+use crate::id::{Digest, Repository, Target};
+use crate::store::{Store, parse_digest};
 
 use crate::evidence;
 use crate::gates::GateName;
@@ -290,6 +295,96 @@ fn gate_reasons(statement: &Value, required: &[GateName]) -> Vec<String> {
     out
 }
 
+/// Reads the evidence attached to `digest` in `repository`. Errors only when
+/// the store cannot be read at all; a damaged artifact is a problem listed
+/// in the result (and a reason for [`check`] to refuse).
+pub fn fetch_evidence(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Evidence> {
+    fetch_manifest(store, repository, digest)?;
+    let mut out = Evidence::default();
+    for r in crate::store::referrers(store, repository, digest)? {
+        let artifact = r["digest"].as_str().unwrap_or_default().to_string();
+        let artifact_digest = match parse_digest(&r["digest"], "a referrers index entry") {
+            Ok(d) => d,
+            Err(e) => {
+                out.problems.push(format!("artifact {artifact:?}: {e:#}"));
+                continue;
+            }
+        };
+        let kind = r["artifactType"].as_str().unwrap_or_default();
+        // Signed statements (DSSE) and the signed SBOM (an in-toto statement
+        // in a DSSE envelope, artifactType application/spdx+json).
+        let signed = kind == MEDIA_DSSE || kind == crate::sbom::MEDIA_TYPE;
+        if !signed && kind != MEDIA_RELEASE_RECORD {
+            continue;
+        }
+        match read_artifact(store, repository, digest, &artifact_digest) {
+            Ok(bytes) => {
+                let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
+                match (signed, parsed) {
+                    (true, Ok(envelope)) => out.envelopes.push(Envelope {
+                        artifact,
+                        annotated_predicate: r["annotations"][ANNOTATION_PREDICATE]
+                            .as_str()
+                            .map(str::to_string),
+                        envelope,
+                    }),
+                    (_, Ok(record)) => out.records.push(record),
+                    (_, Err(e)) => out
+                        .problems
+                        .push(format!("artifact {artifact} does not hold JSON: {e}")),
+                }
+            }
+            Err(e) => out.problems.push(format!("artifact {artifact}: {e:#}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The single layer of an artifact manifest whose subject is `subject`.
+fn read_artifact(
+    store: &mut dyn Store,
+    repository: &Repository,
+    subject: &Digest,
+    artifact: &Digest,
+) -> Result<Vec<u8>> {
+    let manifest: Value = serde_json::from_slice(&fetch_manifest(store, repository, artifact)?)
+        .context("the artifact manifest is not JSON")?;
+    if manifest["subject"]["digest"] != subject.as_str() {
+        bail!(
+            "its manifest names subject {}, not {subject}",
+            manifest["subject"]["digest"]
+        );
+    }
+    let layer = parse_digest(
+        &manifest["layers"][0]["digest"],
+        "the artifact manifest's layer",
+    )?;
+    store.blob(repository, &layer)
+}
+
+/// The manifest stored under `digest`, checked to hash to it.
+pub fn fetch_manifest(
+    store: &mut dyn Store,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Vec<u8>> {
+    let bytes = store
+        .manifest(repository, &Target::Digest(digest.clone()))?
+        .with_context(|| format!("{repository}@{digest} is not in {}", store.describe()))?;
+    if !digest.matches(&bytes) {
+        bail!(
+            "{} serves {repository}@{digest} with bytes that hash to {}",
+            store.describe(),
+            crate::layer::sha256(&bytes)
+        );
+    }
+    Ok(bytes)
+}
+
 /// Statements built and signed here, one tampering at a time.
 #[cfg(test)]
 mod tests {
@@ -347,6 +442,7 @@ mod tests {
             &d,
             "ci/release-policy.toml",
             &Digest::of(b"policy"),
+            None,
             None,
         )
     }

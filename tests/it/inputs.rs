@@ -291,3 +291,78 @@ fn a_commit_that_touches_no_input_keeps_every_digest_and_every_cached_layer() {
     let again = f.build_json(&["base-cc"]);
     assert_ne!(base(&again), base(&stamped));
 }
+
+/// Acceptance 1, the opt-in gate: a policy that sets
+/// `security_update_max_age_days` rejects a release when a security update
+/// of a package locked into the image has been offered (built, the date
+/// of its .deb) for longer than that; the same policy accepts on the
+/// lock's own index, and a limit the update is within accepts too. Nothing
+/// is tagged on the rejection. (The test index's update was built on
+/// 2024-01-01: more than 7 days and less than 100000 days before any day
+/// this test runs.)
+#[test]
+fn the_opt_in_security_age_gate_rejects_an_update_offered_for_too_long() {
+    let f = Fixture::copy_of_repo("security-age");
+    let lock = locked_debs(&f);
+    let debs = f.path("target/lane-cache/debs");
+    let own = TestApt::new(&lock, &debs, &[], &[]);
+    let newer = TestApt::new(&lock, &debs, &[("libc6", "2.36-9+deb12u999")], &[]);
+    let limit = |days: u32| {
+        let policy = f.read("ci/release-policy.toml");
+        let edited: String = policy
+            .lines()
+            .filter(|l| !l.starts_with("security_update_max_age_days"))
+            .map(|l| {
+                if l == "require = []" {
+                    format!("require = []\nsecurity_update_max_age_days = {days}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        f.write("ci/release-policy.toml", &edited);
+        f.commit(&format!("security updates within {days} days"));
+    };
+    let release = |apt: &TestApt| {
+        let out = with_apt(&f, apt, &["release", "--json", "hello"]);
+        let r = report(&out);
+        (out, hello(&r).clone())
+    };
+
+    limit(7);
+    let (out, h) = release(&own);
+    assert!(out.status.success(), "{}", show(&out));
+    let g = gate(&h, "security-updates");
+    assert_eq!(g["state"], "passed", "{g}");
+    assert!(
+        h["decision"]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "security-updates")
+    );
+
+    let (out, h) = release(&newer);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert_eq!(h["accepted"], false);
+    assert!(h["tagged"].as_array().unwrap().is_empty());
+    let g = gate(&h, "security-updates");
+    assert_eq!(g["state"], "failed", "{g}");
+    let summary = g["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("libc6")
+            && summary.contains("2.36-9+deb12u999")
+            && summary.contains("bookworm-security")
+            && summary.contains("days ago"),
+        "{summary}"
+    );
+    assert_eq!(
+        g["evidence"]["updates"][0]["built_at"]["Ok"],
+        crate::support::apt::NEWER_BUILT
+    );
+
+    limit(100_000);
+    let (out, h) = release(&newer);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(gate(&h, "security-updates")["state"], "passed");
+}

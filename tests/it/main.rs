@@ -20,6 +20,7 @@ mod python;
 mod registry_base;
 mod release;
 mod release_registry;
+mod reuse;
 mod shared_cache;
 mod smoke;
 mod verify;

@@ -19,10 +19,30 @@ struct Pinned {
 }
 
 /// A test apt: `main` holds the locked .debs (less those left out),
-/// `security` offers the newer versions asked for (index entries only:
-/// nothing downloads them).
+/// `security` offers the newer versions asked for: each a copy of the
+/// locked .deb whose ar members say it was built at [`NEWER_BUILT`].
 pub struct TestApt {
     dir: TempDir,
+}
+
+/// When the security suite's updates were built (their ar members'
+/// mtime): 2024-01-01T00:00:00Z, a fixed date.
+pub const NEWER_BUILT: i64 = 1_704_067_200;
+
+/// `deb` with the mtime of every ar member set to `at`.
+fn rebuilt_at(deb: &[u8], at: i64) -> Vec<u8> {
+    let mut out = deb.to_vec();
+    let mut pos = 8; // after "!<arch>\n"
+    while pos + 60 <= out.len() {
+        let size: usize = std::str::from_utf8(&out[pos + 48..pos + 58])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        out[pos + 16..pos + 28].copy_from_slice(format!("{at:<12}").as_bytes());
+        pos += 60 + size + size % 2;
+    }
+    out
 }
 
 impl TestApt {
@@ -75,11 +95,15 @@ impl TestApt {
                     &format!("Version: {}\n", p.version),
                     &format!("Version: {v}\n"),
                 );
+                let file = format!("pool/{}_{}.deb", p.name, v.replace(':', "%3a"));
+                let to = root.join("security").join(&file);
+                fs::create_dir_all(to.parent().unwrap()).unwrap();
+                fs::write(&to, rebuilt_at(&fs::read(&p.deb).unwrap(), NEWER_BUILT)).unwrap();
                 writeln!(
                     security,
-                    "{bumped}Filename: pool/{}_{v}.deb\nSize: 1\nSHA256: {}\n",
-                    p.name,
-                    "0".repeat(64)
+                    "{bumped}Filename: {file}\nSize: {}\nSHA256: {}\n",
+                    fs::metadata(&to).unwrap().len(),
+                    hex_of(&to)
                 )
                 .unwrap();
             }

@@ -17,6 +17,7 @@ use xshell::{Shell, cmd};
 use lane_core::contents::{ContentsQuery, Providers};
 use lane_core::debian::*;
 use lane_core::layer::{self, Entry, EntryKind};
+use lane_core::security_age::SecurityUpdate;
 use lane_core::spec::{ImagePath, ImageSpec, Owner};
 
 /// The machine's architecture (`dpkg --print-architecture`) and suite
@@ -150,6 +151,78 @@ pub fn outdated(root: &Path) -> Result<Vec<Outdated>> {
             })
         })
         .collect())
+}
+
+/// The security updates [`outdated`] finds, each with its build date read
+/// from the update's own `.deb` (downloaded through the machine's apt,
+/// which checks it against the signed index, into a temporary folder that
+/// is removed afterwards): the facts of the opt-in `security-updates` gate
+/// (`lane_core::security_age`). An update apt cannot download has an
+/// unknown date, which that gate counts as too old.
+pub fn security_updates(root: &Path) -> Result<Vec<SecurityUpdate>> {
+    let offered: Vec<Outdated> = outdated(root)?.into_iter().filter(|o| o.security).collect();
+    let Some((_, lock)) = read_lock(root)? else {
+        return Ok(Vec::new());
+    };
+    if offered.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tmp = crate::adapters::cache::temp_path(&root.join("target/lane-cache/security-updates"));
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> Result<Vec<SecurityUpdate>> {
+        let mut out = Vec::new();
+        for o in offered {
+            let arch = lock
+                .package
+                .iter()
+                .find(|p| p.name == o.name)
+                .map_or(lock.architecture.as_str(), |p| p.architecture.as_str());
+            let spec = if arch == "all" {
+                format!("{}={}", o.name, o.available)
+            } else {
+                format!("{}:{arch}={}", o.name, o.available)
+            };
+            let built_at = match apt_download(&tmp, std::slice::from_ref(&spec))? {
+                Err(why) => Err(format!("apt could not download {spec}: {why}")),
+                Ok(()) => build_time_of_downloaded(&tmp, &o.name),
+            };
+            out.push(SecurityUpdate {
+                name: o.name,
+                locked: o.locked,
+                available: o.available,
+                suite: o.suite,
+                built_at,
+            });
+        }
+        Ok(out)
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+/// The build date of the one `NAME_*.deb` apt just downloaded into `dir`
+/// (removed after reading its first bytes).
+fn build_time_of_downloaded(dir: &Path, name: &str) -> std::result::Result<i64, String> {
+    let prefix = format!("{name}_");
+    let file = fs::read_dir(dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| format!("apt reported {name} downloaded, but no {prefix}*.deb is there"))?;
+    let mut head = [0u8; 68];
+    let read = io::Read::read(
+        &mut fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?,
+        &mut head,
+    )
+    .map_err(|e| format!("reading {}: {e}", file.display()));
+    let _ = fs::remove_file(&file);
+    lane_core::security_age::deb_build_time(&head[..read?])
+        .ok_or_else(|| format!("{} is not a .deb (no ar header)", file.display()))
 }
 
 /// Which packages ship the queried files, from Debian's Contents index as

@@ -12,6 +12,23 @@ use std::time::Duration;
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
+/// Process groups of children that do not share the lane's own group
+/// (a cancellable cargo): killed on a signal, as the terminal would have.
+static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers a child's process group until [`disown_group`].
+pub fn own_group(group: i32) {
+    if let Ok(mut g) = GROUPS.lock() {
+        g.push(group);
+    }
+}
+
+pub fn disown_group(group: i32) {
+    if let Ok(mut g) = GROUPS.lock() {
+        g.retain(|x| *x != group);
+    }
+}
+
 extern "C" fn on_signal(sig: libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
 }
@@ -27,6 +44,10 @@ pub fn install() {
         loop {
             let sig = RECEIVED.load(Ordering::SeqCst);
             if sig != 0 {
+                for group in GROUPS.lock().map(|g| g.clone()).unwrap_or_default() {
+                    // SAFETY: kill(2) of a process group this run started.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
                 let removed = crate::adapters::cache::remove_own_temporaries();
                 let name = if sig == libc::SIGINT {
                     "SIGINT"

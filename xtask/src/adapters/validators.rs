@@ -150,6 +150,11 @@ mod tests {
             "ci/release-policy.toml",
             &lane_core::id::Digest::of(b"policy"),
             Some("https://ci.example.com/org/repo/actions/runs/42/attempts/1"),
+            // The entries a later release reads to carry gates over.
+            Some(&provenance::GateBasis {
+                definitions: lane_core::id::Digest::of(b"definitions"),
+                revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            }),
         );
         let files = [
             f.write("provenance.json", &prov),
@@ -177,6 +182,7 @@ mod tests {
             &decision(),
             "ci/release-policy.toml",
             &lane_core::id::Digest::of(b"policy"),
+            None,
             None,
         );
         let cases: Vec<(&str, Value, &str)> = vec![

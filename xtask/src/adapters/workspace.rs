@@ -453,6 +453,7 @@ pub fn cargo_build(
     bins: &BTreeSet<BinaryRequest>,
     quiet: bool,
     umask: Option<u32>,
+    cancel: Option<&Cancel>,
 ) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(&ws.root);
@@ -514,10 +515,64 @@ pub fn cargo_build(
                 });
             }
         }
-        let status = c.status().with_context(what)?;
+        let status = match cancel {
+            None => c.status().with_context(what)?,
+            Some(cancel) => run_cancellable(c, cancel).with_context(what)?,
+        };
         if !status.success() {
             bail!("{} ({status})", what());
         }
     }
     Ok(())
+}
+
+/// A flag that stops background work that is no longer needed (the
+/// reproducible gate's second build, when every image's earlier proof is
+/// carried over): checked between steps, and a running cargo is killed.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// An error when cancelled: stops the work at a step boundary.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            bail!("cancelled: no longer needed");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `c` in a process group of its own, so that a cancel kills it and
+/// every compiler it started; the signal handler kills the group too.
+fn run_cancellable(
+    mut c: std::process::Command,
+    cancel: &Cancel,
+) -> Result<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0);
+    let mut child = c.spawn()?;
+    let group = child.id() as i32;
+    crate::adapters::signals::own_group(group);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        if cancel.is_cancelled() {
+            // SAFETY: kill(2) with a negative pid signals the group we made.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            break Err(anyhow::anyhow!("cancelled: no longer needed"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    crate::adapters::signals::disown_group(group);
+    status
 }

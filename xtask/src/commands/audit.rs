@@ -36,7 +36,25 @@ pub struct Audit {
     pub gates: Vec<Gate>,
     /// The gate statement's overall result (`PASSED`, `FAILED`, or null).
     pub gate_result: Value,
+    /// Every release of this digest, oldest first: one provenance statement
+    /// each (a digest whose inputs did not change is released again by
+    /// later commits, its image-bound gates carried over).
+    pub releases: Vec<ReleaseOf>,
     pub verification: Verification,
+}
+
+/// One release of the digest, from its provenance statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseOf {
+    pub revision: Value,
+    pub builder: Value,
+    pub invocation: Value,
+    pub started_on: Value,
+    /// The provenance's artifact in the store.
+    pub artifact: String,
+    /// `trusted:<keyid>`, `unsigned` or `untrusted`: only a trusted
+    /// signature makes this release a fact.
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +230,23 @@ pub fn audit(
             .collect(),
         gates,
         gate_result: p["result"].clone(),
+        releases: verdict
+            .statements
+            .iter()
+            .filter(|s| s.predicate_type == SLSA_PROVENANCE_V1)
+            .map(|s| {
+                let p = &s.statement["predicate"];
+                ReleaseOf {
+                    revision: p["buildDefinition"]["externalParameters"]["source"]["revision"]
+                        .clone(),
+                    builder: p["runDetails"]["builder"]["id"].clone(),
+                    invocation: p["runDetails"]["metadata"]["invocationId"].clone(),
+                    started_on: p["runDetails"]["metadata"]["startedOn"].clone(),
+                    artifact: s.artifact.clone(),
+                    signature: s.signature.clone(),
+                }
+            })
+            .collect(),
         verification: Verification {
             verified: verdict.verified,
             reasons: verdict.reasons.clone(),
@@ -291,6 +326,23 @@ pub fn summary(a: &Audit) -> String {
         o.push_str(&format!(
             "         {:<22} {:<7} {}\n",
             g.gate, g.state, g.summary
+        ));
+    }
+    o.push_str(&format!(
+        "releases {} of this digest, oldest first\n",
+        a.releases.len()
+    ));
+    for r in &a.releases {
+        o.push_str(&format!(
+            "         {} {} by {}{}\n",
+            s(&r.started_on),
+            s(&r.revision),
+            s(&r.builder),
+            if r.signature.starts_with("trusted:") {
+                String::new()
+            } else {
+                format!(" ({}: not a fact)", r.signature.to_uppercase())
+            }
         ));
     }
     if a.verification.verified {

@@ -123,6 +123,9 @@ pub struct BuildOptions {
     /// The umask cargo runs under (the reproducibility check's second
     /// build sets 077); `None` inherits the process's.
     pub cargo_umask: Option<u32>,
+    /// Stops the build between steps (and kills its cargo) when set: the
+    /// reproducible gate's second build, once it is no longer needed.
+    pub cancel: Option<workspace::Cancel>,
 }
 
 /// The default of `--jobs`: the machine's cores.
@@ -151,6 +154,7 @@ impl BuildOptions {
             shared_cache: None,
             jobs: default_jobs(),
             cargo_umask: None,
+            cancel: None,
         }
     }
 }
@@ -559,6 +563,7 @@ pub fn execute_shared(
             &requests,
             opts.quiet,
             opts.cargo_umask,
+            opts.cancel.as_ref(),
         )?;
     }
     let all = ws.load_images()?;
@@ -589,6 +594,9 @@ pub fn execute_shared(
             .filter(|(_, x)| **x == d)
             .map(|(p, _)| p)
             .collect();
+        if let Some(c) = &opts.cancel {
+            c.check()?;
+        }
         let results = in_parallel(&wave, opts.jobs, |p| build_image(&ctx, p, &built));
         for (p, r) in wave.iter().zip(results) {
             built.insert(p.spec.name.clone(), r?);

@@ -25,6 +25,7 @@ use lane_core::gates::{self, Decision, GateName, GateResult, POLICY_PATH, Policy
 use lane_core::id::{Digest, Repository, Tag};
 use lane_core::oci::{Blob, canonical_json};
 use lane_core::provenance::{self, BuilderRun, Input, ProvenanceInputs, Subject};
+use lane_core::reuse::{self, Proof};
 use lane_core::sbom::{self, Binary, DebPackage, PlacedFile, SbomInputs};
 use lane_core::spec::{BaseRef, ImageSpec};
 use lane_core::store::{Published, Store};
@@ -38,6 +39,9 @@ pub struct ReleaseOptions {
     pub signer: Option<lane_core::signing::Signer>,
     /// The shared action cache (`--cache`, `$LANE_CACHE`).
     pub cache: crate::commands::build::CacheArgs,
+    /// Run every gate, carrying nothing over from earlier evidence of the
+    /// same digest (`--no-reuse`).
+    pub no_reuse: bool,
 }
 
 /// The outcome for one image, as `release --json` prints it and as the
@@ -66,6 +70,9 @@ pub struct ImageRelease {
     pub evidence: Vec<Digest>,
     pub record: PathBuf,
     pub provenance: Value,
+    /// What the action cache did for this image in this run's build
+    /// (`misses` layers were encoded and compressed here).
+    pub cache: lane_core::distribution::CacheStats,
 }
 
 /// Whether a tag this run moved still names its digest at the final check.
@@ -186,9 +193,13 @@ pub struct Candidate {
     pub published: Option<Published>,
     pub provenance: Value,
     /// The SPDX document; `None` when it could not be made (then the
-    /// sbom-complete gate failed, saying why).
+    /// sbom-complete gate failed, saying why) or when the digest's earlier
+    /// signed SBOM stands (its gates were carried over).
     pub sbom: Option<Value>,
     pub results: Vec<GateResult>,
+    /// The earlier evidence whose image-bound gates this release carried
+    /// over instead of running them.
+    pub proof: Option<Proof>,
 }
 
 fn now() -> String {
@@ -215,7 +226,7 @@ pub fn release(
 ) -> Result<ReleaseReport> {
     let progress = Reporter { quiet: opts.quiet };
     let mut stages = Stages::new();
-    let (mut facts, pending) = collect(ws, opts, store, &progress, &mut stages)?;
+    let (mut facts, mut pending) = collect(ws, opts, store, &progress, &mut stages)?;
     let mut images = Vec::new();
     // Named images are released; their workspace bases are built (their
     // layers are part of the image) but not released on their own.
@@ -226,37 +237,75 @@ pub fn release(
         .filter(|i| opts.images.is_empty() || opts.images.contains(&i.name))
         .cloned()
         .collect();
+    // What each candidate digest already proved in the target store: its
+    // image-bound gates are carried over, not run again. When every image
+    // carries them, the second build is no longer needed.
+    let proofs: Vec<Option<Proof>> = released
+        .iter()
+        .map(|image| earlier_proof(&facts, image, store, opts.no_reuse, &progress))
+        .collect();
+    stages.end("gates: earlier evidence");
+    if !proofs.is_empty() && proofs.iter().all(Option::is_some) {
+        progress
+            .say("gates: reproducible carried over for every image; the second build is stopped");
+        pending.cancel_second_build();
+    }
     // The image checks, the candidates' publish and their statements run
     // while the second build and the lock check finish in the background.
     // The image checks (drift, smoke) of independent images run at once,
     // as many as the build runs; each image's result is its own.
-    let checks = build::in_parallel(&released, build::default_jobs(), |image| {
+    let work: Vec<(&BuiltImage, Option<&Proof>)> = released
+        .iter()
+        .zip(proofs.iter().map(Option::as_ref))
+        .collect();
+    let checks = build::in_parallel(&work, build::default_jobs(), |(image, proof)| {
         let spec = facts.selected.iter().find(|s| s.name == image.name);
-        spec.map(|spec| image_gates(ws, spec, image, facts.engine.as_ref().err(), &progress))
+        spec.map(|spec| match proof {
+            Some(p) => ImageChecks::carried(p),
+            None => image_gates(ws, spec, image, facts.engine.as_ref().err(), &progress),
+        })
     });
     stages.end("gates: image checks");
     let mut candidates = Vec::new();
-    for (image, checks) in released.into_iter().zip(checks) {
+    for ((image, checks), proof) in released.into_iter().zip(checks).zip(proofs) {
         let checks = checks.context("built image not selected")?;
         candidates.push(run_gates(
             ws,
             &facts,
             image,
             checks,
+            proof,
             store,
             &progress,
             &mut stages,
         )?);
     }
     pending.finish(&mut facts, &progress, &mut stages);
+    // The opt-in security-age gate: what the index offers today, by the
+    // policy's choice only.
+    let security = facts.policy.security_update_max_age_days.map(|days| {
+        progress.say(format_args!(
+            "gates: security updates offered for longer than {days} days (the policy's security_update_max_age_days)"
+        ));
+        crate::adapters::apt::security_updates(&ws.root).map_err(|e| format!("{e:#}"))
+    });
     for mut candidate in candidates {
+        if let (Some(updates), Some(days)) = (&security, facts.policy.security_update_max_age_days)
+        {
+            candidate
+                .results
+                .push(security_updates(ws, &facts, &candidate.spec, updates, days));
+        }
         // In the gates' order: source-state, pinned-inputs, reproducible, ...
         let at = 1.min(candidate.results.len());
         candidate.results.splice(
             at..at,
             [
                 pinned_inputs(&candidate.spec, &facts.stale, &facts.lockfiles),
-                reproducible(&facts.repro, &candidate.image.name),
+                match &candidate.proof {
+                    Some(p) => p.carried(GateName::Reproducible),
+                    None => reproducible(&facts.repro, &candidate.image.name),
+                },
             ],
         );
         let decision = decide(&facts.policy, store.is_registry(), &candidate.results);
@@ -301,18 +350,32 @@ pub fn release(
 /// What runs in the background while the candidates are built, checked
 /// and published: the independent second build and `lock --check`.
 pub struct Pending {
-    second: crate::commands::repro::SecondBuild,
+    second: Option<crate::commands::repro::SecondBuild>,
     lock: std::thread::JoinHandle<Result<Vec<String>>>,
 }
 
 impl Pending {
+    /// Stops the second build: no image needs it.
+    pub fn cancel_second_build(&mut self) {
+        if let Some(second) = self.second.take() {
+            second.cancel();
+        }
+    }
+
     /// Waits for both and fills in `facts.repro` and `facts.stale`.
     pub fn finish(self, facts: &mut Facts, progress: &Reporter, stages: &mut Stages) {
-        progress.say("gates: reproducible (waiting for the second build)");
-        facts.repro = self
-            .second
-            .compare(&facts.built.images)
-            .map_err(|e| format!("{e:#}"));
+        facts.repro = match self.second {
+            Some(second) => {
+                progress.say("gates: reproducible (waiting for the second build)");
+                second
+                    .compare(&facts.built.images)
+                    .map_err(|e| format!("{e:#}"))
+            }
+            None => Err(
+                "the second build was stopped: every image carried its reproducibility over"
+                    .to_string(),
+            ),
+        };
         stages.end("gate: reproducible (waiting)");
         facts.stale = match self.lock.join() {
             Ok(Ok(stale)) => stale,
@@ -362,7 +425,7 @@ pub fn collect(
         }
         Err(e) => {
             progress.error(format_args!(
-                "preflight: {e:#}\n       the smoke gate will fail and the release will be rejected"
+                "preflight: {e:#}\n       the smoke gate will fail and the release will be rejected, unless the candidate's earlier evidence carries it over"
             ));
             Err(format!("{e:#}"))
         }
@@ -380,7 +443,10 @@ pub fn collect(
         let (ws, all) = (ws.clone(), all.clone());
         std::thread::spawn(move || lock_freshness(&ws, &all))
     };
-    let pending = Pending { second, lock };
+    let pending = Pending {
+        second: Some(second),
+        lock,
+    };
 
     progress.say("build");
     let mut build_opts = BuildOptions::for_workspace(ws);
@@ -418,6 +484,7 @@ pub fn run_gates(
     facts: &Facts,
     image: BuiltImage,
     checks: ImageChecks,
+    proof: Option<Proof>,
     store: &mut dyn Store,
     progress: &Reporter,
     stages: &mut Stages,
@@ -498,19 +565,32 @@ pub fn run_gates(
     ));
     results.push(authoritative_builder(&facts.policy, &facts.builder));
 
-    let sbom = debs.and_then(|debs| {
-        let inputs = sbom_inputs(ws, facts, &spec, &image, &subject, &debs, &checks.binaries)?;
-        sbom::sbom(&inputs)
-    });
-    results.push(sbom_complete(&sbom, &checks.curated));
+    // Carried over: the digest's earlier signed SBOM stands (its contents
+    // are those of the same bytes).
+    let sbom = match &proof {
+        Some(p) => {
+            results.push(p.carried(GateName::SbomComplete));
+            None
+        }
+        None => {
+            let sbom = debs.and_then(|debs| {
+                let inputs =
+                    sbom_inputs(ws, facts, &spec, &image, &subject, &debs, &checks.binaries)?;
+                sbom::sbom(&inputs)
+            });
+            results.push(sbom_complete(&sbom, &checks.curated));
+            sbom.ok()
+        }
+    };
     Ok(Candidate {
         image,
         spec,
         subject,
         published,
         provenance,
-        sbom: sbom.ok(),
+        sbom,
         results,
+        proof,
     })
 }
 
@@ -533,20 +613,30 @@ pub fn apply(
 ) -> Result<ImageRelease> {
     fault::point(fault::RELEASE_GATES_RUN);
     let Candidate {
+        sbom,
+        proof,
         image,
         spec,
         subject,
         published,
         provenance,
-        sbom,
         ..
     } = candidate;
+    // The commit the image-bound gates ran on: this one, or the earlier
+    // one whose proof was carried over.
+    let basis = provenance::GateBasis {
+        definitions: reuse::definitions(&spec, env!("CARGO_PKG_VERSION")),
+        revision: proof
+            .as_ref()
+            .map_or(facts.git.revision.clone(), |p| p.reused.revision.clone()),
+    };
     let gate_statement = provenance::gate_statement(
         &subject,
         &decision,
         POLICY_PATH,
         &facts.policy_digest,
         Some(facts.builder.invocation_id.as_str()),
+        Some(&basis),
     );
     // One record per run: a later run of the same digest (another store, a
     // rejection) never overwrites an earlier record.
@@ -575,6 +665,7 @@ pub fn apply(
         evidence: Vec::new(),
         record: record_path.clone(),
         provenance: provenance.clone(),
+        cache: image.cache.clone(),
     };
 
     if let Some(p) = &published {
@@ -810,6 +901,36 @@ fn reproducible(repro: &std::result::Result<ReproReport, String>, name: &str) ->
     }
 }
 
+/// `security-updates`: the security updates offered for the packages locked
+/// into this image (its own and its workspace bases'), none offered for
+/// longer than `days` (`lane_core::security_age`).
+fn security_updates(
+    ws: &Workspace,
+    facts: &Facts,
+    spec: &ImageSpec,
+    updates: &std::result::Result<Vec<lane_core::security_age::SecurityUpdate>, String>,
+    days: u32,
+) -> GateResult {
+    let gate = GateName::SecurityUpdates;
+    let (updates, debs) = match (updates, image_debs(ws, &facts.all, spec)) {
+        (Ok(u), Ok(d)) => (u, d),
+        (Err(e), _) => {
+            return GateResult::failed(
+                gate,
+                format!("the security updates could not be read: {e}"),
+                Value::Null,
+            );
+        }
+        (_, Err(e)) => return GateResult::failed(gate, format!("{e:#}"), Value::Null),
+    };
+    let mine: Vec<_> = updates
+        .iter()
+        .filter(|u| debs.iter().any(|d| d.name == u.name))
+        .cloned()
+        .collect();
+    lane_core::security_age::gate(&mine, chrono::Utc::now().timestamp(), days)
+}
+
 /// `authoritative-builder`: a CI identity the lane verified (OIDC token)
 /// whose workflow the policy trusts. The evidence holds the verified
 /// claims, never the token.
@@ -882,6 +1003,77 @@ pub struct ImageChecks {
     curated: Vec<String>,
     /// Each workspace binary of the image's own layers, with its bytes' digests.
     binaries: Vec<(lane_core::spec::BinarySpec, PlacedFile)>,
+}
+
+impl ImageChecks {
+    /// The image checks' results carried over from earlier evidence.
+    fn carried(proof: &Proof) -> ImageChecks {
+        ImageChecks {
+            results: [
+                GateName::NoDrift,
+                GateName::NoUnusedPackages,
+                GateName::Smoke,
+            ]
+            .into_iter()
+            .map(|g| proof.carried(g))
+            .collect(),
+            curated: Vec::new(),
+            binaries: Vec::new(),
+        }
+    }
+}
+
+/// What the candidate digest already proved in the target store: a signed
+/// gate statement of an accepted release under this policy and these gate
+/// definitions (`lane_core::reuse`). `--no-reuse`, a digest the store does
+/// not hold yet, and evidence that cannot be trusted: nothing.
+fn earlier_proof(
+    facts: &Facts,
+    image: &BuiltImage,
+    store: &mut dyn Store,
+    no_reuse: bool,
+    progress: &Reporter,
+) -> Option<Proof> {
+    if no_reuse {
+        return None;
+    }
+    let spec = facts.selected.iter().find(|s| s.name == image.name)?;
+    let digest = &image.manifest_digest;
+    let evidence = match lane_core::verify::fetch_evidence(store, &spec.repository, digest) {
+        Ok(e) => e,
+        Err(_) => return None, // not in the store yet: a first release
+    };
+    let definitions = reuse::definitions(spec, env!("CARGO_PKG_VERSION"));
+    match reuse::find(
+        digest,
+        &evidence.envelopes,
+        &facts.policy,
+        &facts.policy_digest,
+        &definitions,
+    ) {
+        Ok(p) => {
+            progress.say(format_args!(
+                "gates: {} carries {} over from gate statement {} (commit {})",
+                image.name,
+                reuse::IMAGE_BOUND
+                    .iter()
+                    .map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.reused.from,
+                p.reused.revision
+            ));
+            Some(p)
+        }
+        Err(why) => {
+            progress.say(format_args!(
+                "gates: {} runs every gate (nothing to carry over: {})",
+                image.name,
+                why.join("; ")
+            ));
+            None
+        }
+    }
 }
 
 /// Gates that look at the built image itself: drift (and unused packages)
@@ -1307,6 +1499,14 @@ pub struct Args {
     pub signing_key: Option<PathBuf>,
     #[command(flatten)]
     pub cache: crate::commands::build::CacheArgs,
+    /// Run every gate. By default, when the candidate digest already
+    /// carries a signed gate statement of an accepted release under the
+    /// same policy and gate definitions, reproducible, no-drift,
+    /// no-unused-packages, smoke and sbom-complete are carried over from it
+    /// (`"reused"` in --json) and the second build is stopped; the other
+    /// gates and a new signed provenance are made every time.
+    #[arg(long)]
+    pub no_reuse: bool,
 }
 
 pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
@@ -1316,6 +1516,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         json,
         signing_key,
         cache,
+        no_reuse,
     } = args;
     let signer =
         crate::adapters::keys::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
@@ -1325,6 +1526,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         quiet: json,
         signer,
         cache,
+        no_reuse,
     };
     let report = release(ws, &opts, store.as_mut())?;
     if json {

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use crate::adapters::workspace::Workspace;
+use crate::adapters::workspace::{Cancel, Workspace};
 use crate::commands::build::{self, BuildOptions};
 use lane_core::distribution::BuiltImage;
 use lane_core::layer::{HashReader, sha256};
@@ -61,6 +61,7 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
         shared_cache: None,
         jobs: crate::commands::build::default_jobs(),
         cargo_umask: None,
+        cancel: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
 pub struct SecondBuild {
     work: PathBuf,
     handle: Option<JoinHandle<Result<Vec<BuiltImage>>>>,
+    cancel: Cancel,
 }
 
 impl SecondBuild {
@@ -81,11 +83,22 @@ impl SecondBuild {
         crate::adapters::cache::sweep_stale(&base);
         let work = crate::adapters::cache::temp_path(&base.join("run"));
         let (ws, names, source, dir) = (ws.clone(), names.to_vec(), source.clone(), work.clone());
-        let handle = std::thread::spawn(move || second_build(&ws, &names, &source, &dir));
+        let cancel = Cancel::default();
+        let stop = cancel.clone();
+        let handle = std::thread::spawn(move || second_build(&ws, &names, &source, &dir, &stop));
         SecondBuild {
             work,
             handle: Some(handle),
+            cancel,
         }
+    }
+
+    /// Stops the second build (its cargo is killed) and removes its
+    /// folder: every image's reproducibility is carried over from earlier
+    /// evidence of the same digest.
+    pub fn cancel(mut self) {
+        self.cancel.cancel();
+        let _ = self.wait();
     }
 
     /// The run's folder (the first build of `repro` goes in `first/`).
@@ -133,15 +146,18 @@ fn second_build(
     names: &[String],
     source: &SourceFacts,
     work: &Path,
+    cancel: &Cancel,
 ) -> Result<Vec<BuiltImage>> {
     let copy = work.join("copy");
     copy_tree(&ws.root, &copy)?;
+    cancel.check()?;
     let copy_ws = Workspace {
         root: copy.canonicalize()?,
     };
     let mut opts = options(&work.join("second"), true);
     opts.source = Some(source.clone());
     opts.cargo_umask = Some(UMASK);
+    opts.cancel = Some(cancel.clone());
     build::build(&copy_ws, names, &opts)
         .map(|r| r.images)
         .context("the second build (from a copy of the source tree)")

@@ -1,22 +1,20 @@
 //! `cargo xtask verify`: is this digest an accepted release of the lane?
 //!
-//! Two halves. [`fetch_evidence`] reads what is attached to a digest through
-//! a [`Store`] (the adapter). [`check`] is pure: the requested digest, the
+//! Two halves, both in `lane_core::verify`. [`fetch_evidence`] reads what
+//! is attached to a digest through a [`Store`] (the store is the adapter). [`check`] is pure: the requested digest, the
 //! attached envelopes and the policy in, every reason for refusal out. An
 //! empty list of reasons is the only way to `verified`.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::{Result, bail};
 
 use crate::adapters::registry::RegistryTarget;
 use crate::adapters::workspace::Workspace;
 
-use lane_core::evidence::{ANNOTATION_PREDICATE, MEDIA_DSSE, MEDIA_RELEASE_RECORD};
 use lane_core::gates::Policy;
 use lane_core::id::{Digest, Location, Reference, Repository, Target};
-use lane_core::store::{Store, parse_digest};
+use lane_core::store::Store;
 pub use lane_core::verify::*;
 
 /// Parses a reference (`lane_core::id::Reference`: `HOST[:PORT]/REPO@sha256:..`,
@@ -40,96 +38,6 @@ pub fn parse_digest_reference(text: &str) -> Result<(Location, Repository, Diges
         Err(_) if !text.contains('@') => bail!("{NEEDS_DIGEST}"),
         Err(e) => bail!("{e}"),
     }
-}
-
-/// Reads the evidence attached to `digest` in `repository`. Errors only when
-/// the store cannot be read at all; a damaged artifact is a problem listed
-/// in the result (and a reason for [`check`] to refuse).
-pub fn fetch_evidence(
-    store: &mut dyn Store,
-    repository: &Repository,
-    digest: &Digest,
-) -> Result<Evidence> {
-    fetch_manifest(store, repository, digest)?;
-    let mut out = Evidence::default();
-    for r in lane_core::store::referrers(store, repository, digest)? {
-        let artifact = r["digest"].as_str().unwrap_or_default().to_string();
-        let artifact_digest = match parse_digest(&r["digest"], "a referrers index entry") {
-            Ok(d) => d,
-            Err(e) => {
-                out.problems.push(format!("artifact {artifact:?}: {e:#}"));
-                continue;
-            }
-        };
-        let kind = r["artifactType"].as_str().unwrap_or_default();
-        // Signed statements (DSSE) and the signed SBOM (an in-toto statement
-        // in a DSSE envelope, artifactType application/spdx+json).
-        let signed = kind == MEDIA_DSSE || kind == lane_core::sbom::MEDIA_TYPE;
-        if !signed && kind != MEDIA_RELEASE_RECORD {
-            continue;
-        }
-        match read_artifact(store, repository, digest, &artifact_digest) {
-            Ok(bytes) => {
-                let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-                match (signed, parsed) {
-                    (true, Ok(envelope)) => out.envelopes.push(Envelope {
-                        artifact,
-                        annotated_predicate: r["annotations"][ANNOTATION_PREDICATE]
-                            .as_str()
-                            .map(str::to_string),
-                        envelope,
-                    }),
-                    (_, Ok(record)) => out.records.push(record),
-                    (_, Err(e)) => out
-                        .problems
-                        .push(format!("artifact {artifact} does not hold JSON: {e}")),
-                }
-            }
-            Err(e) => out.problems.push(format!("artifact {artifact}: {e:#}")),
-        }
-    }
-    Ok(out)
-}
-
-/// The single layer of an artifact manifest whose subject is `subject`.
-fn read_artifact(
-    store: &mut dyn Store,
-    repository: &Repository,
-    subject: &Digest,
-    artifact: &Digest,
-) -> Result<Vec<u8>> {
-    let manifest: Value = serde_json::from_slice(&fetch_manifest(store, repository, artifact)?)
-        .context("the artifact manifest is not JSON")?;
-    if manifest["subject"]["digest"] != subject.as_str() {
-        bail!(
-            "its manifest names subject {}, not {subject}",
-            manifest["subject"]["digest"]
-        );
-    }
-    let layer = parse_digest(
-        &manifest["layers"][0]["digest"],
-        "the artifact manifest's layer",
-    )?;
-    store.blob(repository, &layer)
-}
-
-/// The manifest stored under `digest`, checked to hash to it.
-pub fn fetch_manifest(
-    store: &mut dyn Store,
-    repository: &Repository,
-    digest: &Digest,
-) -> Result<Vec<u8>> {
-    let bytes = store
-        .manifest(repository, &Target::Digest(digest.clone()))?
-        .with_context(|| format!("{repository}@{digest} is not in {}", store.describe()))?;
-    if !digest.matches(&bytes) {
-        bail!(
-            "{} serves {repository}@{digest} with bytes that hash to {}",
-            store.describe(),
-            lane_core::layer::sha256(&bytes)
-        );
-    }
-    Ok(bytes)
 }
 
 /// Fetches and checks: the whole of `cargo xtask verify`.
