@@ -27,6 +27,9 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "build with every layer cached, no file fingerprint known (50 generated images)",
         "fresh checkout, only the registry cache warm (50 generated images)",
         "release of 6 generated images on base-cc",
+        "release after a README-only commit (6 generated images)",
+        "release after one of 6 generated images changed",
+        "release on a fresh runner, no change (6 generated images)",
     ] {
         case(want);
     }
@@ -84,6 +87,27 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     assert!(
         first.ends_with("(every blob uploaded, none mounted, by the registry's access log)"),
         "{first}"
+    );
+    // Evidence reuse (issue 25): a README-only commit compresses,
+    // uploads and smoke-tests nothing; one changed image of seven runs its
+    // gates, the other six carry theirs over; a fresh runner with the
+    // target store warm starts no smoke container.
+    let readme = note("release after a README-only commit", 0);
+    assert_eq!(
+        readme,
+        "README-only commit: 0 layers compressed, 0 blob bytes uploaded, 0 smoke containers started, 7 of 7 images carried their gates over"
+    );
+    let one = note("release after one of 6 generated images changed", 0);
+    assert!(
+        one.starts_with(
+            "one image (app-05) changed: 6 of 7 images carried their gates over, 1 ran every gate"
+        ),
+        "{one}"
+    );
+    let fresh_runner = note("release on a fresh runner, no change", 0);
+    assert!(
+        fresh_runner.contains(", 0 blob bytes uploaded, 0 smoke containers started, 7 of 7 images carried their gates over"),
+        "{fresh_runner}"
     );
     // An unchanged re-publish uploads no blob bytes.
     let again = note("publish again", 0);

@@ -271,6 +271,31 @@ fn a_commit_that_touches_no_input_keeps_every_digest_and_every_cached_layer() {
     f.commit("lock");
     let relocked = f.build_json(&["base-cc"]);
     assert_ne!(base(&relocked), base(&second), "the lock is an input");
+    // The base: hello on the relocked base-cc is another image.
+    let on_new_base = f.build_json(&["hello"]);
+    assert_ne!(
+        hello(&on_new_base),
+        hello(&file_changed),
+        "the base is an input"
+    );
+    // The binary cargo builds (from the sources, Cargo.lock and the
+    // toolchain): a changed source misses the binary's layer.
+    f.edit(
+        "images/hello/src/main.rs",
+        "println!(\"hello {}\", env!(\"CARGO_PKG_VERSION\"));",
+        "println!(\"hello, {}\", env!(\"CARGO_PKG_VERSION\"));",
+    );
+    f.commit("the binary's source");
+    let rebuilt = f.build_json(&["hello"]);
+    assert_ne!(
+        hello(&rebuilt),
+        hello(&on_new_base),
+        "the binary is an input"
+    );
+    let misses = image(&rebuilt, "hello")["cache"]["misses"]
+        .as_u64()
+        .unwrap();
+    assert!(misses >= 1, "{}", image(&rebuilt, "hello")["cache"]);
 
     // Stamping the revision is the policy's choice, and then every commit
     // changes the digest.

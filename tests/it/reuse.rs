@@ -248,3 +248,48 @@ fn forged_evidence_no_reuse_a_changed_policy_or_smoke_list_each_run_every_gate()
     );
     assert!(reused(&changed_smoke).is_empty(), "{changed_smoke}");
 }
+
+/// One image of two changed: the unchanged one carries its gates over, the
+/// changed one runs every gate, its reproducibility checked by a second
+/// build of that image alone.
+#[test]
+fn one_changed_image_of_two_runs_every_gate_and_the_other_carries_them_over() {
+    let (f, _keys, key) = signed_files_workspace("reuse-one", crate::verify::IMAGE);
+    let other = crate::verify::IMAGE
+        .replace("name = \"files\"", "name = \"other\"")
+        .replace("repository = \"test/files\"", "repository = \"test/other\"");
+    f.write("images/other/image.toml", &other);
+    f.write("images/other/data/one.txt", "other\n");
+    fs::copy(
+        f.path("images/files/data/ldconfig"),
+        f.path("images/other/data/ldconfig"),
+    )
+    .unwrap();
+    f.commit("a second image");
+    let release = || {
+        let (out, r) = f.release(None, &["--signing-key", key.as_str()]);
+        assert!(out.status.success(), "{}", show(&out));
+        r
+    };
+    let first = release();
+    let by = |r: &Value, name: &str| {
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["image"] == name)
+            .unwrap()
+            .clone()
+    };
+    f.write("images/other/data/one.txt", "changed\n");
+    f.commit("other changed");
+    let second = release();
+    let (files, changed) = (by(&second, "files"), by(&second, "other"));
+    assert_eq!(files["digest"], by(&first, "files")["digest"]);
+    assert_eq!(reused(&files), IMAGE_BOUND, "{files}");
+    assert_ne!(changed["digest"], by(&first, "other")["digest"]);
+    assert!(reused(&changed).is_empty(), "{changed}");
+    let repro = gate(&changed, "reproducible");
+    assert_eq!(repro["state"], "passed", "{repro}");
+    assert_eq!(repro["evidence"]["second"], changed["digest"], "{repro}");
+}

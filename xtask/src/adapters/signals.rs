@@ -48,7 +48,12 @@ pub fn install() {
                     // SAFETY: kill(2) of a process group this run started.
                     unsafe { libc::kill(-group, libc::SIGKILL) };
                 }
-                let removed = crate::adapters::cache::remove_own_temporaries();
+                // Twice: a background thread (the second build's copy)
+                // may have been writing into a folder the first pass
+                // removed.
+                let mut removed = crate::adapters::cache::remove_own_temporaries();
+                std::thread::sleep(Duration::from_millis(50));
+                removed += crate::adapters::cache::remove_own_temporaries();
                 let name = if sig == libc::SIGINT {
                     "SIGINT"
                 } else {

@@ -278,23 +278,12 @@ fn scale_checkout(root: &Path, images: usize) -> Result<Workspace> {
     commit_checkout(root)
 }
 
-/// Commits everything in `root` at a fixed date.
+/// Makes `root` a git repository with everything committed at a fixed date.
 fn commit_checkout(root: &Path) -> Result<Workspace> {
     let sh = xshell::Shell::new()?;
     sh.change_dir(root);
-    sh.set_var("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z");
-    sh.set_var("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z");
-    let id = [
-        "-c",
-        "user.name=bench",
-        "-c",
-        "user.email=bench@example.com",
-    ];
     xshell::cmd!(sh, "git init -q -b main").quiet().run()?;
-    xshell::cmd!(sh, "git {id...} add -A").quiet().run()?;
-    xshell::cmd!(sh, "git {id...} commit -q -m scale")
-        .quiet()
-        .run()?;
+    commit_change(root, "scale")?;
     Ok(Workspace {
         root: root.canonicalize()?,
     })
@@ -466,8 +455,8 @@ pub fn release_scale(
     if root.exists() {
         fs::remove_dir_all(&root)?;
     }
-    runtime_scale_workspace(checkout, &root, images)?;
-    let ws = commit_checkout(&root)?;
+    runtime_scale_workspace(checkout, &root, images).context("making the generated workspace")?;
+    let ws = commit_checkout(&root).context("committing the generated workspace")?;
     let (mut total, mut bare) = (Vec::new(), Vec::new());
     let mut notes = Vec::new();
     for _ in 0..runs {
@@ -475,7 +464,7 @@ pub fn release_scale(
         let mut opts = BuildOptions::for_workspace(&ws);
         opts.quiet = true;
         let t = Instant::now();
-        build::build(&ws, &[], &opts)?;
+        build::build(&ws, &[], &opts).context("the cold build of the generated workspace")?;
         bare.push(t.elapsed().as_secs_f64());
         let _ = fs::remove_dir_all(root.join("target"));
         let mut store = crate::adapters::local_store::LocalStore::new(
@@ -486,7 +475,8 @@ pub fn release_scale(
             ..Default::default()
         };
         let t = Instant::now();
-        let r = crate::commands::release::release(&ws, &ropts, &mut store)?;
+        let r = crate::commands::release::release(&ws, &ropts, &mut store)
+            .context("the release of the generated workspace")?;
         total.push(t.elapsed().as_secs_f64());
         if !r.accepted {
             bail!(
@@ -499,14 +489,7 @@ pub fn release_scale(
                 "{} images released (all accepted), every gate run on each",
                 r.images.len()
             ),
-            format!(
-                "stages: {}",
-                r.stages
-                    .iter()
-                    .map(|(n, s)| format!("{n} {s:.2} s"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            stages_note(&r),
         ];
     }
     let (lane, reference) = (Stat::of(total), Stat::of(bare));
@@ -519,6 +502,247 @@ pub fn release_scale(
         reference: Some(reference),
         notes,
     }])
+}
+
+/// Commits every change in `root` at a fixed date.
+fn commit_change(root: &Path, message: &str) -> Result<()> {
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(root);
+    sh.set_var("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z");
+    sh.set_var("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z");
+    let id = [
+        "-c",
+        "user.name=bench",
+        "-c",
+        "user.email=bench@example.com",
+    ];
+    xshell::cmd!(sh, "git {id...} add -A").quiet().run()?;
+    xshell::cmd!(sh, "git {id...} commit -q -m {message}")
+        .quiet()
+        .run()?;
+    Ok(())
+}
+
+/// A `git clone` of `from` at `to` (replaced): another runner's checkout,
+/// with an empty `target/`.
+fn clone_checkout(from: &Path, to: &Path) -> Result<Workspace> {
+    if to.exists() {
+        fs::remove_dir_all(to)?;
+    }
+    let sh = xshell::Shell::new()?;
+    xshell::cmd!(sh, "git clone -q {from} {to}").quiet().run()?;
+    Ok(Workspace {
+        root: to.canonicalize()?,
+    })
+}
+
+/// A signed release of `images` (all: empty) of `ws` into the local store
+/// at `store_dir`: (seconds, report); an error unless every image was
+/// accepted.
+fn signed_release(
+    ws: &Workspace,
+    store_dir: &Path,
+    signer: &lane_core::signing::Signer,
+    images: &[String],
+) -> Result<(f64, crate::commands::release::ReleaseReport)> {
+    let mut store = crate::adapters::local_store::LocalStore::new(store_dir.to_path_buf());
+    let opts = crate::commands::release::ReleaseOptions {
+        images: images.to_vec(),
+        quiet: true,
+        signer: Some(signer.clone()),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let r = crate::commands::release::release(ws, &opts, &mut store)?;
+    let secs = t.elapsed().as_secs_f64();
+    if !r.accepted {
+        bail!(
+            "a release of the generated workspace was rejected: {}",
+            crate::commands::release::summary(&r)
+        );
+    }
+    Ok((secs, r))
+}
+
+/// `stages: NAME SECONDS s, ...` of a release.
+fn stages_note(r: &crate::commands::release::ReleaseReport) -> String {
+    format!(
+        "stages: {}",
+        r.stages
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What a release did that evidence reuse avoids: (layers compressed,
+/// blob bytes uploaded, smoke gates run, images whose gates were carried
+/// over).
+fn release_work(r: &crate::commands::release::ReleaseReport) -> (u64, u64, usize, usize) {
+    let gate = |i: &crate::commands::release::ImageRelease, g: lane_core::gates::GateName| {
+        i.decision.gates.iter().find(|x| x.gate == g).cloned()
+    };
+    let mut out = (0, 0, 0, 0);
+    for i in &r.images {
+        out.0 += i.cache.misses;
+        out.1 += gate(i, lane_core::gates::GateName::PublishCrossCheck)
+            .and_then(|g| g.evidence["blobs"]["bytes_uploaded"].as_u64())
+            .unwrap_or(0);
+        match gate(i, lane_core::gates::GateName::Smoke) {
+            Some(g) if g.reused.is_some() => out.3 += 1,
+            _ => out.2 += 1,
+        }
+    }
+    out
+}
+
+/// Evidence reuse on the generated workspace (issue 25), signed releases
+/// into a local store outside the checkout (the target store): a commit
+/// that changes only README.md, then one changed image, against the first
+/// release; that one image released alone from a fresh checkout; and a
+/// fresh runner (new clone, empty `target/`, the store warm) with no
+/// change, against a cold build.
+fn release_reuse(checkout: &Path, work: &Path, runs: usize, images: usize) -> Result<Vec<Case>> {
+    let root = work.join("scale-reuse");
+    let store_dir = work.join("scale-reuse-store");
+    let key = lane_core::signing::generate()?;
+    let signer = lane_core::signing::Signer::from_pem(&key.private_pem, "the bench's key")?;
+    let changed = if images > SCALE_BASES {
+        format!("app-{:02}", images - 1)
+    } else {
+        "base-00".to_string()
+    };
+    let (mut first, mut readme, mut one, mut alone, mut fresh, mut cold) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut readme_note, mut one_note, mut fresh_note) =
+        (String::new(), String::new(), String::new());
+    let mut readme_stages = String::new();
+    for _ in 0..runs {
+        for d in [&root, &store_dir] {
+            if d.exists() {
+                fs::remove_dir_all(d)?;
+            }
+        }
+        runtime_scale_workspace(checkout, &root, images)
+            .context("making the generated workspace")?;
+        let policy = root.join("ci/release-policy.toml");
+        let text = fs::read_to_string(&policy)?;
+        if !text.contains("trusted_keys = []") {
+            bail!("{}: no empty trusted_keys list to fill", policy.display());
+        }
+        fs::write(
+            &policy,
+            text.replacen(
+                "trusted_keys = []",
+                &format!("trusted_keys = [\"\"\"\n{}\"\"\"]", key.public_pem),
+                1,
+            ),
+        )?;
+        let ws = commit_checkout(&root).context("committing the generated workspace")?;
+        let (t, _) =
+            signed_release(&ws, &store_dir, &signer, &[]).context("the first signed release")?;
+        first.push(t);
+
+        fs::write(root.join("README.md"), "# the generated workspace\n")?;
+        commit_change(&root, "README only")?;
+        let (t, r) = signed_release(&ws, &store_dir, &signer, &[])
+            .context("the release after a README-only commit")?;
+        readme.push(t);
+        let (compressed, uploaded, smoked, carried) = release_work(&r);
+        readme_note = format!(
+            "README-only commit: {compressed} layers compressed, {uploaded} blob bytes uploaded, {smoked} smoke containers started, {carried} of {} images carried their gates over",
+            r.images.len()
+        );
+        readme_stages = stages_note(&r);
+
+        let file = root.join("images").join(&changed).join("data/f0.txt");
+        let mut bytes = fs::read(&file)?;
+        bytes.extend_from_slice(b"one changed line\n");
+        fs::write(&file, bytes)?;
+        commit_change(&root, "one image changed")?;
+        let (t, r) = signed_release(&ws, &store_dir, &signer, &[])
+            .context("the release after one image changed")?;
+        one.push(t);
+        let (compressed, _, smoked, carried) = release_work(&r);
+        one_note = format!(
+            "one image ({changed}) changed: {carried} of {} images carried their gates over, {smoked} ran every gate, {compressed} layers compressed",
+            r.images.len()
+        );
+        // The same image released alone: a fresh checkout, empty target/
+        // and store, only that image (and its bases) built and gated.
+        let lone = clone_checkout(&root, &work.join("scale-reuse-alone"))?;
+        let (t, _) = signed_release(
+            &lone,
+            &work.join("scale-reuse-alone/target/store"),
+            &signer,
+            &[changed.clone()],
+        )
+        .context("the release of the changed image alone")?;
+        alone.push(t);
+
+        // A fresh runner, no change: a new clone with an empty target/,
+        // releasing into the warm store.
+        let runner = clone_checkout(&root, &work.join("scale-reuse-fresh"))?;
+        let (t, r) = signed_release(&runner, &store_dir, &signer, &[])
+            .context("the release on a fresh runner")?;
+        fresh.push(t);
+        let (compressed, uploaded, smoked, carried) = release_work(&r);
+        fresh_note = format!(
+            "fresh runner, no change: {compressed} layers compressed (its local cache is empty), {uploaded} blob bytes uploaded, {smoked} smoke containers started, {carried} of {} images carried their gates over",
+            r.images.len()
+        );
+        // The cold build of the same images on another new clone.
+        let other = clone_checkout(&root, &work.join("scale-reuse-cold"))?;
+        let mut opts = BuildOptions::for_workspace(&other);
+        opts.quiet = true;
+        let t = Instant::now();
+        build::build(&other, &[], &opts)?;
+        cold.push(t.elapsed().as_secs_f64());
+    }
+    let (first, cold) = (Stat::of(first), Stat::of(cold));
+    let case = |name: String, lane: Vec<f64>, tool: &str, reference: &Stat, notes: Vec<String>| {
+        let lane = Stat::of(lane);
+        Case {
+            name,
+            unit: "seconds".into(),
+            ratio: Some(ratio(&lane, reference)),
+            lane,
+            reference_tool: tool.into(),
+            reference: Some(reference.clone()),
+            notes,
+        }
+    };
+    let alone = Stat::of(alone);
+    Ok(vec![
+        case(
+            format!("release after a README-only commit ({images} generated images)"),
+            readme,
+            "the first release of the same images",
+            &first,
+            vec![readme_note, readme_stages],
+        ),
+        case(
+            format!("release after one of {images} generated images changed"),
+            one,
+            "the release of that image alone, from a fresh checkout",
+            &alone,
+            vec![one_note],
+        ),
+        case(
+            format!("release on a fresh runner, no change ({images} generated images)"),
+            fresh,
+            "a cold build of the same images",
+            &cold,
+            vec![fresh_note],
+        ),
+    ])
 }
 
 /// The entries of a layer holding `dir` under `/data`, as the lane would
@@ -704,12 +928,9 @@ pub fn bench(ws: &Workspace, quick: bool, only: &[CaseGroup]) -> Result<BenchRep
     }
     if on(CaseGroup::ReleaseScale) {
         // --quick releases 6 of the generated images (5 bases, one image).
-        cases.extend(release_scale(
-            &ws.root,
-            &work,
-            runs,
-            if quick { SCALE_BASES + 1 } else { 50 },
-        )?);
+        let images = if quick { SCALE_BASES + 1 } else { 50 };
+        cases.extend(release_scale(&ws.root, &work, runs, images)?);
+        cases.extend(release_reuse(&ws.root, &work, runs, images)?);
     }
     if on(CaseGroup::Memory) {
         cases.extend(peak_memory(&work, runs, quick)?);

@@ -706,6 +706,9 @@ fn build_image(
     // The pinned Debian packages come first (verified before use), then
     // the image's own layers, each through the action cache.
     let mut layers = Vec::new();
+    if let Some(c) = &ctx.opts.cancel {
+        c.check()?;
+    }
     if spec.debian.is_some() {
         let entries = crate::adapters::apt::layer_entries(&ctx.ws.root, &ctx.opts.cache_dir, spec)?;
         let created_by = "cargo xtask build: Debian packages of lockfiles/debian.lock".to_string();
@@ -1012,6 +1015,9 @@ fn write_layout(cache: &Cache, layout: &Path, docs: &oci::ImageDocs) -> Result<(
 /// Plans and executes in one go.
 pub fn build(ws: &Workspace, names: &[String], opts: &BuildOptions) -> Result<BuildReport> {
     let (plan, git) = plan(ws, names, opts)?;
+    if let Some(c) = &opts.cancel {
+        c.check()?;
+    }
     let (images, shared_cache) = execute_shared(ws, &plan, opts)?;
     Ok(BuildReport {
         images,

@@ -245,10 +245,27 @@ pub fn release(
         .map(|image| earlier_proof(&facts, image, store, opts.no_reuse, &progress))
         .collect();
     stages.end("gates: earlier evidence");
-    if !proofs.is_empty() && proofs.iter().all(Option::is_some) {
+    let needed: Vec<String> = released
+        .iter()
+        .zip(&proofs)
+        .filter(|(_, p)| p.is_none())
+        .map(|(i, _)| i.name.clone())
+        .collect();
+    if needed.is_empty() && !released.is_empty() {
         progress
             .say("gates: reproducible carried over for every image; the second build is stopped");
         pending.cancel_second_build();
+    } else if needed.len() < released.len() {
+        // Only the images without an earlier proof (and their bases) are
+        // built a second time.
+        progress.say(format_args!(
+            "gates: reproducible carried over for {} image(s); the second build restarts for {} only",
+            released.len() - needed.len(),
+            needed.join(", ")
+        ));
+        if let Some(source) = &facts.built.source {
+            pending.restrict_second_build(ws, &needed, source);
+        }
     }
     // The image checks, the candidates' publish and their statements run
     // while the second build and the lock check finish in the background.
@@ -360,6 +377,19 @@ impl Pending {
         if let Some(second) = self.second.take() {
             second.cancel();
         }
+    }
+
+    /// Stops the second build and starts one of `names` only.
+    pub fn restrict_second_build(
+        &mut self,
+        ws: &Workspace,
+        names: &[String],
+        source: &lane_core::oci::SourceFacts,
+    ) {
+        self.cancel_second_build();
+        self.second = Some(crate::commands::repro::SecondBuild::start_only(
+            ws, names, source,
+        ));
     }
 
     /// Waits for both and fills in `facts.repro` and `facts.stale`.

@@ -70,6 +70,9 @@ pub struct SecondBuild {
     work: PathBuf,
     handle: Option<JoinHandle<Result<Vec<BuiltImage>>>>,
     cancel: Cancel,
+    /// Builds only some of the first build's images (and their bases):
+    /// the others are not compared.
+    restricted: bool,
 }
 
 impl SecondBuild {
@@ -90,7 +93,17 @@ impl SecondBuild {
             work,
             handle: Some(handle),
             cancel,
+            restricted: false,
         }
+    }
+
+    /// [`SecondBuild::start`] of only `names` (with their workspace
+    /// bases): [`SecondBuild::compare`] then compares the images it built
+    /// and leaves the others out.
+    pub fn start_only(ws: &Workspace, names: &[String], source: &SourceFacts) -> SecondBuild {
+        let mut second = SecondBuild::start(ws, names, source);
+        second.restricted = true;
+        second
     }
 
     /// Stops the second build (its cargo is killed) and removes its
@@ -110,7 +123,15 @@ impl SecondBuild {
     /// is removed unless the builds differ (kept for inspection).
     pub fn compare(mut self, first: &[BuiltImage]) -> Result<ReproReport> {
         let second = self.wait();
-        let report = second.and_then(|second| compare(first, &second));
+        let restricted = self.restricted;
+        let report = second.and_then(|second| {
+            let compared: Vec<BuiltImage> = first
+                .iter()
+                .filter(|a| !restricted || second.iter().any(|b| b.name == a.name))
+                .cloned()
+                .collect();
+            compare(&compared, &second)
+        });
         if report.as_ref().is_ok_and(|r| !r.reproducible) {
             self.work = PathBuf::new(); // kept
         }
@@ -149,7 +170,7 @@ fn second_build(
     cancel: &Cancel,
 ) -> Result<Vec<BuiltImage>> {
     let copy = work.join("copy");
-    copy_tree(&ws.root, &copy)?;
+    copy_tree(&ws.root, &copy, cancel)?;
     cancel.check()?;
     let copy_ws = Workspace {
         root: copy.canonicalize()?,
@@ -207,11 +228,18 @@ pub fn compare(first: &[BuiltImage], second: &[BuiltImage]) -> Result<ReproRepor
 /// creating them fresh as under umask 077 (files 0600 or 0700, folders
 /// 0700), without changing the process's umask, and giving each a
 /// different mtime.
-fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
+fn copy_tree(root: &Path, dest: &Path, cancel: &Cancel) -> Result<()> {
+    // Folders are made below `dest` only: if `dest` is gone (the run was
+    // interrupted and its temporaries removed), the copy stops instead of
+    // making the removed folder again.
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mkdir = |dir: &Path| -> Result<()> {
         let mut missing = Vec::new();
         let mut d = dir;
         while !d.exists() {
+            if d == dest {
+                bail!("{} was removed: the copy stops", dest.display());
+            }
             missing.push(d.to_path_buf());
             match d.parent() {
                 Some(p) => d = p,
@@ -228,6 +256,9 @@ fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
         .iter()
         .enumerate()
     {
+        if i % 64 == 0 {
+            cancel.check()?;
+        }
         let from = root.join(rel);
         let Ok(meta) = fs::symlink_metadata(&from) else {
             continue;
