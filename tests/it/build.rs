@@ -601,3 +601,47 @@ fn layer_digests_are_those_of_the_lane_before_the_restructure() {
     assert_eq!(hello[0], pair(DEBIAN));
     assert_eq!(hello[2], pair(HELLO_CONFIG));
 }
+
+/// Issue 27, finding 3: a source that is a link into `.git/` (a CI
+/// checkout's token header lives in .git/config) or into `target/` (where
+/// keygen writes the private key) is refused, the link and its target
+/// named; nothing is built or cached.
+#[test]
+fn links_into_git_or_target_are_refused_and_nothing_is_built() {
+    for (label, target) in [
+        ("link-git", "../../../.git/config"),
+        ("link-target", "../../../target/keys/release-signing.key"),
+    ] {
+        let f = crate::support::Fixture::with_files(
+            label,
+            &[
+                (
+                    "images/files/image.toml",
+                    "name = \"files\"\nrepository = \"test/files\"\n\n[[layer]]\nname = \"data\"\nfiles = [{ src = \"data\", dest = \"/srv\" }]\n",
+                ),
+                ("images/files/data/one.txt", "one\n"),
+                ("Cargo.lock", "version = 4\n"),
+            ],
+        );
+        std::fs::create_dir_all(f.path("target/keys")).unwrap();
+        std::fs::write(f.path("target/keys/release-signing.key"), "PRIVATE\n").unwrap();
+        std::os::unix::fs::symlink(target, f.path("images/files/data/leak")).unwrap();
+        let err = f.fails(&["build"]);
+        assert!(
+            err.contains("images/files/data/leak") && err.contains("never packaged"),
+            "{label}: {err}"
+        );
+        assert!(
+            !f.path("target/images/files").exists(),
+            "{label}: a layout was written"
+        );
+        assert!(
+            !f.path("target/lane-cache/blobs").exists()
+                || std::fs::read_dir(f.path("target/lane-cache/blobs"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "{label}: a blob was cached"
+        );
+    }
+}

@@ -212,6 +212,14 @@ fn forged_evidence_no_reuse_a_changed_policy_or_smoke_list_each_run_every_gate()
     );
     assert_eq!(first["digest"], forged["images"][0]["digest"]);
 
+    // audit keeps the forged release apart: a claim, not a fact.
+    let out = f.ok(&["audit", first["reference"].as_str().unwrap(), "--json"]);
+    let a: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["releases"].as_array().unwrap().len(), 1, "{a}");
+    let unverified = a["unverified_releases"].as_array().unwrap();
+    assert_eq!(unverified.len(), 1, "{a}");
+    assert_eq!(unverified[0]["signature"], "untrusted", "{a}");
+
     // The same inputs now: carried over.
     let again = release(&[]);
     assert_eq!(reused(&again), IMAGE_BOUND, "{again}");

@@ -37,9 +37,13 @@ pub struct Audit {
     /// The gate statement's overall result (`PASSED`, `FAILED`, or null).
     pub gate_result: Value,
     /// Every release of this digest, oldest first: one provenance statement
-    /// each (a digest whose inputs did not change is released again by
-    /// later commits, its image-bound gates carried over).
+    /// each, signed by a key the policy trusts (a digest whose inputs did
+    /// not change is released again by later commits, its image-bound
+    /// gates carried over).
     pub releases: Vec<ReleaseOf>,
+    /// Provenance statements attached to the digest that are unsigned or
+    /// signed by a key the policy does not trust: claims, not facts.
+    pub unverified_releases: Vec<ReleaseOf>,
     pub verification: Verification,
 }
 
@@ -230,23 +234,8 @@ pub fn audit(
             .collect(),
         gates,
         gate_result: p["result"].clone(),
-        releases: verdict
-            .statements
-            .iter()
-            .filter(|s| s.predicate_type == SLSA_PROVENANCE_V1)
-            .map(|s| {
-                let p = &s.statement["predicate"];
-                ReleaseOf {
-                    revision: p["buildDefinition"]["externalParameters"]["source"]["revision"]
-                        .clone(),
-                    builder: p["runDetails"]["builder"]["id"].clone(),
-                    invocation: p["runDetails"]["metadata"]["invocationId"].clone(),
-                    started_on: p["runDetails"]["metadata"]["startedOn"].clone(),
-                    artifact: s.artifact.clone(),
-                    signature: s.signature.clone(),
-                }
-            })
-            .collect(),
+        releases: releases_of(&verdict, true),
+        unverified_releases: releases_of(&verdict, false),
         verification: Verification {
             verified: verdict.verified,
             reasons: verdict.reasons.clone(),
@@ -257,6 +246,28 @@ pub fn audit(
                 .collect(),
         },
     })
+}
+
+/// The releases of a verdict's provenance statements, oldest first: those
+/// signed by a trusted key (`trusted`), or the others.
+fn releases_of(verdict: &verify::Verdict, trusted: bool) -> Vec<ReleaseOf> {
+    verdict
+        .statements
+        .iter()
+        .filter(|s| s.predicate_type == SLSA_PROVENANCE_V1)
+        .filter(|s| s.signature.starts_with("trusted:") == trusted)
+        .map(|s| {
+            let p = &s.statement["predicate"];
+            ReleaseOf {
+                revision: p["buildDefinition"]["externalParameters"]["source"]["revision"].clone(),
+                builder: p["runDetails"]["builder"]["id"].clone(),
+                invocation: p["runDetails"]["metadata"]["invocationId"].clone(),
+                started_on: p["runDetails"]["metadata"]["startedOn"].clone(),
+                artifact: s.artifact.clone(),
+                signature: s.signature.clone(),
+            }
+        })
+        .collect()
 }
 
 fn s(v: &Value) -> String {
@@ -329,21 +340,31 @@ pub fn summary(a: &Audit) -> String {
         ));
     }
     o.push_str(&format!(
-        "releases {} of this digest, oldest first\n",
+        "releases {} of this digest (signed by a trusted key), oldest first\n",
         a.releases.len()
     ));
     for r in &a.releases {
         o.push_str(&format!(
-            "         {} {} by {}{}\n",
+            "         {} {} by {}\n",
             s(&r.started_on),
             s(&r.revision),
-            s(&r.builder),
-            if r.signature.starts_with("trusted:") {
-                String::new()
-            } else {
-                format!(" ({}: not a fact)", r.signature.to_uppercase())
-            }
+            s(&r.builder)
         ));
+    }
+    if !a.unverified_releases.is_empty() {
+        o.push_str(&format!(
+            "unverified {} provenance statement(s) not signed by a trusted key: claims, not facts\n",
+            a.unverified_releases.len()
+        ));
+        for r in &a.unverified_releases {
+            o.push_str(&format!(
+                "         {} {} by {} ({})\n",
+                s(&r.started_on),
+                s(&r.revision),
+                s(&r.builder),
+                r.signature
+            ));
+        }
     }
     if a.verification.verified {
         o.push_str("verify   VERIFIED\n");

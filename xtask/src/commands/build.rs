@@ -484,6 +484,23 @@ fn inside_workspace(root: &Path, path: &Path, at: &str) -> Result<PathBuf> {
             real.display()
         );
     }
+    // git's own folder (a CI checkout keeps its token header in
+    // .git/config) and target/ (keygen's private key, the caches) are
+    // never an image's source, whatever a link says.
+    let rel = real.strip_prefix(root).unwrap_or(&real);
+    let private = rel.components().any(|c| c.as_os_str() == ".git") || rel.starts_with("target");
+    if private {
+        bail!(
+            "{at}: {} leads to {}, inside {}: .git/ and target/ hold credentials and keys and are never packaged; put the file in the image's folder",
+            path.display(),
+            real.display(),
+            if rel.starts_with("target") {
+                "target/"
+            } else {
+                ".git/"
+            }
+        );
+    }
     Ok(real)
 }
 
