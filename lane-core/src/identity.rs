@@ -45,6 +45,16 @@ pub const ALGORITHMS: &[&str] = &["RS256", "ES256"];
 /// An OIDC endpoint the lane may talk to: `https://`, or plain `http://` on
 /// a loopback address only (a test issuer).
 pub fn check_endpoint(url: &str) -> std::result::Result<(), String> {
+    // `http://[::1]@HOST/` connects to HOST: userinfo would let a URL look
+    // like loopback (or like another host) while naming another one.
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    });
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?} holds userinfo (user@host): refused, it hides which host is reached; write the URL without it"
+        ));
+    }
     if let Some(rest) = url.strip_prefix("https://") {
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("{url:?} names no host"));
@@ -65,6 +75,54 @@ pub fn check_endpoint(url: &str) -> std::result::Result<(), String> {
         ));
     }
     Err(format!("{url:?} is not an https URL"))
+}
+
+/// What is wrong with a token's time claims at `now`: `exp` missing or
+/// passed, `nbf` or `iat` in the future (each with [`LEEWAY_SECS`]), or any
+/// of them not an integer (a float `nbf` a year ahead must not read as
+/// absent and skip the check).
+fn time_problems(claims: &Map<String, Value>, now: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    // NumericDate claims are integers: a float `nbf` a year ahead must not
+    // read as absent and skip the check.
+    for k in ["exp", "nbf", "iat"] {
+        if claims.get(k).is_some_and(|v| v.as_i64().is_none()) {
+            problems.push(format!(
+                "the token's {k} claim is {}, not an integer number of seconds: refused",
+                claims[k]
+            ));
+        }
+    }
+    let number = |k: &str| claims.get(k).and_then(Value::as_i64);
+    match number("exp") {
+        None => problems.push("the token has no exp (expiry) claim: refused".into()),
+        Some(exp) if now > exp + LEEWAY_SECS => problems.push(format!(
+            "the token expired at {} ({} s before this machine's clock, {}; leeway {LEEWAY_SECS} s): request a fresh token; if it was just issued, this machine's clock is {} s ahead, so fix its time (NTP)",
+            time(exp),
+            now - exp,
+            time(now),
+            now - exp
+        )),
+        Some(_) => {}
+    }
+    // `nbf`, else `iat`: one message for a token from the future.
+    let future = [("nbf", "is not valid before"), ("iat", "was issued at")]
+        .into_iter()
+        .find_map(|(claim, what)| {
+            number(claim)
+                .filter(|t| *t > now + LEEWAY_SECS)
+                .map(|t| (claim, what, t))
+        });
+    if let Some((claim, what, t)) = future {
+        problems.push(format!(
+            "the token {what} {} ({claim}), {} s after this machine's clock ({}; leeway {LEEWAY_SECS} s): this machine's clock is behind the issuer's by about {} s; fix its time (NTP)",
+            time(t),
+            t - now,
+            time(now),
+            t - now
+        ));
+    }
+    problems
 }
 
 /// Checks one `[builder] trusted` entry: a workflow identity URI
@@ -333,35 +391,7 @@ pub fn verify_token(
             expected.audience
         ));
     }
-    let number = |k: &str| claims.get(k).and_then(Value::as_i64);
-    match number("exp") {
-        None => problems.push("the token has no exp (expiry) claim: refused".into()),
-        Some(exp) if expected.now > exp + LEEWAY_SECS => problems.push(format!(
-            "the token expired at {} ({} s before this machine's clock, {}; leeway {LEEWAY_SECS} s): request a fresh token; if it was just issued, this machine's clock is {} s ahead, so fix its time (NTP)",
-            time(exp),
-            expected.now - exp,
-            time(expected.now),
-            expected.now - exp
-        )),
-        Some(_) => {}
-    }
-    // `nbf`, else `iat`: one message for a token from the future.
-    let future = [("nbf", "is not valid before"), ("iat", "was issued at")]
-        .into_iter()
-        .find_map(|(claim, what)| {
-            number(claim)
-                .filter(|t| *t > expected.now + LEEWAY_SECS)
-                .map(|t| (claim, what, t))
-        });
-    if let Some((claim, what, t)) = future {
-        problems.push(format!(
-            "the token {what} {} ({claim}), {} s after this machine's clock ({}; leeway {LEEWAY_SECS} s): this machine's clock is behind the issuer's by about {} s; fix its time (NTP)",
-            time(t),
-            t - expected.now,
-            time(expected.now),
-            t - expected.now
-        ));
-    }
+    problems.extend(time_problems(&claims, expected.now));
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
@@ -624,6 +654,15 @@ mod tests {
         assert!(check_endpoint("http://127.0.0.1.example.com/").is_err());
         assert!(check_endpoint("ftp://x").is_err());
         assert!(check_endpoint("https://").is_err());
+        // Userinfo hides the host reached (issue 27, finding 6).
+        for url in [
+            "http://[::1]@issuer.example.com:80/",
+            "http://localhost:1@issuer.example.com/",
+            "https://user@issuer.example.com/",
+        ] {
+            let e = check_endpoint(url).unwrap_err();
+            assert!(e.contains("userinfo"), "{url}: {e}");
+        }
     }
 
     #[test]
@@ -675,6 +714,25 @@ mod tests {
         verify_token(token, jwks, "https://issuer.example.com/jwks", e)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn time_claims_must_be_integers() {
+        let now = 2_000_000_000;
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        let ok = claims(json!({ "exp": now + 60, "iat": now, "nbf": now }));
+        assert!(time_problems(&ok, now).is_empty());
+        // A float nbf a year ahead (issue 27, finding 8): refused.
+        let float =
+            claims(json!({ "exp": now + 60, "iat": now, "nbf": (now + 31_536_000) as f64 + 0.5 }));
+        let p = time_problems(&float, now);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("nbf claim is") && p.contains("not an integer")),
+            "{p:?}"
+        );
+        let p = time_problems(&claims(json!({ "exp": "soon" })), now);
+        assert!(p.iter().any(|p| p.contains("exp claim")), "{p:?}");
     }
 
     #[test]

@@ -527,11 +527,12 @@ fn apt_download(dir: &Path, specs: &[String]) -> Result<std::result::Result<(), 
     sh.change_dir(dir);
     // Output is captured: apt's warnings (e.g. about its sandbox user)
     // appear only when the download fails.
-    let out = cmd!(sh, "apt-get download -q {specs...}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("running apt-get download")?;
+    // Killed with the work it serves when that is cancelled (the
+    // reproducible gate's second build, no longer needed).
+    let out = crate::adapters::workspace::output_cancellable(
+        cmd!(sh, "apt-get download -q {specs...}").quiet().into(),
+    )
+    .context("running apt-get download")?;
     Ok(if out.status.success() {
         Ok(())
     } else {

@@ -548,6 +548,87 @@ impl Cancel {
         }
         Ok(())
     }
+
+    /// Runs `f` with `cancel` as this thread's current one: the programs
+    /// it runs through [`output_cancellable`] are killed when it is
+    /// cancelled (`build::in_parallel` hands it to its threads).
+    pub fn scope<R>(cancel: Option<&Cancel>, f: impl FnOnce() -> R) -> R {
+        let previous = CURRENT.replace(cancel.cloned());
+        let r = f();
+        CURRENT.set(previous);
+        r
+    }
+
+    /// This thread's current cancel, if any ([`Cancel::scope`]).
+    pub fn current() -> Option<Cancel> {
+        CURRENT.with_borrow(|c| c.clone())
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `c` and captures its output, as `Command::output`; under a current
+/// [`Cancel`] ([`Cancel::scope`]) it runs in a process group of its own,
+/// killed when that is cancelled (an error then).
+pub fn output_cancellable(mut c: std::process::Command) -> Result<std::process::Output> {
+    let Some(cancel) = Cancel::current() else {
+        return Ok(c.output()?);
+    };
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    c.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    let group = child.id() as i32;
+    crate::adapters::signals::own_group(group);
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        if cancel.is_cancelled() {
+            // SAFETY: kill(2) with a negative pid signals the group we made.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            break Err(anyhow::anyhow!("cancelled: no longer needed"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    crate::adapters::signals::disown_group(group);
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    Ok(std::process::Output {
+        status: status?,
+        stdout,
+        stderr,
+    })
 }
 
 /// Runs `c` in a process group of its own, so that a cancel kills it and

@@ -681,15 +681,19 @@ pub fn in_parallel<T: Sync, R: Send>(
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    // The caller's cancel (a stopped second build) reaches the threads.
+    let cancel = workspace::Cancel::current();
     std::thread::scope(|s| {
         for _ in 0..jobs.min(items.len()) {
             s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some(item) = items.get(i) else { break };
-                    let r = f(item);
-                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                }
+                workspace::Cancel::scope(cancel.as_ref(), || {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(item) = items.get(i) else { break };
+                        let r = f(item);
+                        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                    }
+                })
             });
         }
     });

@@ -297,7 +297,7 @@ pub fn release(
             &mut stages,
         )?);
     }
-    pending.finish(&mut facts, &progress, &mut stages);
+    let stopped = pending.finish(&mut facts, &progress, &mut stages);
     // The opt-in security-age gate: what the index offers today, by the
     // policy's choice only.
     let security = facts.policy.security_update_max_age_days.map(|days| {
@@ -337,6 +337,12 @@ pub fn release(
         )?);
         stages.end("provenance, evidence, accept/reject");
     }
+    // A stopped second build that was still downloading ends here, after
+    // the release's own work.
+    if !stopped.is_empty() {
+        drop(stopped);
+        stages.end("second build stopping (waiting)");
+    }
     let accepted = images.iter().all(|i| i.accepted);
     let tags_held = images.iter().all(|i| i.tag_checks.iter().all(|t| t.held));
     Ok(ReleaseReport {
@@ -368,6 +374,8 @@ pub fn release(
 /// and published: the independent second build and `lock --check`.
 pub struct Pending {
     second: Option<crate::commands::repro::SecondBuild>,
+    /// Second builds told to stop, waited for only when the release ends.
+    stopped: Vec<crate::commands::repro::SecondBuild>,
     lock: std::thread::JoinHandle<Result<Vec<String>>>,
 }
 
@@ -375,7 +383,7 @@ impl Pending {
     /// Stops the second build: no image needs it.
     pub fn cancel_second_build(&mut self) {
         if let Some(second) = self.second.take() {
-            second.cancel();
+            self.stopped.push(second.stop());
         }
     }
 
@@ -393,7 +401,14 @@ impl Pending {
     }
 
     /// Waits for both and fills in `facts.repro` and `facts.stale`.
-    pub fn finish(self, facts: &mut Facts, progress: &Reporter, stages: &mut Stages) {
+    /// Returns the stopped second builds: dropping them (when the release
+    /// is done) waits for them to end and removes their folders.
+    pub fn finish(
+        self,
+        facts: &mut Facts,
+        progress: &Reporter,
+        stages: &mut Stages,
+    ) -> Vec<crate::commands::repro::SecondBuild> {
         facts.repro = match self.second {
             Some(second) => {
                 progress.say("gates: reproducible (waiting for the second build)");
@@ -413,6 +428,7 @@ impl Pending {
             Err(_) => vec!["the lock check's thread panicked".to_string()],
         };
         stages.end("gate: pinned inputs (waiting)");
+        self.stopped
     }
 }
 
@@ -475,6 +491,7 @@ pub fn collect(
     };
     let pending = Pending {
         second: Some(second),
+        stopped: Vec::new(),
         lock,
     };
 

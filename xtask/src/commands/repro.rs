@@ -114,6 +114,15 @@ impl SecondBuild {
         let _ = self.wait();
     }
 
+    /// Tells the second build to stop at its next step and returns at
+    /// once: dropping it later waits for it and removes its folder (a
+    /// download already running finishes meanwhile, while the caller goes
+    /// on).
+    pub fn stop(self) -> SecondBuild {
+        self.cancel.cancel();
+        self
+    }
+
     /// The run's folder (the first build of `repro` goes in `first/`).
     pub fn work(&self) -> &Path {
         &self.work
@@ -179,7 +188,7 @@ fn second_build(
     opts.source = Some(source.clone());
     opts.cargo_umask = Some(UMASK);
     opts.cancel = Some(cancel.clone());
-    build::build(&copy_ws, names, &opts)
+    Cancel::scope(Some(cancel), || build::build(&copy_ws, names, &opts))
         .map(|r| r.images)
         .context("the second build (from a copy of the source tree)")
 }
