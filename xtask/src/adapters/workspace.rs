@@ -526,6 +526,30 @@ pub fn cargo_build(
     Ok(())
 }
 
+/// Waits for `child` (the leader of process group `group`), killing the
+/// group when `cancel` is set; the group is forgotten by the signal
+/// handler either way.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    group: i32,
+    cancel: &Cancel,
+) -> Result<std::process::ExitStatus> {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        if cancel.is_cancelled() {
+            // SAFETY: kill(2) with a negative pid signals the group we made.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            break Err(anyhow::anyhow!("cancelled: no longer needed"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    crate::adapters::signals::disown_group(group);
+    status
+}
+
 /// A flag that stops background work that is no longer needed (the
 /// reproducible gate's second build, when every image's earlier proof is
 /// carried over): checked between steps, and a running cargo is killed.
@@ -607,19 +631,7 @@ pub fn output_cancellable(mut c: std::process::Command) -> Result<std::process::
             .take()
             .map(|r| Box::new(r) as Box<dyn Read + Send>),
     );
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Ok(status);
-        }
-        if cancel.is_cancelled() {
-            // SAFETY: kill(2) with a negative pid signals the group we made.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-            let _ = child.wait();
-            break Err(anyhow::anyhow!("cancelled: no longer needed"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    crate::adapters::signals::disown_group(group);
+    let status = wait_or_kill(&mut child, group, &cancel);
     let (stdout, stderr) = (
         out.join().unwrap_or_default(),
         err.join().unwrap_or_default(),
@@ -642,18 +654,6 @@ fn run_cancellable(
     let mut child = c.spawn()?;
     let group = child.id() as i32;
     crate::adapters::signals::own_group(group);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Ok(status);
-        }
-        if cancel.is_cancelled() {
-            // SAFETY: kill(2) with a negative pid signals the group we made.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-            let _ = child.wait();
-            break Err(anyhow::anyhow!("cancelled: no longer needed"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    crate::adapters::signals::disown_group(group);
+    let status = wait_or_kill(&mut child, group, cancel);
     status
 }
