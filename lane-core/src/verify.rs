@@ -80,6 +80,16 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The newest statement of a predicate type signed by a key the policy
+    /// trusts: what `audit` may show as fact.
+    pub fn trusted_statement(&self, predicate_type: &str) -> Option<&Value> {
+        self.statements
+            .iter()
+            .rev()
+            .find(|s| s.predicate_type == predicate_type && s.signature.starts_with("trusted:"))
+            .map(|s| &s.statement)
+    }
+
     /// The newest statement of a predicate type.
     pub fn statement(&self, predicate_type: &str) -> Option<&Value> {
         self.statements

@@ -255,6 +255,38 @@ fn forged_evidence_no_reuse_a_changed_policy_or_smoke_list_each_run_every_gate()
         "the smoke list is not in the image"
     );
     assert!(reused(&changed_smoke).is_empty(), "{changed_smoke}");
+
+    // Issue 27, acceptance 4: a newer provenance with another source,
+    // signed by a key the policy does not trust, does not change what
+    // audit shows as fact.
+    let trusted_rev = crate::support::git(&f.root, &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    f.write("README.md", "forged origin\n");
+    f.commit("a commit the intruder releases");
+    let forged_rev = crate::support::git(&f.root, &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    let (out, _) = f.release(None, &["--signing-key", forged_key]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = f.ok(&["audit", first["reference"].as_str().unwrap(), "--json"]);
+    let a: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["source"]["revision"], trusted_rev.as_str(), "{a}");
+    let unverified: Vec<&str> = a["unverified_releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_str().unwrap())
+        .collect();
+    assert!(unverified.contains(&forged_rev.as_str()), "{a}");
+    assert!(
+        a["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["revision"] != forged_rev.as_str()),
+        "{a}"
+    );
 }
 
 /// One image of two changed: the unchanged one carries its gates over, the

@@ -149,12 +149,15 @@ pub fn audit(
         }
     }
 
+    // Facts only from statements signed by a trusted key: an unsigned or
+    // untrusted statement is listed under `verification.statements` and
+    // `unverified_releases`, never shown as the origin.
     let prov = verdict
-        .statement(SLSA_PROVENANCE_V1)
+        .trusted_statement(SLSA_PROVENANCE_V1)
         .cloned()
         .unwrap_or(Value::Null);
     let gates_st = verdict
-        .statement(TEST_RESULT_V01)
+        .trusted_statement(TEST_RESULT_V01)
         .cloned()
         .unwrap_or(Value::Null);
     let def = &prov["predicate"]["buildDefinition"];
@@ -281,6 +284,7 @@ fn s(v: &Value) -> String {
 /// The one-screen human answer.
 pub fn summary(a: &Audit) -> String {
     let mut o = String::new();
+    o.push_str("(source, lane and gates come only from statements signed by a trusted key; '-' where there is none)\n");
     if let Some(t) = &a.tag {
         o.push_str(&format!(
             "tag {}:{} resolves NOW to {}\n",
