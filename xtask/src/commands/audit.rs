@@ -347,13 +347,21 @@ pub fn summary(a: &Audit) -> String {
         "releases {} of this digest (signed by a trusted key), oldest first\n",
         a.releases.len()
     ));
-    for r in &a.releases {
-        o.push_str(&format!(
-            "         {} {} by {}\n",
+    let line = |r: &ReleaseOf, signature: bool| {
+        format!(
+            "         {} {} by {}{}\n",
             s(&r.started_on),
             s(&r.revision),
-            s(&r.builder)
-        ));
+            s(&r.builder),
+            if signature {
+                format!(" ({})", r.signature)
+            } else {
+                String::new()
+            }
+        )
+    };
+    for r in &a.releases {
+        o.push_str(&line(r, false));
     }
     if !a.unverified_releases.is_empty() {
         o.push_str(&format!(
@@ -361,13 +369,7 @@ pub fn summary(a: &Audit) -> String {
             a.unverified_releases.len()
         ));
         for r in &a.unverified_releases {
-            o.push_str(&format!(
-                "         {} {} by {} ({})\n",
-                s(&r.started_on),
-                s(&r.revision),
-                s(&r.builder),
-                r.signature
-            ));
+            o.push_str(&line(r, true));
         }
     }
     if a.verification.verified {
