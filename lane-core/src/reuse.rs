@@ -183,25 +183,27 @@ fn proof(
     if p["result"] != "PASSED" {
         return Err("a rejected release".into());
     }
-    let config = p["configuration"].as_array().cloned().unwrap_or_default();
-    let named = |name: &str| config.iter().find(|c| c["name"] == name).cloned();
-    if named(POLICY_PATH).and_then(|c| c["digest"]["sha256"].as_str().map(str::to_string))
-        != Some(digest_hex(policy_digest))
-    {
+    // The digest (algorithm `alg`) of the configuration entry `name`.
+    let named = |name: &str, alg: &str| {
+        p["configuration"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["digest"][alg].as_str())
+    };
+    if named(POLICY_PATH, "sha256") != Some(policy_digest.hex()) {
         return Err(format!("made under another {POLICY_PATH}"));
     }
-    if named(CONFIG_GATE_DEFINITIONS)
-        .and_then(|c| c["digest"]["sha256"].as_str().map(str::to_string))
-        != Some(digest_hex(definitions))
-    {
+    if named(CONFIG_GATE_DEFINITIONS, "sha256") != Some(definitions.hex()) {
         return Err(
             "made with other gate definitions (the image's [[smoke]] list, its [python] table or the lane's version differ)"
                 .into(),
         );
     }
-    let revision = named(CONFIG_REVISION)
-        .and_then(|c| c["digest"]["gitCommit"].as_str().map(str::to_string))
-        .ok_or("it names no source revision")?;
+    let revision = named(CONFIG_REVISION, "gitCommit")
+        .ok_or("it names no source revision")?
+        .to_string();
     let passed: Vec<GateName> = p["passedTests"]
         .as_array()
         .into_iter()
@@ -218,10 +220,6 @@ fn proof(
         return Err(format!("it does not show {} passed", unproved.join(", ")));
     }
     Ok((revision, passed))
-}
-
-fn digest_hex(d: &Digest) -> String {
-    d.hex().to_string()
 }
 
 #[cfg(test)]

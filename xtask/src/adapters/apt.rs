@@ -92,9 +92,14 @@ pub struct Outdated {
 /// security suite (its codename ends in `-security` or its label says
 /// Security). A report of what the index offers today, never a verdict.
 pub fn outdated(root: &Path) -> Result<Vec<Outdated>> {
-    let Some((_, lock)) = read_lock(root)? else {
-        return Ok(Vec::new());
-    };
+    match read_lock(root)? {
+        Some((_, lock)) => outdated_of(&lock),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// [`outdated`] for a lock already read.
+fn outdated_of(lock: &Lock) -> Result<Vec<Outdated>> {
     let sh = Shell::new()?;
     let format = "$(FILENAME)\t$(CODENAME)\t$(LABEL)";
     let identifier = "Identifier: Packages".to_string();
@@ -160,10 +165,13 @@ pub fn outdated(root: &Path) -> Result<Vec<Outdated>> {
 /// (`lane_core::security_age`). An update apt cannot download has an
 /// unknown date, which that gate counts as too old.
 pub fn security_updates(root: &Path) -> Result<Vec<SecurityUpdate>> {
-    let offered: Vec<Outdated> = outdated(root)?.into_iter().filter(|o| o.security).collect();
     let Some((_, lock)) = read_lock(root)? else {
         return Ok(Vec::new());
     };
+    let offered: Vec<Outdated> = outdated_of(&lock)?
+        .into_iter()
+        .filter(|o| o.security)
+        .collect();
     if offered.is_empty() {
         return Ok(Vec::new());
     }
@@ -177,11 +185,7 @@ pub fn security_updates(root: &Path) -> Result<Vec<SecurityUpdate>> {
                 .iter()
                 .find(|p| p.name == o.name)
                 .map_or(lock.architecture.as_str(), |p| p.architecture.as_str());
-            let spec = if arch == "all" {
-                format!("{}={}", o.name, o.available)
-            } else {
-                format!("{}:{arch}={}", o.name, o.available)
-            };
+            let spec = apt_spec_of(&o.name, arch, &o.available);
             let built_at = match apt_download(&tmp, std::slice::from_ref(&spec))? {
                 Err(why) => Err(format!("apt could not download {spec}: {why}")),
                 Ok(()) => build_time_of_downloaded(&tmp, &o.name),
@@ -214,14 +218,14 @@ fn build_time_of_downloaded(dir: &Path, name: &str) -> std::result::Result<i64, 
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
         })
         .ok_or_else(|| format!("apt reported {name} downloaded, but no {prefix}*.deb is there"))?;
-    let mut head = [0u8; 68];
-    let read = io::Read::read(
-        &mut fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?,
-        &mut head,
-    )
-    .map_err(|e| format!("reading {}: {e}", file.display()));
+    // The ar signature and the first member's header.
+    let mut head = Vec::new();
+    let read = fs::File::open(&file)
+        .and_then(|f| io::Read::read_to_end(&mut io::Read::take(f, 68), &mut head))
+        .map_err(|e| format!("reading {}: {e}", file.display()));
     let _ = fs::remove_file(&file);
-    lane_core::security_age::deb_build_time(&head[..read?])
+    read?;
+    lane_core::security_age::deb_build_time(&head)
         .ok_or_else(|| format!("{} is not a .deb (no ar header)", file.display()))
 }
 
@@ -514,10 +518,15 @@ fn cached_path(debs: &Path, pkg: &LockedPackage) -> Result<PathBuf> {
 
 /// `NAME[:ARCH]=VERSION`, as `apt-get download` takes a package.
 fn apt_spec(p: &LockedPackage) -> String {
-    if p.architecture == "all" {
-        format!("{}={}", p.name, p.version)
+    apt_spec_of(&p.name, &p.architecture, &p.version)
+}
+
+/// `NAME=VERSION` for architecture `all`, else `NAME:ARCH=VERSION`.
+fn apt_spec_of(name: &str, arch: &str, version: &str) -> String {
+    if arch == "all" {
+        format!("{name}={version}")
     } else {
-        format!("{}:{}={}", p.name, p.architecture, p.version)
+        format!("{name}:{arch}={version}")
     }
 }
 

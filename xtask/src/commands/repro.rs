@@ -106,14 +106,6 @@ impl SecondBuild {
         second
     }
 
-    /// Stops the second build (its cargo is killed) and removes its
-    /// folder: every image's reproducibility is carried over from earlier
-    /// evidence of the same digest.
-    pub fn cancel(mut self) {
-        self.cancel.cancel();
-        let _ = self.wait();
-    }
-
     /// Tells the second build to stop at its next step and returns at
     /// once: dropping it later waits for it and removes its folder (a
     /// download already running finishes meanwhile, while the caller goes
