@@ -249,6 +249,14 @@ pub struct BuiltImage {
     pub layout: PathBuf,
     pub layers: Vec<BuiltLayer>,
     pub cache: CacheStats,
+    /// The key of the image's inputs, when the tree was clean (git's index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_key: Option<Digest>,
+    /// Not built: the target already held this digest, built from the same
+    /// input key, with reusable evidence (`layout` holds only its manifest
+    /// and config, read from the target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -297,6 +297,10 @@ pub const CONFIG_GATE_DEFINITIONS: &str = "gate-definitions";
 /// The `configuration` entry that names the commit the image-bound gates
 /// ran on (an earlier commit's when they were carried over).
 pub const CONFIG_REVISION: &str = "image-gates-revision";
+/// The `configuration` entry that names the image's input key (issue 25,
+/// point 7): the signed statement that this digest was built from those
+/// inputs, which lets a fresh runner take the digest without building.
+pub const CONFIG_INPUT_KEY: &str = "image-input-key";
 
 /// What the image-bound gates of a statement were run against: the gate
 /// definitions and the commit they ran on. Lets a later release of the
@@ -305,6 +309,8 @@ pub const CONFIG_REVISION: &str = "image-gates-revision";
 pub struct GateBasis {
     pub definitions: Digest,
     pub revision: String,
+    /// The image's input key, when the build knew it.
+    pub input_key: Option<Digest>,
 }
 
 pub fn gate_statement(
@@ -346,6 +352,12 @@ pub fn gate_statement(
             config.push(json!({
                 "name": CONFIG_REVISION,
                 "digest": { "gitCommit": b.revision },
+            }));
+        }
+        if let Some(k) = &b.input_key {
+            config.push(json!({
+                "name": CONFIG_INPUT_KEY,
+                "digest": { "sha256": k.hex() },
             }));
         }
     }

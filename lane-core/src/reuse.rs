@@ -21,7 +21,7 @@ use crate::gates::{GateName, GateResult, POLICY_PATH, Policy, Reused};
 use crate::id::Digest;
 use crate::oci::canonical_json;
 use crate::provenance::{
-    CONFIG_GATE_DEFINITIONS, CONFIG_REVISION, STATEMENT_TYPE, TEST_RESULT_V01,
+    CONFIG_GATE_DEFINITIONS, CONFIG_INPUT_KEY, CONFIG_REVISION, STATEMENT_TYPE, TEST_RESULT_V01,
 };
 use crate::signing::{self, SignatureCheck};
 use crate::spec::ImageSpec;
@@ -62,12 +62,22 @@ pub fn definitions(spec: &ImageSpec, lane_version: &str) -> Digest {
     Digest::of(&bytes)
 }
 
+/// An image's input key: the digest of the canonical JSON of everything
+/// its bytes are made of (assembled by the build from its plan).
+pub fn input_key(doc: &Value) -> Digest {
+    let bytes = canonical_json(doc).map(|b| b.bytes).unwrap_or_default();
+    Digest::of(&bytes)
+}
+
 /// The earlier proof of a digest's image-bound gates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proof {
     pub reused: Reused,
     /// The gates the statement lists as passed.
     pub passed: Vec<GateName>,
+    /// The image input key the statement names (`image-input-key`), when
+    /// the earlier run knew it.
+    pub input_key: Option<Digest>,
 }
 
 impl Proof {
@@ -145,6 +155,7 @@ pub fn find(
                         revision: reused.0,
                     },
                     passed: reused.1,
+                    input_key: reused.2,
                 });
             }
             Err(w) => why.push(format!("{what}: {w}")),
@@ -164,7 +175,7 @@ fn proof(
     policy: &Policy,
     policy_digest: &Digest,
     definitions: &Digest,
-) -> Result<(String, Vec<GateName>), String> {
+) -> Result<(String, Vec<GateName>, Option<Digest>), String> {
     if statement["_type"] != STATEMENT_TYPE {
         return Err(format!(
             "statement type {} is not {STATEMENT_TYPE}",
@@ -219,7 +230,9 @@ fn proof(
     if !unproved.is_empty() {
         return Err(format!("it does not show {} passed", unproved.join(", ")));
     }
-    Ok((revision, passed))
+    let input_key =
+        named(CONFIG_INPUT_KEY, "sha256").and_then(|h| format!("sha256:{h}").parse().ok());
+    Ok((revision, passed, input_key))
 }
 
 #[cfg(test)]
@@ -263,6 +276,7 @@ mod tests {
             Some(&GateBasis {
                 definitions: defs.clone(),
                 revision: REVISION.into(),
+                input_key: None,
             }),
         )
     }

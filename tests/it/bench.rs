@@ -91,7 +91,8 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     // Evidence reuse (issue 25): a README-only commit compresses,
     // uploads and smoke-tests nothing; one changed image of seven runs its
     // gates, the other six carry theirs over; a fresh runner with the
-    // target store warm starts no smoke container.
+    // target store and the registry cache warm builds nothing (issue 25,
+    // point 7) and starts no smoke container.
     let readme = note("release after a README-only commit", 0);
     assert_eq!(
         readme,
@@ -106,7 +107,8 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
     );
     let fresh_runner = note("release on a fresh runner, no change", 0);
     assert!(
-        fresh_runner.contains(", 0 blob bytes uploaded, 0 smoke containers started, 7 of 7 images carried their gates over"),
+        fresh_runner.starts_with("fresh runner, no change: 7 of 7 images held")
+            && fresh_runner.contains(", 0 layers compressed, 0 layers fetched from the registry cache, 0 blob bytes uploaded, 0 smoke containers started, 7 of 7 images carried their gates over"),
         "{fresh_runner}"
     );
     // An unchanged re-publish uploads no blob bytes.

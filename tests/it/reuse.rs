@@ -333,3 +333,103 @@ fn one_changed_image_of_two_runs_every_gate_and_the_other_carries_them_over() {
     assert_eq!(repro["state"], "passed", "{repro}");
     assert_eq!(repro["evidence"]["second"], changed["digest"], "{repro}");
 }
+
+/// Issue 25, point 7: a fresh runner (a new clone, empty target/) of a
+/// commit whose image the target already proved, with the registry cache
+/// warm, builds nothing: the image's input key (from git's index, no file
+/// read) names the digest in the cache, the target's signed gate statement
+/// for that digest names the same key, so no layer is compressed or
+/// fetched, cargo does not run, no smoke container starts, and the release
+/// is accepted with a new signed provenance. A dirty tree has no key and
+/// builds as before.
+#[test]
+fn a_fresh_runner_of_a_proved_commit_builds_nothing() {
+    let reg = Registry::start();
+    let host = reg.host();
+    let cache = format!("{host}/ci/lane-cache");
+    let f = Fixture::copy_of_repo("reuse-fresh");
+    let (_keys, key) = trust_a_new_key(&f);
+    let ci = Creds::none().ci(&f);
+    let args = [
+        "hello",
+        "--registry",
+        &host,
+        "--signing-key",
+        &key,
+        "--cache",
+        &cache,
+    ];
+    let (out, r1) = f.release(Some(&ci), &args);
+    assert!(out.status.success(), "{}", show(&out));
+    let h1 = hello(&r1);
+    assert!(h1.get("held").is_none(), "{h1}");
+    let entries = reg.tags("ci/lane-cache");
+    assert!(
+        entries.iter().any(|t| t.starts_with("image-")),
+        "the authoritative run records the image's input key: {entries:?}"
+    );
+
+    // Another runner: a new clone, empty target/, no Docker Engine.
+    let runner = Fixture::clone_of(&f, "reuse-fresh-runner");
+    support::git(
+        &runner.root,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            &format!(
+                "{}/{}.git",
+                support::oidc::SERVER,
+                support::oidc::REPOSITORY
+            ),
+        ],
+    );
+    let ci_env = |label: &str| {
+        let mut c = Creds::none();
+        c.env = support::oidc::issuer().run_env(&runner, support::oidc::REPOSITORY, label);
+        c.env.push((
+            "DOCKER_HOST".into(),
+            format!("unix://{}", runner.path("no-engine.sock").display()),
+        ));
+        c
+    };
+    let (out, r2) = runner.release(Some(&ci_env("4243")), &args);
+    assert!(out.status.success(), "{}", show(&out));
+    let h2 = hello(&r2);
+    assert_eq!(h2["accepted"], true);
+    assert_eq!(h2["held"], true, "{h2}");
+    assert_eq!(h1["digest"], h2["digest"]);
+    assert_eq!(h2["cache"]["misses"], 0, "{}", h2["cache"]);
+    assert_eq!(
+        h2["cache"]["remote_hits"], 0,
+        "no layer fetched: {}",
+        h2["cache"]
+    );
+    assert_eq!(r2["shared_cache"]["hits"], 0, "{}", r2["shared_cache"]);
+    assert_eq!(r2["shared_cache"]["rejected"], serde_json::json!([]));
+    assert!(
+        !runner.path("target/lane-cargo").exists(),
+        "cargo did not run"
+    );
+    let blobs: Vec<_> = fs::read_dir(runner.path("target/lane-cache/blobs/sha256"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(blobs.is_empty(), "nothing compressed or fetched: {blobs:?}");
+    assert_eq!(reused(h2), IMAGE_BOUND, "{h2}");
+    assert_eq!(
+        gate(h2, "publish-cross-check")["evidence"]["blobs"]["bytes_uploaded"],
+        0
+    );
+    assert_eq!(gate(h2, "publish-cross-check")["state"], "passed");
+    let out = Creds::none().xtask(&runner, &["verify", h2["reference"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    // An untracked file: no key from git's index, so the image is built
+    // (the layers from the registry cache) and its gates carried over.
+    runner.write("untracked.txt", "not committed\n");
+    let (out, r3) = runner.release(Some(&ci_env("4244")), &args);
+    let h3 = hello(&r3);
+    assert!(h3.get("held").is_none(), "{}", show(&out));
+    assert_eq!(h3["digest"], h1["digest"]);
+    assert!(runner.path("target/lane-cargo").exists(), "cargo ran");
+}

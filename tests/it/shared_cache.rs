@@ -64,10 +64,21 @@ fn a_second_runner_builds_from_the_registry_cache_and_a_pull_request_writes_noth
     assert_eq!(layers, 2);
     assert_eq!(first["shared_cache"]["writes"], true, "{first}");
     assert_eq!(fa["cache"]["misses"], layers);
-    assert_eq!(first["shared_cache"]["written"], layers);
+    // One entry per layer, and one per image: its input key to its
+    // manifest digest (issue 25, point 7).
+    assert_eq!(first["shared_cache"]["written"], layers + 1);
     let entries = reg.tags(CACHE_REPO);
-    assert_eq!(entries.len() as u64, layers, "{entries:?}");
-    assert!(entries.iter().all(|t| t.starts_with("layer-")));
+    assert_eq!(entries.len() as u64, layers + 1, "{entries:?}");
+    assert_eq!(
+        entries.iter().filter(|t| t.starts_with("layer-")).count() as u64,
+        layers,
+        "{entries:?}"
+    );
+    assert_eq!(
+        entries.iter().filter(|t| t.starts_with("image-")).count(),
+        1,
+        "{entries:?}"
+    );
 
     let b = Fixture::clone_of(&a, "cache-b");
     assert!(!b.path("target").exists(), "the second runner starts cold");

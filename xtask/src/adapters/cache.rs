@@ -166,6 +166,7 @@ impl Cache {
             "",
             "blobs/sha256",
             "actions",
+            "images",
             "debs",
             "debian/files",
             "debian/unpacked",
@@ -227,6 +228,23 @@ impl Cache {
 
     pub fn record(&self, key: &Digest, d: &LayerDigests) -> Result<()> {
         write_atomic(&self.action_path(key), &serde_json::to_vec(d)?)
+    }
+
+    /// The manifest digest an earlier build made from the image input key
+    /// `key` (`commands::input_keys`), if recorded here.
+    pub fn image_digest(&self, key: &Digest) -> Option<Digest> {
+        let text = fs::read_to_string(self.image_path(key)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Records that the image inputs of `key` built `manifest`.
+    pub fn record_image(&self, key: &Digest, manifest: &Digest) -> Result<()> {
+        fs::create_dir_all(self.dir.join("images"))?;
+        write_atomic(&self.image_path(key), manifest.as_str().as_bytes())
+    }
+
+    fn image_path(&self, key: &Digest) -> PathBuf {
+        self.dir.join("images").join(key.hex())
     }
 
     fn action_path(&self, key: &Digest) -> PathBuf {

@@ -10,6 +10,10 @@ use lane_core::drift::{ImageFs, RuntimeFacts};
 use lane_core::id::Digest;
 use lane_core::layer::sha256;
 
+/// The marker file of a held layout (`commands::held`): its layer blobs
+/// are not here, the target holds them.
+pub const HELD_MARKER: &str = "held-in-target";
+
 /// One OCI image layout on disk (`target/images/<name>/`): the one type
 /// through which build results are read back, for publish, smoke, drift,
 /// release and the stores. Every blob path comes from a parsed [`Digest`].
@@ -96,8 +100,15 @@ impl Layout {
             fs::read(self.blob_path(d))
                 .with_context(|| format!("reading blob {d} from {}", layout.display()))
         })?;
+        // A held layout (`commands::held`) has only its manifest and
+        // config: the target holds the layers, and publishing checks them
+        // there.
+        let held = self.dir.join(HELD_MARKER).exists();
         for b in &image.blobs {
             let p = self.blob_path(&b.digest);
+            if held && !p.exists() {
+                continue;
+            }
             let len = fs::metadata(&p)
                 .with_context(|| {
                     format!("the layout {} lacks blob {}", layout.display(), b.digest)

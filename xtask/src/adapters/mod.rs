@@ -4,6 +4,7 @@ pub mod cache;
 pub mod cargo_deps;
 pub mod engine;
 pub mod fault;
+pub mod git_index;
 pub mod keys;
 pub mod layout;
 pub mod local_store;

@@ -286,32 +286,134 @@ impl RemoteCache {
             key: key.clone(),
             layer: d.clone(),
         })?;
+        self.put_entry(
+            &Self::tag(key),
+            MEDIA_RESULT,
+            &doc,
+            serde_json::json!([{ "mediaType": MEDIA_LAYER, "digest": d.digest, "size": d.size }]),
+        )?;
+        self.stats.written += 1;
+        Ok(())
+    }
+
+    /// An entry under `tag`: the document `doc` (uploaded, and embedded
+    /// in the config descriptor) as config and artifactType `media`, with
+    /// `layers`; the manifest read back.
+    fn put_entry(
+        &self,
+        tag: &str,
+        media: &str,
+        doc: &lane_core::oci::Blob,
+        layers: serde_json::Value,
+    ) -> Result<()> {
         self.remote
             .push_small_blob(&self.repo, doc.digest.as_str(), &doc.bytes)?;
         let manifest = canonical_json(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
-            "artifactType": MEDIA_RESULT,
+            "artifactType": media,
             "config": {
-                "mediaType": MEDIA_RESULT,
+                "mediaType": media,
                 "digest": doc.digest,
                 "size": doc.size(),
                 "data": base64::engine::general_purpose::STANDARD.encode(&doc.bytes),
             },
-            "layers": [{ "mediaType": MEDIA_LAYER, "digest": d.digest, "size": d.size }],
+            "layers": layers,
         }))?;
-        let tag = Self::tag(key);
         self.remote.put_manifest_read_back(
             &ManifestPut {
                 repo: &self.repo,
-                reference: &tag,
+                reference: tag,
                 media_type: MEDIA_MANIFEST,
                 bytes: &manifest.bytes,
             },
             "the shared cache entry",
-        )?;
-        self.stats.written += 1;
-        Ok(())
+        )
+    }
+}
+
+/// What the cache says an image input key built: one entry per image
+/// (`commands::input_keys`), tagged `image-<key hex>`, whose config (and
+/// artifactType) is this document. It is only a pointer: a run takes the
+/// digest it names without building only when the target's signed gate
+/// statement for that digest names the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub key: Digest,
+    pub manifest: Digest,
+}
+
+/// Media type of [`ImageEntry`].
+pub const MEDIA_IMAGE_ENTRY: &str = "application/vnd.release-lane.image-entry.v1+json";
+
+impl RemoteCache {
+    fn image_tag(key: &Digest) -> String {
+        format!("image-{}", key.hex())
+    }
+
+    /// The manifest digest recorded for the image input key `key`; `None`
+    /// on a miss or a refused entry (reported in the stats).
+    pub fn fetch_image(&mut self, key: &Digest) -> Option<Digest> {
+        let r = (|| -> Result<Option<Digest>> {
+            let Some(manifest) =
+                self.remote
+                    .fetch_manifest(&self.repo, &Self::image_tag(key), MEDIA_MANIFEST)?
+            else {
+                return Ok(None);
+            };
+            let m: serde_json::Value =
+                serde_json::from_slice(&manifest).context("the entry's manifest is not JSON")?;
+            let config =
+                lane_core::store::parse_digest(&m["config"]["digest"], "the entry's config")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(m["config"]["data"].as_str().unwrap_or_default())
+                .context("the entry's embedded document is not base64")?;
+            if Digest::of(&bytes) != config {
+                bail!("the embedded image entry does not hash to its descriptor {config}");
+            }
+            let doc: ImageEntry =
+                serde_json::from_slice(&bytes).context("the image entry does not parse")?;
+            if doc.key != *key {
+                bail!("the image entry is for key {}, not this one", doc.key);
+            }
+            Ok(Some(doc.manifest))
+        })();
+        match r {
+            Ok(found) => found,
+            Err(e) => {
+                self.stats
+                    .rejected
+                    .push(format!("{}: {e:#}", Self::image_tag(key)));
+                None
+            }
+        }
+    }
+
+    /// Writes the image entry of `key` when this run writes; a failure is
+    /// reported in the stats, not fatal.
+    pub fn store_image(&mut self, key: &Digest, manifest_digest: &Digest) {
+        if !self.stats.writes {
+            return;
+        }
+        let r = (|| -> Result<()> {
+            let doc = canonical_json(&ImageEntry {
+                key: key.clone(),
+                manifest: manifest_digest.clone(),
+            })?;
+            self.put_entry(
+                &Self::image_tag(key),
+                MEDIA_IMAGE_ENTRY,
+                &doc,
+                serde_json::json!([]),
+            )
+        })();
+        match r {
+            Ok(()) => self.stats.written += 1,
+            Err(e) => self
+                .stats
+                .rejected
+                .push(format!("writing {}: {e:#}", Self::image_tag(key))),
+        }
     }
 }
 

@@ -154,6 +154,7 @@ mod tests {
             Some(&provenance::GateBasis {
                 definitions: lane_core::id::Digest::of(b"definitions"),
                 revision: "0123456789abcdef0123456789abcdef01234567".into(),
+                input_key: Some(lane_core::id::Digest::of(b"inputs")),
             }),
         );
         let files = [

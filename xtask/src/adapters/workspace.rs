@@ -4,6 +4,7 @@
 //! variable, never a shell string.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -398,6 +399,45 @@ pub fn check_binaries(ws: &Workspace, images: &[ImageSpec]) -> Result<BTreeSet<B
         }
     }
     Ok(wanted)
+}
+
+/// The folders (relative to the root, `""` for the root itself) of the
+/// workspace's own Rust packages: what a built binary is made of besides
+/// Cargo.lock's registry crates and the toolchain. `None` when Cargo.lock
+/// names a local package that is not a member (a path dependency outside
+/// the workspace, which git's index of this checkout does not cover).
+pub fn rust_sources(ws: &Workspace) -> Result<Option<Vec<String>>> {
+    let meta = cargo_metadata::MetadataCommand::new()
+        .current_dir(&ws.root)
+        .no_deps()
+        .exec()
+        .context("running cargo metadata on the workspace")?;
+    let mut dirs = Vec::new();
+    let mut names = BTreeSet::new();
+    for p in meta.workspace_packages() {
+        let dir = p
+            .manifest_path
+            .parent()
+            .map(|d| d.as_std_path().to_path_buf());
+        let Some(rel) = dir.as_deref().and_then(|d| d.strip_prefix(&ws.root).ok()) else {
+            return Ok(None);
+        };
+        dirs.push(rel.to_string_lossy().into_owned());
+        names.insert(p.name.to_string());
+    }
+    let lock: toml::Table = match fs::read_to_string(ws.root.join("Cargo.lock")) {
+        Ok(text) => text.parse().context("parsing Cargo.lock")?,
+        Err(_) => return Ok(None),
+    };
+    let outside = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("source").is_none())
+        .filter_map(|p| p.get("name")?.as_str())
+        .any(|n| !names.contains(n));
+    Ok((!outside).then_some(dirs))
 }
 
 /// The environment variables a hermetic cargo build keeps from the caller.

@@ -545,11 +545,25 @@ fn signed_release(
     signer: &lane_core::signing::Signer,
     images: &[String],
 ) -> Result<(f64, crate::commands::release::ReleaseReport)> {
+    signed_release_with(ws, store_dir, signer, images, None)
+}
+
+/// [`signed_release`] reading the shared cache at `cache` too.
+fn signed_release_with(
+    ws: &Workspace,
+    store_dir: &Path,
+    signer: &lane_core::signing::Signer,
+    images: &[String],
+    cache: Option<&str>,
+) -> Result<(f64, crate::commands::release::ReleaseReport)> {
     let mut store = crate::adapters::local_store::LocalStore::new(store_dir.to_path_buf());
     let opts = crate::commands::release::ReleaseOptions {
         images: images.to_vec(),
         quiet: true,
         signer: Some(signer.clone()),
+        cache: build::CacheArgs {
+            cache: cache.map(str::to_string),
+        },
         ..Default::default()
     };
     let t = Instant::now();
@@ -606,6 +620,11 @@ fn release_work(r: &crate::commands::release::ReleaseReport) -> (u64, u64, usize
 fn release_reuse(checkout: &Path, work: &Path, runs: usize, images: usize) -> Result<Vec<Case>> {
     let root = work.join("scale-reuse");
     let store_dir = work.join("scale-reuse-store");
+    let registry_dir = work.join("scale-reuse-registry");
+    if registry_dir.exists() {
+        fs::remove_dir_all(&registry_dir)?;
+    }
+    let registry = RegistryServer::start(&registry_dir, None)?;
     let key = lane_core::signing::generate()?;
     let signer = lane_core::signing::Signer::from_pem(&key.private_pem, "the bench's key")?;
     let changed = if images > SCALE_BASES {
@@ -687,17 +706,38 @@ fn release_reuse(checkout: &Path, work: &Path, runs: usize, images: usize) -> Re
         .context("the release of the changed image alone")?;
         alone.push(t);
 
+        // An authoritative runner's build fills the registry cache with
+        // each image's input key (not timed; a CI release would do it).
+        let location = format!("{}/bench/reuse-cache-{}", registry.host(), fresh.len());
+        let mut opts = BuildOptions::for_workspace(&ws);
+        opts.quiet = true;
+        opts.shared_cache = Some(build::SharedCache {
+            location: location.clone(),
+            writes: true,
+        });
+        build::build(&ws, &[], &opts).context("filling the registry cache")?;
         // A fresh runner, no change: a new clone with an empty target/,
-        // releasing into the warm store.
+        // releasing into the warm store, reading the warm registry cache.
         let runner = clone_checkout(&root, &work.join("scale-reuse-fresh"))?;
-        let (t, r) = signed_release(&runner, &store_dir, &signer, &[])
+        let (t, r) = signed_release_with(&runner, &store_dir, &signer, &[], Some(&location))
             .context("the release on a fresh runner")?;
         fresh.push(t);
         let (compressed, uploaded, smoked, carried) = release_work(&r);
+        let held = r.images.iter().filter(|i| i.held).count();
+        let fetched = r.shared_cache.as_ref().map_or(0, |c| c.hits);
+        if held != r.images.len() || compressed != 0 || fetched != 0 {
+            bail!(
+                "the fresh runner built: {held} of {} images held, {compressed} layers compressed, {fetched} fetched from the registry cache",
+                r.images.len()
+            );
+        }
         fresh_note = format!(
-            "fresh runner, no change: {compressed} layers compressed (its local cache is empty), {uploaded} blob bytes uploaded, {smoked} smoke containers started, {carried} of {} images carried their gates over",
+            "fresh runner, no change: {held} of {} images held (the target proved the digest their input key names: nothing built, cargo not run), {compressed} layers compressed, {fetched} layers fetched from the registry cache, {uploaded} blob bytes uploaded, {smoked} smoke containers started, {carried} of {} images carried their gates over",
+            r.images.len(),
             r.images.len()
         );
+        let fresh_stages = stages_note(&r);
+        fresh_note = format!("{fresh_note}; {fresh_stages}");
         // The cold build of the same images on another new clone.
         let other = clone_checkout(&root, &work.join("scale-reuse-cold"))?;
         let mut opts = BuildOptions::for_workspace(&other);

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::adapters::cache::Cache;
 use crate::adapters::remote_cache::{ENV_CACHE, RemotePool, RemoteStats};
-use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Toolchain, Workspace};
+use crate::adapters::workspace::{self, BinaryRequest, GitFacts, Workspace};
 use crate::report::Reporter;
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::BuiltLayer;
@@ -126,6 +126,10 @@ pub struct BuildOptions {
     /// Stops the build between steps (and kills its cargo) when set: the
     /// reproducible gate's second build, once it is no longer needed.
     pub cancel: Option<workspace::Cancel>,
+    /// Computes each image's input key from git's index on a clean tree
+    /// and records what it built under it (never for the reproducible
+    /// gate's second build).
+    pub index_keys: bool,
 }
 
 /// The default of `--jobs`: the machine's cores.
@@ -155,51 +159,14 @@ impl BuildOptions {
             jobs: default_jobs(),
             cargo_umask: None,
             cancel: None,
+            index_keys: true,
         }
     }
 }
 
-/// Everything a build will do, computed before doing it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BuildPlan {
-    pub source: SourceFacts,
-    pub toolchain: Toolchain,
-    pub encoder: String,
-    pub binaries: Vec<PlannedBinary>,
-    pub images: Vec<PlannedImage>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlannedBinary {
-    #[serde(flatten)]
-    pub request: BinaryRequest,
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlannedImage {
-    pub spec: ImageSpec,
-    pub layers: Vec<PlannedLayer>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlannedLayer {
-    pub name: String,
-    pub entries: Vec<PlannedEntry>,
-}
-
-/// An entry as the plan shows it. Binaries are sized after cargo ran.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlannedEntry {
-    pub path: String,
-    pub kind: &'static str,
-    pub mode: String,
-    pub owner: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-}
+pub use crate::commands::plan::{
+    BuildPlan, PlannedBinary, PlannedEntry, PlannedImage, PlannedLayer,
+};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildReport {
@@ -296,18 +263,29 @@ pub fn plan(
                 entries: entries.iter().map(show_entry).collect(),
             });
         }
-        planned.push(PlannedImage { spec, layers });
+        planned.push(PlannedImage {
+            spec,
+            layers,
+            input_key: None,
+        });
     }
-    Ok((
-        BuildPlan {
-            source,
-            toolchain,
-            encoder: layer::encoder_id(),
-            binaries,
-            images: planned,
-        },
-        git,
-    ))
+    let mut plan = BuildPlan {
+        source,
+        toolchain,
+        encoder: layer::encoder_id(),
+        binaries,
+        images: planned,
+    };
+    if opts.index_keys {
+        let dirty = match &git {
+            Some(g) => g.dirty,
+            None => workspace::git_facts(&ws.root)?.dirty,
+        };
+        if let Some(index) = crate::adapters::git_index::GitIndex::read(&ws.root, dirty)? {
+            crate::commands::input_keys::fill(ws, &mut plan, &index)?;
+        }
+    }
+    Ok((plan, git))
 }
 
 fn show_entry(e: &Entry) -> PlannedEntry {
@@ -543,8 +521,14 @@ pub fn execute_shared(
     plan: &BuildPlan,
     opts: &BuildOptions,
 ) -> Result<(Vec<BuiltImage>, Option<RemoteStats>)> {
+    let remote = open_shared(opts)?;
+    execute_with(ws, plan, opts, remote)
+}
+
+/// The shared cache of `opts`, opened (its preflight run), if any.
+pub fn open_shared(opts: &BuildOptions) -> Result<Option<RemotePool>> {
     let progress = Reporter { quiet: opts.quiet };
-    let remote = match &opts.shared_cache {
+    Ok(match &opts.shared_cache {
         Some(c) => {
             let rc = RemotePool::open(&c.location, c.writes, opts.jobs)?;
             progress.say(format_args!(
@@ -560,7 +544,17 @@ pub fn execute_shared(
             Some(rc)
         }
         None => None,
-    };
+    })
+}
+
+/// [`execute_shared`] with the shared cache already open.
+pub fn execute_with(
+    ws: &Workspace,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
+    remote: Option<RemotePool>,
+) -> Result<(Vec<BuiltImage>, Option<RemoteStats>)> {
+    let progress = Reporter { quiet: opts.quiet };
     if !plan.binaries.is_empty() {
         progress.say(format_args!(
             "cargo build --locked --release ({})",
@@ -810,7 +804,15 @@ fn build_image(
             })
             .collect(),
         cache: stats,
+        input_key: planned.input_key.clone(),
+        held: false,
     };
+    if let Some(key) = &planned.input_key {
+        read(ctx.cache).record_image(key, &image.manifest_digest)?;
+        if let Some(pool) = ctx.remote {
+            pool.with(|rc| rc.store_image(key, &image.manifest_digest));
+        }
+    }
     ctx.progress.say(format_args!(
         "built {} {} ({} layers, cache {} hit / {} miss{})",
         spec.name,

@@ -73,6 +73,11 @@ pub struct ImageRelease {
     /// What the action cache did for this image in this run's build
     /// (`misses` layers were encoded and compressed here).
     pub cache: lane_core::distribution::CacheStats,
+    /// Not built: the target already held this digest, built from the
+    /// same input key, with reusable evidence (nothing compressed, fetched
+    /// or built by cargo).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// Whether a tag this run moved still names its digest at the final check.
@@ -182,6 +187,9 @@ pub struct Facts {
     pub toolchain: Toolchain,
     /// `lockfiles/*` and Cargo.lock with their sha256.
     pub lockfiles: BTreeMap<String, Digest>,
+    /// The proofs of the images not built: the target held them
+    /// (`commands::held`).
+    pub held: BTreeMap<String, Proof>,
 }
 
 /// Step 2's output for one image: the candidate in the store (when the
@@ -502,7 +510,15 @@ pub fn collect(
     build_opts.shared_cache = opts
         .cache
         .shared(crate::adapters::oidc::authoritative(&policy, &builder));
-    let built = build::build(ws, names, &build_opts)?;
+    let (built, held) = build_or_hold(
+        ws,
+        opts,
+        &policy,
+        &policy_digest,
+        store,
+        &build_opts,
+        progress,
+    )?;
     stages.end("build");
     let facts = Facts {
         git,
@@ -519,8 +535,63 @@ pub fn collect(
         source_url: ws.source_url()?,
         toolchain: crate::adapters::workspace::toolchain()?,
         lockfiles: lockfile_digests(ws)?,
+        held,
     };
     Ok((facts, pending))
+}
+
+/// The build of the release's images, less those the target already
+/// holds from the same inputs with reusable evidence (`commands::held`):
+/// those are not built, and their proofs are returned.
+fn build_or_hold(
+    ws: &Workspace,
+    opts: &ReleaseOptions,
+    policy: &Policy,
+    policy_digest: &Digest,
+    store: &mut dyn Store,
+    build_opts: &BuildOptions,
+    progress: &Reporter,
+) -> Result<(BuildReport, BTreeMap<String, Proof>)> {
+    let (plan, git) = build::plan(ws, &opts.images, build_opts)?;
+    if let Some(c) = &build_opts.cancel {
+        c.check()?;
+    }
+    let remote = build::open_shared(build_opts)?;
+    let released = |name: &str| opts.images.is_empty() || opts.images.iter().any(|n| n == name);
+    let held = if opts.no_reuse {
+        BTreeMap::new()
+    } else {
+        crate::commands::held::find(
+            &plan,
+            &released,
+            &build_opts.cache_dir,
+            remote.as_ref(),
+            store,
+            &mut |store, p, digest| {
+                proof_of(policy, policy_digest, &p.spec, digest, store, progress)
+            },
+            &ws.root.join("target/lane-held"),
+            progress,
+        )?
+    };
+    let rest = crate::commands::held::rest(&plan, &held, &released);
+    let (mut images, shared_cache) = build::execute_with(ws, &rest, build_opts, remote)?;
+    let mut proofs = BTreeMap::new();
+    for (name, h) in held {
+        images.push(h.image);
+        proofs.insert(name, h.proof);
+    }
+    // In the plan's order.
+    images.sort_by_key(|i| plan.images.iter().position(|p| p.spec.name == i.name));
+    Ok((
+        BuildReport {
+            images,
+            shared_cache,
+            source: Some(plan.source),
+            git,
+        },
+        proofs,
+    ))
 }
 
 /// Step 2 for one image: the image checks' results (run beforehand, at once
@@ -676,6 +747,7 @@ pub fn apply(
         revision: proof
             .as_ref()
             .map_or(facts.git.revision.clone(), |p| p.reused.revision.clone()),
+        input_key: image.input_key.clone(),
     };
     let gate_statement = provenance::gate_statement(
         &subject,
@@ -713,6 +785,7 @@ pub fn apply(
         record: record_path.clone(),
         provenance: provenance.clone(),
         cache: image.cache.clone(),
+        held: image.held,
     };
 
     if let Some(p) = &published {
@@ -1084,8 +1157,31 @@ fn earlier_proof(
     if no_reuse {
         return None;
     }
+    if let Some(p) = facts.held.get(&image.name) {
+        return Some(p.clone());
+    }
     let spec = facts.selected.iter().find(|s| s.name == image.name)?;
-    let digest = &image.manifest_digest;
+    proof_of(
+        &facts.policy,
+        &facts.policy_digest,
+        spec,
+        &image.manifest_digest,
+        store,
+        progress,
+    )
+}
+
+/// The reusable proof `digest` carries in `store` for `spec`, if any
+/// (said either way).
+fn proof_of(
+    policy: &Policy,
+    policy_digest: &Digest,
+    spec: &ImageSpec,
+    digest: &Digest,
+    store: &mut dyn Store,
+    progress: &Reporter,
+) -> Option<Proof> {
+    let image = spec;
     let evidence = match lane_core::verify::fetch_evidence(store, &spec.repository, digest) {
         Ok(e) => e,
         Err(_) => return None, // not in the store yet: a first release
@@ -1094,8 +1190,8 @@ fn earlier_proof(
     match reuse::find(
         digest,
         &evidence.envelopes,
-        &facts.policy,
-        &facts.policy_digest,
+        policy,
+        policy_digest,
         &definitions,
     ) {
         Ok(p) => {

@@ -62,6 +62,7 @@ fn options(dir: &Path, quiet: bool) -> BuildOptions {
         jobs: crate::commands::build::default_jobs(),
         cargo_umask: None,
         cancel: None,
+        index_keys: false,
     }
 }
 
