@@ -291,8 +291,11 @@ pub fn verify_token(
             parts.len()
         );
     }
+    if let Some(Err(e)) = b64url(parts[1]).map(|c| crate::strict_json::parse(&c)) {
+        bail!("the token's claims are refused: {e}");
+    }
     let header: Value = b64url(parts[0])
-        .and_then(|h| serde_json::from_slice(&h).ok())
+        .and_then(|h| crate::strict_json::parse(&h).ok())
         .filter(Value::is_object)
         .ok_or_else(|| anyhow::anyhow!("the token's header is not base64url JSON: not a JWT"))?;
     let alg_name = header["alg"].as_str().unwrap_or_default();

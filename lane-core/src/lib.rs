@@ -31,6 +31,7 @@ pub mod signing;
 pub mod smoke;
 pub mod spec;
 pub mod store;
+pub mod strict_json;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod verify;

@@ -128,7 +128,7 @@ pub fn find(
         let Some(statement) = e.envelope["payload"]
             .as_str()
             .and_then(evidence::unbase64)
-            .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+            .and_then(|p| crate::strict_json::parse(&p).ok())
         else {
             why.push(format!("{what}: not a JSON statement"));
             continue;

@@ -177,7 +177,24 @@ pub struct SmokeSpec {
 #[serde(transparent)]
 pub struct ImagePath(String);
 
+/// The name prefix of an OCI whiteout (`.wh.NAME` deletes NAME of a lower
+/// layer, `.wh..wh..opq` hides a folder's lower contents).
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+
+/// Why a path with a whiteout name is refused.
+pub fn whiteout_refused(path: &str, part: &str) -> String {
+    format!(
+        "{path:?} has a whiteout name {part:?} (.wh.*): a layer holding it would delete or hide a lower layer's files; refused (rename the file)"
+    )
+}
+
 impl ImagePath {
+    /// The first whiteout name among its components, if any (a path made
+    /// by `join` from a walked folder is checked with this).
+    pub fn whiteout(&self) -> Option<&str> {
+        self.0.split('/').find(|p| p.starts_with(WHITEOUT_PREFIX))
+    }
+
     /// Parses `/a/b/c`. Refuses relative paths, `..`, `.`, empty components
     /// and the root itself, so a value of this type can never leave the image.
     pub fn parse(s: &str) -> std::result::Result<ImagePath, String> {
@@ -204,6 +221,9 @@ impl ImagePath {
                 }
                 _ if part.contains('\0') => {
                     return Err(format!("destination {s:?} contains a NUL byte"));
+                }
+                _ if part.starts_with(WHITEOUT_PREFIX) => {
+                    return Err(whiteout_refused(s, part));
                 }
                 _ => {}
             }

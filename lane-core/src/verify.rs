@@ -142,7 +142,7 @@ pub fn check(digest: &str, evidence: &Evidence, policy: &Policy, opts: VerifyOpt
         let statement: Value = match e.envelope["payload"]
             .as_str()
             .and_then(evidence::unbase64)
-            .and_then(|p| serde_json::from_slice(&p).ok())
+            .and_then(|p| crate::strict_json::parse(&p).ok())
         {
             Some(s) => s,
             None => {
@@ -333,7 +333,7 @@ pub fn fetch_evidence(
         }
         match read_artifact(store, repository, digest, &artifact_digest) {
             Ok(bytes) => {
-                let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
+                let parsed = crate::strict_json::parse(&bytes);
                 match (signed, parsed) {
                     (true, Ok(envelope)) => out.envelopes.push(Envelope {
                         artifact,

@@ -645,3 +645,40 @@ fn links_into_git_or_target_are_refused_and_nothing_is_built() {
         );
     }
 }
+
+/// Issue 27, finding 12: a whiteout name (`.wh.*`) in a source folder or a
+/// destination is refused, naming it: a layer holding it would delete or
+/// hide a lower layer's files. Nothing is built.
+#[test]
+fn whiteout_names_are_refused_in_sources_and_destinations() {
+    let image = "name = \"files\"\nrepository = \"test/files\"\n\n[[layer]]\nname = \"data\"\nfiles = [{ src = \"data\", dest = \"/srv\" }]\n";
+    let f = crate::support::Fixture::with_files(
+        "whiteout-src",
+        &[
+            ("images/files/image.toml", image),
+            ("images/files/data/one.txt", "one\n"),
+            ("images/files/data/.wh.passwd", "\n"),
+            ("Cargo.lock", "version = 4\n"),
+        ],
+    );
+    let err = f.fails(&["build"]);
+    assert!(
+        err.contains(".wh.passwd") && err.contains("whiteout"),
+        "{err}"
+    );
+    assert!(!f.path("target/images/files").exists());
+    let opaque = image.replace("dest = \"/srv\"", "dest = \"/etc/.wh..wh..opq\"");
+    let f = crate::support::Fixture::with_files(
+        "whiteout-dest",
+        &[
+            ("images/files/image.toml", opaque.as_str()),
+            ("images/files/data/one.txt", "one\n"),
+            ("Cargo.lock", "version = 4\n"),
+        ],
+    );
+    let err = f.fails(&["build"]);
+    assert!(
+        err.contains(".wh..wh..opq") && err.contains("whiteout"),
+        "{err}"
+    );
+}

@@ -369,6 +369,20 @@ fn each_bootstrap_failure_stops_the_release_in_preflight_with_its_fix() {
     let c = issuer.ci(Creds::none(), &lane.f);
     let cases: Vec<(Fault, Vec<&str>)> = vec![
         (
+            Fault::HugeJwks,
+            vec![
+                "the issuer's JWKS (jwks_uri) at",
+                "is more than 1048576 bytes",
+            ],
+        ),
+        (
+            Fault::DiscoveryRedirectsAway,
+            vec![
+                "the issuer redirected to http://127.0.0.2:",
+                "another host over plain http: refused",
+            ],
+        ),
+        (
             Fault::Refuse(403),
             vec![
                 "refused the ID-token request for audience \"release-lane\" with 403 Forbidden",

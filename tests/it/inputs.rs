@@ -391,3 +391,181 @@ fn the_opt_in_security_age_gate_rejects_an_update_offered_for_too_long() {
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(gate(&h, "security-updates")["state"], "passed");
 }
+
+/// A PEP 503 index of the test's own (`python3 -m http.server` on
+/// 127.0.0.1): `pages` maps a project to its links (file name, whether
+/// yanked); files are served from the same folder.
+struct TestPyIndex {
+    _dir: crate::support::TempDir,
+    server: std::process::Child,
+    url: String,
+}
+
+impl TestPyIndex {
+    fn new(pages: &[(&str, &[(&str, bool)])], files: &[(&str, Vec<u8>)]) -> TestPyIndex {
+        use std::io::BufRead;
+        let dir = crate::support::TempDir::new("py-index");
+        for (name, bytes) in files {
+            fs::create_dir_all(dir.path().join("files")).unwrap();
+            fs::write(dir.path().join("files").join(name), bytes).unwrap();
+        }
+        for (project, links) in pages {
+            let mut html = String::from("<!DOCTYPE html><html><body>\n");
+            for (file, yanked) in links.iter() {
+                html.push_str(&format!(
+                    "<a href=\"../../files/{file}\"{}>{file}</a><br/>\n",
+                    if *yanked { " data-yanked=\"\"" } else { "" }
+                ));
+            }
+            html.push_str("</body></html>\n");
+            let page = dir.path().join("simple").join(project);
+            fs::create_dir_all(&page).unwrap();
+            fs::write(page.join("index.html"), html).unwrap();
+        }
+        let mut server = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line
+            .split("port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no port in {line:?}"))
+            .to_string();
+        TestPyIndex {
+            _dir: dir,
+            server,
+            url: format!("http://127.0.0.1:{port}/simple/"),
+        }
+    }
+
+    /// `cmd` with pip pointed at this index only (no configuration file,
+    /// no find-links).
+    fn env<'a>(&self, cmd: &'a mut std::process::Command) -> &'a mut std::process::Command {
+        cmd.env("PIP_INDEX_URL", &self.url)
+            .env("PIP_CONFIG_FILE", "/dev/null")
+            .env_remove("PIP_FIND_LINKS")
+            .env_remove("PIP_EXTRA_INDEX_URL")
+    }
+}
+
+impl Drop for TestPyIndex {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Issue 25, points 2 and 3 for wheels, on the test's own index: `lock
+/// --outdated` names a locked wheel with a newer version and marks a
+/// yanked locked version, and one the index no longer lists at all; a
+/// fresh clone whose locked wheel the index no longer serves fails the
+/// build naming the file, its version and sha256 and the ways out, with
+/// nothing written.
+#[test]
+fn python_lock_outdated_marks_newer_yanked_and_withdrawn_wheels_and_a_lost_wheel_is_named() {
+    let f = Fixture::copy_of_repo("py-outdated");
+    // The locked wheels, fetched by hash through the machine's pip.
+    f.ok(&["build", "pyhello"]);
+    let lock: toml::Table = f.read("lockfiles/python.lock").parse().unwrap();
+    let wheels = lock["wheel"].as_array().unwrap();
+    let field = |name: &str, k: &str| -> String {
+        wheels
+            .iter()
+            .find(|w| w["name"].as_str() == Some(name))
+            .unwrap()[k]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let bytes = |name: &str| {
+        fs::read(f.path(&format!(
+            "target/lane-cache/wheels/{}.whl",
+            field(name, "sha256").trim_start_matches("sha256:")
+        )))
+        .unwrap()
+    };
+    let (six, dateutil) = (
+        field("six", "filename"),
+        field("python-dateutil", "filename"),
+    );
+    let six_newer = "six-1.99.0-py2.py3-none-any.whl";
+    let dateutil_newer = "python_dateutil-2.99.0-py2.py3-none-any.whl";
+    // six: the locked file still served but yanked, a newer one offered;
+    // python-dateutil: the locked file gone, a newer one offered.
+    let index = TestPyIndex::new(
+        &[
+            ("six", &[(six.as_str(), true), (six_newer, false)]),
+            ("python-dateutil", &[(dateutil_newer, false)]),
+        ],
+        &[
+            (six.as_str(), bytes("six")),
+            (six_newer, b"not read".to_vec()),
+            (dateutil_newer, b"not read".to_vec()),
+        ],
+    );
+    let out = run(index.env(&mut f.command(&["lock", "--outdated", "--json"])));
+    assert!(out.status.success(), "{}", show(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let python = report["python"].as_array().unwrap();
+    let entry = |name: &str| {
+        python
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    let s = entry("six");
+    assert_eq!(s["locked"], field("six", "version").as_str());
+    assert_eq!(s["available"], "1.99.0");
+    assert_eq!(
+        (s["withdrawn"].clone(), s["yanked"].clone()),
+        (true.into(), true.into()),
+        "{s}"
+    );
+    let d = entry("python-dateutil");
+    assert_eq!(d["available"], "2.99.0");
+    assert_eq!(
+        (d["withdrawn"].clone(), d["yanked"].clone()),
+        (true.into(), false.into()),
+        "{d}"
+    );
+    let out = run(index.env(&mut f.command(&["lock", "--outdated"])));
+    let text = stdout(&out);
+    assert!(text.contains("the locked version is yanked"), "{text}");
+    assert!(
+        text.contains("no longer lists the locked version"),
+        "{text}"
+    );
+
+    // A fresh clone: the locked python-dateutil wheel is served nowhere.
+    let clone = Fixture::clone_of(&f, "py-outdated-clone");
+    let out = run(index.env(&mut clone.command(&["build", "pyhello"])));
+    assert!(!out.status.success(), "{}", show(&out));
+    let said = show(&out);
+    for needle in [
+        dateutil.as_str(),
+        &field("python-dateutil", "version"),
+        field("python-dateutil", "sha256").trim_start_matches("sha256:"),
+        "cargo xtask lock",
+        "PIP_INDEX_URL",
+    ] {
+        assert!(said.contains(needle), "no {needle:?} in {said}");
+    }
+    assert!(!clone.path("target/images/pyhello").exists());
+}

@@ -563,3 +563,142 @@ fn without_a_registry_publishes_into_the_local_store() {
     );
     assert_eq!(sha256_of(&v1()), new);
 }
+
+/// Issue 27, finding 1 and 2 (acceptance 1): the environment's credential
+/// belongs to the release registry (`--registry` / `LANE_REGISTRY`) only.
+/// A recorder on 127.0.0.2 (another host) logs every request: verify,
+/// audit and promote of a reference there, a base pulled from there, a
+/// Bearer realm there and an upload `Location` there receive no
+/// credential; the realm and the Location, plain http to another host,
+/// are not contacted at all.
+#[test]
+fn the_environments_credential_goes_to_the_release_registry_only() {
+    use crate::support::registry::Recorder2;
+    let reg = Registry::start_with_auth("ci", "s3cret-pass");
+    let thief = Recorder2::start();
+    let f = files_image("cred-scope");
+    f.write("ci/release-policy.toml", "version = 1\n");
+    f.commit("a policy");
+    let creds = || {
+        let mut c = Creds::env("ci", "s3cret-pass");
+        c.env.push(("LANE_REGISTRY".into(), reg.host()));
+        c
+    };
+    let zeros = "0".repeat(64);
+    let elsewhere = format!("{}/platform/hello@sha256:{zeros}", thief.host());
+    for args in [
+        vec!["verify", elsewhere.as_str()],
+        vec!["audit", elsewhere.as_str()],
+        vec!["promote", elsewhere.as_str(), "--tag", "prod"],
+    ] {
+        let out = creds().xtask(&f, &args);
+        assert!(!out.status.success(), "{args:?}: {}", show(&out));
+    }
+    assert!(
+        thief.requests().len() >= 3,
+        "the reference's host was asked: {:?}",
+        thief.requests()
+    );
+    // A base image pinned on the other host.
+    f.write(
+        "images/files/image.toml",
+        &IMAGE.replace(
+            "tags = [\"v1\"]\n",
+            &format!(
+                "tags = [\"v1\"]\nbase = \"{}/base@sha256:{zeros}\"\n",
+                thief.host()
+            ),
+        ),
+    );
+    let out = creds().xtask(&f, &["build", "files"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert_eq!(
+        thief.with_credentials(),
+        Vec::<String>::new(),
+        "no credential reached 127.0.0.2"
+    );
+    f.write("images/files/image.toml", IMAGE);
+
+    // A registry whose token realm, and one whose upload Location, is on
+    // the other host, over plain http: refused, nothing sent there.
+    let before = thief.requests().len();
+    let realm = FaultProxy::start(reg.port, Fault::BearerRealmOn2(thief.port));
+    let out = Creds::env("ci", "s3cret-pass").xtask(&f, &["publish", "--registry", &realm.host()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("token realm") && stderr(&out).contains("refused"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        thief.requests().len(),
+        before,
+        "the realm on the other host was not contacted: {:?}",
+        thief.requests()
+    );
+    // The upload Location on the other host: the lane's own DELETE (the
+    // push-permission probe's cleanup) is not sent there, and no request
+    // there carries a credential. (The upload's PUT itself is oci-client's,
+    // which follows the Location without the registry's credential.)
+    let location = FaultProxy::start(reg.port, Fault::LocationOn2(thief.port));
+    let _ = Creds::env("ci", "s3cret-pass").xtask(&f, &["publish", "--registry", &location.host()]);
+    assert!(location.hits() > 0, "the Location was rewritten");
+    let there = thief.requests();
+    assert!(
+        there.iter().all(|h| !h.starts_with("DELETE")),
+        "no DELETE to the other host: {there:?}"
+    );
+    assert_eq!(thief.with_credentials(), Vec::<String>::new(), "{there:?}");
+    // The release registry itself still gets the credential.
+    let out = creds().xtask(&f, &["publish", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+/// Issue 27, finding 13: the secrets in the lane's environment (registry
+/// password, signing key PEM, OIDC request token) never reach a
+/// subprocess. A credential helper (a subprocess the lane runs) writes its
+/// whole environment to a file; none of the secrets is in it.
+#[test]
+fn subprocesses_inherit_no_secret() {
+    let f = files_image("no-secret-env");
+    f.write("ci/release-policy.toml", "version = 1\n");
+    f.commit("a policy");
+    let creds = Creds::docker_config(r#"{"credsStore":"spy"}"#);
+    let bin = creds.docker_config.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let dump = creds.docker_config.path().join("helper-env");
+    let helper = bin.join("docker-credential-spy");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nenv > '{}'\necho 'credentials not found in native keychain'\nexit 1\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut creds = creds;
+    creds.path_prepend = Some(bin);
+    let secrets = [
+        ("LANE_REGISTRY_USER", "ci"),
+        ("LANE_REGISTRY_PASSWORD", "pass-0f1e2d"),
+        ("LANE_SIGNING_KEY", "-----BEGIN PRIVATE KEY-----key-9a8b7c"),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "req-5d6e7f"),
+    ];
+    for (k, v) in secrets {
+        creds.env.push((k.into(), v.into()));
+    }
+    // A reference on a registry the environment's credential does not
+    // belong to: the lane asks the Docker config's helper.
+    let reg = Registry::start();
+    let zeros = "0".repeat(64);
+    let _ = creds.xtask(
+        &f,
+        &["verify", &format!("{}/x/y@sha256:{zeros}", reg.host())],
+    );
+    let env = fs::read_to_string(&dump).expect("the helper ran");
+    assert!(env.contains("PATH="), "{env}");
+    for (k, v) in &secrets[1..] {
+        assert!(!env.contains(v), "{k} reached the helper:\n{env}");
+    }
+}

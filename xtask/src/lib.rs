@@ -330,6 +330,49 @@ mod tidy {
         assert_eq!(matrix, images, "release.yml's build matrix and images/");
     }
 
+    /// Audit finding 4: no job a pull request runs holds push rights: every
+    /// job of release.yml that has `id-token: write`, a secret or the cache
+    /// runs only on a push.
+    #[test]
+    fn pull_requests_get_no_id_token_secret_or_cache() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let workflow = std::fs::read_to_string(root.join(".github/workflows/release.yml")).unwrap();
+        let jobs = workflow.split("\njobs:\n").nth(1).expect("a jobs: section");
+        let mut names = Vec::new();
+        let mut current: Option<(String, String)> = None;
+        let mut all = Vec::new();
+        for line in jobs.lines() {
+            let is_job = line.starts_with("  ")
+                && !line.starts_with("   ")
+                && line.trim_end().ends_with(':')
+                && !line.trim().starts_with('#');
+            if is_job {
+                all.extend(current.take());
+                current = Some((line.trim().trim_end_matches(':').to_string(), String::new()));
+            } else if let Some((_, body)) = current.as_mut()
+                && !line.trim().starts_with('#')
+            {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        all.extend(current);
+        for (name, body) in &all {
+            names.push(name.clone());
+            let privileged = body.contains("id-token: write")
+                || body.contains("secrets.")
+                || body.contains("LANE_CACHE");
+            if privileged {
+                assert!(
+                    body.contains("if: github.event_name == 'push'"),
+                    "job {name} holds an id-token, a secret or the cache but may run on a pull request"
+                );
+            }
+        }
+        assert!(names.contains(&"release".to_string()), "{names:?}");
+        assert!(names.contains(&"build".to_string()), "{names:?}");
+    }
+
     /// The README's test command is the one a fresh machine needs: it is
     /// `bash .ci/run`, which installs what is missing (ci/setup.sh) before
     /// it runs the tests, and CI runs exactly it.

@@ -53,6 +53,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, while this process has one thread: no subprocess inherits a
+    // secret.
+    xtask::adapters::secrets::take_from_environment();
     let cli = Cli::parse();
     xtask::adapters::signals::install();
     let code = match run(cli) {

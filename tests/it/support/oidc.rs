@@ -72,6 +72,10 @@ pub enum Fault {
     NotYetValid,
     /// One claim set to this value (`repository`, `sha`, `ref`, ...).
     Claim(&'static str, String),
+    /// The JWKS is 2 MiB (a key list padded with junk keys).
+    HugeJwks,
+    /// The discovery document redirects to plain http on 127.0.0.2.
+    DiscoveryRedirectsAway,
 }
 
 /// One CI run the issuer will give tokens to.
@@ -399,6 +403,15 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<State>, keys: &Keys) -> std::
             if let Fault::Discovery(status) = fault {
                 return respond(conn, status, &json!({ "message": "unavailable" }));
             }
+            if fault == Fault::DiscoveryRedirectsAway {
+                let mut c = conn;
+                write!(
+                    c,
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.2:{port}/.well-known/openid-configuration\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                let _ = c.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             let jwks_uri = if fault == Fault::JwksUnreachable {
                 // A port that was free a moment ago: nobody listens there.
                 let dead = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -427,6 +440,13 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<State>, keys: &Keys) -> std::
         }
         "/jwks" => {
             let mut jwks = vec![es_jwk(&keys.es, ES_KID)];
+            if fault == Fault::HugeJwks {
+                let junk = "x".repeat(1024);
+                jwks.extend(
+                    (0..2048)
+                        .map(|i| json!({ "kty": "oct", "kid": format!("junk-{i}"), "k": junk })),
+                );
+            }
             if let Some(rsa) = &keys.rsa {
                 jwks.push(json!({
                     "kty": "RSA", "kid": RS_KID, "alg": "RS256", "use": "sig",

@@ -242,6 +242,12 @@ pub enum Fault {
     RedirectLoop,
     /// Redirect manifest GETs to this port of 127.0.0.1 (another host).
     RedirectTo(u16),
+    /// Ask for a Bearer token from a realm on this port of 127.0.0.2 (a
+    /// token service on another host, over plain http).
+    BearerRealmOn2(u16),
+    /// Point the `Location` of every started upload at this port of
+    /// 127.0.0.2 (another host).
+    LocationOn2(u16),
 }
 
 /// A fault-injecting HTTP proxy on 127.0.0.1 in front of `upstream`.
@@ -441,6 +447,22 @@ fn handle(
             "",
         );
     }
+    if let Fault::BearerRealmOn2(port) = fault
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        hits.fetch_add(1, Ordering::SeqCst);
+        return respond(
+            client,
+            "401 Unauthorized",
+            &[(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="http://127.0.0.2:{port}/token",service="lane-test""#),
+            )],
+            r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+        );
+    }
     if fault == Fault::DenyPush && method == "POST" && path.contains("/blobs/uploads/") {
         hits.fetch_add(1, Ordering::SeqCst);
         return respond(
@@ -516,6 +538,15 @@ fn handle(
             for (k, v) in rheaders.iter_mut() {
                 if k.eq_ignore_ascii_case("content-length") {
                     *v = body.len().to_string();
+                }
+            }
+        }
+        Fault::LocationOn2(port) if method == "POST" && path.contains("/blobs/uploads/") => {
+            for (k, v) in rheaders.iter_mut() {
+                if k.eq_ignore_ascii_case("location") {
+                    let at = v.find("/v2/").unwrap_or(0);
+                    *v = format!("http://127.0.0.2:{port}{}", &v[at..]);
+                    hits.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }
@@ -613,5 +644,65 @@ impl Creds {
             cmd.env(k, v);
         }
         cmd
+    }
+}
+
+/// A server on 127.0.0.2 (a second loopback address: another host) that
+/// records the head of every request and answers 401 with a Basic
+/// challenge, so a client holding a credential would send it.
+pub struct Recorder2 {
+    pub port: u16,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder2 {
+    pub fn start() -> Recorder2 {
+        let listener = TcpListener::bind("127.0.0.2:0").expect("binding 127.0.0.2");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    log.lock().unwrap().push(head);
+                    let _ = respond(
+                        conn,
+                        "401 Unauthorized",
+                        &[("WWW-Authenticate", r#"Basic realm="thief""#.into())],
+                        "",
+                    );
+                });
+            }
+        });
+        Recorder2 { port, requests }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.2:{}", self.port)
+    }
+
+    /// Every request head received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The request heads that carried an Authorization header.
+    pub fn with_credentials(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|h| h.to_ascii_lowercase().contains("\nauthorization:"))
+            .collect()
     }
 }

@@ -14,6 +14,8 @@ pub mod registry;
 pub mod registry_server;
 pub mod registry_store;
 pub mod remote_cache;
+pub mod secrets;
 pub mod signals;
+pub mod urls;
 pub mod validators;
 pub mod workspace;

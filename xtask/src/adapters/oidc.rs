@@ -107,13 +107,50 @@ pub fn identify(
     })
 }
 
+/// Most bytes of the token endpoint's answer the lane reads.
+pub const MAX_TOKEN_ANSWER_BYTES: u64 = 64 << 10;
+/// Most bytes of the issuer's discovery document or JWKS the lane reads.
+pub const MAX_ISSUER_DOCUMENT_BYTES: u64 = 1 << 20;
+
+/// The OIDC client: redirects judged by the one rule for handed-back URLs
+/// (`urls::check`: the same origin, or another over https; never userinfo,
+/// never https to http), at most 5 of them.
 fn client() -> Result<reqwest::blocking::Client> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        let from = attempt.previous()[attempt.previous().len() - 1].clone();
+        match crate::adapters::urls::check(&from, attempt.url().clone(), "the issuer redirected to")
+        {
+            Ok(_) => attempt.follow(),
+            Err(e) => attempt.error(format!("{e:#}")),
+        }
+    });
     reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
+        .redirect(policy)
         .user_agent(concat!("release-lane-xtask/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("creating the HTTP client for the OIDC issuer")
+}
+
+/// A response body, refused once it passes `limit` bytes (by its
+/// Content-Length first, then by counting).
+fn read_capped(resp: reqwest::blocking::Response, limit: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    if resp.content_length().is_some_and(|n| n > limit) {
+        bail!("{what} is more than {limit} bytes, more than the lane reads");
+    }
+    let mut out = Vec::new();
+    resp.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| anyhow!("reading {what}: {e}"))?;
+    if out.len() as u64 > limit {
+        bail!("{what} is more than {limit} bytes, more than the lane reads");
+    }
+    Ok(out)
 }
 
 /// A transport error with its causes (`error sending request: ...:
@@ -191,12 +228,11 @@ fn request_token(
             }
         );
     }
-    let body = resp.bytes().map_err(|e| {
-        anyhow!(
-            "reading the token endpoint's answer ({at}): {}",
-            transport(e)
-        )
-    })?;
+    let body = read_capped(
+        resp,
+        MAX_TOKEN_ANSWER_BYTES,
+        &format!("the token endpoint's answer ({at})"),
+    )?;
     let value = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v["value"].as_str().map(str::to_string))
@@ -222,9 +258,7 @@ fn get_json(http: &reqwest::blocking::Client, url: &str, what: &str) -> Result<V
     if !status.is_success() {
         bail!("{what} at {url} answered {status}; {fix}");
     }
-    let body = resp
-        .bytes()
-        .map_err(|e| anyhow!("reading {what} at {url}: {}", transport(e)))?;
+    let body = read_capped(resp, MAX_ISSUER_DOCUMENT_BYTES, &format!("{what} at {url}"))?;
     serde_json::from_slice(&body).map_err(|e| anyhow!("{what} at {url} is not JSON ({e}); {fix}"))
 }
 
@@ -301,7 +335,7 @@ pub fn builder_run(
     to_registry: bool,
     progress: &crate::report::Reporter,
 ) -> Result<lane_core::provenance::BuilderRun> {
-    let get = |k: &str| std::env::var(k).ok();
+    let get = |k: &str| crate::adapters::secrets::var(k);
     let version = env!("CARGO_PKG_VERSION");
     let local = || lane_core::provenance::BuilderRun::local(version, get("LANE_INVOCATION_ID"));
     let now = chrono::Utc::now().timestamp();

@@ -18,6 +18,7 @@ use xshell::{Shell, cmd};
 
 use lane_core::layer::{self, Entry, EntryKind};
 use lane_core::python::lock::{self, ImageRequest, LOCK_PATH, LockedWheel, PyLock, WheelSource};
+use lane_core::python::version::Version;
 use lane_core::python::wheel::{self, InstallScheme};
 use lane_core::spec::{ImagePath, ImageSpec, Owner};
 
@@ -219,6 +220,126 @@ impl WheelSource for Pip<'_> {
         }
         Ok((name, bytes))
     }
+}
+
+/// A locked wheel whose version the machine's pip index no longer offers
+/// as the newest: a report of what the index offers today, never a verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct PyOutdated {
+    pub name: String,
+    pub locked: String,
+    /// The newest version the index offers for the images' interpreter and
+    /// platform (`None`: none at all).
+    pub available: Option<String>,
+    /// The index no longer lists the locked version (yanked, or removed).
+    pub withdrawn: bool,
+    /// The locked version is still served, but marked yanked (pip says so
+    /// when asked for it by name).
+    pub yanked: bool,
+}
+
+/// `cargo xtask lock --outdated` for `lockfiles/python.lock`: each locked
+/// wheel for which pip's index (the machine's configuration) offers a
+/// newer version, or no longer lists the locked one (then whether it is
+/// yanked or gone), for the images' interpreter and wheel platform.
+pub fn outdated(root: &Path, images: &[ImageSpec]) -> Result<Vec<PyOutdated>> {
+    let Some(lock) = read_lock(root)? else {
+        return Ok(Vec::new());
+    };
+    let (_, target_of) = requests(root, images)?;
+    let Some(t) = target_of.values().next() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for w in &lock.wheel {
+        let offered = index_versions(t, &w.name)?;
+        let locked = Version::parse(&w.version)?;
+        let newest = offered.iter().filter_map(|v| Version::parse(v).ok()).max();
+        let withdrawn = !offered
+            .iter()
+            .filter_map(|v| Version::parse(v).ok())
+            .any(|v| v == locked);
+        let newer = newest.as_ref().is_some_and(|n| *n > locked);
+        if !newer && !withdrawn {
+            continue;
+        }
+        let yanked = withdrawn && yanked(t, w)?;
+        out.push(PyOutdated {
+            name: w.name.clone(),
+            locked: w.version.clone(),
+            available: newest.map(|v| v.text),
+            withdrawn,
+            yanked,
+        });
+    }
+    Ok(out)
+}
+
+/// The versions `pip index versions` lists for `name` (yanked ones left
+/// out, as pip does), for the target's interpreter and platform; empty
+/// when the index has none.
+fn index_versions(t: &PyTarget, name: &str) -> Result<Vec<String>> {
+    let sh = Shell::new()?;
+    let mut args = vec![
+        "-m".to_string(),
+        "pip".into(),
+        "index".into(),
+        "versions".into(),
+        name.into(),
+    ];
+    // The download options after `download`: the same target.
+    // (`--quiet` would silence the listing itself.)
+    args.extend(
+        pip_args(t)
+            .into_iter()
+            .skip(3)
+            .filter(|a| a != "--no-deps" && a != "--quiet"),
+    );
+    let out = cmd!(sh, "python3 {args...}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running python3 -m pip index versions (install python3 with pip)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No matching distribution") {
+            return Ok(Vec::new());
+        }
+        bail!("pip index versions {name} failed: {}", err.trim());
+    }
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("Available versions:"))
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Whether pip, asked for exactly the locked file, fetches it with its
+/// warning that it is yanked.
+fn yanked(t: &PyTarget, w: &LockedWheel) -> Result<bool> {
+    let dir = tempfile_dir()?;
+    let sh = Shell::new()?;
+    let args = pip_args(t);
+    let spec = format!("{}=={}", w.name, w.version);
+    let out = cmd!(sh, "python3 {args...} -d {dir} {spec}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running python3 -m pip download")?;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("yanked"))
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = crate::adapters::cache::temp_path(&std::env::temp_dir().join("lane-pip-yanked"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -440,8 +561,15 @@ pub fn fetch_verified(
             ],
         );
         let _ = fs::remove_file(&reqs);
-        let (name, bytes) =
-            got.with_context(|| format!("fetching wheel {} {}", w.name, w.version))?;
+        let (name, bytes) = got.map_err(|e| {
+            anyhow::anyhow!(
+                "the locked wheel {} ({} {}, sha256 {}) could not be fetched: pip's index does not serve it (any more), or pip cannot reach it ({e:#}).\nWays out: run cargo xtask lock to pin what the index offers now and commit {LOCK_PATH}; or point pip (pip.conf, PIP_INDEX_URL, PIP_FIND_LINKS) at an index or folder that still holds this file. Nothing was built",
+                w.filename,
+                w.name,
+                w.version,
+                digest.hex()
+            )
+        })?;
         if name != w.filename {
             bail!(
                 "pip returned {name} for {} {}, the lock names {}; run cargo xtask lock",

@@ -18,7 +18,7 @@
 //! in `Debug`, and error messages name the user and the credential source,
 //! never the password.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,8 @@ use lane_core::evidence::MEDIA_MANIFEST;
 use lane_core::id::{Digest, Tag};
 use lane_core::layer::sha256;
 
+/// Names the release registry when `--registry` is not given.
+pub const ENV_REGISTRY: &str = "LANE_REGISTRY";
 /// Environment variable naming the registry user (CI).
 pub const ENV_USER: &str = "LANE_REGISTRY_USER";
 /// Environment variable holding the registry password or token (CI).
@@ -79,6 +81,11 @@ fn redirect_policy() -> reqwest::redirect::Policy {
         }
         let first = &attempt.previous()[0];
         let next = attempt.url();
+        if let Err(e) =
+            crate::adapters::urls::check(first, next.clone(), "the registry redirected to")
+        {
+            return attempt.error(format!("{e:#}"));
+        }
         let same_host = next.host_str() == first.host_str()
             && next.port_or_known_default() == first.port_or_known_default();
         let blob_download = first.path().contains("/blobs/sha256:");
@@ -430,13 +437,56 @@ pub fn docker_config_path() -> Option<PathBuf> {
         .map(|h| Path::new(&h).join(".docker/config.json"))
 }
 
+/// Names more hosts (comma-separated `HOST[:PORT]`) that [`ENV_USER`] and
+/// [`ENV_PASSWORD`] belong to, besides the release registry.
+pub const ENV_CREDENTIAL_HOSTS: &str = "LANE_REGISTRY_CREDENTIAL_HOSTS";
+
+/// The hosts of an explicit `--registry` this run was given.
+static BOUND_HOSTS: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Binds [`ENV_USER`] and [`ENV_PASSWORD`] to `host` too: a command calls
+/// it with the host of an explicit `--registry`.
+pub fn bind_env_credentials(host: &str) {
+    BOUND_HOSTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(host.to_ascii_lowercase());
+}
+
+/// Whether the environment's credential belongs to `host`: the host of
+/// `$LANE_REGISTRY`, of an explicit `--registry`, or one
+/// `$LANE_REGISTRY_CREDENTIAL_HOSTS` names. Like Docker's and crane's
+/// credentials, it is never sent to a host a reference merely names.
+fn env_credential_belongs_to(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let named = |v: &str| {
+        std::env::var(v)
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .any(|h| h == host)
+    };
+    let release_registry = std::env::var(ENV_REGISTRY)
+        .ok()
+        .and_then(|r| r.parse::<RegistryTarget>().ok())
+        .is_some_and(|t| t.host().eq_ignore_ascii_case(&host));
+    release_registry
+        || named(ENV_CREDENTIAL_HOSTS)
+        || BOUND_HOSTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&host)
+}
+
 /// Finds the credential for `host`: the environment ([`ENV_USER`] and
-/// [`ENV_PASSWORD`]) first, then Docker's `config.json`. `None` when no
-/// source has one.
+/// [`ENV_PASSWORD`]) when it belongs to `host` (the release registry's
+/// host, or one named in [`ENV_CREDENTIAL_HOSTS`]), else Docker's
+/// `config.json` entry for `host`. `None` when no source has one.
 pub fn resolve_credential(host: &str) -> Result<Option<Credential>> {
     let user = std::env::var(ENV_USER).ok().filter(|s| !s.is_empty());
-    let pass = std::env::var(ENV_PASSWORD).ok().filter(|s| !s.is_empty());
+    let pass = crate::adapters::secrets::var(ENV_PASSWORD).filter(|s| !s.is_empty());
     match (user, pass) {
+        (Some(_), Some(_)) if !env_credential_belongs_to(host) => {}
         (Some(user), Some(pass)) => {
             return Ok(Some(Credential {
                 user,
@@ -580,8 +630,11 @@ struct Session {
     oci: Client,
     credential: Option<Credential>,
     challenge: Challenge,
-    /// Bearer tokens by repository (pull,push scope).
+    /// Bearer tokens by repository (pull,push scope, or pull when
+    /// `read_only`).
     tokens: std::sync::Mutex<BTreeMap<String, String>>,
+    /// No push was asked for in the preflight: tokens are for pull only.
+    read_only: bool,
     /// Blobs known to be in some repository of this registry (for mounts).
     known: std::sync::Mutex<BTreeMap<String, String>>,
 }
@@ -600,6 +653,7 @@ impl fmt::Debug for Remote {
 pub fn preflight(target: &RegistryTarget, repositories: &[String]) -> Result<Remote> {
     let credential = resolve_credential(target.host())?;
     let mut remote = Remote::connect(target, credential, Challenge::None)?;
+    remote.s.read_only = repositories.is_empty();
     remote.rt.block_on(remote.s.preflight_async(repositories))?;
     Ok(remote)
 }
@@ -647,6 +701,7 @@ impl Remote {
                 challenge,
                 tokens: Default::default(),
                 known: Default::default(),
+                read_only: false,
             },
         })
     }
@@ -667,6 +722,8 @@ impl Remote {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         *r.s.tokens.lock().unwrap_or_else(|e| e.into_inner()) = tokens;
+        let mut r = r;
+        r.s.read_only = self.s.read_only;
         Ok(r)
     }
 }
@@ -1008,16 +1065,30 @@ impl Session {
     /// Cancels an upload session the lane will not use. A registry that
     /// cannot cancel only keeps an empty session until it purges stale
     /// uploads, so a failed DELETE is not an error.
+    /// DELETE of an upload session the registry opened. Its `Location` is
+    /// judged by the one rule for handed-back URLs (`urls::handed`): the
+    /// registry's own origin gets its credentials, another origin (https
+    /// only) none, anything else is not contacted.
     async fn cancel_upload(&self, repo: &str, location: &str) {
-        let location = self.absolute(location);
-        let _ = self
-            .send(
-                self.http.delete(&location),
-                repo,
-                None,
-                "cancelling an upload to",
-            )
-            .await;
+        let Ok(base) = reqwest::Url::parse(&format!("{}/", self.base)) else {
+            return;
+        };
+        match crate::adapters::urls::handed(&base, location, "the upload's Location") {
+            Ok(crate::adapters::urls::Handed::SameHost(url)) => {
+                let _ = self
+                    .send(
+                        self.http.delete(url.as_str()),
+                        repo,
+                        None,
+                        "cancelling an upload to",
+                    )
+                    .await;
+            }
+            Ok(crate::adapters::urls::Handed::OtherHost(url)) => {
+                let _ = self.http.delete(url.as_str()).send().await;
+            }
+            Err(_) => {}
+        }
     }
 
     fn host(&self) -> &str {
@@ -1114,7 +1185,10 @@ impl Session {
         let Challenge::Bearer { realm, service } = &self.challenge else {
             bail!("the registry did not ask for a bearer token");
         };
-        let scope = format!("repository:{repo}:pull,push");
+        // Read-only sessions (verify, audit, a promote's source, bases, a
+        // cache that is not written) ask for pull only.
+        let actions = if self.read_only { "pull" } else { "pull,push" };
+        let scope = format!("repository:{repo}:{actions}");
         let from_scope = mount_from.map(|f| format!("repository:{f}:pull"));
         let mut query = vec![("scope", scope.as_str())];
         if let Some(f) = &from_scope {
@@ -1123,8 +1197,16 @@ impl Session {
         if let Some(s) = service {
             query.push(("service", s.as_str()));
         }
-        let mut url =
-            reqwest::Url::parse(realm).map_err(|e| anyhow!("bad token realm {realm:?}: {e}"))?;
+        // The realm is judged by the one rule for handed-back URLs: the
+        // registry's own origin, or another one over https (as Docker
+        // allows a token service on another host); never plain http to
+        // another host, never userinfo. The credential sent is this
+        // registry's own, never another host's.
+        let base = reqwest::Url::parse(&format!("{}/", self.base))
+            .map_err(|e| anyhow!("the registry's URL {}: {e}", self.base))?;
+        let mut url = crate::adapters::urls::handed(&base, realm, "the registry's token realm")?
+            .url()
+            .clone();
         url.query_pairs_mut().extend_pairs(query);
         let mut req = self.http.get(url);
         if let Some(c) = &self.credential {
@@ -1237,14 +1319,6 @@ impl Session {
                 ))
             }
             s => Ok(Mount::NotMounted(format!("the registry answered {s}"))),
-        }
-    }
-
-    fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            format!("{}{location}", self.base)
         }
     }
 
@@ -1693,6 +1767,14 @@ fn oci_error_chain(e: &oci_client::errors::OciDistributionError) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_secret_variables_are_those_the_lane_reads() {
+        let names = crate::adapters::secrets::SECRET_VARS;
+        assert!(names.contains(&ENV_PASSWORD));
+        assert!(names.contains(&crate::adapters::oidc::ENV_REQUEST_TOKEN));
+        assert!(names.contains(&lane_core::signing::ENV_KEY));
+    }
+
     use super::*;
 
     #[test]

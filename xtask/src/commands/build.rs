@@ -849,6 +849,15 @@ fn build_layer(
     image: &str,
     layer_name: &str,
 ) -> Result<LayerDigests> {
+    // No source of any kind (files, .debs, wheels) may carry a whiteout.
+    for e in entries {
+        if let Some(part) = e.path.whiteout() {
+            bail!(
+                "image {image}, layer {layer_name}: {}",
+                lane_core::spec::whiteout_refused(&e.path.to_string(), part)
+            );
+        }
+    }
     let mut metas = BTreeMap::new();
     for e in entries {
         if let EntryKind::File { source, .. } = &e.kind {

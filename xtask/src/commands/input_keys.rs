@@ -11,10 +11,11 @@
 //! whole image definition (image.toml as parsed), every layer entry (path,
 //! kind, mode, owner, and its content: the git blob of a file, the
 //! filename, size and sha256 of a locked .deb or wheel), the base (the
-//! pinned digest, or the workspace base's own key) and, when the image
-//! holds a binary, the workspace's Rust sources (the blobs of every member
-//! package's folder, Cargo.toml, Cargo.lock, `.cargo/`, the toolchain
-//! file) and `rustc -vV`. Anything it cannot name this way (a dirty tree,
+//! pinned digest, or the workspace base's own key) and the workspace's
+//! Rust sources (the blobs of every member package's folder, Cargo.toml,
+//! Cargo.lock, `.cargo/`, the toolchain file) and `rustc -vV`: they make
+//! the binaries, and the lane itself (`cargo xtask` is a member), so a
+//! change of the lane's code is a change of every key. Anything it cannot name this way (a dirty tree,
 //! an untracked file, a path dependency outside the workspace) means no
 //! key, and the image is built as before.
 
@@ -31,14 +32,14 @@ use lane_core::spec::BaseRef;
 
 /// Fills in `input_key` of every image of `plan` that has one.
 pub fn fill(ws: &Workspace, plan: &mut BuildPlan, index: &GitIndex) -> Result<()> {
-    let rust = if plan.binaries.is_empty() {
-        None
-    } else {
-        rust_fingerprint(ws, plan, index)?
+    // The workspace's Rust sources are in every key: they hold the
+    // binaries, and the lane itself (`cargo xtask` is a member).
+    let Some(rust) = rust_fingerprint(ws, plan, index)? else {
+        return Ok(());
     };
     let mut keys: BTreeMap<String, Option<Digest>> = BTreeMap::new();
     for i in 0..plan.images.len() {
-        let key = key_of(plan, i, index, rust.as_ref(), &keys);
+        let key = key_of(plan, i, index, &rust, &keys);
         keys.insert(plan.images[i].spec.name.clone(), key.clone());
         plan.images[i].input_key = key;
     }
@@ -51,7 +52,7 @@ fn key_of(
     plan: &BuildPlan,
     i: usize,
     index: &GitIndex,
-    rust: Option<&Digest>,
+    rust: &Digest,
     keys: &BTreeMap<String, Option<Digest>>,
 ) -> Option<Digest> {
     let image = &plan.images[i];
@@ -63,7 +64,6 @@ fn key_of(
         BaseRef::Workspace { image } => json!({ "workspace": keys.get(image)?.as_ref()? }),
     };
     let mut layers = Vec::new();
-    let mut binaries = false;
     for l in &image.layers {
         let mut entries = Vec::new();
         for e in &l.entries {
@@ -73,10 +73,7 @@ fn key_of(
                     .iter()
                     .find(|b| b.path.to_string_lossy() == src.as_str())
                 {
-                    Some(b) => {
-                        binaries = true;
-                        json!({ "cargo": b.request })
-                    }
+                    Some(b) => json!({ "cargo": b.request }),
                     None => json!(index.file(std::path::Path::new(src))?),
                 },
                 (_, Some(src), _) => json!(src),
@@ -97,7 +94,7 @@ fn key_of(
         "spec": image.spec,
         "base": base,
         "layers": layers,
-        "rust": if binaries { Some(rust?) } else { None },
+        "rust": rust,
     });
     Some(lane_core::reuse::input_key(&doc))
 }

@@ -31,7 +31,9 @@ use crate::adapters::workspace::Workspace;
 ///
 /// --outdated: what the indexes offer now, as a report (never a verdict):
 /// each locked package with a newer version in the machine's apt index,
-/// and whether it comes from a security suite. See docs/debian.md.
+/// and whether it comes from a security suite; each locked wheel with a
+/// newer version in pip's index, or whose locked version the index no
+/// longer lists (yanked, or removed). See docs/debian.md.
 ///
 /// Examples:
 ///   cargo xtask lock --check
@@ -43,12 +45,14 @@ pub struct Args {
     #[arg(long, conflicts_with = "outdated")]
     pub check: bool,
     /// Write nothing; list the locked packages the machine's apt index has
-    /// newer versions of (exit 0: a report, not a check).
+    /// newer versions of, and the locked wheels pip's index has newer
+    /// versions of or no longer lists (exit 0: a report, not a check).
     #[arg(long)]
     pub outdated: bool,
     /// Print JSON: {"path", "packages", "changes", "written", "python"};
     /// with --outdated {"debian": [{"name", "locked", "available",
-    /// "security", "suite"}]}.
+    /// "security", "suite"}], "python": [{"name", "locked", "available",
+    /// "withdrawn", "yanked"}]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -62,12 +66,38 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
     let cache = ws.root.join("target/lane-cache");
     if outdated {
         let debian = crate::adapters::apt::outdated(&ws.root)?;
+        let python = crate::adapters::pip::outdated(&ws.root, &ws.load_images()?)?;
         if json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "debian": debian }))?
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "debian": debian, "python": python })
+                )?
             );
-        } else if debian.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        for o in &python {
+            println!(
+                "{} {} -> {}{}",
+                o.name,
+                o.locked,
+                o.available.as_deref().unwrap_or("(none offered)"),
+                match (o.withdrawn, o.yanked) {
+                    (_, true) => " (the locked version is yanked)",
+                    (true, false) => " (the index no longer lists the locked version)",
+                    _ => "",
+                }
+            );
+        }
+        if python.is_empty() {
+            println!("every locked wheel is the newest pip's index offers");
+        } else {
+            println!(
+                "{} locked wheel(s) have newer versions or were withdrawn; cargo xtask lock moves them",
+                python.len()
+            );
+        }
+        if debian.is_empty() {
             println!("every locked Debian package is the newest the machine's apt index offers");
         } else {
             for o in &debian {

@@ -26,8 +26,7 @@ use lane_core::distribution::{BuiltImage, PublishReport, TagCheck};
 use lane_core::id::{Repository, Tag};
 use lane_core::store::Store;
 
-/// Names the registry when `--registry` is not given.
-pub const ENV_REGISTRY: &str = "LANE_REGISTRY";
+pub use crate::adapters::registry::ENV_REGISTRY;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishRun {
@@ -207,6 +206,9 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         tag,
         json,
     } = args;
+    if let Some(r) = &registry {
+        crate::adapters::registry::bind_env_credentials(r.host());
+    }
     let opts = PublishOptions {
         registry,
         tag,

@@ -1662,7 +1662,10 @@ pub fn run(ws: &Workspace, args: Args) -> Result<ExitCode> {
         no_reuse,
     } = args;
     let signer =
-        crate::adapters::keys::load_signer(signing_key.as_deref(), &|k| std::env::var(k).ok())?;
+        crate::adapters::keys::load_signer(signing_key.as_deref(), &crate::adapters::secrets::var)?;
+    if let Some(r) = &registry {
+        crate::adapters::registry::bind_env_credentials(r.host());
+    }
     let mut store = crate::commands::publish::open_store(ws, registry, json)?;
     let opts = ReleaseOptions {
         images,

@@ -109,6 +109,11 @@ impl ReadArgs {
     /// must agree with `--registry` when both are given).
     pub fn open(&self, ws: &Workspace, location: Location) -> Result<(Policy, Box<dyn Store>)> {
         let (policy, _) = crate::commands::release::load_policy(ws)?;
+        // The environment's credential goes to an explicit --registry, never
+        // to a host a reference merely names.
+        if let Some(r) = &self.registry {
+            crate::adapters::registry::bind_env_credentials(r.host());
+        }
         let registry = registry_for(location, self.registry.clone())?;
         let store = crate::commands::publish::open_store(ws, registry, self.json)?;
         Ok((policy, store))
