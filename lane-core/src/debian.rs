@@ -906,6 +906,13 @@ pub struct DebContents {
     pub entries: Vec<DebEntry>,
 }
 
+fn ty_is_file(h: &tar::Header) -> bool {
+    matches!(
+        h.entry_type(),
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    )
+}
+
 /// Normalises an archive path (see the module docs). `Ok(None)` is the root.
 fn sanitise_path(raw: &str) -> std::result::Result<Option<ImagePath>, String> {
     let mut parts = Vec::new();
@@ -1113,6 +1120,15 @@ fn read_deb_limited(package: &str, bytes: &[u8], limits: DebLimits) -> Result<De
         };
         let h = e.header();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        // Audit finding 10: a setuid or setgid file anyone may write is a
+        // root shell for anyone; refused (plain setuid/setgid files, such
+        // as mount or su, are kept and reported by drift).
+        if mode & 0o6000 != 0 && mode & 0o002 != 0 && ty_is_file(h) {
+            problems.push(format!(
+                "{path} is setuid/setgid and world-writable (mode {mode:04o}): refused"
+            ));
+            continue;
+        }
         let owner = Owner {
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
@@ -1628,6 +1644,30 @@ mod properties {
                 "{member}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_world_writable_setuid_file_is_refused_and_plain_setuid_is_kept() {
+        let data = |mode: u32| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(4);
+            h.set_mode(mode);
+            h.set_cksum();
+            b.append_data(&mut h, "./usr/bin/su", &b"\x7fELF"[..])
+                .unwrap();
+            b.into_inner().unwrap()
+        };
+        let e = format!(
+            "{:#}",
+            read_deb(PACKAGE, &deb_with("data.tar", &data(0o4757))).unwrap_err()
+        );
+        assert!(
+            e.contains("usr/bin/su is setuid/setgid and world-writable (mode 4757): refused"),
+            "{e}"
+        );
+        let ok = read_deb(PACKAGE, &deb_with("data.tar", &data(0o4755))).unwrap();
+        assert_eq!(ok.entries[0].mode, 0o4755);
     }
 
     #[test]

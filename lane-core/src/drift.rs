@@ -922,7 +922,7 @@ pub struct ImageDrift {
     pub contents_index: ContentsState,
     /// The Python import drift of an image with a `[python]` table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub python: Option<crate::python::resolve::PythonDrift>,
+    pub python: Option<crate::python::report::PythonDrift>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,7 @@ pub enum GateName {
     AuthoritativeBuilder,
     NoUnusedPackages,
     SecurityUpdates,
+    NoSecrets,
 }
 
 /// Gates every release must pass, whatever the policy says.
@@ -41,6 +42,7 @@ pub const BUILT_IN: &[GateName] = &[
     GateName::PublishCrossCheck,
     GateName::ProvenanceComplete,
     GateName::SbomComplete,
+    GateName::NoSecrets,
 ];
 
 /// Gates the lane knows that a policy may add, with what each checks.
@@ -81,6 +83,7 @@ impl GateName {
             GateName::AuthoritativeBuilder => "authoritative-builder",
             GateName::NoUnusedPackages => "no-unused-packages",
             GateName::SecurityUpdates => "security-updates",
+            GateName::NoSecrets => "no-secrets",
         }
     }
 
@@ -579,7 +582,7 @@ mod tests {
         assert!(e.contains("known gates: source-state,"), "{e}");
         assert_eq!(
             GateName::all().count(),
-            11,
+            12,
             "every gate is built-in or optional"
         );
         for g in GateName::all() {

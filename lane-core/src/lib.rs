@@ -26,6 +26,7 @@ pub mod purl;
 pub mod python;
 pub mod reuse;
 pub mod sbom;
+pub mod secret_scan;
 pub mod security_age;
 pub mod signing;
 pub mod smoke;

@@ -228,6 +228,9 @@ pub struct ProvenanceInputs {
     pub rustc: String,
     pub lane_version: String,
     pub encoder: String,
+    /// The paths image.toml lets the no-secrets gate leave alone
+    /// (`[secrets] allow`); recorded so that an allowance is never hidden.
+    pub secrets_allowed: Vec<String>,
     /// Every input artifact; duplicates (same descriptor) are listed once.
     pub inputs: Vec<Input>,
     pub builder: BuilderRun,
@@ -271,6 +274,7 @@ pub fn provenance_statement(i: &ProvenanceInputs) -> Result<Value> {
                     "tags": i.tags,
                     "source": { "repository": i.source_repository, "revision": i.revision, "treeClean": i.tree_clean },
                     "policy": { "path": i.policy_path, "digest": { "sha256": i.policy_digest.hex() } },
+                    "secretsAllowed": i.secrets_allowed,
                 },
                 "internalParameters": internal,
                 "resolvedDependencies": deps,

@@ -35,6 +35,7 @@ pub const IMAGE_BOUND: &[GateName] = &[
     GateName::NoUnusedPackages,
     GateName::Smoke,
     GateName::SbomComplete,
+    GateName::NoSecrets,
 ];
 
 /// The digest of what the image-bound gates check besides the image's
@@ -56,6 +57,8 @@ pub fn definitions(spec: &ImageSpec, lane_version: &str) -> Digest {
         "lane": lane_version,
         "smoke": spec.smoke,
         "python": python,
+        "secrets_allow": spec.secrets_allow,
+        "smoke_user": spec.smoke_user,
     });
     // A JSON value of strings, numbers and lists always serialises.
     let bytes = canonical_json(&doc).map(|b| b.bytes).unwrap_or_default();

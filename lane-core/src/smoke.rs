@@ -57,6 +57,10 @@ pub struct Isolation {
     pub cap_drop: Vec<String>,
     pub memory_bytes: i64,
     pub pids_limit: i64,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// The engine's log cap for the container (`1m`).
+    pub log_max_size: String,
     pub user: String,
 }
 

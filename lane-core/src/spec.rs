@@ -31,6 +31,12 @@ pub struct ImageSpec {
     /// Python wheels and the application's sources (`[python]`), pinned in
     /// `lockfiles/python.lock`. See `crate::python`.
     pub python: Option<PythonSpec>,
+    /// Paths the no-secrets gate leaves alone on purpose (`[secrets]
+    /// allow`), shown in the gate's evidence and the provenance.
+    pub secrets_allow: Vec<ImagePath>,
+    /// Who the smoke commands run as (`smoke_user`: `root`, or `UID[:GID]`);
+    /// `None`: the image's user, else nobody.
+    pub smoke_user: Option<String>,
 }
 
 /// `[debian] packages = [...]`: the requested packages; their dependency
@@ -276,6 +282,19 @@ struct RawImage {
     debian: Option<Spanned<RawDebian>>,
     #[serde(default)]
     python: Option<Spanned<RawPython>>,
+    #[serde(default)]
+    secrets: Option<RawSecrets>,
+    #[serde(default)]
+    smoke_user: Option<Spanned<String>>,
+}
+
+/// `[secrets] allow = ["/path", ...]`: files the no-secrets gate does not
+/// scan, on purpose (test fixtures).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -694,10 +713,7 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
             };
             let mut modules = Vec::new();
             for m in &p.modules {
-                let ok = m
-                    .get_ref()
-                    .split('.')
-                    .all(crate::python::wheel::is_identifier);
+                let ok = m.get_ref().split('.').all(crate::python::is_identifier);
                 if !ok {
                     src.err(
                         m.span(),
@@ -725,6 +741,31 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         }
     };
 
+    let smoke_user = match raw.smoke_user {
+        None => None,
+        Some(u) => {
+            let v = u.get_ref();
+            let numeric = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+            let ok = v == "root"
+                || match v.split_once(':') {
+                    Some((a, b)) => numeric(a) && numeric(b),
+                    None => numeric(v),
+                };
+            if !ok {
+                src.err(
+                    u.span(),
+                    format_args!(
+                        "smoke_user {v:?} is neither \"root\" nor UID[:GID]; smoke commands run as the image's user, else nobody, unless this says otherwise"
+                    ),
+                )?;
+            }
+            Some(v.clone())
+        }
+    };
+    let mut secrets_allow = Vec::new();
+    for a in raw.secrets.map(|s| s.allow).unwrap_or_default() {
+        secrets_allow.push(dest(&src, &a)?);
+    }
     Ok(ImageSpec {
         name,
         dir,
@@ -736,6 +777,8 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         smoke,
         debian,
         python,
+        secrets_allow,
+        smoke_user,
     })
 }
 

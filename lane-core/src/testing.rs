@@ -29,6 +29,7 @@ pub fn provenance_inputs() -> ProvenanceInputs {
         rustc: "rustc 1.95.0".into(),
         lane_version: "0.1.0".into(),
         encoder: "lane-layer/format=1".into(),
+        secrets_allowed: Vec::new(),
         inputs: vec![
             Input::Source {
                 url: LANE_PROJECT.into(),

@@ -20,6 +20,7 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
         "layer assembly",
         "warm rebuild",
         "rebuild after one changed file",
+        "the no-secrets gate's scan",
         "peak memory",
         "layer assembly against parallel gzip",
         "cold build of 50 generated images",
@@ -111,6 +112,9 @@ fn bench_quick_reports_every_case_with_both_figures_and_the_ratio() {
             && fresh_runner.contains(", 0 layers compressed, 0 layers fetched from the registry cache, 0 blob bytes uploaded, 0 smoke containers started, 7 of 7 images carried their gates over"),
         "{fresh_runner}"
     );
+    // The no-secrets scan read every layer of the four images.
+    let scan = note("the no-secrets gate's scan", 0);
+    assert!(scan.starts_with("4 images, "), "{scan}");
     // An unchanged re-publish uploads no blob bytes.
     let again = note("publish again", 0);
     assert!(again.starts_with("blob bytes uploaded: lane 0,"), "{again}");

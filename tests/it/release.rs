@@ -3,7 +3,8 @@
 
 use std::fs;
 
-use crate::support::{Fixture, gate, hello};
+use crate::support::report_image as image_of;
+use crate::support::{Fixture, gate, hello, show};
 
 /// The tag `hello` would get in the local store, if any.
 fn local_tag(f: &Fixture, tag: &str) -> Option<String> {
@@ -189,4 +190,68 @@ fn a_package_left_out_of_the_sbom_rejects_the_release() {
             assert_eq!(g["state"], "passed", "{g}");
         }
     }
+}
+
+/// Issue 27 (acceptance 3): a layer holding a PEM private key and a
+/// checkout's token header rejects the release at no-secrets, naming layer
+/// and path (never the secret); nothing is tagged. Allowing those paths in
+/// image.toml on purpose passes, and the allowance is in the provenance.
+#[test]
+fn a_secret_in_a_layer_rejects_the_release_and_an_allowed_path_passes_in_the_provenance() {
+    let image = crate::verify::IMAGE.replace(
+        "  { src = \"data/one.txt\", dest = \"/srv/one.txt\" },",
+        "  { src = \"data/one.txt\", dest = \"/srv/one.txt\" },\n  { src = \"data/fixture.pem\", dest = \"/srv/fixture.pem\" },\n  { src = \"data/gitconfig\", dest = \"/srv/gitconfig\" },",
+    );
+    let (f, _keys, key) = crate::support::signed_files_workspace("no-secrets", &image);
+    let secret = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+    f.write(
+        "images/files/data/fixture.pem",
+        &format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"),
+    );
+    let token = "eC1hY2Nlc3MtdG9rZW46Z2hzX3NlY3JldA==";
+    f.write(
+        "images/files/data/gitconfig",
+        &format!("[http \"https://github.com/\"]\n\textraheader = AUTHORIZATION: basic {token}\n"),
+    );
+    f.commit("two secrets in the image");
+    let (out, r) = f.release(None, &["--signing-key", &key]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let i = image_of(&r, "files");
+    let g = gate(i, "no-secrets");
+    assert_eq!(g["state"], "failed", "{g}");
+    let summary = g["summary"].as_str().unwrap();
+    for needle in [
+        "private-key in layer sha256:",
+        "at /srv/fixture.pem",
+        "authorization-header in layer",
+        "at /srv/gitconfig",
+        "[secrets] allow",
+    ] {
+        assert!(summary.contains(needle), "no {needle:?} in {summary}");
+    }
+    let all = serde_json::to_string(&r).unwrap() + &crate::support::stderr(&out);
+    assert!(
+        !all.contains(secret) && !all.contains(token),
+        "a secret was printed"
+    );
+    assert_eq!(i["tagged"], serde_json::json!([]));
+
+    // Allowed on purpose: passes, and the provenance says so.
+    f.write(
+        "images/files/image.toml",
+        &format!("{image}\n[secrets]\nallow = [\"/srv/fixture.pem\", \"/srv/gitconfig\"]\n"),
+    );
+    f.commit("the fixtures are allowed");
+    let (out, r) = f.release(None, &["--signing-key", &key]);
+    assert!(out.status.success(), "{}", show(&out));
+    let i = image_of(&r, "files");
+    assert_eq!(gate(i, "no-secrets")["state"], "passed");
+    assert_eq!(
+        gate(i, "no-secrets")["evidence"]["allowed"],
+        serde_json::json!(["/srv/fixture.pem", "/srv/gitconfig"])
+    );
+    assert_eq!(
+        i["provenance"]["predicate"]["buildDefinition"]["externalParameters"]["secretsAllowed"],
+        serde_json::json!(["/srv/fixture.pem", "/srv/gitconfig"])
+    );
 }

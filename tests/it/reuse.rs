@@ -26,8 +26,9 @@ fn reused(image: &Value) -> Vec<String> {
 }
 
 /// Sorted, as [`reused`] lists them.
-const IMAGE_BOUND: [&str; 5] = [
+const IMAGE_BOUND: [&str; 6] = [
     "no-drift",
+    "no-secrets",
     "no-unused-packages",
     "reproducible",
     "sbom-complete",

@@ -163,6 +163,8 @@ fn sample_image_passes_and_the_engine_image_id_is_our_config_digest() {
         );
         assert_eq!(iso["memory_bytes"], 256 << 20, "{c}");
         assert_eq!(iso["pids_limit"], 128, "{c}");
+        assert_eq!(iso["nano_cpus"], 1_000_000_000i64, "one CPU: {c}");
+        assert_eq!(iso["log_max_size"], "1m", "a capped log: {c}");
         assert_eq!(iso["user"], "65532:65532", "{c}");
     }
     assert_eq!(containers_of_run(report["run_id"].as_str().unwrap()), "");
@@ -509,4 +511,34 @@ fn load_error_in_the_engine_stream_is_a_failure() {
         "{err}"
     );
     assert_eq!(images_of_case(case), "");
+}
+
+/// Issue 27, finding 11: an image whose config names no user runs its
+/// smoke commands as nobody; `smoke_user = "root"` in image.toml runs them
+/// as root, on purpose. A malformed smoke_user is refused with its line.
+#[test]
+fn smoke_commands_run_as_nobody_unless_image_toml_says_root() {
+    let (f, _keys, _key) =
+        crate::support::signed_files_workspace("smoke-user", crate::verify::IMAGE);
+    let out = f.xtask(&["smoke", "files", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r = support::report(&out);
+    assert_eq!(r["checks"][0]["isolation"]["user"], "65534:65534", "{r}");
+    f.write(
+        "images/files/image.toml",
+        &crate::verify::IMAGE.replace("tags = [\"v1\"]", "tags = [\"v1\"]\nsmoke_user = \"root\""),
+    );
+    let out = f.xtask(&["smoke", "files", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r = support::report(&out);
+    assert_eq!(r["checks"][0]["isolation"]["user"], "0:0", "{r}");
+    f.write(
+        "images/files/image.toml",
+        &crate::verify::IMAGE.replace("tags = [\"v1\"]", "tags = [\"v1\"]\nsmoke_user = \"admin\""),
+    );
+    let err = f.fails(&["smoke", "files"]);
+    assert!(
+        err.contains("smoke_user \"admin\"") && err.contains("image.toml:"),
+        "{err}"
+    );
 }

@@ -8,16 +8,25 @@
 //!   symlinks and RECORD mismatches) and installing it deterministically;
 //! - [`lock`]: `lockfiles/python.lock`, its resolution and diff;
 //! - [`resolve`]: import drift, resolution inside the image file system and
-//!   the provider of each module;
+//!   the provider of each module; [`report`] its records;
 //! - [`smoke`]: the smoke-import script and its evidence.
 
 pub mod imports;
 pub mod lock;
+pub mod report;
 pub mod requirements;
 pub mod resolve;
 pub mod smoke;
 pub mod version;
 pub mod wheel;
+
+/// A Python identifier (a module name's component): what `spec` checks
+/// `[python] modules` with, and what wheels' top-level names must be.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
 
 /// PEP 503 normalised distribution name (`Python_Dateutil` -> `python-dateutil`).
 pub fn normalize(name: &str) -> String {

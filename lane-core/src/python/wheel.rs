@@ -707,11 +707,7 @@ pub fn top_level_modules<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<St
     out.into_iter().collect()
 }
 
-pub fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars().all(|c| c.is_alphanumeric() || c == '_')
-}
+pub use super::is_identifier;
 
 #[cfg(test)]
 pub(crate) mod tests {

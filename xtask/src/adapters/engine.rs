@@ -499,7 +499,15 @@ async fn run_container(
         image: Some(image_id.to_string()),
         entrypoint: Some(vec![program.clone()]),
         cmd: Some(args.to_vec()),
-        user: Some(image.user.clone()),
+        // image.toml's smoke_user, else the image's own user, else nobody:
+        // a smoke check runs as root only when image.toml says so.
+        user: Some(match &opts.user {
+            // Numeric: an image without /etc/passwd has no name to look up.
+            Some(u) if u == "root" => "0:0".to_string(),
+            Some(u) => u.clone(),
+            None if !image.user.is_empty() => image.user.clone(),
+            None => SMOKE_DEFAULT_USER.to_string(),
+        }),
         labels: Some(labels),
         tty: Some(false),
         attach_stdin: Some(false),
@@ -513,6 +521,14 @@ async fn run_container(
             memory: Some(opts.memory_bytes),
             memory_swap: Some(opts.memory_bytes),
             pids_limit: Some(opts.pids_limit),
+            nano_cpus: Some(opts.nano_cpus),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), SMOKE_LOG_MAX_SIZE.to_string()),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -597,6 +613,12 @@ async fn run_container(
         cap_drop: hc.cap_drop.unwrap_or_default(),
         memory_bytes: hc.memory.unwrap_or(0),
         pids_limit: hc.pids_limit.unwrap_or(0),
+        nano_cpus: hc.nano_cpus.unwrap_or(0),
+        log_max_size: hc
+            .log_config
+            .and_then(|l| l.config)
+            .and_then(|c| c.get("max-size").cloned())
+            .unwrap_or_default(),
         user: inspect.config.and_then(|c| c.user).unwrap_or_default(),
     };
     outcome.output = logs(docker, &id)
@@ -642,6 +664,12 @@ async fn logs(docker: &Docker, id: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Who a smoke command runs as when neither image.toml (`smoke_user`) nor
+/// the image's config names a user: nobody.
+pub const SMOKE_DEFAULT_USER: &str = "65534:65534";
+/// The engine keeps at most this much of a smoke container's log.
+pub const SMOKE_LOG_MAX_SIZE: &str = "1m";
+
 /// How the smoke containers are isolated. The lane always uses
 /// [`SmokeOptions::default`]; the network can be switched on only through
 /// the library (tests use it as a control run) — the CLI has no such flag.
@@ -651,6 +679,11 @@ pub struct SmokeOptions {
     pub network_mode: String,
     pub memory_bytes: i64,
     pub pids_limit: i64,
+    /// CPU time, in billionths of a CPU (1 CPU in the lane).
+    pub nano_cpus: i64,
+    /// Who the commands run as: image.toml's `smoke_user`; `None` takes
+    /// the image's own user, else [`SMOKE_DEFAULT_USER`].
+    pub user: Option<String>,
     /// Leave the loaded image tagged (`lane-smoke/NAME:RUN`) after the run,
     /// for inspection; containers are removed regardless.
     pub keep_image: bool,
@@ -664,6 +697,8 @@ impl Default for SmokeOptions {
             network_mode: "none".into(),
             memory_bytes: 256 << 20,
             pids_limit: 128,
+            nano_cpus: 1_000_000_000,
+            user: None,
             keep_image: false,
             quiet: false,
         }

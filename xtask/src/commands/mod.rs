@@ -8,6 +8,7 @@ pub mod held;
 pub mod input_keys;
 pub mod keygen;
 pub mod lock;
+pub mod no_secrets;
 pub mod plan;
 pub mod promote;
 pub mod publish;

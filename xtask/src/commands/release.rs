@@ -1132,6 +1132,7 @@ impl ImageChecks {
             results: [
                 GateName::NoDrift,
                 GateName::NoUnusedPackages,
+                GateName::NoSecrets,
                 GateName::Smoke,
             ]
             .into_iter()
@@ -1293,6 +1294,16 @@ fn image_gates(
     }
 
     progress.say(format_args!(
+        "gates: no secrets in the layers of {}",
+        image.name
+    ));
+    out.results.push(crate::commands::no_secrets::gate(
+        spec,
+        image,
+        &crate::commands::no_secrets::known_secrets(),
+    ));
+
+    progress.say(format_args!(
         "gates: smoke of {} in the Docker Engine",
         image.name
     ));
@@ -1311,6 +1322,7 @@ fn image_gates(
             .smoke_image(image.manifest_digest.as_str())?;
         let opts = crate::adapters::engine::SmokeOptions {
             quiet: true,
+            user: spec.smoke_user.clone(),
             ..crate::adapters::engine::SmokeOptions::default()
         };
         let checks = crate::commands::drift::smoke_checks(ws, spec, &image.layout)?;
@@ -1455,6 +1467,7 @@ fn provenance_inputs(
         rustc: facts.toolchain.rustc.clone(),
         lane_version: env!("CARGO_PKG_VERSION").into(),
         encoder: lane_core::layer::encoder_id(),
+        secrets_allowed: spec.secrets_allow.iter().map(|p| p.to_string()).collect(),
         inputs,
         builder: facts.builder.clone(),
         started_on: facts.started_on.clone(),

@@ -45,7 +45,11 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
     let image = crate::adapters::layout::Layout::at(name, &built.layout)
         .smoke_image(built.manifest_digest.as_str())?;
     let checks = crate::commands::drift::smoke_checks(ws, &spec, &built.layout)?;
-    engine::smoke(&image, &checks, opts)
+    let opts = SmokeOptions {
+        user: opts.user.clone().or_else(|| spec.smoke_user.clone()),
+        ..opts.clone()
+    };
+    engine::smoke(&image, &checks, &opts)
 }
 
 /// Run the image's smoke commands in the Docker Engine, before publishing.
@@ -55,7 +59,8 @@ pub fn smoke(ws: &Workspace, name: &str, opts: &SmokeOptions) -> Result<SmokeRep
 /// our digest, then runs every [[smoke]] entry of images/IMAGE/image.toml
 /// in its own container created from the image ID: no network, read-only
 /// root file system, no new privileges, all capabilities dropped, 256 MiB
-/// memory, 128 pids, the image's user. Each command must exit with
+/// memory, 128 pids, one CPU, a 1 MiB log, the image's user (image.toml's
+/// `smoke_user` if set, else the image's config user, else nobody). Each command must exit with
 /// expect_exit within timeout_secs and its output must match
 /// expect_output. Containers and the temporary tag lane-smoke/IMAGE:RUN
 /// are removed afterwards. Exits non-zero on any failure, including an
