@@ -93,64 +93,67 @@ pub fn scan(bytes: &[u8], known: &[(SecretKind, Vec<u8>)]) -> BTreeSet<SecretKin
 }
 
 fn scan_into(b: &[u8], known: &[(SecretKind, Vec<u8>)], found: &mut BTreeSet<SecretKind>) {
+    use memchr::memmem;
     for (kind, value) in known {
-        if !found.contains(kind) && contains(b, value) {
+        if !found.contains(kind) && memmem::find(b, value).is_some() {
             found.insert(*kind);
         }
     }
-    for i in 0..b.len() {
+    // Each format by its fixed prefix (SIMD search), then the bytes after.
+    for i in memmem::find_iter(b, b"-----BEGIN ") {
+        let head = &b[i + 11..b.len().min(i + 11 + 48)];
+        if let Some(end) = memmem::find(head, b"-----")
+            && head[..end].ends_with(b"PRIVATE KEY")
+        {
+            found.insert(SecretKind::PrivateKey);
+            break;
+        }
+    }
+    // `authorization:` in any case: each colon, the 13 bytes before it.
+    for i in memchr::memchr_iter(b':', b) {
+        if i >= 13 && b[i - 13..i].eq_ignore_ascii_case(b"authorization") {
+            let v = skip_spaces(&b[i + 1..]);
+            let cred = if starts_with_ignore_case(v, b"basic ") {
+                Some(&v[6..])
+            } else if starts_with_ignore_case(v, b"bearer ") {
+                Some(&v[7..])
+            } else {
+                None
+            };
+            if let Some(c) = cred
+                && run(skip_spaces(c), |x| {
+                    x.is_ascii_alphanumeric() || b"+/=._-~".contains(&x)
+                }) >= 8
+            {
+                found.insert(SecretKind::AuthorizationHeader);
+                break;
+            }
+        }
+    }
+    for prefix in [b"AKIA", b"ASIA"] {
+        for i in memmem::find_iter(b, prefix) {
+            if boundary_before(b, i)
+                && run(&b[i + 4..], |x| {
+                    x.is_ascii_uppercase() || x.is_ascii_digit()
+                }) == 16
+            {
+                found.insert(SecretKind::AwsAccessKey);
+                break;
+            }
+        }
+    }
+    for i in memmem::find_iter(b, b"gh") {
         let rest = &b[i..];
-        match b[i] {
-            b'-' if rest.starts_with(b"-----BEGIN ") => {
-                let head = &rest[11..rest.len().min(11 + 48)];
-                if let Some(end) = find(head, b"-----")
-                    && head[..end].ends_with(b"PRIVATE KEY")
-                {
-                    found.insert(SecretKind::PrivateKey);
-                }
-            }
-            b'a' | b'A' => {
-                if starts_with_ignore_case(rest, b"authorization:") {
-                    let v = skip_spaces(&rest[14..]);
-                    let cred = if starts_with_ignore_case(v, b"basic ") {
-                        Some(&v[6..])
-                    } else if starts_with_ignore_case(v, b"bearer ") {
-                        Some(&v[7..])
-                    } else {
-                        None
-                    };
-                    if let Some(c) = cred
-                        && run(skip_spaces(c), |x| {
-                            x.is_ascii_alphanumeric() || b"+/=._-~".contains(&x)
-                        }) >= 8
-                    {
-                        found.insert(SecretKind::AuthorizationHeader);
-                    }
-                }
-                if (rest.starts_with(b"AKIA") || rest.starts_with(b"ASIA"))
-                    && boundary_before(b, i)
-                    && run(&rest[4..], |x| x.is_ascii_uppercase() || x.is_ascii_digit()) == 16
-                {
-                    found.insert(SecretKind::AwsAccessKey);
-                }
-            }
-            b'g' => {
-                let short = [b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_"]
-                    .iter()
-                    .any(|p| rest.starts_with(*p));
-                if short
-                    && boundary_before(b, i)
-                    && run(&rest[4..], |x| x.is_ascii_alphanumeric()) >= 36
-                {
-                    found.insert(SecretKind::GithubToken);
-                }
-                if rest.starts_with(b"github_pat_")
-                    && run(&rest[11..], |x| x.is_ascii_alphanumeric() || x == b'_') >= 22
-                {
-                    found.insert(SecretKind::GithubToken);
-                }
-            }
-            _ => {}
+        let short = rest.len() > 3 && b"pousr".contains(&rest[2]) && rest[3] == b'_';
+        if short && boundary_before(b, i) && run(&rest[4..], |x| x.is_ascii_alphanumeric()) >= 36 {
+            found.insert(SecretKind::GithubToken);
+            break;
+        }
+    }
+    for i in memmem::find_iter(b, b"github_pat_") {
+        if run(&b[i + 11..], |x| x.is_ascii_alphanumeric() || x == b'_') >= 22 {
+            found.insert(SecretKind::GithubToken);
+            break;
         }
     }
 }
@@ -170,14 +173,6 @@ fn skip_spaces(b: &[u8]) -> &[u8] {
 
 fn starts_with_ignore_case(b: &[u8], p: &[u8]) -> bool {
     b.len() >= p.len() && b[..p.len()].eq_ignore_ascii_case(p)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && find(hay, needle).is_some()
 }
 
 #[cfg(test)]

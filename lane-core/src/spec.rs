@@ -37,6 +37,9 @@ pub struct ImageSpec {
     /// Who the smoke commands run as (`smoke_user`: `root`, or `UID[:GID]`);
     /// `None`: the image's user, else nobody.
     pub smoke_user: Option<String>,
+    /// Workspace paths outside the image's folder its sources may come
+    /// from (`[sources] allow`), relative to the root, normalised.
+    pub sources_allow: Vec<String>,
 }
 
 /// `[debian] packages = [...]`: the requested packages; their dependency
@@ -286,6 +289,17 @@ struct RawImage {
     secrets: Option<RawSecrets>,
     #[serde(default)]
     smoke_user: Option<Spanned<String>>,
+    #[serde(default)]
+    sources: Option<RawSources>,
+}
+
+/// `[sources] allow = ["shared/certs", ...]`: workspace paths (relative to
+/// the root) outside the image's folder that its sources may come from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 /// `[secrets] allow = ["/path", ...]`: files the no-secrets gate does not
@@ -762,6 +776,25 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
             Some(v.clone())
         }
     };
+    let mut sources_allow = Vec::new();
+    for a in raw.sources.map(|s| s.allow).unwrap_or_default() {
+        let v = a.get_ref().trim_end_matches('/');
+        let bad = v.is_empty()
+            || v.starts_with('/')
+            || v.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            || v.split('/')
+                .next()
+                .is_some_and(|c| c == ".git" || c == "target");
+        if bad {
+            src.err(
+                a.span(),
+                format_args!(
+                    "[sources] allow {v:?} must be a workspace path relative to the root, without \"..\", and not in .git/ or target/"
+                ),
+            )?;
+        }
+        sources_allow.push(v.to_string());
+    }
     let mut secrets_allow = Vec::new();
     for a in raw.secrets.map(|s| s.allow).unwrap_or_default() {
         secrets_allow.push(dest(&src, &a)?);
@@ -779,6 +812,7 @@ pub fn parse(path: &str, text: &str) -> Result<ImageSpec> {
         python,
         secrets_allow,
         smoke_user,
+        sources_allow,
     })
 }
 

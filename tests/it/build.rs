@@ -682,3 +682,44 @@ fn whiteout_names_are_refused_in_sources_and_destinations() {
         "{err}"
     );
 }
+
+/// Issue 27, finding 3 (the rest): a source that resolves outside the
+/// image's own folder, even inside the repository, is refused naming the
+/// link and where it leads, unless the image's image.toml allows that
+/// workspace path on purpose (`[sources] allow`).
+#[test]
+fn a_source_outside_the_images_folder_needs_an_explicit_allowance() {
+    let image = "name = \"files\"\nrepository = \"test/files\"\n\n[[layer]]\nname = \"data\"\nfiles = [{ src = \"data\", dest = \"/srv\" }]\n";
+    let f = crate::support::Fixture::with_files(
+        "sources-allow",
+        &[
+            ("images/files/image.toml", image),
+            ("images/files/data/one.txt", "one\n"),
+            ("shared/ca.pem", "a shared file\n"),
+            ("Cargo.lock", "version = 4\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("../../../shared/ca.pem", f.path("images/files/data/ca.pem"))
+        .unwrap();
+    f.commit("a link to a shared file");
+    let err = f.fails(&["build"]);
+    assert!(
+        err.contains("images/files/data/ca.pem")
+            && err.contains("outside the image's folder images/files/")
+            && err.contains("[sources] allow = [\"shared/ca.pem\"]"),
+        "{err}"
+    );
+    assert!(!f.path("target/images/files").exists());
+    f.write(
+        "images/files/image.toml",
+        &format!("{image}\n[sources]\nallow = [\"shared\"]\n"),
+    );
+    f.commit("the shared folder is allowed");
+    f.ok(&["build"]);
+    f.write(
+        "images/files/image.toml",
+        &format!("{image}\n[sources]\nallow = [\".git\"]\n"),
+    );
+    let err = f.fails(&["build"]);
+    assert!(err.contains("not in .git/ or target/"), "{err}");
+}

@@ -346,7 +346,7 @@ fn resolve_layer(
                 spec.dir
             )
         })?;
-        let real = inside_workspace(root, &src, &f.at)?;
+        let real = inside_workspace(root, spec, &src, &f.at)?;
         let meta = if meta.file_type().is_symlink() {
             fs::metadata(&real)?
         } else {
@@ -372,7 +372,7 @@ fn resolve_layer(
                         item.path().display()
                     )
                 })?;
-                let real = inside_workspace(root, item.path(), &f.at)?;
+                let real = inside_workspace(root, spec, item.path(), &f.at)?;
                 let dest = f.dest.join(rel);
                 let m = fs::metadata(&real)?;
                 if m.is_dir() {
@@ -451,7 +451,7 @@ fn file_entry(
 }
 
 /// The real path of `path`, refused when it lies outside the workspace.
-fn inside_workspace(root: &Path, path: &Path, at: &str) -> Result<PathBuf> {
+fn inside_workspace(root: &Path, spec: &ImageSpec, path: &Path, at: &str) -> Result<PathBuf> {
     let real = path
         .canonicalize()
         .with_context(|| format!("{at}: resolving {}", path.display()))?;
@@ -477,6 +477,25 @@ fn inside_workspace(root: &Path, path: &Path, at: &str) -> Result<PathBuf> {
             } else {
                 ".git/"
             }
+        );
+    }
+    // An image's sources are its own folder's, or a workspace path its
+    // image.toml allows on purpose (`[sources] allow`).
+    let own = root
+        .join(&spec.dir)
+        .canonicalize()
+        .unwrap_or_else(|_| root.join(&spec.dir));
+    let allowed = spec
+        .sources_allow
+        .iter()
+        .any(|a| real.starts_with(root.join(a)));
+    if !real.starts_with(&own) && !allowed {
+        bail!(
+            "{at}: {} leads to {}, outside the image's folder {}/; keep an image's sources in its folder, or allow the path on purpose in its image.toml: [sources] allow = [\"{}\"]",
+            path.display(),
+            real.display(),
+            spec.dir,
+            rel.display()
         );
     }
     Ok(real)
