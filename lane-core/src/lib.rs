@@ -13,6 +13,7 @@ pub mod debian;
 pub mod distribution;
 pub mod drift;
 pub mod evidence;
+pub mod fuzz_targets;
 pub mod gates;
 #[cfg(test)]
 mod hostile;
