@@ -971,11 +971,20 @@ fn decompress(member: &str, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
                 limit,
                 exceeded: false,
             };
-            let r = lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut limited);
+            // lzma-rs 0.3 panics on some malformed headers (an integer
+            // overflow in its xz index; found by the `deb` fuzz target,
+            // fuzz/corpus/deb/crash-*): a panic there is a malformed
+            // stream, never a crash of the lane.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut limited)
+            }));
             if limited.exceeded {
                 bail!("it unpacks to more than {limit} bytes");
             }
-            r.map_err(|e| anyhow::anyhow!("not valid xz: {e:?}"))?;
+            match r {
+                Ok(r) => r.map_err(|e| anyhow::anyhow!("not valid xz: {e:?}"))?,
+                Err(_) => bail!("not valid xz: the decoder failed on a malformed stream"),
+            }
         }
         "zst" => {
             ruzstd::decoding::StreamingDecoder::new(bytes)
