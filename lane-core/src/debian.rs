@@ -1027,7 +1027,47 @@ pub fn read_deb(package: &str, bytes: &[u8]) -> Result<DebContents> {
     read_deb_limited(package, bytes, DEB_LIMITS)
 }
 
+/// The ar members' headers, checked before the `ar` crate reads them: a
+/// .deb is a plain ar archive (short names, sizes inside the file). GNU
+/// and BSD long-name tables are refused: ar 0.9 indexes its name table
+/// with a number from the header (a panic, found by the `deb` fuzz target)
+/// and allocates a table of the size the header claims.
+fn check_ar_headers(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(mut at) = bytes.strip_prefix(b"!<arch>\n").map(|_| 8usize) else {
+        return Ok(()); // not an ar archive: the ar crate says so
+    };
+    while at < bytes.len() {
+        let Some(h) = bytes.get(at..at + 60) else {
+            return Err(format!(
+                "the ar archive ends inside a member header at byte {at}"
+            ));
+        };
+        if &h[58..60] != b"`\n" {
+            return Err(format!("the ar member header at byte {at} is malformed"));
+        }
+        let name = &h[..16];
+        if name.starts_with(b"/") || name.starts_with(b"#1/") {
+            return Err(format!(
+                "the ar archive uses long member names (at byte {at}); a .deb's members have short names"
+            ));
+        }
+        let size: u64 = std::str::from_utf8(&h[48..58])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("the ar member at byte {at} has no valid size"))?;
+        let end = (at as u64 + 60).saturating_add(size);
+        if end > bytes.len() as u64 {
+            return Err(format!(
+                "the ar member at byte {at} claims {size} bytes, more than the file holds"
+            ));
+        }
+        at = (end + (size & 1)) as usize;
+    }
+    Ok(())
+}
+
 fn read_deb_limited(package: &str, bytes: &[u8], limits: DebLimits) -> Result<DebContents> {
+    check_ar_headers(bytes).map_err(|e| anyhow::anyhow!("package {package}: {e}"))?;
     let mut ar = ar::Archive::new(bytes);
     let (mut control_tar, mut data_tar) = (None, None);
     let mut members = Vec::new();
