@@ -168,35 +168,53 @@ impl RemoteCache {
         }
     }
 
-    fn try_fetch(
-        &mut self,
-        key: &Digest,
-        cache: &Cache,
-        ours: &mut dyn FnMut() -> Result<(Digest, u64)>,
-    ) -> Result<Option<LayerDigests>> {
-        let Some(manifest) =
-            self.remote
-                .fetch_manifest(&self.repo, &Self::tag(key), MEDIA_MANIFEST)?
+    /// The entry under `tag`: its manifest, its config digest and the
+    /// document embedded in the config descriptor (`data`, OCI 1.1), which
+    /// must hash to the descriptor's digest and size as a fetched blob
+    /// must; `what` names the document in errors.
+    fn entry(
+        &self,
+        tag: &str,
+        what: &str,
+    ) -> Result<Option<(serde_json::Value, Digest, Option<Vec<u8>>)>> {
+        let Some(manifest) = self
+            .remote
+            .fetch_manifest(&self.repo, tag, MEDIA_MANIFEST)?
         else {
             return Ok(None);
         };
         let m: serde_json::Value =
             serde_json::from_slice(&manifest).context("the entry's manifest is not JSON")?;
         let config = lane_core::store::parse_digest(&m["config"]["digest"], "the entry's config")?;
-        let layer = lane_core::store::parse_digest(&m["layers"][0]["digest"], "the entry's layer")?;
-        let doc = match m["config"]["data"].as_str() {
-            // Embedded: the same check as for a fetched blob.
+        let embedded = match m["config"]["data"].as_str() {
             Some(data) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
-                    .context("the entry's embedded result document is not base64")?;
+                    .with_context(|| format!("the entry's embedded {what} is not base64"))?;
                 if Digest::of(&bytes) != config
                     || m["config"]["size"].as_u64() != Some(bytes.len() as u64)
                 {
-                    bail!("the embedded result document does not hash to its descriptor {config}");
+                    bail!("the embedded {what} does not hash to its descriptor {config}");
                 }
-                bytes
+                Some(bytes)
             }
+            None => None,
+        };
+        Ok(Some((m, config, embedded)))
+    }
+
+    fn try_fetch(
+        &mut self,
+        key: &Digest,
+        cache: &Cache,
+        ours: &mut dyn FnMut() -> Result<(Digest, u64)>,
+    ) -> Result<Option<LayerDigests>> {
+        let Some((m, config, embedded)) = self.entry(&Self::tag(key), "result document")? else {
+            return Ok(None);
+        };
+        let layer = lane_core::store::parse_digest(&m["layers"][0]["digest"], "the entry's layer")?;
+        let doc = match embedded {
+            Some(bytes) => bytes,
             // fetch_blob checks the document hashes to its digest.
             None => self.remote.fetch_blob(
                 &self.repo,
@@ -355,22 +373,10 @@ impl RemoteCache {
     /// on a miss or a refused entry (reported in the stats).
     pub fn fetch_image(&mut self, key: &Digest) -> Option<Digest> {
         let r = (|| -> Result<Option<Digest>> {
-            let Some(manifest) =
-                self.remote
-                    .fetch_manifest(&self.repo, &Self::image_tag(key), MEDIA_MANIFEST)?
-            else {
+            let Some((_, _, embedded)) = self.entry(&Self::image_tag(key), "image entry")? else {
                 return Ok(None);
             };
-            let m: serde_json::Value =
-                serde_json::from_slice(&manifest).context("the entry's manifest is not JSON")?;
-            let config =
-                lane_core::store::parse_digest(&m["config"]["digest"], "the entry's config")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(m["config"]["data"].as_str().unwrap_or_default())
-                .context("the entry's embedded document is not base64")?;
-            if Digest::of(&bytes) != config {
-                bail!("the embedded image entry does not hash to its descriptor {config}");
-            }
+            let bytes = embedded.context("the image entry embeds no document")?;
             let doc: ImageEntry =
                 serde_json::from_slice(&bytes).context("the image entry does not parse")?;
             if doc.key != *key {

@@ -1182,7 +1182,6 @@ fn proof_of(
     store: &mut dyn Store,
     progress: &Reporter,
 ) -> Option<Proof> {
-    let image = spec;
     let evidence = match lane_core::verify::fetch_evidence(store, &spec.repository, digest) {
         Ok(e) => e,
         Err(_) => return None, // not in the store yet: a first release
@@ -1198,7 +1197,7 @@ fn proof_of(
         Ok(p) => {
             progress.say(format_args!(
                 "gates: {} carries {} over from gate statement {} (commit {})",
-                image.name,
+                spec.name,
                 reuse::IMAGE_BOUND
                     .iter()
                     .map(|g| g.as_str())
@@ -1212,7 +1211,7 @@ fn proof_of(
         Err(why) => {
             progress.say(format_args!(
                 "gates: {} runs every gate (nothing to carry over: {})",
-                image.name,
+                spec.name,
                 why.join("; ")
             ));
             None
