@@ -3,7 +3,7 @@
 use std::fs;
 use std::process::Command;
 
-use xtask::commands::repro::layout_fingerprint;
+use xtask::lane::repro::layout_fingerprint;
 
 use crate::support::{
     self, Fixture, column, embed_build_path, image, run_ok, sha256_hex_of_file, strings,

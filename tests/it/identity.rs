@@ -106,7 +106,7 @@ fn refused_in_preflight(
 fn provenance(reg: &Registry, digest: &str) -> Value {
     let mut store =
         xtask::adapters::registry_store::RegistryStore::new(reg.host().parse().unwrap(), true);
-    let ev = xtask::commands::verify::fetch_evidence(
+    let ev = xtask::lane::verify::fetch_evidence(
         &mut store,
         &REPO.parse().unwrap(),
         &digest.parse().unwrap(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use xtask::adapters::engine::SmokeOptions;
 use xtask::adapters::workspace::Workspace;
-use xtask::commands::smoke;
+use xtask::lane::smoke;
 
 use crate::support::{
     self, DockerImage, Fixture, docker, entry, report, run, run_ok, sha256_hex_of_file, show,

@@ -24,7 +24,7 @@ use lane_core::signing::{self, Signer};
 use lane_core::store::Store;
 use serde_json::{Value, json};
 use xtask::adapters::local_store::LocalStore;
-use xtask::commands::verify::{self, Envelope, Evidence, NEEDS_DIGEST};
+use xtask::lane::verify::{self, Envelope, Evidence, NEEDS_DIGEST};
 
 use crate::support::registry::{CI_BUILDER_ID, Creds, Registry};
 use crate::support::{self, Fixture, TempDir, printed, report, show, stderr, stdout};

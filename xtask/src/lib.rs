@@ -3,7 +3,9 @@
 //! See ARCHITECTURE.md.
 
 pub mod adapters;
+pub mod cli;
 pub mod commands;
+pub mod lane;
 pub mod report;
 
 /// Repository checks as ordinary tests.
@@ -62,32 +64,28 @@ mod tidy {
     }
 
     /// Module `path` (`adapters::registry`, `release`) -> the modules of the
-    /// same crate its non-test code names through `crate::`.
-    fn module_graph(
-        src: &Path,
-        groups: &[&str],
-    ) -> std::collections::BTreeMap<String, Vec<String>> {
+    /// same crate its non-test code names through `crate::`, for every
+    /// module file in `src` and in every folder under it.
+    fn module_graph(src: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut graph = std::collections::BTreeMap::new();
         let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
-        for group in groups {
-            let dir = if group.is_empty() {
-                src.to_path_buf()
-            } else {
-                src.join(group)
-            };
+        let mut todo = vec![(String::new(), src.to_path_buf())];
+        while let Some((group, dir)) = todo.pop() {
             for e in std::fs::read_dir(&dir).unwrap() {
                 let p = e.unwrap().path();
                 let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
                     continue;
                 };
-                if p.extension().is_some_and(|x| x == "rs")
+                let name = if group.is_empty() {
+                    stem.to_string()
+                } else {
+                    format!("{group}::{stem}")
+                };
+                if p.is_dir() {
+                    todo.push((name, p));
+                } else if p.extension().is_some_and(|x| x == "rs")
                     && !["mod", "lib", "main"].contains(&stem)
                 {
-                    let name = if group.is_empty() {
-                        stem.to_string()
-                    } else {
-                        format!("{group}::{stem}")
-                    };
                     files.push((name, p));
                 }
             }
@@ -190,12 +188,14 @@ mod tidy {
     #[test]
     fn no_import_cycles_among_modules() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let xtask = module_graph(&root.join("xtask/src"), &["adapters", "commands", ""]);
+        let xtask = module_graph(&root.join("xtask/src"));
         assert!(
-            xtask.contains_key("commands::release") && xtask.contains_key("adapters::registry")
+            xtask.contains_key("commands::release")
+                && xtask.contains_key("lane::release")
+                && xtask.contains_key("adapters::registry")
         );
         // Every folder of both crates (issue 26).
-        let core = module_graph(&root.join("lane-core/src"), &["", "python"]);
+        let core = module_graph(&root.join("lane-core/src"));
         assert!(core.contains_key("python::resolve"));
         assert!(core.contains_key("provenance"));
         for graph in [&xtask, &core] {
@@ -203,16 +203,30 @@ mod tidy {
                 panic!("import cycle: {}", c.join(" -> "));
             }
         }
-        // Adapters never import a command.
+        // Layers (issue 26): adapters import neither the lane nor a
+        // command; the lane imports no command; no command imports another.
+        let layer = |m: &str| m.split("::").next().unwrap_or_default().to_string();
+        let forbidden_arrow = |from: &str, to: &str| {
+            matches!(
+                (layer(from).as_str(), layer(to).as_str()),
+                ("adapters", "lane" | "commands") | ("lane" | "commands", "commands")
+            )
+        };
+        assert!(forbidden_arrow("commands::bench", "commands::release"));
+        assert!(forbidden_arrow("lane::build", "commands::build"));
+        assert!(forbidden_arrow("adapters::apt", "lane::build"));
+        assert!(!forbidden_arrow("commands::bench", "lane::release"));
+        assert!(!forbidden_arrow("commands::verify", "cli"));
+        let mut arrows = 0;
         for (m, deps) in &xtask {
-            if m.starts_with("adapters::") {
-                let commands: Vec<&String> = deps
-                    .iter()
-                    .filter(|d| d.starts_with("commands::"))
-                    .collect();
-                assert!(commands.is_empty(), "{m} imports {commands:?}");
-            }
+            let forbidden: Vec<&String> = deps.iter().filter(|d| forbidden_arrow(m, d)).collect();
+            arrows += deps.len();
+            assert!(
+                forbidden.is_empty(),
+                "{m} imports {forbidden:?}: commands share code through lane/ (engines) or cli.rs (flag groups), adapters through adapters/"
+            );
         }
+        assert!(arrows > 50, "the import graph was read: {arrows} arrows");
         assert_eq!(
             expand_groups("use crate::adapters::{layout, registry::X};"),
             "use  crate::adapters::layout  crate::adapters::registry::X ;"
@@ -229,7 +243,8 @@ mod tidy {
     }
 
     /// The lines of a Rust file that carry code, white space folded: blank
-    /// lines, comments, `use` lines and lone punctuation are left out.
+    /// lines, comments, `use` lines, module declarations and lone
+    /// punctuation are left out.
     fn code_lines(text: &str) -> Vec<(usize, String)> {
         text.lines()
             .enumerate()
@@ -238,6 +253,7 @@ mod tidy {
                 !l.is_empty()
                     && !l.starts_with("//")
                     && !l.starts_with("use ")
+                    && !((l.starts_with("pub mod ") || l.starts_with("mod ")) && l.ends_with(';'))
                     && !l.chars().all(|c| "{}()[];,.?".contains(c))
             })
             .collect()

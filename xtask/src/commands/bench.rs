@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::adapters::registry_server::RegistryServer;
 use crate::adapters::workspace::Workspace;
-use crate::commands::build::{self, BuildOptions};
+use crate::lane::build::{self, BuildOptions};
 use lane_core::distribution::BuiltImage;
 use lane_core::distribution::CacheStats;
 use lane_core::layer::{self, Entry, EntryKind};
@@ -468,20 +468,20 @@ pub fn release_scale(
         bare.push(t.elapsed().as_secs_f64());
         let _ = fs::remove_dir_all(root.join("target"));
         let mut store = crate::adapters::local_store::LocalStore::new(
-            root.join(crate::commands::publish::LOCAL_STORE),
+            root.join(crate::lane::publish::LOCAL_STORE),
         );
-        let ropts = crate::commands::release::ReleaseOptions {
+        let ropts = crate::lane::release::ReleaseOptions {
             quiet: true,
             ..Default::default()
         };
         let t = Instant::now();
-        let r = crate::commands::release::release(&ws, &ropts, &mut store)
+        let r = crate::lane::release::release(&ws, &ropts, &mut store)
             .context("the release of the generated workspace")?;
         total.push(t.elapsed().as_secs_f64());
         if !r.accepted {
             bail!(
                 "the release of the generated workspace was rejected: {}",
-                crate::commands::release::summary(&r)
+                crate::lane::release::summary(&r)
             );
         }
         notes = vec![
@@ -544,7 +544,7 @@ fn signed_release(
     store_dir: &Path,
     signer: &lane_core::signing::Signer,
     images: &[String],
-) -> Result<(f64, crate::commands::release::ReleaseReport)> {
+) -> Result<(f64, crate::lane::release::ReleaseReport)> {
     signed_release_with(ws, store_dir, signer, images, None)
 }
 
@@ -555,31 +555,29 @@ fn signed_release_with(
     signer: &lane_core::signing::Signer,
     images: &[String],
     cache: Option<&str>,
-) -> Result<(f64, crate::commands::release::ReleaseReport)> {
+) -> Result<(f64, crate::lane::release::ReleaseReport)> {
     let mut store = crate::adapters::local_store::LocalStore::new(store_dir.to_path_buf());
-    let opts = crate::commands::release::ReleaseOptions {
+    let opts = crate::lane::release::ReleaseOptions {
         images: images.to_vec(),
         quiet: true,
         signer: Some(signer.clone()),
-        cache: build::CacheArgs {
-            cache: cache.map(str::to_string),
-        },
+        cache: cache.map(str::to_string),
         ..Default::default()
     };
     let t = Instant::now();
-    let r = crate::commands::release::release(ws, &opts, &mut store)?;
+    let r = crate::lane::release::release(ws, &opts, &mut store)?;
     let secs = t.elapsed().as_secs_f64();
     if !r.accepted {
         bail!(
             "a release of the generated workspace was rejected: {}",
-            crate::commands::release::summary(&r)
+            crate::lane::release::summary(&r)
         );
     }
     Ok((secs, r))
 }
 
 /// `stages: NAME SECONDS s, ...` of a release.
-fn stages_note(r: &crate::commands::release::ReleaseReport) -> String {
+fn stages_note(r: &crate::lane::release::ReleaseReport) -> String {
     format!(
         "stages: {}",
         r.stages
@@ -593,8 +591,8 @@ fn stages_note(r: &crate::commands::release::ReleaseReport) -> String {
 /// What a release did that evidence reuse avoids: (layers compressed,
 /// blob bytes uploaded, smoke gates run, images whose gates were carried
 /// over).
-fn release_work(r: &crate::commands::release::ReleaseReport) -> (u64, u64, usize, usize) {
-    let gate = |i: &crate::commands::release::ImageRelease, g: lane_core::gates::GateName| {
+fn release_work(r: &crate::lane::release::ReleaseReport) -> (u64, u64, usize, usize) {
+    let gate = |i: &crate::lane::release::ImageRelease, g: lane_core::gates::GateName| {
         i.decision.gates.iter().find(|x| x.gate == g).cloned()
     };
     let mut out = (0, 0, 0, 0);
@@ -838,9 +836,9 @@ pub fn encode_tree(input: &Path, out: &Path) -> Result<layer::LayerDigests> {
     let (d, _) = layer::encode_on(
         &entries,
         1_700_000_000,
-        &mut crate::commands::build::FsContents { bytes_read: 0 },
+        &mut crate::lane::build::FsContents { bytes_read: 0 },
         w,
-        crate::commands::build::default_jobs(),
+        crate::lane::build::default_jobs(),
     )?;
     Ok(d)
 }
@@ -1085,7 +1083,7 @@ fn rebuilds(cws: &Workspace, copy: &Path, opts: &BuildOptions, runs: usize) -> R
                 .iter()
                 .find(|s| s.name == i.name)
                 .context("a built image without its spec")?;
-            let g = crate::commands::no_secrets::gate(spec, i, &[]);
+            let g = crate::lane::no_secrets::gate(spec, i, &[]);
             if g.state != lane_core::gates::GateState::Passed {
                 bail!("the no-secrets gate failed on {}: {}", i.name, g.summary);
             }
@@ -1157,15 +1155,15 @@ fn whole_release(
         bare.push(t.elapsed().as_secs_f64());
         let _ = fs::remove_dir_all(copy.join("target"));
         let mut store = crate::adapters::local_store::LocalStore::new(
-            copy.join(crate::commands::publish::LOCAL_STORE),
+            copy.join(crate::lane::publish::LOCAL_STORE),
         );
-        let ropts = crate::commands::release::ReleaseOptions {
+        let ropts = crate::lane::release::ReleaseOptions {
             images: vec!["hello".into()],
             quiet: true,
             ..Default::default()
         };
         let t = Instant::now();
-        let r = crate::commands::release::release(&cws, &ropts, &mut store)?;
+        let r = crate::lane::release::release(&cws, &ropts, &mut store)?;
         total.push(t.elapsed().as_secs_f64());
         stage_notes = r
             .stages
@@ -1222,11 +1220,11 @@ fn publish_vs_skopeo(
         let mut store = crate::adapters::registry_store::RegistryStore::new(target, true);
         store.preflight(std::slice::from_ref(&hello.repository))?;
         let t = Instant::now();
-        let r = crate::commands::publish::publish_image(&mut store, hello, &tags)?;
+        let r = crate::lane::publish::publish_image(&mut store, hello, &tags)?;
         first.push(t.elapsed().as_secs_f64());
         first_bytes = r.blobs.bytes_uploaded;
         let t = Instant::now();
-        let r = crate::commands::publish::publish_image(&mut store, hello, &tags)?;
+        let r = crate::lane::publish::publish_image(&mut store, hello, &tags)?;
         again.push(t.elapsed().as_secs_f64());
         again_bytes = r.blobs.bytes_uploaded;
         let dest = format!("docker://{}/bench/skopeo-{run}:v1", registry.host());
@@ -1583,7 +1581,7 @@ pub fn import_analysis(ws: &Workspace, layout: &Path, app: &Path) -> Result<serd
         );
     }
     let manifest = lane_core::drift::CuratedManifest::from_image(&image_fs);
-    let mut facts = crate::commands::drift::python_facts(ws, &all, spec, &runtime)?
+    let mut facts = crate::lane::drift::python_facts(ws, &all, spec, &runtime)?
         .context("pyhello has no [python] table")?;
     facts.app_source = "corpus".into();
     let py = lane_core::python::resolve::analyse(&image_fs, &manifest, &facts, &|_| Vec::new())

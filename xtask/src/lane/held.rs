@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::adapters::cache::Cache;
 use crate::adapters::remote_cache::RemotePool;
-use crate::commands::plan::{BuildPlan, PlannedImage};
+use crate::lane::plan::{BuildPlan, PlannedImage};
 use crate::report::Reporter;
 use lane_core::distribution::{BuiltImage, BuiltLayer, CacheStats};
 use lane_core::id::Digest;

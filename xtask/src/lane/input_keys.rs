@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::adapters::git_index::GitIndex;
 use crate::adapters::workspace::{self, Workspace};
-use crate::commands::plan::BuildPlan;
+use crate::lane::plan::BuildPlan;
 use lane_core::id::Digest;
 use lane_core::spec::BaseRef;
 
